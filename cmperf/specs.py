@@ -1,0 +1,430 @@
+"""Spec files (TOML) -> validated frozen dataclasses in SI units, and the search path for spec names.
+
+Three kinds: ``chip`` (one rank: a die or a GPU), ``system`` (devices, ranks per device, network planes,
+EP collective kernels, overlap policy) and ``model`` (a config.json architecture). Every number is an
+inline table ``{ value = "1.6 TB/s", source = "...", mark = "Q|S|I" }``; model architecture integers
+share the table's ``source``. Unknown keys, missing sources, bad units and out-of-range values are
+errors naming the file and the key.
+
+Search order for a name: ``--spec-dir`` folders, then ``$CMPERF_PATH`` (os.pathsep-separated), then the
+built-in library (``hardware/``, ``models/`` beside the package in a checkout, or ``cmperf/data`` in a
+wheel). Each folder is searched itself and in its ``hardware/`` and ``models/`` subfolders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import units
+from .errors import CmperfError
+
+DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5, "int4": 0.5}
+EFFICIENCY_KEYS = ("gemm_compute", "gemm_memory", "attention_compute", "attention_memory", "vector_memory")
+OVERHEAD_KEYS = ("gemm", "attention", "vector", "comm")
+ARCH_KEYS = (
+    "hidden_size num_layers first_k_dense intermediate_size moe_intermediate_size n_routed_experts "
+    "n_shared_experts num_experts_per_tok n_group topk_group num_attention_heads q_lora_rank kv_lora_rank "
+    "qk_nope_head_dim qk_rope_head_dim v_head_dim vocab_size num_mtp_modules max_position_embeddings"
+).split()
+
+
+@dataclass(frozen=True)
+class Chip:
+    """One rank's hardware. Peaks are dense FLOP/s per rank by dtype; efficiencies are fractions."""
+
+    name: str
+    description: str
+    path: str
+    rank: str
+    peak_flops: dict[str, float]
+    cube_cores: int
+    vector_cores: int
+    hbm_bytes: float
+    hbm_bytes_per_s: float
+    hbm_reserved_bytes: float
+    eff: dict[str, float]
+    overhead_s: dict[str, float]
+    sources: dict[str, str] = field(repr=False)
+
+    def peak(self, dtype: str, where: str = "precision") -> float:
+        """Peak FLOP/s for ``dtype``; a clear error when the chip has no such datatype."""
+        if dtype not in self.peak_flops:
+            have = ", ".join(sorted(self.peak_flops))
+            raise CmperfError(f"{where}: chip {self.name} has no {dtype} compute (it has {have}); choose one of those")
+        return self.peak_flops[dtype]
+
+
+@dataclass(frozen=True)
+class Plane:
+    """An interconnect plane: per-rank bandwidth per direction, latency, achieved fraction of bandwidth."""
+
+    name: str
+    scale: str  # "up" (scale-up domain) or "out"
+    domain_devices: int
+    bytes_per_s_per_rank: float
+    latency_s: float
+    efficiency: float
+
+
+@dataclass(frozen=True)
+class Collective:
+    """An EP all-to-all kernel: t = alpha + alpha_per_log2_ep*log2(EP) + bytes/(bw*eff) (cmperf.comm)."""
+
+    name: str
+    plane: str
+    alpha_s: float
+    alpha_per_log2_ep_s: float
+    scale_bytes: float
+    message_align_bytes: float
+    copies: str  # "per-expert" (one message per token and expert) or "per-rank" (deduplicated per rank)
+    scaleout_plane: str | None = None
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    description: str
+    path: str
+    chip: Chip
+    num_devices: int
+    ranks_per_device: int
+    devices_per_node: int
+    cpu_dram_per_node_bytes: float
+    planes: dict[str, Plane]
+    collectives: dict[str, Collective]
+    overlap: dict[str, dict[str, object]]
+    sources: dict[str, str] = field(repr=False)
+
+    @property
+    def num_ranks(self) -> int:
+        return self.num_devices * self.ranks_per_device
+
+    def plane(self, name: str, where: str = "plane") -> Plane:
+        if name not in self.planes:
+            raise CmperfError(f"{where}: system {self.name} has no plane {name!r} (it has {', '.join(self.planes)})")
+        return self.planes[name]
+
+
+@dataclass(frozen=True)
+class Model:
+    """A DeepSeek-style MoE architecture (config.json field names)."""
+
+    name: str
+    description: str
+    path: str
+    aliases: tuple[str, ...]
+    arch: dict[str, int]
+    popularity_zipf: float
+    sources: dict[str, str] = field(repr=False)
+
+    def __getattr__(self, key: str) -> int:
+        arch = self.__dict__.get("arch", {})
+        if key in arch:
+            return arch[key]
+        raise AttributeError(key)
+
+
+# ---------------------------------------------------------------------------------------------- search path
+
+
+def builtin_dirs() -> list[Path]:
+    """Built-in spec folders: cmperf/data in a wheel, else the repository root beside the package."""
+    here = Path(__file__).resolve().parent
+    data = here / "data"
+    return [data] if data.is_dir() else [here.parent]
+
+
+def search_dirs(spec_dirs: tuple[str, ...] | list[str] = ()) -> list[Path]:
+    dirs = [Path(d) for d in spec_dirs]
+    for d in dirs:
+        if not d.is_dir():
+            raise CmperfError(f"--spec-dir: {d} is not a folder; give a folder holding .toml spec files")
+    env = os.environ.get("CMPERF_PATH", "")
+    dirs += [Path(d) for d in env.split(os.pathsep) if d]
+    return dirs + builtin_dirs()
+
+
+def _candidate_files(dirs: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for d in dirs:
+        for sub in (d, d / "hardware", d / "models"):
+            if sub.is_dir():
+                files += sorted(sub.glob("*.toml"))
+    return files
+
+
+def _read(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise CmperfError(f"{path}: not valid TOML ({e}); fix the syntax") from None
+    except OSError as e:
+        raise CmperfError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def catalog(spec_dirs: tuple[str, ...] | list[str] = ()) -> list[dict[str, str]]:
+    """Every spec found on the search path, first occurrence of a name wins: name, kind, description, path."""
+    seen: dict[str, dict[str, str]] = {}
+    for path in _candidate_files(search_dirs(spec_dirs)):
+        raw = _read(path)
+        kind = raw.get("kind")
+        if kind not in ("chip", "system", "model") or "name" not in raw:
+            continue  # scenarios and other TOML files share folders
+        name = str(raw["name"])
+        if name not in seen:
+            seen[name] = {"name": name, "kind": kind, "description": str(raw.get("description", "")), "path": str(path)}
+    return sorted(seen.values(), key=lambda r: (r["kind"], r["name"]))
+
+
+def find(name: str, kind: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "") -> Path:
+    """Path of the spec ``name`` (or a model alias) of ``kind``; the error lists what exists."""
+    flag = flag or f"--{'system' if kind == 'system' else kind}"
+    p = Path(name)
+    if p.suffix == ".toml" and p.is_file():
+        return p
+    for path in _candidate_files(search_dirs(spec_dirs)):
+        raw = _read(path)
+        if raw.get("kind") != kind:
+            continue
+        if raw.get("name") == name or name in raw.get("aliases", []):
+            return path
+    have = ", ".join(r["name"] for r in catalog(spec_dirs) if r["kind"] == kind) or "none"
+    raise CmperfError(f"{flag}: unknown {kind} {name!r}; available: {have} (or add a folder with --spec-dir)")
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+class _Table:
+    """Reads one TOML table, tracking which keys were used so unknown keys can be reported."""
+
+    def __init__(self, raw: dict, path: Path, prefix: str, sources: dict[str, str]):
+        self.raw, self.path, self.prefix, self.sources = raw, path, prefix, sources
+        self.used: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self.path}: key {self.prefix}{key}"
+
+    def _entry(self, key: str, required: bool):
+        self.used.add(key)
+        if key not in self.raw:
+            if required:
+                raise CmperfError(f"{self.where(key)} is missing; add it with a value and a source")
+            return None
+        entry = self.raw[key]
+        if not isinstance(entry, dict) or "value" not in entry:
+            raise CmperfError(f'{self.where(key)}: write {{ value = ..., source = "..." }} so every number has a source')
+        extra = set(entry) - {"value", "source", "mark", "per", "note"}
+        if extra:
+            raise CmperfError(f"{self.where(key)}: unknown field {sorted(extra)[0]!r} (allowed: value, source, mark, per, note)")
+        if not str(entry.get("source", "")).strip():
+            raise CmperfError(f"{self.where(key)} has no source; every number needs one")
+        if entry.get("mark", "Q") not in ("Q", "S", "I"):
+            raise CmperfError(f"{self.where(key)}: mark must be Q (quoted), S (secondary) or I (derived)")
+        self.sources[self.prefix + key] = str(entry["source"])
+        return entry
+
+    def quantity(self, key: str, kind: str, lo: float = 0.0, hi: float = float("inf"), required: bool = True,
+                 default: float | None = None) -> float:
+        entry = self._entry(key, required)
+        if entry is None:
+            return default  # type: ignore[return-value]
+        v = units.parse(entry["value"], kind, where=self.where(key))
+        if not (lo <= v <= hi):
+            raise CmperfError(f"{self.where(key)}: {entry['value']!r} is out of range [{lo:g}, {hi:g}]")
+        return v
+
+    def integer(self, key: str, lo: int = 1, hi: int = 10**9, required: bool = True, default: int = 0) -> int:
+        entry = self._entry(key, required)
+        if entry is None:
+            return default
+        v = entry["value"]
+        if not isinstance(v, int) or isinstance(v, bool) or not (lo <= v <= hi):
+            raise CmperfError(f"{self.where(key)}: expected a whole number in [{lo}, {hi}], got {v!r}")
+        return v
+
+    def fraction(self, key: str, required: bool = True, default: float = 1.0, lo: float = 0.0) -> float:
+        entry = self._entry(key, required)
+        if entry is None:
+            return default
+        v = entry["value"]
+        if not isinstance(v, int | float) or isinstance(v, bool) or not (lo <= v <= 1.0) or v == 0 and lo == 0.0:
+            raise CmperfError(f"{self.where(key)}: expected a fraction in (0, 1], got {v!r}")
+        return float(v)
+
+    def string(self, key: str, choices: tuple[str, ...] | None = None, required: bool = True, default: str = "") -> str:
+        self.used.add(key)
+        if key not in self.raw:
+            if required:
+                raise CmperfError(f"{self.where(key)} is missing")
+            return default
+        v = self.raw[key]
+        if not isinstance(v, str) or (choices and v not in choices):
+            raise CmperfError(f"{self.where(key)}: expected one of {', '.join(choices or ())}, got {v!r}")
+        return v
+
+    def sub(self, key: str, required: bool = True) -> _Table:
+        self.used.add(key)
+        raw = self.raw.get(key)
+        if raw is None:
+            if required:
+                raise CmperfError(f"{self.where(key)}: table [{self.prefix}{key}] is missing")
+            raw = {}
+        if not isinstance(raw, dict):
+            raise CmperfError(f"{self.where(key)}: expected a table")
+        return _Table(raw, self.path, f"{self.prefix}{key}.", self.sources)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.raw) - self.used)
+        if unknown:
+            raise CmperfError(f"{self.where(unknown[0])}: unknown key; check the spelling (see `cmperf specs show`)")
+
+
+def _header(t: _Table, kind: str) -> tuple[str, str]:
+    if t.raw.get("kind") != kind:
+        raise CmperfError(f"{t.path}: kind = {t.raw.get('kind')!r}, expected {kind!r}")
+    t.used.add("kind")
+    name = t.string("name")
+    if name != t.path.stem:
+        raise CmperfError(f"{t.path}: name = {name!r} must match the file name {t.path.stem!r}")
+    return name, t.string("description", required=False)
+
+
+def load_chip(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--chip") -> Chip:
+    path = find(name, "chip", spec_dirs, flag)
+    sources: dict[str, str] = {}
+    t = _Table(_read(path), path, "", sources)
+    name, desc = _header(t, "chip")
+    rank = t.string("rank", ("die", "gpu", "device"))
+    peak_t = t.sub("peak")
+    peaks = {d: peak_t.quantity(d, "flops", lo=1e9) for d in DTYPE_BYTES if d in peak_t.raw}
+    if not peaks:
+        raise CmperfError(f"{path}: [peak] needs at least one datatype ({', '.join(DTYPE_BYTES)})")
+    peak_t.done()
+    cores = t.sub("cores")
+    cube, vector = cores.integer("cube"), cores.integer("vector")
+    cores.done()
+    hbm = t.sub("hbm")
+    cap = hbm.quantity("capacity", "bytes", lo=1e9)
+    bw = hbm.quantity("bandwidth", "bytes_per_s", lo=1e9)
+    reserved = hbm.quantity("reserved", "bytes", hi=cap, required=False, default=0.0)
+    hbm.done()
+    eff_t = t.sub("efficiency")
+    eff = {k: eff_t.fraction(k) for k in EFFICIENCY_KEYS}
+    eff_t.done()
+    ov = t.sub("overhead")
+    overhead = {k: ov.quantity(k, "s", hi=1e-2) for k in OVERHEAD_KEYS}
+    ov.done()
+    t.done()
+    return Chip(name, desc, str(path), rank, peaks, cube, vector, cap, bw, reserved, eff, overhead, sources)
+
+
+def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> System:
+    path = find(name, "system", spec_dirs, "--system")
+    sources: dict[str, str] = {}
+    t = _Table(_read(path), path, "", sources)
+    name, desc = _header(t, "system")
+    chip = load_chip(t.string("chip"), spec_dirs, flag=f"{path}: key chip")
+    num_devices = t.integer("num_devices")
+    ranks_per_device = t.integer("ranks_per_device", hi=16)
+    devices_per_node = t.integer("devices_per_node", hi=num_devices)
+    dram = t.quantity("cpu_dram_per_node", "bytes", required=False, default=0.0)
+    planes: dict[str, Plane] = {}
+    planes_t = t.sub("planes")
+    for pname in planes_t.raw:
+        p = planes_t.sub(pname)
+        per = p.raw.get("bandwidth", {}).get("per", "rank") if isinstance(p.raw.get("bandwidth"), dict) else "rank"
+        ranks_per = {"rank": 1, "device": ranks_per_device, "node": ranks_per_device * devices_per_node}
+        if per not in ranks_per:
+            raise CmperfError(f"{p.where('bandwidth')}: per must be rank, device or node, got {per!r}")
+        bw = p.quantity("bandwidth", "bytes_per_s", lo=1e6) / ranks_per[per]
+        planes[pname] = Plane(
+            pname,
+            p.string("scale", ("up", "out")),
+            p.integer("domain_devices", hi=10**6),
+            bw,
+            p.quantity("latency", "s", hi=1e-2),
+            p.fraction("efficiency"),
+        )
+        p.done()
+    planes_t.done()
+    if not planes:
+        raise CmperfError(f"{path}: [planes] needs at least one plane")
+    colls: dict[str, Collective] = {}
+    coll_t = t.sub("collectives")
+    for cname in coll_t.raw:
+        if cname not in ("dispatch", "combine"):
+            raise CmperfError(f"{coll_t.where(cname)}: unknown collective (dispatch, combine)")
+        c = coll_t.sub(cname)
+        plane = c.string("plane", tuple(planes))
+        scaleout = c.string("scaleout_plane", tuple(planes), required=False, default="") or None
+        colls[cname] = Collective(
+            cname,
+            plane,
+            c.quantity("alpha", "s", hi=1e-2),
+            c.quantity("alpha_per_log2_ep", "s", hi=1e-3),
+            c.quantity("scale_bytes", "bytes", hi=1e6),
+            c.quantity("message_align", "bytes", lo=1.0, hi=1e6),
+            c.string("copies", ("per-expert", "per-rank")),
+            scaleout,
+        )
+        c.done()
+    coll_t.done()
+    overlap: dict[str, dict[str, object]] = {}
+    ov_t = t.sub("overlap", required=False)
+    for phase in ov_t.raw:
+        if phase not in ("decode", "prefill"):
+            raise CmperfError(f"{ov_t.where(phase)}: unknown phase (decode, prefill)")
+        o = ov_t.sub(phase)
+        policy = o.string("policy", ("split-cores", "compute-comm"))
+        rec: dict[str, object] = {"policy": policy}
+        if policy == "split-cores":
+            rec["attention_cube_cores"] = o.integer("attention_cube_cores", hi=chip.cube_cores - 1)
+            rec["attention_vector_cores"] = o.integer("attention_vector_cores", hi=chip.vector_cores - 1)
+        o.done()
+        overlap[phase] = rec
+    ov_t.done()
+    t.done()
+    return System(name, desc, str(path), chip, num_devices, ranks_per_device, devices_per_node, dram, planes, colls,
+                  overlap, sources)
+
+
+def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Model:
+    path = find(name, "model", spec_dirs, "--model")
+    sources: dict[str, str] = {}
+    t = _Table(_read(path), path, "", sources)
+    name, desc = _header(t, "model")
+    t.used.add("aliases")
+    aliases = tuple(t.raw.get("aliases", []))
+    a = t.sub("architecture")
+    src = a.string("source")
+    arch: dict[str, int] = {}
+    for k in ARCH_KEYS:
+        a.used.add(k)
+        v = a.raw.get(k)
+        lo = 0 if k in ("first_k_dense", "num_mtp_modules", "n_shared_experts", "q_lora_rank") else 1
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise CmperfError(f"{a.where(k)}: expected a whole number >= {lo}, got {v!r}")
+        arch[k] = v
+        sources["architecture." + k] = src
+    a.done()
+    if arch["first_k_dense"] > arch["num_layers"] or arch["num_experts_per_tok"] > arch["n_routed_experts"]:
+        raise CmperfError(f"{path}: first_k_dense <= num_layers and num_experts_per_tok <= n_routed_experts required")
+    r = t.sub("routing", required=False)
+    zipf = r.quantity("popularity_zipf", "per_s", hi=3.0, required=False, default=0.0)
+    r.done()
+    t.done()
+    return Model(name, desc, str(path), aliases, arch, zipf, sources)
+
+
+def spec_hash(*paths: str) -> str:
+    """sha256 over the bytes of the given spec files (for snapshots): first 16 hex digits."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()[:16]
