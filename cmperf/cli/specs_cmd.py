@@ -1,0 +1,88 @@
+"""`cmperf specs list` and `cmperf specs show NAME`."""
+
+from __future__ import annotations
+
+import click
+
+from .common import emit, format_option, guarded
+
+
+@click.group()
+def specs() -> None:
+    """List and show hardware, system and model spec files."""
+
+
+@specs.command("list")
+@click.option("--spec-dir", "spec_dirs", multiple=True, type=click.Path(), help="Extra folder of spec files.")
+@format_option(("table", "json", "markdown"))
+@guarded
+def list_(spec_dirs, fmt, output):
+    """Every spec on the search path (--spec-dir, $CMPERF_PATH, built-ins)."""
+    from .. import render
+    from .. import specs as sp
+
+    rows = sp.catalog(spec_dirs)
+    if fmt == "json":
+        emit(render.to_json({"specs": rows}, "specs"), output)
+        return
+    table = [(r["kind"], r["name"], r["description"], r["path"]) for r in rows]
+    if fmt == "markdown":
+        emit(render.markdown_table(("kind", "name", "description", "path"), table), output)
+    else:
+        render.print_tables("cmperf specs", [], [("specs", ("kind", "name", "description", "path"), table)])
+
+
+@specs.command("show")
+@click.argument("name")
+@click.option("--spec-dir", "spec_dirs", multiple=True, type=click.Path(), help="Extra folder of spec files.")
+@format_option(("table", "json", "markdown"))
+@guarded
+def show(name, spec_dirs, fmt, output):
+    """Show one spec (validated), with the source of every number."""
+    from .. import render
+    from .. import specs as sp
+    from ..errors import CmperfError
+
+    kinds = {r["name"]: r["kind"] for r in sp.catalog(spec_dirs)}
+    kind = kinds.get(name)
+    if kind is None:
+        try:
+            sp.find(name, "model", spec_dirs)
+            kind = "model"
+        except CmperfError:
+            raise CmperfError(f"NAME: unknown spec {name!r}; available: {', '.join(sorted(kinds))}") from None
+    loader = {"chip": sp.load_chip, "system": sp.load_system, "model": sp.load_model}[kind]
+    spec = loader(name, spec_dirs)
+    data = render.to_jsonable(spec)
+    if kind == "system":
+        data["chip"] = spec.chip.name
+    sources = data.pop("sources")
+    if fmt == "json":
+        emit(render.to_json({"spec": data, "sources": sources}, "spec"), output)
+        return
+    flat = []
+
+    def walk(prefix, v):
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                walk(f"{prefix}.{k2}" if prefix else k2, v2)
+        else:
+            flat.append((prefix, str(v), _source_for(prefix, sources)))
+
+    walk("", data)
+    header = ("key", "value (SI)", "source")
+    if fmt == "markdown":
+        emit(f"# {kind} {spec.name}\n\n" + render.markdown_table(header, flat), output)
+    else:
+        render.print_tables(f"{kind} {spec.name}", [], [(spec.path, header, flat)])
+
+
+def _source_for(key: str, sources: dict) -> str:
+    last = key.split(".")[-1]
+    for k, v in sources.items():
+        if k == key or k.endswith("." + last) or k == last:
+            return v
+    return ""
+
+
+COMMANDS = [specs]

@@ -1,0 +1,275 @@
+"""Decode phase: TPOT, tokens/s per device, per-op breakdown and bounds for a DeepSeek-style model.
+
+Per rank (die on CloudMatrix384) with b = batch_per_device / ranks_per_device sequences and MTP depth
+d: T = b * (1 + d) tokens per step (the d draft tokens are verified with the real one), T/n per
+microbatch. The step runs the dense layers, the MoE layers and the MTP module as overlapped stages
+(cmperf.step), then embedding, LM heads and sampling once on the whole batch:
+
+    step_s = sum_stages count * period(stage) + head_s
+    TPOT   = step_s / (1 + sum_{i=1..d} accept^i)         (CM384 §4.2.4: 1.7 tokens per step at 70%)
+    tokens_per_s_per_device = batch_per_device / TPOT
+
+Everything is numpy-vectorized over batch, KV length, EP size and microbatches (``evaluate``); the
+scalar ``predict`` adds the per-op breakdown and the memory verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import memory
+from .comm import message_bytes
+from .deployment import DecodeDeployment, Precision, placement_arrays
+from .errors import CmperfError
+from .graph import Stage, dense_ffn_ops, head_ops, mla_decode_ops, moe_ops
+from .imbalance import expected_imbalance
+from .roofline import BOUNDS
+from .specs import Model, System
+from .step import StageTime, step_time
+
+
+def accepted_per_step(mtp, accept):
+    """Expected accepted draft tokens per step for a chain of ``mtp`` drafts: sum accept^i."""
+    mtp = np.asarray(mtp, dtype=float)
+    a = np.asarray(accept, dtype=float)
+    return np.where(mtp >= 1, a, 0.0) + np.where(mtp >= 2, a**2, 0.0)
+
+
+def routed_imbalance(model: Model, pl: dict, ep, copies_total, eplb: str, imbalance=None):
+    """max/mean routed load: 1 for perfect EPLB, the given value, or the statistical model (cmperf.imbalance)."""
+    if imbalance is not None:
+        return np.asarray(imbalance, dtype=float)
+    if eplb == "perfect":
+        return np.ones(np.shape(copies_total))
+    ep_a, copies_a = np.broadcast_arrays(np.asarray(ep, dtype=float), np.asarray(copies_total, dtype=float))
+    out = np.ones(ep_a.shape)
+    slots_a, red_a, routed_a = (np.broadcast_to(pl[k], ep_a.shape) for k in ("slots", "redundant", "routed_ranks"))
+    for e in np.unique(ep_a):
+        mask = ep_a == e
+        i = np.argmax(mask)
+        idx = np.unravel_index(i, ep_a.shape) if ep_a.ndim else ()
+        out[mask] = expected_imbalance(copies_a[mask], model.n_routed_experts, int(red_a[idx]), int(routed_a[idx]),
+                                       int(slots_a[idx]), model.popularity_zipf)
+    return out
+
+
+def moe_load(model: Model, pl: dict, ep, tokens_mb, imb):
+    """(token-copies through the busiest rank's experts, weight sets it reads, dispatch copies per token)."""
+    k, r = model.num_experts_per_tok, model.n_routed_experts
+    ep = np.asarray(ep, dtype=float)
+    group_tokens = ep * tokens_mb
+    dedicated = pl["dedicated"]
+    routed_mean = group_tokens * k / pl["routed_ranks"]
+    shared_load = np.where(pl["shared_ranks"] > 0, group_tokens * model.n_shared_experts / np.maximum(pl["shared_ranks"], 1), 0.0)
+    ded_tokens = np.maximum(imb * routed_mean, shared_load)
+    co_tokens = imb * routed_mean + tokens_mb * model.n_shared_experts
+    expert_tokens = np.where(dedicated, ded_tokens, co_tokens)
+    p_active = 1.0 - (1.0 - k / r) ** group_tokens  # an expert copy receives at least one token
+    experts_read = np.where(dedicated, 1.0, pl["slots"] * p_active + model.n_shared_experts)
+    copies = k + np.where(dedicated, model.n_shared_experts, 0.0)
+    return expert_tokens, experts_read, copies
+
+
+@dataclass(frozen=True)
+class DecodeEval:
+    """Arrays over the operating points (broadcast of the inputs)."""
+
+    step_s: np.ndarray
+    tpot_s: np.ndarray
+    tokens_per_s_per_device: np.ndarray
+    lower_tpot_s: np.ndarray
+    upper_tpot_s: np.ndarray
+    moe_layer_s: np.ndarray
+    dense_layer_s: np.ndarray
+    imbalance: np.ndarray
+    hbm_bytes_per_rank: np.ndarray
+    hbm_capacity_bytes: float
+    max_batch_per_device: np.ndarray
+    feasible: np.ndarray
+    comm_bound_tpot_s: np.ndarray
+    stages: tuple[StageTime, ...] = field(repr=False)
+    memory_parts: dict = field(repr=False)
+
+
+def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args):
+    """Stages of one decode step and the per-rank quantities they need."""
+    h, k = model.hidden_size, model.num_experts_per_tok
+    d = system.collectives.get("dispatch")
+    c = system.collectives.get("combine")
+    if d is None or c is None:
+        raise CmperfError(f"{system.path}: [collectives.dispatch] and [collectives.combine] are needed for EP")
+    disp_msg = message_bytes(h, prec.dispatch, d.scale_bytes, d.message_align_bytes)
+    comb_msg = message_bytes(h, prec.combine, c.scale_bytes, c.message_align_bytes)
+    tokens = b_rank * (1.0 + mtp)
+    t_mb, s_mb = tokens / n, b_rank / n
+    imb = routed_imbalance(model, pl, ep, ep * t_mb * k, *imb_args)
+    exp_tok, exp_read, copies = moe_load(model, pl, ep, t_mb, imb)
+    if d.copies == "per-rank":
+        copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
+    attn = mla_decode_ops(model, prec, t_mb, s_mb, kv_len)
+    moe = moe_ops(model, prec, t_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg)
+    stages = [Stage("dense", model.first_k_dense, tuple(attn + dense_ffn_ops(model, prec, t_mb))),
+              Stage("moe", model.num_layers - model.first_k_dense, tuple(attn + moe))]
+    mtp_layers = int(np.max(mtp)) if np.any(np.asarray(mtp) > 0) else 0
+    if mtp_layers:
+        m_tok = b_rank / n  # each MTP module runs on one token per sequence
+        m_imb = routed_imbalance(model, pl, ep, ep * m_tok * k, *imb_args)
+        m_exp, m_read, _ = moe_load(model, pl, ep, m_tok, m_imb)
+        stages.append(Stage("mtp", min(mtp_layers, model.num_mtp_modules), tuple(
+            mla_decode_ops(model, prec, m_tok, s_mb, kv_len)
+            + moe_ops(model, prec, m_tok, m_exp, m_read, copies, ep, disp_msg, comb_msg))))
+    stages.append(Stage("head", 1, tuple(head_ops(model, prec, tokens, tokens, np.where(mtp > 0, b_rank, 0.0))),
+                        overlapped=False))
+    return stages, imb, disp_msg, comb_msg, tokens
+
+
+def evaluate(system: System, model: Model, *, batch_per_device, kv_len, ep_size, microbatches=2, mtp=1,
+             mtp_accept=0.7, precision: Precision | None = None, imbalance=None, eplb: str = "model",
+             attention_cube_cores=None, num_redundant=None, kv_capacity_len=None) -> DecodeEval:
+    """Vectorized decode prediction; every knob may be a numpy array (they broadcast)."""
+    prec = precision or Precision()
+    ov = system.overlap.get("decode", {"policy": "compute-comm"})
+    policy = str(ov["policy"])
+    cores = attention_cube_cores if attention_cube_cores is not None else ov.get("attention_cube_cores", 0)
+    share = float(cores) / system.chip.cube_cores if policy == "split-cores" else 1.0
+    rpd = system.ranks_per_device
+    b_rank = np.asarray(batch_per_device, dtype=float) / rpd
+    kv_len = np.asarray(kv_len, dtype=float)
+    ep = np.asarray(ep_size, dtype=float)
+    n = np.asarray(microbatches, dtype=float)
+    mtp_a = np.asarray(mtp, dtype=float)
+    pl = placement_arrays(model, ep, num_redundant)
+    stages, imb, disp_msg, comb_msg, tokens = _stages(system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl,
+                                                      (eplb, imbalance))
+    sts, step, lower, upper = step_time(stages, system, n, policy, share)
+    per_step = 1.0 + accepted_per_step(mtp_a, mtp_accept)
+    tpot = step / per_step
+    # memory
+    kv_cap = kv_len if kv_capacity_len is None else np.asarray(kv_capacity_len, dtype=float)
+    all_ops = [op for s in stages for op in s.ops]
+
+    def mem_at(b):
+        parts = memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], int(np.max(mtp_a)))
+        parts = {f"weights.{k}": v for k, v in parts.items()}
+        parts["kv_cache"] = memory.kv_bytes(model, prec.kv, b, kv_cap + mtp_a, int(np.max(mtp_a)))
+        parts["comm_buffers"] = memory.buffer_bytes(ep, b * (1 + mtp_a), model.num_experts_per_tok,
+                                                    pl["experts_per_rank"], disp_msg, comb_msg)
+        scale = np.asarray(b, dtype=float) / np.maximum(b_rank, 1e-12)
+        parts["activations"] = memory.activation_bytes(all_ops, n) * scale
+        return parts
+
+    parts = mem_at(b_rank)
+    total = sum(parts.values())
+    cap = system.chip.hbm_bytes - system.chip.hbm_reserved_bytes
+    slope = sum(mem_at(b_rank + 1.0).values()) - total
+    b_max = np.floor((cap - (total - slope * b_rank)) / slope)
+    max_batch = np.maximum(b_max, 0.0) * rpd
+    feasible = total <= cap
+    moe_st = next(s for s in sts if s.stage.name == "moe")
+    dense_st = next(s for s in sts if s.stage.name == "dense")
+    comm_bound = _comm_bound_s(moe_st, n) * (model.num_layers + (1 if np.any(mtp_a > 0) else 0) * 0)
+    return DecodeEval(step, tpot, np.asarray(batch_per_device, dtype=float) / tpot, lower / per_step, upper / per_step,
+                      moe_st.period_s, dense_st.period_s, imb, total, cap, max_batch, feasible,
+                      comm_bound / per_step * 0 + comm_bound, tuple(sts), parts)
+
+
+def _comm_bound_s(moe_st: StageTime, n):
+    """EP all-to-all bound per layer ("Insights into DeepSeek-V3", ISCA'25): n * (dispatch + combine)."""
+    total = 0.0
+    for op, t in zip(moe_st.stage.ops, moe_st.op_times, strict=True):
+        if op.collective in ("dispatch", "combine"):
+            total = total + t.time_s
+    return np.asarray(n, dtype=float) * total
+
+
+# ---------------------------------------------------------------------------------------------- scalar record
+
+
+@dataclass(frozen=True)
+class OpRow:
+    """One op of the breakdown: per execution ceilings and the total over a step."""
+
+    stage: str
+    name: str
+    stream: str
+    count: int
+    time_s: float  # per execution (one microbatch of one layer)
+    total_s: float  # count * time_s: serial time over a step, before overlap
+    bound: str
+    compute_s: float
+    memory_s: float
+    link_s: float
+    fixed_s: float
+    flops: float
+    hbm_bytes: float
+    comm_bytes: float
+
+
+@dataclass(frozen=True)
+class DecodePrediction:
+    system: str
+    model: str
+    deployment: dict
+    tpot_s: float
+    tokens_per_s_per_device: float
+    step_s: float
+    moe_layer_s: float
+    dense_layer_s: float
+    tokens_per_step: float
+    batch_per_device: float
+    imbalance: float
+    feasible: bool
+    reasons: list[str]
+    hbm_bytes_per_rank: float
+    hbm_capacity_bytes_per_rank: float
+    hbm_breakdown_bytes: dict[str, float]
+    max_batch_per_device: float
+    lower_tpot_s: float
+    upper_tpot_s: float
+    comm_bound_tpot_s: float
+    streams: dict[str, dict[str, float | str]]
+    ops: list[OpRow]
+
+
+_BINDING = ("attention stream", "MoE stream", "serial A+M", "shared HBM")
+
+
+def op_rows(sts, n) -> list[OpRow]:
+    rows = []
+    for st in sts:
+        reps = st.stage.count * (int(n) if st.stage.overlapped else 1)
+        for op, t in zip(st.stage.ops, st.op_times, strict=True):
+            f = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
+            rows.append(OpRow(st.stage.name, op.name, op.stream if st.stage.overlapped else "serial", reps,
+                              f(t.time_s), reps * f(t.time_s), BOUNDS[int(np.asarray(t.bound).reshape(-1)[0])],
+                              f(t.compute_s), f(t.memory_s), f(t.link_s), f(t.fixed_s), f(op.flops),
+                              f(op.hbm_bytes), f(op.comm_bytes)))
+    return rows
+
+
+def predict(system: System, model: Model, dep: DecodeDeployment, kv_capacity_len: float | None = None) -> DecodePrediction:
+    dep.check(system, model)
+    ev = evaluate(system, model, batch_per_device=dep.batch_per_device, kv_len=dep.kv_len, ep_size=dep.ep_size,
+                  microbatches=dep.microbatches, mtp=dep.mtp, mtp_accept=dep.mtp_accept, precision=dep.precision,
+                  imbalance=dep.imbalance, eplb=dep.eplb, attention_cube_cores=dep.attention_cube_cores,
+                  num_redundant=dep.num_redundant, kv_capacity_len=kv_capacity_len)
+    f = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
+    reasons = []
+    if not bool(ev.feasible):
+        reasons.append(
+            f"HBM: needs {f(ev.hbm_bytes_per_rank) / 1e9:.1f} GB per {system.chip.rank}, "
+            f"{ev.hbm_capacity_bytes / 1e9:.1f} GB usable; the largest batch that fits is "
+            f"{f(ev.max_batch_per_device):.0f} per device")
+    streams = {}
+    for st in ev.stages:
+        streams[st.stage.name] = {"count": st.stage.count, "a_s": f(st.a_s), "m_s": f(st.m_s),
+                                  "period_s": f(st.period_s), "binding": _BINDING[int(np.asarray(st.binding).reshape(-1)[0])]}
+    dep_d = {k: (v.__dict__ if isinstance(v, Precision) else v) for k, v in dep.__dict__.items()}
+    return DecodePrediction(
+        system.name, model.name, dep_d, f(ev.tpot_s), f(ev.tokens_per_s_per_device), f(ev.step_s),
+        f(ev.moe_layer_s), f(ev.dense_layer_s), dep.batch_per_device * (1 + dep.mtp), dep.batch_per_device,
+        f(ev.imbalance), bool(ev.feasible), reasons, f(ev.hbm_bytes_per_rank), ev.hbm_capacity_bytes,
+        {k: f(v) for k, v in ev.memory_parts.items()}, f(ev.max_batch_per_device), f(ev.lower_tpot_s),
+        f(ev.upper_tpot_s), f(ev.comm_bound_tpot_s), streams, op_rows(ev.stages, dep.microbatches))

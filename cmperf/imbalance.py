@@ -1,0 +1,75 @@
+"""Expected max/mean routed-expert load over the ranks of an EP group (the MoE layer waits for the
+most loaded rank).
+
+Statistical model, stated:
+1. Popularity: expert e (sorted hottest first) receives a share p_e ∝ (e+1)^-zipf of the top-k
+   routing decisions (``popularity_zipf`` in the model file; 0 = uniform).
+2. Redundancy, DeepSeek EPLB (github.com/deepseek-ai/EPLB, ``replicate_experts``): each of the
+   ``redundant`` extra copies goes, one at a time, to the expert with the highest load per copy;
+   a copy carries p_e / copies_e.
+3. Packing (EPLB ``balanced_packing``): copies sorted by load are placed greedily on the least
+   loaded rank that still has a free slot (``slots`` per rank), giving each rank a share w_r.
+4. Sampling noise: with N tokens routed top-k, rank r receives ~Poisson(mu_r = N k w_r) copies;
+   the expected maximum over ranks is approximated by max_r(mu_r + z_R sqrt(mu_r)), with z_R the
+   expected maximum of R standard normals, sqrt(2 ln R) - (ln ln R + ln 4π) / (2 sqrt(2 ln R)).
+
+imbalance = E[max load] / (N k / R). ``perfect`` EPLB is 1.0 by definition.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=256)
+def rank_shares(n_experts: int, redundant: int, ranks: int, slots: int, zipf: float) -> tuple[float, ...]:
+    """Share of all routed copies each rank receives after EPLB replication and packing (sums to 1)."""
+    p = np.arange(1, n_experts + 1, dtype=float) ** -zipf
+    p /= p.sum()
+    copies = np.ones(n_experts, dtype=int)
+    heap = [(-pe, e) for e, pe in enumerate(p)]
+    heapq.heapify(heap)
+    for _ in range(max(redundant, 0)):
+        _, e = heapq.heappop(heap)
+        copies[e] += 1
+        heapq.heappush(heap, (-p[e] / copies[e], e))
+    loads = np.sort(np.repeat(p / copies, copies))[::-1]
+    cap = max(slots, math.ceil(len(loads) / ranks))
+    rank_load = [(0.0, r) for r in range(ranks)]
+    used = [0] * ranks
+    share = [0.0] * ranks
+    for q in loads:
+        while True:
+            load, r = heapq.heappop(rank_load)
+            if used[r] < cap:
+                break
+        used[r] += 1
+        share[r] = load + q
+        heapq.heappush(rank_load, (share[r], r))
+    return tuple(sorted(share, reverse=True))
+
+
+def _expected_max_normal(n: int) -> float:
+    if n < 2:
+        return 0.0
+    a = math.sqrt(2 * math.log(n))
+    return a - (math.log(math.log(n)) + math.log(4 * math.pi)) / (2 * a) if n > 2 else 0.5642
+
+
+def expected_imbalance(copies_total, n_experts: int, redundant: int, ranks: int, slots: int, zipf: float):
+    """E[max rank load] / mean rank load for ``copies_total`` routed copies (array) over ``ranks`` ranks.
+
+    >>> round(float(expected_imbalance(1e9, 256, 0, 32, 8, 0.0)), 3)
+    1.0
+    """
+    n = np.asarray(copies_total, dtype=float)
+    w = np.asarray(rank_shares(n_experts, redundant, ranks, slots, zipf))
+    z = _expected_max_normal(ranks)
+    mu = n[..., None] * w  # (..., ranks)
+    mean = n / ranks
+    worst = np.max(mu + z * np.sqrt(mu), axis=-1)
+    return np.where(mean > 0, worst / np.maximum(mean, 1e-300), 1.0)

@@ -1,0 +1,52 @@
+"""HBM per rank: weights by placement, KV cache, preallocated all-to-all buffers, activations.
+
+    weights  = attention (every layer, data-parallel) + dense FFN + experts_per_rank * expert * MoE layers
+               + gate + embedding + LM head (+ MTP module), each in its datatype
+    kv       = sequences * kv_capacity_len * (layers + MTP layers) * (d_c + d_rope) * kv bytes
+    buffers  = ep * max_tokens * (dispatch msg + combine msg),
+               max_tokens = tokens per rank * min(top_k, experts per rank)   (CM384 §4.2)
+    acts     = microbatches * the largest activation footprint (input + output) of any op
+
+Worked number (CM384 decode, EP320, 48 sequences per die at 4K, BF16 KV): weights ~20 GB, KV ~14 GB.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import kv_bytes_per_token_layer, weight_params
+from .specs import DTYPE_BYTES, Model
+
+
+def weight_bytes_per_rank(m: Model, prec, experts_per_rank, mtp: int) -> dict[str, np.ndarray]:
+    """Weight bytes held by one rank, by group (attention and dense layers are replicated on every rank)."""
+    w = weight_params(m)
+    b = DTYPE_BYTES
+    n_moe = m.num_layers - m.first_k_dense
+    mtp_layers = min(mtp, m.num_mtp_modules) if mtp else 0
+    attn = np.asarray(w["attention_per_layer"] * (m.num_layers + mtp_layers) * b[prec.gemm])
+    return {
+        "attention": attn,
+        "dense_ffn": np.asarray(w["dense_ffn"] * b[prec.gemm]),
+        "experts": np.asarray(experts_per_rank, dtype=float) * w["expert"] * (n_moe + mtp_layers) * b[prec.experts],
+        "gate": np.asarray((n_moe + mtp_layers) * m.hidden_size * m.n_routed_experts * b[prec.head]),
+        "embedding_head": np.asarray((w["embedding"] + w["lm_head"]) * b[prec.head]),
+        "mtp_proj": np.asarray(mtp_layers * 2 * m.hidden_size**2 * b[prec.gemm]),
+    }
+
+
+def kv_bytes(m: Model, kv_dtype: str, seqs, kv_capacity_len, mtp: int):
+    layers = m.num_layers + (min(mtp, m.num_mtp_modules) if mtp else 0)
+    return np.asarray(seqs, dtype=float) * kv_capacity_len * layers * kv_bytes_per_token_layer(m, kv_dtype)
+
+
+def buffer_bytes(ep, tokens_per_rank, top_k: int, experts_per_rank, dispatch_msg, combine_msg):
+    max_tokens = np.asarray(tokens_per_rank, dtype=float) * np.minimum(top_k, experts_per_rank)
+    return np.asarray(ep, dtype=float) * max_tokens * (dispatch_msg + combine_msg)
+
+
+def activation_bytes(ops, microbatches):
+    peak = 0.0
+    for op in ops:
+        peak = np.maximum(peak, op.act_in_bytes + op.act_out_bytes)
+    return np.asarray(microbatches, dtype=float) * peak
