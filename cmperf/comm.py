@@ -5,7 +5,8 @@ EP all-to-all (dispatch, combine), per rank, for a payload of B bytes over an EP
     t = alpha + alpha_per_log2_ep * log2(E) + max(B_up / (bw_up * eff_up), B_out / (bw_out * eff_out))
 
 B counts every (token, expert) copy (or one per destination rank for ``copies = "per-rank"``); the
-local copy (1/E of it) does not cross a link. Of the remote bytes, the share addressed to ranks in
+local copy (1/E of it) does not cross a link unless the collective says ``local_copies = "send"``
+(the "Insights" bound counts every copy). Of the remote bytes, the share addressed to ranks in
 the sender's scale-up domain (D ranks) goes over the scale-up plane, the rest over the scale-out
 plane: f_in = (min(E, D) - 1) / (E - 1). EP320 on CloudMatrix384 is all UB (D = 768 dies); EP144 on
 18 DGX-H800 nodes is 7/143 NVLink and 136/143 InfiniBand. Worked number (CM384 Table 7, EP256
@@ -37,11 +38,11 @@ def message_bytes(hidden: int, dtype: str, scale_bytes: float, align_bytes: floa
     return float(math.ceil(raw / align_bytes) * align_bytes)
 
 
-def _split_bytes(system: System, plane_name: str, payload, group_size):
+def _split_bytes(system: System, plane_name: str, payload, group_size, send_local: bool = False):
     """(bytes over the scale-up plane, bytes over the scale-out plane) for one rank's payload."""
     plane = system.planes[plane_name]
     e = np.maximum(np.asarray(group_size, dtype=float), 1.0)
-    remote = np.asarray(payload, dtype=float) * (e - 1.0) / e
+    remote = np.asarray(payload, dtype=float) * (1.0 if send_local else (e - 1.0) / e)
     if plane.scale == "out":
         return np.zeros_like(remote), remote
     domain_ranks = plane.domain_devices * system.ranks_per_device
@@ -66,7 +67,7 @@ def ep_collective_time(system: System, name: str, payload_bytes, ep_size) -> OpT
     """Dispatch or combine of ``payload_bytes`` per rank over an EP group of ``ep_size`` ranks."""
     c = system.collectives[name]
     e = np.asarray(ep_size, dtype=float)
-    up_b, out_b = _split_bytes(system, c.plane, payload_bytes, e)
+    up_b, out_b = _split_bytes(system, c.plane, payload_bytes, e, c.local_copies == "send")
     link_s = _link_s(system, c.plane, c.scaleout_plane, up_b, out_b)
     alpha_s = np.where(e > 1, c.alpha_s + c.alpha_per_log2_ep_s * np.log2(np.maximum(e, 1.0)), 0.0)
     link_s = np.where(e > 1, link_s, 0.0)
@@ -96,7 +97,9 @@ def plane_collective_time(system: System, plane_name: str, payload_bytes, group_
     alpha_s = plane.latency_s * np.ceil(np.log2(np.maximum(g, 1.0))) + system.chip.overhead_s["comm"]
     active = g > 1
     ideal = np.asarray(payload_bytes, dtype=float) / plane.bytes_per_s_per_rank
-    return _comm_optime(np.where(active, link_s, 0.0), np.where(active, alpha_s, 0.0), np.where(active, ideal, 0.0))
+    return _comm_optime(
+        np.where(active, link_s, 0.0), np.where(active, alpha_s, 0.0), np.where(active, ideal, 0.0)
+    )
 
 
 def transfer_s(system: System, plane_name: str, nbytes, where: str = "plane"):

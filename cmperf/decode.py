@@ -38,20 +38,28 @@ def accepted_per_step(mtp, accept):
 
 
 def routed_imbalance(model: Model, pl: dict, ep, copies_total, eplb: str, imbalance=None):
-    """max/mean routed load: 1 for perfect EPLB, the given value, or the statistical model (cmperf.imbalance)."""
+    """max/mean routed load: 1 (perfect EPLB), the given value, or the routing model (cmperf.imbalance)."""
     if imbalance is not None:
         return np.asarray(imbalance, dtype=float)
     if eplb == "perfect":
         return np.ones(np.shape(copies_total))
     ep_a, copies_a = np.broadcast_arrays(np.asarray(ep, dtype=float), np.asarray(copies_total, dtype=float))
     out = np.ones(ep_a.shape)
-    slots_a, red_a, routed_a = (np.broadcast_to(pl[k], ep_a.shape) for k in ("slots", "redundant", "routed_ranks"))
+    slots_a, red_a, routed_a = (
+        np.broadcast_to(pl[k], ep_a.shape) for k in ("slots", "redundant", "routed_ranks")
+    )
     for e in np.unique(ep_a):
         mask = ep_a == e
         i = np.argmax(mask)
         idx = np.unravel_index(i, ep_a.shape) if ep_a.ndim else ()
-        out[mask] = expected_imbalance(copies_a[mask], model.n_routed_experts, int(red_a[idx]), int(routed_a[idx]),
-                                       int(slots_a[idx]), model.popularity_zipf)
+        out[mask] = expected_imbalance(
+            copies_a[mask],
+            model.n_routed_experts,
+            int(red_a[idx]),
+            int(routed_a[idx]),
+            int(slots_a[idx]),
+            model.popularity_zipf,
+        )
     return out
 
 
@@ -62,7 +70,9 @@ def moe_load(model: Model, pl: dict, ep, tokens_mb, imb):
     group_tokens = ep * tokens_mb
     dedicated = pl["dedicated"]
     routed_mean = group_tokens * k / pl["routed_ranks"]
-    shared_load = np.where(pl["shared_ranks"] > 0, group_tokens * model.n_shared_experts / np.maximum(pl["shared_ranks"], 1), 0.0)
+    shared_load = np.where(
+        pl["shared_ranks"] > 0, group_tokens * model.n_shared_experts / np.maximum(pl["shared_ranks"], 1), 0.0
+    )
     ded_tokens = np.maximum(imb * routed_mean, shared_load)
     co_tokens = imb * routed_mean + tokens_mb * model.n_shared_experts
     expert_tokens = np.where(dedicated, ded_tokens, co_tokens)
@@ -99,7 +109,9 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args):
     d = system.collectives.get("dispatch")
     c = system.collectives.get("combine")
     if d is None or c is None:
-        raise CmperfError(f"{system.path}: [collectives.dispatch] and [collectives.combine] are needed for EP")
+        raise CmperfError(
+            f"{system.path}: [collectives.dispatch] and [collectives.combine] are needed for EP"
+        )
     disp_msg = message_bytes(h, prec.dispatch, d.scale_bytes, d.message_align_bytes)
     comb_msg = message_bytes(h, prec.combine, c.scale_bytes, c.message_align_bytes)
     tokens = b_rank * (1.0 + mtp)
@@ -110,24 +122,53 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args):
         copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
     attn = mla_decode_ops(model, prec, t_mb, s_mb, kv_len)
     moe = moe_ops(model, prec, t_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg)
-    stages = [Stage("dense", model.first_k_dense, tuple(attn + dense_ffn_ops(model, prec, t_mb))),
-              Stage("moe", model.num_layers - model.first_k_dense, tuple(attn + moe))]
+    stages = [
+        Stage("dense", model.first_k_dense, tuple(attn + dense_ffn_ops(model, prec, t_mb))),
+        Stage("moe", model.num_layers - model.first_k_dense, tuple(attn + moe)),
+    ]
     mtp_layers = int(np.max(mtp)) if np.any(np.asarray(mtp) > 0) else 0
     if mtp_layers:
         m_tok = b_rank / n  # each MTP module runs on one token per sequence
         m_imb = routed_imbalance(model, pl, ep, ep * m_tok * k, *imb_args)
         m_exp, m_read, _ = moe_load(model, pl, ep, m_tok, m_imb)
-        stages.append(Stage("mtp", min(mtp_layers, model.num_mtp_modules), tuple(
-            mla_decode_ops(model, prec, m_tok, s_mb, kv_len)
-            + moe_ops(model, prec, m_tok, m_exp, m_read, copies, ep, disp_msg, comb_msg))))
-    stages.append(Stage("head", 1, tuple(head_ops(model, prec, tokens, tokens, np.where(mtp > 0, b_rank, 0.0))),
-                        overlapped=False))
+        stages.append(
+            Stage(
+                "mtp",
+                min(mtp_layers, model.num_mtp_modules),
+                tuple(
+                    mla_decode_ops(model, prec, m_tok, s_mb, kv_len)
+                    + moe_ops(model, prec, m_tok, m_exp, m_read, copies, ep, disp_msg, comb_msg)
+                ),
+            )
+        )
+    stages.append(
+        Stage(
+            "head",
+            1,
+            tuple(head_ops(model, prec, tokens, tokens, np.where(mtp > 0, b_rank, 0.0))),
+            overlapped=False,
+        )
+    )
     return stages, imb, disp_msg, comb_msg, tokens
 
 
-def evaluate(system: System, model: Model, *, batch_per_device, kv_len, ep_size, microbatches=2, mtp=1,
-             mtp_accept=0.7, precision: Precision | None = None, imbalance=None, eplb: str = "model",
-             attention_cube_cores=None, num_redundant=None, kv_capacity_len=None) -> DecodeEval:
+def evaluate(
+    system: System,
+    model: Model,
+    *,
+    batch_per_device,
+    kv_len,
+    ep_size,
+    microbatches=2,
+    mtp=1,
+    mtp_accept=0.7,
+    precision: Precision | None = None,
+    imbalance=None,
+    eplb: str = "model",
+    attention_cube_cores=None,
+    num_redundant=None,
+    kv_capacity_len=None,
+) -> DecodeEval:
     """Vectorized decode prediction; every knob may be a numpy array (they broadcast)."""
     prec = precision or Precision()
     ov = system.overlap.get("decode", {"policy": "compute-comm"})
@@ -141,8 +182,9 @@ def evaluate(system: System, model: Model, *, batch_per_device, kv_len, ep_size,
     n = np.asarray(microbatches, dtype=float)
     mtp_a = np.asarray(mtp, dtype=float)
     pl = placement_arrays(model, ep, num_redundant)
-    stages, imb, disp_msg, comb_msg, tokens = _stages(system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl,
-                                                      (eplb, imbalance))
+    stages, imb, disp_msg, comb_msg, _ = _stages(
+        system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl, (eplb, imbalance)
+    )
     sts, step, lower, upper = step_time(stages, system, n, policy, share)
     per_step = 1.0 + accepted_per_step(mtp_a, mtp_accept)
     tpot = step / per_step
@@ -154,8 +196,9 @@ def evaluate(system: System, model: Model, *, batch_per_device, kv_len, ep_size,
         parts = memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], int(np.max(mtp_a)))
         parts = {f"weights.{k}": v for k, v in parts.items()}
         parts["kv_cache"] = memory.kv_bytes(model, prec.kv, b, kv_cap + mtp_a, int(np.max(mtp_a)))
-        parts["comm_buffers"] = memory.buffer_bytes(ep, b * (1 + mtp_a), model.num_experts_per_tok,
-                                                    pl["experts_per_rank"], disp_msg, comb_msg)
+        parts["comm_buffers"] = memory.buffer_bytes(
+            ep, b * (1 + mtp_a), model.num_experts_per_tok, pl["experts_per_rank"], disp_msg, comb_msg
+        )
         scale = np.asarray(b, dtype=float) / np.maximum(b_rank, 1e-12)
         parts["activations"] = memory.activation_bytes(all_ops, n) * scale
         return parts
@@ -169,14 +212,31 @@ def evaluate(system: System, model: Model, *, batch_per_device, kv_len, ep_size,
     feasible = total <= cap
     moe_st = next(s for s in sts if s.stage.name == "moe")
     dense_st = next(s for s in sts if s.stage.name == "dense")
-    comm_bound = _comm_bound_s(moe_st, n) * (model.num_layers + (1 if np.any(mtp_a > 0) else 0) * 0)
-    return DecodeEval(step, tpot, np.asarray(batch_per_device, dtype=float) / tpot, lower / per_step, upper / per_step,
-                      moe_st.period_s, dense_st.period_s, imb, total, cap, max_batch, feasible,
-                      comm_bound / per_step * 0 + comm_bound, tuple(sts), parts)
+    comm_bound_step = _comm_bound_s(moe_st, n) * model.num_layers
+    return DecodeEval(
+        step,
+        tpot,
+        np.asarray(batch_per_device, dtype=float) / tpot,
+        lower / per_step,
+        upper / per_step,
+        moe_st.period_s,
+        dense_st.period_s,
+        imb,
+        total,
+        cap,
+        max_batch,
+        feasible,
+        comm_bound_step / per_step,
+        tuple(sts),
+        parts,
+    )
 
 
 def _comm_bound_s(moe_st: StageTime, n):
-    """EP all-to-all bound per layer ("Insights into DeepSeek-V3", ISCA'25): n * (dispatch + combine)."""
+    """EP all-to-all bound per layer ("Insights into DeepSeek-V3", ISCA'25): n * (dispatch + combine).
+
+    Times num_layers and divided by tokens per step it bounds TPOT: 2 * 61 * 120.96 us = 14.76 ms for
+    32 tokens x 9 copies x 7,000 B x (1 + 2) over 50 GB/s."""
     total = 0.0
     for op, t in zip(moe_st.stage.ops, moe_st.op_times, strict=True):
         if op.collective in ("dispatch", "combine"):
@@ -242,34 +302,86 @@ def op_rows(sts, n) -> list[OpRow]:
         reps = st.stage.count * (int(n) if st.stage.overlapped else 1)
         for op, t in zip(st.stage.ops, st.op_times, strict=True):
             f = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
-            rows.append(OpRow(st.stage.name, op.name, op.stream if st.stage.overlapped else "serial", reps,
-                              f(t.time_s), reps * f(t.time_s), BOUNDS[int(np.asarray(t.bound).reshape(-1)[0])],
-                              f(t.compute_s), f(t.memory_s), f(t.link_s), f(t.fixed_s), f(op.flops),
-                              f(op.hbm_bytes), f(op.comm_bytes)))
+            rows.append(
+                OpRow(
+                    st.stage.name,
+                    op.name,
+                    op.stream if st.stage.overlapped else "serial",
+                    reps,
+                    f(t.time_s),
+                    reps * f(t.time_s),
+                    BOUNDS[int(np.asarray(t.bound).reshape(-1)[0])],
+                    f(t.compute_s),
+                    f(t.memory_s),
+                    f(t.link_s),
+                    f(t.fixed_s),
+                    f(op.flops),
+                    f(op.hbm_bytes),
+                    f(op.comm_bytes),
+                )
+            )
     return rows
 
 
-def predict(system: System, model: Model, dep: DecodeDeployment, kv_capacity_len: float | None = None) -> DecodePrediction:
+def predict(
+    system: System, model: Model, dep: DecodeDeployment, kv_capacity_len: float | None = None
+) -> DecodePrediction:
     dep.check(system, model)
-    ev = evaluate(system, model, batch_per_device=dep.batch_per_device, kv_len=dep.kv_len, ep_size=dep.ep_size,
-                  microbatches=dep.microbatches, mtp=dep.mtp, mtp_accept=dep.mtp_accept, precision=dep.precision,
-                  imbalance=dep.imbalance, eplb=dep.eplb, attention_cube_cores=dep.attention_cube_cores,
-                  num_redundant=dep.num_redundant, kv_capacity_len=kv_capacity_len)
+    ev = evaluate(
+        system,
+        model,
+        batch_per_device=dep.batch_per_device,
+        kv_len=dep.kv_len,
+        ep_size=dep.ep_size,
+        microbatches=dep.microbatches,
+        mtp=dep.mtp,
+        mtp_accept=dep.mtp_accept,
+        precision=dep.precision,
+        imbalance=dep.imbalance,
+        eplb=dep.eplb,
+        attention_cube_cores=dep.attention_cube_cores,
+        num_redundant=dep.num_redundant,
+        kv_capacity_len=kv_capacity_len,
+    )
     f = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
     reasons = []
     if not bool(ev.feasible):
         reasons.append(
             f"HBM: needs {f(ev.hbm_bytes_per_rank) / 1e9:.1f} GB per {system.chip.rank}, "
             f"{ev.hbm_capacity_bytes / 1e9:.1f} GB usable; the largest batch that fits is "
-            f"{f(ev.max_batch_per_device):.0f} per device")
+            f"{f(ev.max_batch_per_device):.0f} per device"
+        )
     streams = {}
     for st in ev.stages:
-        streams[st.stage.name] = {"count": st.stage.count, "a_s": f(st.a_s), "m_s": f(st.m_s),
-                                  "period_s": f(st.period_s), "binding": _BINDING[int(np.asarray(st.binding).reshape(-1)[0])]}
+        streams[st.stage.name] = {
+            "count": st.stage.count,
+            "a_s": f(st.a_s),
+            "m_s": f(st.m_s),
+            "period_s": f(st.period_s),
+            "binding": _BINDING[int(np.asarray(st.binding).reshape(-1)[0])],
+        }
     dep_d = {k: (v.__dict__ if isinstance(v, Precision) else v) for k, v in dep.__dict__.items()}
     return DecodePrediction(
-        system.name, model.name, dep_d, f(ev.tpot_s), f(ev.tokens_per_s_per_device), f(ev.step_s),
-        f(ev.moe_layer_s), f(ev.dense_layer_s), dep.batch_per_device * (1 + dep.mtp), dep.batch_per_device,
-        f(ev.imbalance), bool(ev.feasible), reasons, f(ev.hbm_bytes_per_rank), ev.hbm_capacity_bytes,
-        {k: f(v) for k, v in ev.memory_parts.items()}, f(ev.max_batch_per_device), f(ev.lower_tpot_s),
-        f(ev.upper_tpot_s), f(ev.comm_bound_tpot_s), streams, op_rows(ev.stages, dep.microbatches))
+        system.name,
+        model.name,
+        dep_d,
+        f(ev.tpot_s),
+        f(ev.tokens_per_s_per_device),
+        f(ev.step_s),
+        f(ev.moe_layer_s),
+        f(ev.dense_layer_s),
+        dep.batch_per_device * (1 + dep.mtp),
+        dep.batch_per_device,
+        f(ev.imbalance),
+        bool(ev.feasible),
+        reasons,
+        f(ev.hbm_bytes_per_rank),
+        ev.hbm_capacity_bytes,
+        {k: f(v) for k, v in ev.memory_parts.items()},
+        f(ev.max_batch_per_device),
+        f(ev.lower_tpot_s),
+        f(ev.upper_tpot_s),
+        f(ev.comm_bound_tpot_s),
+        streams,
+        op_rows(ev.stages, dep.microbatches),
+    )

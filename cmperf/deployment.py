@@ -71,11 +71,19 @@ def placement_arrays(model: Model, ep_size, num_redundant=None) -> dict[str, np.
     shared_ranks = np.where(dedicated, extra - red_ded, ep) if has_shared else np.zeros_like(ep)
     routed_ranks = np.where(dedicated, r + red_ded, ep)
     experts_per_rank = np.where(dedicated, 1.0, slots + (1.0 if has_shared else 0.0))
-    return {"dedicated": dedicated, "slots": slots, "redundant": red, "shared_ranks": shared_ranks,
-            "routed_ranks": routed_ranks, "experts_per_rank": experts_per_rank}
+    return {
+        "dedicated": dedicated,
+        "slots": slots,
+        "redundant": red,
+        "shared_ranks": shared_ranks,
+        "routed_ranks": routed_ranks,
+        "experts_per_rank": experts_per_rank,
+    }
 
 
-def place_experts(model: Model, ep_size: int, num_redundant: int | None = None, flag: str = "--ep") -> Placement:
+def place_experts(
+    model: Model, ep_size: int, num_redundant: int | None = None, flag: str = "--ep"
+) -> Placement:
     """Validated placement for one EP size; ``num_redundant`` overrides the default redundancy."""
     r = model.n_routed_experts
     if ep_size < 1:
@@ -83,16 +91,28 @@ def place_experts(model: Model, ep_size: int, num_redundant: int | None = None, 
     if ep_size > r:
         extra = ep_size - r
         if num_redundant is not None and not (0 <= num_redundant < extra):
-            raise CmperfError(f"--redundant: EP{ep_size} has {extra} ranks beyond the {r} routed experts; "
-                              f"choose --redundant between 0 and {extra - 1} (the rest hold shared-expert copies)")
+            raise CmperfError(
+                f"--redundant: EP{ep_size} has {extra} ranks beyond the {r} routed experts; "
+                f"choose --redundant between 0 and {extra - 1} (the rest hold shared-expert copies)"
+            )
     elif num_redundant is not None and (num_redundant < 0 or (r + num_redundant) % ep_size):
-        raise CmperfError(f"--redundant: {r} routed + {num_redundant} redundant experts do not split evenly over "
-                          f"EP{ep_size}; choose N so that {r} + N is a multiple of {ep_size}")
+        raise CmperfError(
+            f"--redundant: {r} routed + {num_redundant} redundant experts do not split evenly over "
+            f"EP{ep_size}; choose N so that {r} + N is a multiple of {ep_size}"
+        )
     a = placement_arrays(model, ep_size, num_redundant)
     if a["dedicated"] and model.n_shared_experts and a["shared_ranks"] < 1:
-        raise CmperfError(f"{flag}: EP{ep_size} leaves no rank for the shared expert; use EP{r} or at least EP{r + 2}")
-    return Placement(ep_size, bool(a["dedicated"]), int(a["slots"]), int(a["redundant"]), int(a["shared_ranks"]),
-                     int(a["routed_ranks"]))
+        raise CmperfError(
+            f"{flag}: EP{ep_size} leaves no rank for the shared expert; use EP{r} or at least EP{r + 2}"
+        )
+    return Placement(
+        ep_size,
+        bool(a["dedicated"]),
+        int(a["slots"]),
+        int(a["redundant"]),
+        int(a["shared_ranks"]),
+        int(a["routed_ranks"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -111,7 +131,9 @@ class Precision:
     def check(self, system: System) -> None:
         for group, dtype in self.__dict__.items():
             if dtype not in DTYPE_BYTES:
-                raise CmperfError(f"--{group}-dtype: unknown datatype {dtype!r} (one of {', '.join(DTYPE_BYTES)})")
+                raise CmperfError(
+                    f"--{group}-dtype: unknown datatype {dtype!r} (one of {', '.join(DTYPE_BYTES)})"
+                )
             if group in ("gemm", "experts", "attention", "head"):
                 system.chip.peak(dtype, where=f"precision {group}={dtype} on {system.name}")
 
@@ -137,18 +159,27 @@ class DecodeDeployment:
         """Validate against the system and model; return the expert placement."""
         ranks = self.devices * system.ranks_per_device
         if self.devices < 1 or self.devices > system.num_devices:
-            raise CmperfError(f"--devices: {self.devices} is outside 1..{system.num_devices} ({system.name} has "
-                              f"{system.num_devices} devices)")
+            raise CmperfError(
+                f"--devices: {self.devices} is outside 1..{system.num_devices} ({system.name} has "
+                f"{system.num_devices} devices)"
+            )
         if self.ep_size < 1 or ranks % self.ep_size:
-            raise CmperfError(f"--ep: EP{self.ep_size} must divide the {ranks} ranks of {self.devices} devices "
-                              f"({system.ranks_per_device} per device on {system.name}); try --ep {ranks}")
+            raise CmperfError(
+                f"--ep: EP{self.ep_size} must divide the {ranks} ranks of {self.devices} devices "
+                f"({system.ranks_per_device} per device on {system.name}); try --ep {ranks}"
+            )
         if self.batch_per_device <= 0:
             raise CmperfError(f"--batch: must be positive, got {self.batch_per_device:g}")
         if self.kv_len < 1 or self.kv_len > model.max_position_embeddings:
-            raise CmperfError(f"--kv-len: {self.kv_len:g} is outside 1..{model.max_position_embeddings} "
-                              f"(the model's context)")
-        if self.mtp < 0 or self.mtp > max(model.num_mtp_modules, 0) and self.mtp > 0:
-            raise CmperfError(f"--mtp: {model.name} has {model.num_mtp_modules} MTP module(s); use 0..{model.num_mtp_modules}")
+            raise CmperfError(
+                f"--kv-len: {self.kv_len:g} is outside 1..{model.max_position_embeddings} "
+                f"(the model's context)"
+            )
+        if not 0 <= self.mtp <= model.num_mtp_modules:
+            raise CmperfError(
+                f"--mtp: {model.name} has {model.num_mtp_modules} MTP module(s); use 0 to "
+                f"{model.num_mtp_modules}"
+            )
         if not 0.0 <= self.mtp_accept <= 1.0:
             raise CmperfError(f"--mtp-accept: must be in [0, 1], got {self.mtp_accept:g}")
         if self.microbatches not in (1, 2, 3, 4):

@@ -28,7 +28,10 @@ def weight_bytes_per_rank(m: Model, prec, experts_per_rank, mtp: int) -> dict[st
     return {
         "attention": attn,
         "dense_ffn": np.asarray(w["dense_ffn"] * b[prec.gemm]),
-        "experts": np.asarray(experts_per_rank, dtype=float) * w["expert"] * (n_moe + mtp_layers) * b[prec.experts],
+        "experts": np.asarray(experts_per_rank, dtype=float)
+        * w["expert"]
+        * (n_moe + mtp_layers)
+        * b[prec.experts],
         "gate": np.asarray((n_moe + mtp_layers) * m.hidden_size * m.n_routed_experts * b[prec.head]),
         "embedding_head": np.asarray((w["embedding"] + w["lm_head"]) * b[prec.head]),
         "mtp_proj": np.asarray(mtp_layers * 2 * m.hidden_size**2 * b[prec.gemm]),

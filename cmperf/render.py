@@ -45,7 +45,9 @@ def to_json(obj: Any, kind: str) -> str:
     body = to_jsonable(obj)
     if not isinstance(body, dict):
         body = {"result": body}
-    return json.dumps({"schema_version": SCHEMA_VERSION, "kind": kind, **body}, sort_keys=True, indent=2) + "\n"
+    return (
+        json.dumps({"schema_version": SCHEMA_VERSION, "kind": kind, **body}, sort_keys=True, indent=2) + "\n"
+    )
 
 
 def _pct(x: float, total: float) -> str:
@@ -55,9 +57,13 @@ def _pct(x: float, total: float) -> str:
 def decode_summary_rows(p) -> list[tuple[str, str]]:
     rows = [
         ("system / model", f"{p.system} / {p.model}"),
-        ("deployment", f"{p.deployment['devices']} devices, EP{p.deployment['ep_size']}, batch {p.batch_per_device:g}/device, "
-                       f"KV {p.deployment['kv_len']:g}, MTP {p.deployment['mtp']} @ {p.deployment['mtp_accept']:g}, "
-                       f"{p.deployment['microbatches']} microbatch(es)"),
+        (
+            "deployment",
+            f"{p.deployment['devices']} devices, EP{p.deployment['ep_size']}, "
+            f"batch {p.batch_per_device:g}/device, "
+            f"KV {p.deployment['kv_len']:g}, MTP {p.deployment['mtp']} @ {p.deployment['mtp_accept']:g}, "
+            f"{p.deployment['microbatches']} microbatch(es)",
+        ),
         ("TPOT", fmt_s(p.tpot_s)),
         ("tokens/s per device", f"{p.tokens_per_s_per_device:,.0f}"),
         ("step (all layers + heads)", fmt_s(p.step_s)),
@@ -65,7 +71,10 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
         ("TPOT bounds (speed of light .. no overlap)", f"{fmt_s(p.lower_tpot_s)} .. {fmt_s(p.upper_tpot_s)}"),
         ("EP all-to-all bound on TPOT", fmt_s(p.comm_bound_tpot_s)),
         ("routed load max/mean", f"{p.imbalance:.3f}"),
-        ("HBM per rank", f"{fmt_bytes(p.hbm_bytes_per_rank)} of {fmt_bytes(p.hbm_capacity_bytes_per_rank)} usable"),
+        (
+            "HBM per rank",
+            f"{fmt_bytes(p.hbm_bytes_per_rank)} of {fmt_bytes(p.hbm_capacity_bytes_per_rank)} usable",
+        ),
         ("largest batch that fits", f"{p.max_batch_per_device:,.0f} per device"),
         ("feasible", "yes" if p.feasible else "NO: " + "; ".join(p.reasons)),
     ]
@@ -73,17 +82,46 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
 
 
 def stream_rows(p) -> list[tuple[str, ...]]:
-    return [(name, str(s["count"]), fmt_s(s["a_s"]), fmt_s(s["m_s"]), fmt_s(s["period_s"]), str(s["binding"]))
-            for name, s in p.streams.items()]
+    return [
+        (name, str(s["count"]), fmt_s(s["a_s"]), fmt_s(s["m_s"]), fmt_s(s["period_s"]), str(s["binding"]))
+        for name, s in p.streams.items()
+    ]
 
 
-OP_HEADER = ("stage", "op", "stream", "count", "per call", "per step", "share", "bound", "compute", "memory",
-             "link", "fixed")
+OP_HEADER = (
+    "stage",
+    "op",
+    "stream",
+    "count",
+    "per call",
+    "per step",
+    "share",
+    "bound",
+    "compute",
+    "memory",
+    "link",
+    "fixed",
+)
 
 
 def op_table_rows(ops, step_s: float) -> list[tuple[str, ...]]:
-    return [(r.stage, r.name, r.stream, str(r.count), fmt_s(r.time_s), fmt_s(r.total_s), _pct(r.total_s, step_s),
-             r.bound, fmt_s(r.compute_s), fmt_s(r.memory_s), fmt_s(r.link_s), fmt_s(r.fixed_s)) for r in ops]
+    return [
+        (
+            r.stage,
+            r.name,
+            r.stream,
+            str(r.count),
+            fmt_s(r.time_s),
+            fmt_s(r.total_s),
+            _pct(r.total_s, step_s),
+            r.bound,
+            fmt_s(r.compute_s),
+            fmt_s(r.memory_s),
+            fmt_s(r.link_s),
+            fmt_s(r.fixed_s),
+        )
+        for r in ops
+    ]
 
 
 def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -93,19 +131,25 @@ def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def decode_markdown(p) -> str:
-    parts = ["# cmperf decode prediction\n", markdown_table(("quantity", "value"), decode_summary_rows(p)),
-             "\n## Streams per layer (per microbatch: A = attention stream, M = MoE stream)\n",
-             markdown_table(("stage", "layers", "A", "M", "period", "binding"), stream_rows(p)),
-             "\n## Per-op breakdown\n", markdown_table(OP_HEADER, op_table_rows(p.ops, p.step_s))]
+    parts = [
+        "# cmperf decode prediction\n",
+        markdown_table(("quantity", "value"), decode_summary_rows(p)),
+        "\n## Streams per layer (per microbatch: A = attention stream, M = MoE stream)\n",
+        markdown_table(("stage", "layers", "A", "M", "period", "binding"), stream_rows(p)),
+        "\n## Per-op breakdown\n",
+        markdown_table(OP_HEADER, op_table_rows(p.ops, p.step_s)),
+    ]
     return "".join(parts)
 
 
-def print_tables(title: str, summary: list[tuple[str, str]], sections: list[tuple[str, tuple[str, ...], list]]) -> None:
+def print_tables(
+    title: str, summary: list[tuple[str, str]], sections: list[tuple[str, tuple[str, ...], list]]
+) -> None:
     """Rich rendering of a summary (key/value) plus titled tables. rich is imported only here."""
+    import shutil
+
     from rich.console import Console
     from rich.table import Table
-
-    import shutil
 
     console = Console(width=max(shutil.get_terminal_size((160, 40)).columns, 150))
     if summary:
@@ -118,13 +162,24 @@ def print_tables(title: str, summary: list[tuple[str, str]], sections: list[tupl
     for sec_title, header, rows in sections:
         tt = Table(title=sec_title)
         for h in header:
-            tt.add_column(h, justify="left" if h in ("stage", "op", "stream", "bound", "binding") else "right")
+            tt.add_column(
+                h, justify="left" if h in ("stage", "op", "stream", "bound", "binding") else "right"
+            )
         for r in rows:
             tt.add_row(*r)
         console.print(tt)
 
 
 def decode_table(p) -> None:
-    print_tables("cmperf decode", decode_summary_rows(p), [
-        ("streams per layer (per microbatch)", ("stage", "layers", "A", "M", "period", "binding"), stream_rows(p)),
-        ("per-op breakdown", OP_HEADER, op_table_rows(p.ops, p.step_s))])
+    print_tables(
+        "cmperf decode",
+        decode_summary_rows(p),
+        [
+            (
+                "streams per layer (per microbatch)",
+                ("stage", "layers", "A", "M", "period", "binding"),
+                stream_rows(p),
+            ),
+            ("per-op breakdown", OP_HEADER, op_table_rows(p.ops, p.step_s)),
+        ],
+    )

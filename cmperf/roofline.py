@@ -63,6 +63,13 @@ def compute_op_time(op: Op, chip: Chip, cube_share=1.0, vector_share=1.0) -> OpT
     fixed = np.asarray(0.0 if op.fused else chip.overhead_s[kind])
     time_s = np.maximum(compute_s, memory_s) + fixed
     ideal = np.maximum(peak_s, hbm / chip.hbm_bytes_per_s)
-    return OpTime(compute_s + zero * memory_s, memory_s + zero * compute_s, zero + 0 * memory_s,
-                  fixed + 0 * memory_s, time_s, _bound(compute_s, memory_s, zero, fixed), ideal,
-                  compute_s + memory_s + fixed)
+    return OpTime(
+        compute_s + zero * memory_s,
+        memory_s + zero * compute_s,
+        zero + 0 * memory_s,
+        fixed + 0 * memory_s,
+        time_s,
+        _bound(compute_s, memory_s, zero, fixed),
+        ideal,
+        compute_s + memory_s + fixed,
+    )

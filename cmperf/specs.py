@@ -54,7 +54,9 @@ class Chip:
         """Peak FLOP/s for ``dtype``; a clear error when the chip has no such datatype."""
         if dtype not in self.peak_flops:
             have = ", ".join(sorted(self.peak_flops))
-            raise CmperfError(f"{where}: chip {self.name} has no {dtype} compute (it has {have}); choose one of those")
+            raise CmperfError(
+                f"{where}: chip {self.name} has no {dtype} compute (it has {have}); choose one of those"
+            )
         return self.peak_flops[dtype]
 
 
@@ -82,6 +84,9 @@ class Collective:
     message_align_bytes: float
     copies: str  # "per-expert" (one message per token and expert) or "per-rank" (deduplicated per rank)
     scaleout_plane: str | None = None
+    local_copies: str = (
+        "skip"  # "skip": the 1/EP local share stays on the rank; "send": it crosses the link too
+    )
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,9 @@ class System:
 
     def plane(self, name: str, where: str = "plane") -> Plane:
         if name not in self.planes:
-            raise CmperfError(f"{where}: system {self.name} has no plane {name!r} (it has {', '.join(self.planes)})")
+            raise CmperfError(
+                f"{where}: system {self.name} has no plane {name!r} (it has {', '.join(self.planes)})"
+            )
         return self.planes[name]
 
 
@@ -177,7 +184,12 @@ def catalog(spec_dirs: tuple[str, ...] | list[str] = ()) -> list[dict[str, str]]
             continue  # scenarios and other TOML files share folders
         name = str(raw["name"])
         if name not in seen:
-            seen[name] = {"name": name, "kind": kind, "description": str(raw.get("description", "")), "path": str(path)}
+            seen[name] = {
+                "name": name,
+                "kind": kind,
+                "description": str(raw.get("description", "")),
+                "path": str(path),
+            }
     return sorted(seen.values(), key=lambda r: (r["kind"], r["name"]))
 
 
@@ -191,7 +203,7 @@ def find(name: str, kind: str, spec_dirs: tuple[str, ...] | list[str] = (), flag
         raw = _read(path)
         if raw.get("kind") != kind:
             continue
-        if raw.get("name") == name or name in raw.get("aliases", []):
+        if raw.get("name") == name or name in raw.get("aliases", []) or path.stem == name:
             return path
     have = ", ".join(r["name"] for r in catalog(spec_dirs) if r["kind"] == kind) or "none"
     raise CmperfError(f"{flag}: unknown {kind} {name!r}; available: {have} (or add a folder with --spec-dir)")
@@ -218,10 +230,14 @@ class _Table:
             return None
         entry = self.raw[key]
         if not isinstance(entry, dict) or "value" not in entry:
-            raise CmperfError(f'{self.where(key)}: write {{ value = ..., source = "..." }} so every number has a source')
-        extra = set(entry) - {"value", "source", "mark", "per", "note"}
+            raise CmperfError(
+                f'{self.where(key)}: write {{ value = ..., source = "..." }} so every number has a source'
+            )
+        extra = set(entry) - {"value", "source", "mark", "per"}
         if extra:
-            raise CmperfError(f"{self.where(key)}: unknown field {sorted(extra)[0]!r} (allowed: value, source, mark, per, note)")
+            raise CmperfError(
+                f"{self.where(key)}: unknown field {sorted(extra)[0]!r} (allowed: value, source, mark, per)"
+            )
         if not str(entry.get("source", "")).strip():
             raise CmperfError(f"{self.where(key)} has no source; every number needs one")
         if entry.get("mark", "Q") not in ("Q", "S", "I"):
@@ -229,8 +245,15 @@ class _Table:
         self.sources[self.prefix + key] = str(entry["source"])
         return entry
 
-    def quantity(self, key: str, kind: str, lo: float = 0.0, hi: float = float("inf"), required: bool = True,
-                 default: float | None = None) -> float:
+    def quantity(
+        self,
+        key: str,
+        kind: str,
+        lo: float = 0.0,
+        hi: float = float("inf"),
+        required: bool = True,
+        default: float | None = None,
+    ) -> float:
         entry = self._entry(key, required)
         if entry is None:
             return default  # type: ignore[return-value]
@@ -253,11 +276,19 @@ class _Table:
         if entry is None:
             return default
         v = entry["value"]
-        if not isinstance(v, int | float) or isinstance(v, bool) or not (lo <= v <= 1.0) or v == 0 and lo == 0.0:
+        if (
+            not isinstance(v, int | float)
+            or isinstance(v, bool)
+            or not (lo <= v <= 1.0)
+            or (v == 0
+            and lo == 0.0)
+        ):
             raise CmperfError(f"{self.where(key)}: expected a fraction in (0, 1], got {v!r}")
         return float(v)
 
-    def string(self, key: str, choices: tuple[str, ...] | None = None, required: bool = True, default: str = "") -> str:
+    def string(
+        self, key: str, choices: tuple[str, ...] | None = None, required: bool = True, default: str = ""
+    ) -> str:
         self.used.add(key)
         if key not in self.raw:
             if required:
@@ -282,7 +313,9 @@ class _Table:
     def done(self) -> None:
         unknown = sorted(set(self.raw) - self.used)
         if unknown:
-            raise CmperfError(f"{self.where(unknown[0])}: unknown key; check the spelling (see `cmperf specs show`)")
+            raise CmperfError(
+                f"{self.where(unknown[0])}: unknown key; check the spelling (see `cmperf specs show`)"
+            )
 
 
 def _header(t: _Table, kind: str) -> tuple[str, str]:
@@ -338,7 +371,11 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Syste
     planes_t = t.sub("planes")
     for pname in planes_t.raw:
         p = planes_t.sub(pname)
-        per = p.raw.get("bandwidth", {}).get("per", "rank") if isinstance(p.raw.get("bandwidth"), dict) else "rank"
+        per = (
+            p.raw.get("bandwidth", {}).get("per", "rank")
+            if isinstance(p.raw.get("bandwidth"), dict)
+            else "rank"
+        )
         ranks_per = {"rank": 1, "device": ranks_per_device, "node": ranks_per_device * devices_per_node}
         if per not in ranks_per:
             raise CmperfError(f"{p.where('bandwidth')}: per must be rank, device or node, got {per!r}")
@@ -372,6 +409,7 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Syste
             c.quantity("message_align", "bytes", lo=1.0, hi=1e6),
             c.string("copies", ("per-expert", "per-rank")),
             scaleout,
+            c.string("local_copies", ("skip", "send"), required=False, default="skip"),
         )
         c.done()
     coll_t.done()
@@ -390,8 +428,20 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Syste
         overlap[phase] = rec
     ov_t.done()
     t.done()
-    return System(name, desc, str(path), chip, num_devices, ranks_per_device, devices_per_node, dram, planes, colls,
-                  overlap, sources)
+    return System(
+        name,
+        desc,
+        str(path),
+        chip,
+        num_devices,
+        ranks_per_device,
+        devices_per_node,
+        dram,
+        planes,
+        colls,
+        overlap,
+        sources,
+    )
 
 
 def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Model:
@@ -414,7 +464,9 @@ def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Model:
         sources["architecture." + k] = src
     a.done()
     if arch["first_k_dense"] > arch["num_layers"] or arch["num_experts_per_tok"] > arch["n_routed_experts"]:
-        raise CmperfError(f"{path}: first_k_dense <= num_layers and num_experts_per_tok <= n_routed_experts required")
+        raise CmperfError(
+            f"{path}: first_k_dense <= num_layers and num_experts_per_tok <= n_routed_experts required"
+        )
     r = t.sub("routing", required=False)
     zipf = r.quantity("popularity_zipf", "per_s", hi=3.0, required=False, default=0.0)
     r.done()

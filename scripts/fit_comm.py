@@ -10,7 +10,10 @@ squares on relative error. Two fitted parameters per operation. Run: python scri
 import numpy as np
 
 EP = np.array([8, 16, 32, 64, 128, 256])
-TABLE7_US = {"dispatch": np.array([116, 131, 133, 141, 152, 152.0]), "combine": np.array([118, 132, 146, 150, 150, 149.0])}
+TABLE7_US = {
+    "dispatch": np.array([116, 131, 133, 141, 152, 152.0]),
+    "combine": np.array([118, 132, 146, 150, 150, 149.0]),
+}
 MSG_BYTES = {"dispatch": 7680.0, "combine": 14336.0}  # INT8 7168 + 4 B scale padded to 7.5 KB; BF16 14 KB
 BW, EFF, TOKENS, TOPK = 196e9, 137 / 196, 128, 8
 

@@ -45,20 +45,41 @@ def guarded(fn):
 
 def system_model_options(fn):
     """--system, --model, --spec-dir (CMPERF_PATH adds folders too)."""
-    fn = click.option("--spec-dir", "spec_dirs", multiple=True, type=click.Path(),
-                      help="Extra folder of spec files (repeatable; searched before CMPERF_PATH and built-ins).")(fn)
-    fn = click.option("--model", default="deepseek-r1", show_default=True, help="Model spec name or .toml path.")(fn)
-    fn = click.option("--system", default="cloudmatrix384", show_default=True,
-                      help="System spec name or .toml path (`cmperf specs list`).")(fn)
+    fn = click.option(
+        "--spec-dir",
+        "spec_dirs",
+        multiple=True,
+        type=click.Path(),
+        help="Extra folder of spec files (repeatable; searched before CMPERF_PATH and built-ins).",
+    )(fn)
+    fn = click.option(
+        "--model", default="deepseek-r1", show_default=True, help="Model spec name or .toml path."
+    )(fn)
+    fn = click.option(
+        "--system",
+        default="cloudmatrix384",
+        show_default=True,
+        help="System spec name or .toml path (`cmperf specs list`).",
+    )(fn)
     return fn
 
 
 def format_option(choices=("table", "json", "markdown")):
     def deco(fn):
-        fn = click.option("-o", "--output", type=click.Path(dir_okay=False),
-                          help="Write to this file (atomically) instead of stdout.")(fn)
-        return click.option("--format", "fmt", type=click.Choice(choices), default=choices[0], show_default=True,
-                            help="Output format.")(fn)
+        fn = click.option(
+            "-o",
+            "--output",
+            type=click.Path(dir_okay=False),
+            help="Write to this file (atomically) instead of stdout.",
+        )(fn)
+        return click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(choices),
+            default=choices[0],
+            show_default=True,
+            help="Output format.",
+        )(fn)
 
     return deco
 
@@ -67,7 +88,9 @@ def write_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
     target = Path(path)
     if not target.parent.exists():
-        raise CmperfError(f"--output: folder {target.parent} does not exist; create it or choose another path")
+        raise CmperfError(
+            f"--output: folder {target.parent} does not exist; create it or choose another path"
+        )
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

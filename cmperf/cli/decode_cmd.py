@@ -10,9 +10,15 @@ DTYPES = click.Choice(["int8", "bf16", "fp16", "fp8", "fp4"])
 
 
 def precision_options(fn):
-    fn = click.option("--kv-dtype", type=DTYPES, default="bf16", show_default=True, help="KV-cache datatype.")(fn)
-    fn = click.option("--weights", type=DTYPES, default=None,
-                      help="GEMM and expert weight/activation datatype [default: int8 on Ascend, fp8 where the chip has it].")(fn)
+    fn = click.option(
+        "--kv-dtype", type=DTYPES, default="bf16", show_default=True, help="KV-cache datatype."
+    )(fn)
+    fn = click.option(
+        "--weights",
+        type=DTYPES,
+        default=None,
+        help="GEMM and expert datatype [default: fp8 where the chip has it, else int8].",
+    )(fn)
     return fn
 
 
@@ -29,25 +35,73 @@ def make_precision(system, weights: str | None, kv_dtype: str):
 
 @click.command()
 @system_model_options
-@click.option("--devices", type=int, default=160, show_default=True, help="Devices (NPUs/GPUs) in the instance.")
-@click.option("--ep", "ep_size", type=int, default=None, help="EP size in ranks [default: all ranks of --devices].")
-@click.option("--batch", "batch", type=float, default=96, show_default=True, help="Concurrent sequences per device.")
+@click.option(
+    "--devices", type=int, default=160, show_default=True, help="Devices (NPUs/GPUs) in the instance."
+)
+@click.option(
+    "--ep", "ep_size", type=int, default=None, help="EP size in ranks [default: all ranks of --devices]."
+)
+@click.option(
+    "--batch", "batch", type=float, default=96, show_default=True, help="Concurrent sequences per device."
+)
 @click.option("--kv-len", type=float, default=None, help="KV length per sequence [default 4096].")
-@click.option("--prompt-len", type=float, default=None, help="With --output-len, replaces --kv-len: KV = prompt + output/2.")
+@click.option(
+    "--prompt-len",
+    type=float,
+    default=None,
+    help="With --output-len, replaces --kv-len: KV = prompt + output/2.",
+)
 @click.option("--output-len", type=float, default=None, help="Output tokens per request (see --prompt-len).")
-@click.option("--mtp", type=int, default=1, show_default=True, help="Speculative MTP tokens per step (0 = off).")
-@click.option("--mtp-accept", type=float, default=0.7, show_default=True, help="Acceptance rate of a draft token.")
-@click.option("--microbatches", type=int, default=2, show_default=True, help="1 = no pipelining; 2-4 overlap streams.")
-@click.option("--eplb", type=click.Choice(["model", "perfect"]), default="model", show_default=True,
-              help="Expert load: statistical routing model, or perfect balance.")
-@click.option("--imbalance", type=float, default=None, help="Set max/mean routed load directly (overrides --eplb).")
-@click.option("--redundant", "num_redundant", type=int, default=None, help="Redundant expert copies over the EP group.")
-@click.option("--attn-cores", type=int, default=None, help="Cube cores of the attention stream [system default].")
+@click.option(
+    "--mtp", type=int, default=1, show_default=True, help="Speculative MTP tokens per step (0 = off)."
+)
+@click.option(
+    "--mtp-accept", type=float, default=0.7, show_default=True, help="Acceptance rate of a draft token."
+)
+@click.option(
+    "--microbatches", type=int, default=2, show_default=True, help="1 = no pipelining; 2-4 overlap streams."
+)
+@click.option(
+    "--eplb",
+    type=click.Choice(["model", "perfect"]),
+    default="model",
+    show_default=True,
+    help="Expert load: statistical routing model, or perfect balance.",
+)
+@click.option(
+    "--imbalance", type=float, default=None, help="Set max/mean routed load directly (overrides --eplb)."
+)
+@click.option(
+    "--redundant", "num_redundant", type=int, default=None, help="Redundant expert copies over the EP group."
+)
+@click.option(
+    "--attn-cores", type=int, default=None, help="Cube cores of the attention stream [system default]."
+)
 @precision_options
 @format_option()
 @guarded
-def decode(system, model, spec_dirs, devices, ep_size, batch, kv_len, prompt_len, output_len, mtp, mtp_accept,
-           microbatches, eplb, imbalance, num_redundant, attn_cores, weights, kv_dtype, fmt, output):
+def decode(
+    system,
+    model,
+    spec_dirs,
+    devices,
+    ep_size,
+    batch,
+    kv_len,
+    prompt_len,
+    output_len,
+    mtp,
+    mtp_accept,
+    microbatches,
+    eplb,
+    imbalance,
+    num_redundant,
+    attn_cores,
+    weights,
+    kv_dtype,
+    fmt,
+    output,
+):
     """Predict decode TPOT and tokens/s per device (defaults: the paper's 50 ms CloudMatrix384 setup)."""
     from .. import decode as dec
     from .. import render, specs
@@ -66,14 +120,26 @@ def decode(system, model, spec_dirs, devices, ep_size, batch, kv_len, prompt_len
             raise CmperfError("--prompt-len and --output-len must be at least 1")
         kv_len, kv_cap = prompt_len + output_len / 2.0, prompt_len + output_len
         if kv_cap > mod.max_position_embeddings:
-            raise CmperfError(f"--prompt-len + --output-len = {kv_cap:g} exceeds the model's context "
-                              f"{mod.max_position_embeddings}")
+            raise CmperfError(
+                f"--prompt-len + --output-len = {kv_cap:g} exceeds the model's context "
+                f"{mod.max_position_embeddings}"
+            )
     kv_len = 4096.0 if kv_len is None else kv_len
     ep_size = ep_size if ep_size is not None else devices * sysm.ranks_per_device
-    dep = DecodeDeployment(devices=devices, ep_size=ep_size, batch_per_device=batch, kv_len=kv_len, mtp=mtp,
-                           mtp_accept=mtp_accept, microbatches=microbatches, num_redundant=num_redundant,
-                           imbalance=imbalance, eplb=eplb, precision=make_precision(sysm, weights, kv_dtype),
-                           attention_cube_cores=attn_cores)
+    dep = DecodeDeployment(
+        devices=devices,
+        ep_size=ep_size,
+        batch_per_device=batch,
+        kv_len=kv_len,
+        mtp=mtp,
+        mtp_accept=mtp_accept,
+        microbatches=microbatches,
+        num_redundant=num_redundant,
+        imbalance=imbalance,
+        eplb=eplb,
+        precision=make_precision(sysm, weights, kv_dtype),
+        attention_cube_cores=attn_cores,
+    )
     p = dec.predict(sysm, mod, dep, kv_capacity_len=kv_cap)
     if fmt == "json":
         emit(render.to_json(p, "decode"), output)
@@ -91,7 +157,9 @@ def decode(system, model, spec_dirs, devices, ep_size, batch, kv_len, prompt_len
 @click.option("--ep", "ep_size", type=int, default=32, show_default=True, help="EP size (ranks).")
 @click.option("--tokens-per-rank", type=float, default=128, show_default=True)
 @click.option("--top-k", type=int, default=None, help="Copies per token [default: the model's top-k].")
-@click.option("--dtype", type=DTYPES, default=None, help="Message datatype [default: int8 dispatch, bf16 combine].")
+@click.option(
+    "--dtype", type=DTYPES, default=None, help="Message datatype [default: int8 dispatch, bf16 combine]."
+)
 @format_option()
 @guarded
 def comm(system, model, spec_dirs, op, ep_size, tokens_per_rank, top_k, dtype, fmt, output):
@@ -112,21 +180,37 @@ def comm(system, model, spec_dirs, op, ep_size, tokens_per_rank, top_k, dtype, f
     msg = cm.message_bytes(mod.hidden_size, dtype, c.scale_bytes, c.message_align_bytes)
     payload = tokens_per_rank * k * msg
     t = cm.ep_collective_time(sysm, op, payload, ep_size)
-    res = {"system": sysm.name, "op": op, "ep_size": ep_size, "tokens_per_rank": tokens_per_rank, "top_k": k,
-           "dtype": dtype, "message_bytes": msg, "payload_bytes": payload, "time_s": float(t.time_s),
-           "latency_s": float(t.fixed_s), "link_s": float(t.link_s),
-           "bandwidth_bytes_per_s": payload / float(t.time_s) if float(t.time_s) > 0 else 0.0,
-           "bound": ("compute", "memory", "link", "latency")[int(t.bound)]}
+    res = {
+        "system": sysm.name,
+        "op": op,
+        "ep_size": ep_size,
+        "tokens_per_rank": tokens_per_rank,
+        "top_k": k,
+        "dtype": dtype,
+        "message_bytes": msg,
+        "payload_bytes": payload,
+        "time_s": float(t.time_s),
+        "latency_s": float(t.fixed_s),
+        "link_s": float(t.link_s),
+        "bandwidth_bytes_per_s": payload / float(t.time_s) if float(t.time_s) > 0 else 0.0,
+        "bound": ("compute", "memory", "link", "latency")[int(t.bound)],
+    }
     if fmt == "json":
         emit(render.to_json(res, "comm"), output)
     else:
         from ..units import fmt_bytes, fmt_rate, fmt_s
 
-        rows = [("op", f"{op} on {sysm.name}, EP{ep_size}"), ("tokens per rank x copies", f"{tokens_per_rank:g} x {k}"),
-                ("message", f"{fmt_bytes(msg)} ({dtype})"), ("payload per rank", fmt_bytes(payload)),
-                ("time", fmt_s(res["time_s"])), ("  latency term", fmt_s(res["latency_s"])),
-                ("  link term", fmt_s(res["link_s"])), ("bandwidth per rank", fmt_rate(res["bandwidth_bytes_per_s"])),
-                ("bound", res["bound"])]
+        rows = [
+            ("op", f"{op} on {sysm.name}, EP{ep_size}"),
+            ("tokens per rank x copies", f"{tokens_per_rank:g} x {k}"),
+            ("message", f"{fmt_bytes(msg)} ({dtype})"),
+            ("payload per rank", fmt_bytes(payload)),
+            ("time", fmt_s(res["time_s"])),
+            ("  latency term", fmt_s(res["latency_s"])),
+            ("  link term", fmt_s(res["link_s"])),
+            ("bandwidth per rank", fmt_rate(res["bandwidth_bytes_per_s"])),
+            ("bound", res["bound"]),
+        ]
         if fmt == "markdown":
             emit(render.markdown_table(("quantity", "value"), rows), output)
         else:

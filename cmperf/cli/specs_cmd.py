@@ -80,7 +80,7 @@ def show(name, spec_dirs, fmt, output):
 def _source_for(key: str, sources: dict) -> str:
     last = key.split(".")[-1]
     for k, v in sources.items():
-        if k == key or k.endswith("." + last) or k == last:
+        if k in (key, last) or k.endswith("." + last):
             return v
     return ""
 

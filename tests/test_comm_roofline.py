@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from cmperf import comm, deployment, graph, roofline
+from cmperf.deployment import Precision
+
+EP = [8, 16, 32, 64, 128, 256]
+TABLE7_US = {  # CM384 Table 7: per die, 128 tokens per rank, top-8, INT8 dispatch / BF16 combine, UB
+    "dispatch": [116, 131, 133, 141, 152, 152],
+    "combine": [118, 132, 146, 150, 150, 149],
+}
+TABLE7_GBPS = {"dispatch": [71, 63, 62, 58, 54, 54], "combine": [131, 117, 105, 103, 103, 103]}
+
+
+@pytest.mark.parametrize("op", ["dispatch", "combine"])
+def test_table7_within_10_percent(cm384, op):
+    msg = comm.message_bytes(
+        7168,
+        "int8" if op == "dispatch" else "bf16",
+        cm384.collectives[op].scale_bytes,
+        cm384.collectives[op].message_align_bytes,
+    )
+    payload = 128 * 8 * msg
+    t = comm.ep_collective_time(cm384, op, payload, np.array(EP)).time_s
+    err = t * 1e6 / np.array(TABLE7_US[op]) - 1
+    print(op, np.round(t * 1e6, 1), np.round(100 * err, 1))
+    assert np.all(np.abs(err) < 0.10)
+    # the implied bandwidth, payload / time, against the table's per-rank GB/s (not fitted)
+    bw_err = payload / t / 1e9 / np.array(TABLE7_GBPS[op]) - 1
+    assert np.all(np.abs(bw_err) < 0.10)
+
+
+def test_message_sizes():
+    assert comm.message_bytes(7168, "int8", 4, 512) == 7680  # 7.5 KB incl. scale (CM384 §4.2)
+    assert comm.message_bytes(7168, "bf16", 0, 512) == 14336  # 14 KB
+
+
+def test_hierarchical_split(cm384):
+    up, out = comm._split_bytes(cm384, "ub", 1e6, 320)
+    assert out == 0 and up == pytest.approx(1e6 * 319 / 320)  # EP320 on CloudMatrix384 is all UB
+
+
+def test_roofline_worked_number(cm384, r1):
+    # INT8 expert up-projection, 853 tokens on 8 of 24 AIC (decode MoE stream): compute-bound
+    op = graph.gemm("moe.experts.up", "moe", 853.0, 7168, 4096, "int8")
+    t = roofline.compute_op_time(op, cm384.chip, cube_share=8 / 24)
+    expected = 2 * 853 * 7168 * 4096 / (752e12 * 0.797 / 3)
+    assert float(t.compute_s) == pytest.approx(expected, rel=1e-12)
+    assert roofline.BOUNDS[int(t.bound)] == "compute"
+    assert float(t.time_s) == pytest.approx(expected + 5e-6, rel=1e-12)
+    # the same GEMM for 4 tokens streams 29 MB of weights: memory-bound
+    small = roofline.compute_op_time(graph.gemm("x", "moe", 4.0, 7168, 4096, "int8"), cm384.chip)
+    assert roofline.BOUNDS[int(small.bound)] == "memory"
+    assert float(small.memory_s) == pytest.approx((7168 * 4096 + 4 * 7168 + 4 * 4096 * 2) / (1.6e12 * 0.841))
+
+
+def test_fused_ops_pay_one_fixed_cost(cm384):
+    ops = graph.fuse([graph.vector("a", "attn", 1.0, 10, 10), graph.vector("b", "attn", 1.0, 10, 10)])
+    fixed = [float(roofline.compute_op_time(o, cm384.chip).fixed_s) for o in ops]
+    assert fixed == [2e-6, 0.0]
+
+
+def test_param_totals(r1):
+    total, active = graph.param_totals(r1)
+    assert total == pytest.approx(671e9, rel=0.005)
+    assert active == pytest.approx(37e9, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("ep", "slots", "red", "shared"),
+    [(320, 1, 32, 32), (32, 9, 32, 32), (144, 2, 32, 144), (72, 4, 32, 72), (256, 1, 0, 256)],
+)
+def test_placement(r1, ep, slots, red, shared):
+    p = deployment.place_experts(r1, ep)
+    assert (p.routed_slots_per_rank, p.num_redundant, p.shared_ranks) == (slots, red, shared)
+
+
+def test_precision_missing_dtype_is_an_error(cm384):
+    from cmperf.errors import CmperfError
+
+    with pytest.raises(CmperfError, match="no fp8 compute"):
+        Precision(gemm="fp8", experts="fp8").check(cm384)
