@@ -50,16 +50,16 @@ def _split_bytes(system: System, plane_name: str, payload, group_size, send_loca
     return remote * f_in, remote * (1.0 - f_in)
 
 
-def _link_s(system: System, up_plane: str, out_plane: str | None, up_bytes, out_bytes):
+def _link_s(
+    system: System, up_plane: str, out_plane: str | None, up_bytes, out_bytes, eff: float | None = None
+):
+    """Slower of the two planes; ``eff`` (a kernel's fitted efficiency) replaces the scale-up plane's."""
     up = system.planes[up_plane]
-    t_up = up_bytes / (up.bytes_per_s_per_rank * up.efficiency)
+    t_up = up_bytes / (up.bytes_per_s_per_rank * (eff or up.efficiency))
     if out_plane is None:
-        out = up if up.scale == "out" else None
-        if out is None:
-            # no scale-out plane named: traffic beyond the domain also rides the scale-up plane
-            return t_up + out_bytes / (up.bytes_per_s_per_rank * up.efficiency)
-    else:
-        out = system.planes[out_plane]
+        # no scale-out plane named: traffic beyond the domain also rides the scale-up plane
+        return t_up + out_bytes / (up.bytes_per_s_per_rank * (eff or up.efficiency))
+    out = system.planes[out_plane]
     return np.maximum(t_up, out_bytes / (out.bytes_per_s_per_rank * out.efficiency))
 
 
@@ -68,7 +68,7 @@ def ep_collective_time(system: System, name: str, payload_bytes, ep_size) -> OpT
     c = system.collectives[name]
     e = np.asarray(ep_size, dtype=float)
     up_b, out_b = _split_bytes(system, c.plane, payload_bytes, e, c.local_copies == "send")
-    link_s = _link_s(system, c.plane, c.scaleout_plane, up_b, out_b)
+    link_s = _link_s(system, c.plane, c.scaleout_plane, up_b, out_b, c.efficiency)
     alpha_s = np.where(e > 1, c.alpha_s + c.alpha_per_log2_ep_s * np.log2(np.maximum(e, 1.0)), 0.0)
     link_s = np.where(e > 1, link_s, 0.0)
     ideal = _ideal_link_s(system, c.plane, c.scaleout_plane, up_b, out_b)

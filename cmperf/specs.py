@@ -84,9 +84,9 @@ class Collective:
     message_align_bytes: float
     copies: str  # "per-expert" (one message per token and expert) or "per-rank" (deduplicated per rank)
     scaleout_plane: str | None = None
-    local_copies: str = (
-        "skip"  # "skip": the 1/EP local share stays on the rank; "send": it crosses the link too
-    )
+    # "skip": the 1/EP local share stays on the rank; "send": it crosses the link too
+    local_copies: str = "skip"
+    efficiency: float | None = None  # achieved fraction of the link for this kernel; None: the plane's
 
 
 @dataclass(frozen=True)
@@ -280,8 +280,7 @@ class _Table:
             not isinstance(v, int | float)
             or isinstance(v, bool)
             or not (lo <= v <= 1.0)
-            or (v == 0
-            and lo == 0.0)
+            or (v == 0 and lo == 0.0)
         ):
             raise CmperfError(f"{self.where(key)}: expected a fraction in (0, 1], got {v!r}")
         return float(v)
@@ -410,6 +409,7 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Syste
             c.string("copies", ("per-expert", "per-rank")),
             scaleout,
             c.string("local_copies", ("skip", "send"), required=False, default="skip"),
+            c.fraction("efficiency", required=False, default=None),
         )
         c.done()
     coll_t.done()
