@@ -138,6 +138,31 @@ class Precision:
                 system.chip.peak(dtype, where=f"precision {group}={dtype} on {system.name}")
 
 
+def default_precision(
+    system: System, weights: str | None = None, experts: str | None = None, kv: str = "bf16"
+) -> Precision:
+    """Per-op-group datatypes for ``system`` (rules in the module docstring).
+
+    ``weights``: GEMM (and, by default, expert) datatype; None = fp8 where the chip has it, else int8.
+    ``experts``: None = as ``weights``; "native" = fp4 where the chip has it, else as ``weights``; or a
+    datatype. Dispatch carries the activations in the 8-bit GEMM type (FP4 experts keep an FP8 dispatch:
+    the FP4 activation quantization happens in the expert kernel); BF16 weights dispatch BF16.
+    """
+    chip = system.chip
+    if weights is None:
+        weights = "fp8" if "fp8" in chip.peak_flops else "int8"
+    chip.peak(weights, where=f"--weights {weights} on {system.name}")
+    if experts is None:
+        experts = weights
+    elif experts == "native":
+        experts = "fp4" if "fp4" in chip.peak_flops else weights
+    chip.peak(experts, where=f"--experts-dtype {experts} on {system.name}")
+    disp = weights if weights in ("int8", "fp8") else ("fp8" if weights == "fp4" else "bf16")
+    p = Precision(gemm=weights, experts=experts, dispatch=disp, kv=kv)
+    p.check(system)
+    return p
+
+
 @dataclass(frozen=True)
 class DecodeDeployment:
     """One decode instance. ``batch_per_device`` is concurrent sequences per device (NPU or GPU)."""

@@ -168,13 +168,18 @@ def mla_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp
 
     Causal attention MACs per sequence: H*(d_nope+d_rope+d_v) * sum_{i=c+1..P} i
     = H*(d_qk+d_v) * (P(P+1) - c(c+1)) / 2 (masked blocks skipped, FlashAttention-style).
+    Worked number: P = 4096, c = 0: 128*320*8.39e6 = 3.44e11 MACs = 0.69 TFLOP per sequence and layer.
     SP-TP-SP (CM384 §4.3): projections sequence-parallel, attention core tensor-parallel over ``tp``
-    ranks (an all-gather of the latents in, an all-to-all of head outputs back).
+    ranks (an all-gather of the latents in, cached prefix latents included, an all-to-all of head
+    outputs back). MHA form needs two vector passes the absorbed decode form does not: RoPE on q_pe and
+    assembling K = [k_nope | k_pe broadcast to H heads] over the whole context (vLLM/SGLang MLA prefill
+    do exactly this concat), and the BF16 attention output is quantized for the W8A8 o_proj.
     """
     h, H = m.hidden_size, m.num_attention_heads
     dn, dr, dc, dv = m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank, m.v_head_dim
     g, qk = prec.gemm, m.q_lora_rank
     ctx_tokens = seqs * prompt_len  # latent context re-expanded by kv_up (cached prefix included)
+    cached_tokens = seqs * np.asarray(cached_len, dtype=float)
     ops = [vector("attn.norm", "attn", new_tokens, h, h, "bf16", g)]
     if qk:
         ops += [
@@ -189,6 +194,7 @@ def mla_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp
         ]
     tp = np.asarray(tp, dtype=float)
     lat = (qk + dc + dr) * 2.0
+    gathered = new_tokens * lat + cached_tokens * kv_bytes_per_token_layer(m, prec.kv)
     ops.append(
         Op(
             "mla.tp_allgather",
@@ -196,12 +202,23 @@ def mla_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp
             "moe",
             "bf16",
             collective="allgather",
-            comm_bytes=new_tokens * lat * (tp - 1),
+            comm_bytes=gathered * (tp - 1),
             ep_size=tp,
         )
     )
     ops.append(gemm("mla.q_up", "attn", new_tokens, qk or h, H * (dn + dr), g))
     ops.append(gemm("mla.kv_up", "attn", ctx_tokens, dc, H * (dn + dv), g))
+    # RoPE on the H rope slices of q (in place) + K assembly over the context (read k_nope, write k)
+    ops.append(
+        Op(
+            "mla.rope_k_concat",
+            "vector",
+            "attn",
+            "bf16",
+            act_in_bytes=new_tokens * H * dr * 2.0 + ctx_tokens * (H * dn + dr) * 2.0,
+            act_out_bytes=new_tokens * H * dr * 2.0 + ctx_tokens * H * (dn + dr) * 2.0,
+        )
+    )
     pairs = seqs * (prompt_len * (prompt_len + 1.0) - cached_len * (cached_len + 1.0)) / 2.0
     ops.append(
         Op(
@@ -227,7 +244,12 @@ def mla_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp
             ep_size=tp,
         )
     )
-    ops.append(gemm("mla.o_proj", "attn", new_tokens, H * dv, h, g))
+    ops += fuse(
+        [
+            vector("mla.o_quant", "attn", new_tokens, H * dv, H * dv, "bf16", g),
+            gemm("mla.o_proj", "attn", new_tokens, H * dv, h, g),
+        ]
+    )
     ops.append(vector("attn.residual", "attn", new_tokens, 2 * h, h))
     return ops
 

@@ -67,9 +67,9 @@ def expected_imbalance(copies_total, n_experts: int, redundant: int, ranks: int,
     1.0
     """
     n = np.asarray(copies_total, dtype=float)
-    w = np.asarray(rank_shares(n_experts, redundant, ranks, slots, zipf))
+    w_max = rank_shares(n_experts, redundant, ranks, slots, zipf)[0]
     z = _expected_max_normal(ranks)
-    mu = n[..., None] * w  # (..., ranks)
+    mu = n * w_max  # mu + z*sqrt(mu) grows with mu, so the busiest rank by share is the worst
     mean = n / ranks
-    worst = np.max(mu + z * np.sqrt(mu), axis=-1)
+    worst = mu + z * np.sqrt(mu)
     return np.where(mean > 0, worst / np.maximum(mean, 1e-300), 1.0)

@@ -13,7 +13,6 @@ wheel). Each folder is searched itself and in its ``hardware/`` and ``models/`` 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -476,6 +475,8 @@ def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Model:
 
 def spec_hash(*paths: str) -> str:
     """sha256 over the bytes of the given spec files (for snapshots): first 16 hex digits."""
+    import hashlib
+
     h = hashlib.sha256()
     for p in sorted(paths):
         h.update(Path(p).read_bytes())

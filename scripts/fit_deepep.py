@@ -77,25 +77,35 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ib-eff", type=float, default=0.9, help="InfiniBand plane efficiency (dgx-h800: 0.9)")
     args = ap.parse_args()
-    print(f"NVLink {BW_UP / 1e9:.0f} GB/s x {EFF_UP}, IB {BW_OUT / 1e9:.0f} GB/s x {args.ib_eff}, G = {G}, "
-          f"{TOKENS} tokens x top-{TOPK}")
+    print(
+        f"NVLink {BW_UP / 1e9:.0f} GB/s x {EFF_UP}, IB {BW_OUT / 1e9:.0f} GB/s x {args.ib_eff}, G = {G}, "
+        f"{TOKENS} tokens x top-{TOPK}"
+    )
     for op in ("dispatch", "combine"):
         a0, a1, pred = fit(op, args.ib_eff)
         err = rel_err_pct(pred, DEEPEP_LL_US[op])
         beta = beta_s(op, args.ib_eff)
-        print(f"{op} ({MSG_BYTES[op]:.0f} B/msg): alpha = {a0 * 1e6:.2f} us, "
-              f"alpha_per_log2_ep = {a1 * 1e6:.2f} us")
+        print(
+            f"{op} ({MSG_BYTES[op]:.0f} B/msg): alpha = {a0 * 1e6:.2f} us, "
+            f"alpha_per_log2_ep = {a1 * 1e6:.2f} us"
+        )
         for e, p, m, x, bt in zip(EP, pred * 1e6, DEEPEP_LL_US[op], err, beta * 1e6, strict=True):
-            print(f"  EP{e:>3}: predicted {p:6.1f} us (bandwidth term {bt:6.1f}), DeepEP {m:5.0f} us, "
-                  f"error {x:+.1f}%")
-        print(f"  worst |error| {np.abs(err).max():.1f}%, rms {np.sqrt((err ** 2).mean()):.1f}%")
+            print(
+                f"  EP{e:>3}: predicted {p:6.1f} us (bandwidth term {bt:6.1f}), DeepEP {m:5.0f} us, "
+                f"error {x:+.1f}%"
+            )
+        print(f"  worst |error| {np.abs(err).max():.1f}%, rms {np.sqrt((err**2).mean()):.1f}%")
         # Out-of-sample: the earlier pure-RDMA table (CM384 Table 7) with the same alphas, every peer over IB.
         old = DEEPEP_LL_RDMA_ONLY_US[op]
         pred_old = a0 + a1 * np.log2(EP) + beta_s(op, args.ib_eff, g=1)
         err_old = rel_err_pct(pred_old, old)
-        print("  check vs pure-RDMA table (CM384 Table 7), same alphas, G = 1: "
-              + ", ".join(f"EP{e} {p:.0f}/{m:.0f} ({x:+.1f}%)" for e, p, m, x in
-                          zip(EP, pred_old * 1e6, old, err_old, strict=True)))
+        print(
+            "  check vs pure-RDMA table (CM384 Table 7), same alphas, G = 1: "
+            + ", ".join(
+                f"EP{e} {p:.0f}/{m:.0f} ({x:+.1f}%)"
+                for e, p, m, x in zip(EP, pred_old * 1e6, old, err_old, strict=True)
+            )
+        )
     print("sensitivity to the IB efficiency (alpha, alpha_per_log2_ep in us; worst |error|):")
     for eff in (0.8, 0.85, 0.9, 0.95):
         cells = []

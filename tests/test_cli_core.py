@@ -170,3 +170,17 @@ def test_every_command_in_readme():
         assert f"cmperf {name}" in readme, f"README does not document `cmperf {name}`"
         for sub in getattr(cmd, "commands", {}):
             assert f"cmperf {name} {sub}" in readme
+
+
+def test_command_map_matches_modules():
+    import importlib
+    import pkgutil
+
+    import cmperf.cli as cli
+
+    found = {}
+    for m in pkgutil.iter_modules(cli.__path__):
+        if m.name.endswith("_cmd"):
+            for cmd in importlib.import_module(f"cmperf.cli.{m.name}").COMMANDS:
+                found[cmd.name] = m.name
+    assert found == cli.COMMAND_MODULES

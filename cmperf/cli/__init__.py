@@ -1,26 +1,63 @@
 """The ``cmperf`` command line: thin click commands (parse, load, call, render, exit code).
 
-Subcommands live in the modules of this package; each exposes ``COMMANDS`` (a list of click commands),
-and they are collected here in a fixed order so ``cmperf --help`` is stable. Exit codes: 0 ok,
-1 a check failed (validate, diff, an SLO nobody meets), 2 bad input, 3 infeasible deployment.
+Subcommands live in the ``*_cmd`` modules of this package, each exposing ``COMMANDS``. ``COMMAND_MODULES``
+maps every command name to its module so that a single command imports only its own module (a test
+checks the map against the modules). Exit codes: 0 ok, 1 a check failed (validate, diff, an SLO nobody
+meets), 2 bad input, 3 infeasible deployment.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 
 import click
 
 from .. import __version__
 
+COMMAND_MODULES = {
+    "decode": "decode_cmd",
+    "prefill": "prefill_cmd",
+    "serve": "serve_cmd",
+    "optimize": "optimize_cmd",
+    "pareto": "optimize_cmd",
+    "compare": "compare_cmd",
+    "comm": "decode_cmd",
+    "report": "report_cmd",
+    "explain": "report_cmd",
+    "validate": "report_cmd",
+    "snapshot": "report_cmd",
+    "diff": "report_cmd",
+    "specs": "specs_cmd",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module only when that command runs."""
+
+    def list_commands(self, ctx):
+        return list(COMMAND_MODULES)
+
+    def get_command(self, ctx, name):
+        mod = COMMAND_MODULES.get(name)
+        if mod is None:
+            return None
+        for cmd in importlib.import_module(f"{__name__}.{mod}").COMMANDS:
+            if cmd.name == name:
+                return cmd
+        return None
+
+    @property
+    def commands(self):  # every command, for documentation checks
+        return {name: self.get_command(None, name) for name in COMMAND_MODULES}
+
+    @commands.setter
+    def commands(self, value):
+        pass
+
+
+@click.group(
+    cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.version_option(__version__, prog_name="cmperf")
 def main() -> None:
     """Predict DeepSeek-R1-class MoE serving (tokens/s per device, TPOT, TTFT) from first principles."""
-
-
-for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.endswith("_cmd")):
-    for _cmd in importlib.import_module(f"{__name__}.{_mod}").COMMANDS:
-        main.add_command(_cmd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .common import Infeasible, emit, format_option, guarded, system_model_options
+from .scenario_opt import scenario_option
 
 DTYPES = click.Choice(["int8", "bf16", "fp16", "fp8", "fp4"])
 
@@ -22,19 +23,21 @@ def precision_options(fn):
     return fn
 
 
-def make_precision(system, weights: str | None, kv_dtype: str):
-    from ..deployment import Precision
+def make_precision(system, weights: str | None, kv_dtype: str, experts: str | None = None):
+    from ..deployment import default_precision
 
-    chip = system.chip
-    if weights is None:
-        weights = "int8" if "fp8" not in chip.peak_flops else "fp8"
-    # 8-bit messages dispatch in the GEMM datatype; BF16 (or wider) weights dispatch BF16
-    disp = weights if weights in ("int8", "fp8", "fp4") else "bf16"
-    return Precision(gemm=weights, experts=weights, dispatch="fp8" if disp == "fp4" else disp, kv=kv_dtype)
+    return default_precision(system, weights, experts, kv_dtype)
 
 
 @click.command()
+@scenario_option
 @system_model_options
+@click.option(
+    "--experts-dtype",
+    type=click.Choice(["int8", "bf16", "fp8", "fp4", "native"]),
+    default=None,
+    help="Expert datatype [default: as --weights; native = fp4 where the chip has it].",
+)
 @click.option(
     "--devices", type=int, default=160, show_default=True, help="Devices (NPUs/GPUs) in the instance."
 )
@@ -99,6 +102,7 @@ def decode(
     attn_cores,
     weights,
     kv_dtype,
+    experts_dtype,
     fmt,
     output,
 ):
@@ -137,7 +141,7 @@ def decode(
         num_redundant=num_redundant,
         imbalance=imbalance,
         eplb=eplb,
-        precision=make_precision(sysm, weights, kv_dtype),
+        precision=make_precision(sysm, weights, kv_dtype, experts_dtype),
         attention_cube_cores=attn_cores,
     )
     p = dec.predict(sysm, mod, dep, kv_capacity_len=kv_cap)

@@ -1,0 +1,285 @@
+"""`cmperf compare`: the same workload on several systems, side by side."""
+
+from __future__ import annotations
+
+import click
+
+from .common import Infeasible, emit, format_option, guarded
+from .scenario_opt import scenario_option
+
+DTYPES = ["int8", "bf16", "fp16", "fp8", "fp4"]
+
+
+def _per_system(value: str | None, names: list[str], flag: str) -> dict[str, int]:
+    """'144' -> every system; 'dgx-h800=128,cloudmatrix384=160' -> per system (others default)."""
+    from ..errors import CmperfError
+
+    if value is None:
+        return {}
+    out: dict[str, int] = {}
+    try:
+        if "=" not in value:
+            return {n: int(value) for n in names}
+        for part in value.split(","):
+            name, _, num = part.partition("=")
+            name = name.strip()
+            if name not in names:
+                raise CmperfError(f"{flag}: {name!r} is not in --systems ({', '.join(names)})")
+            out[name] = int(num)
+    except ValueError:
+        raise CmperfError(
+            f"{flag}: expected a whole number or SYSTEM=N[,SYSTEM=N...], got {value!r}"
+        ) from None
+    return out
+
+
+def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
+    from ..units import fmt_bytes, fmt_s
+
+    def pct(x):
+        return f"{100 * x:.0f}%"
+
+    rows = c.rows
+    dec = c.phase == "decode"
+    q: list[tuple[str, list[str]]] = [
+        ("chip", [r.chip for r in rows]),
+        ("deployment", [f"{r.devices} dev, {r.ranks} ranks, EP{r.ep_size}" for r in rows]),
+        ("deployment from", [r.deployment_source.split("/")[-1] for r in rows]),
+        (
+            "precision gemm/experts/dispatch/combine",
+            [
+                f"{r.precision['gemm']}/{r.precision['experts']}/{r.precision['dispatch']}/{r.precision['combine']}"
+                for r in rows
+            ],
+        ),
+    ]
+    if dec:
+        q += [
+            (
+                "batch per device, KV, MTP",
+                [
+                    f"{r.workload['batch_per_device']:g}, {r.workload['kv_len']:g}, "
+                    f"{r.workload['mtp']:g} @ {r.workload['mtp_accept']:g}"
+                    for r in rows
+                ],
+            ),
+            ("TPOT", [fmt_s(r.tpot_s) for r in rows]),
+            (
+                "TPOT bounds (speed of light .. no overlap)",
+                [f"{fmt_s(r.lower_s)} .. {fmt_s(r.upper_s)}" for r in rows],
+            ),
+            ("EP all-to-all bound on TPOT", [fmt_s(r.comm_bound_tpot_s) for r in rows]),
+        ]
+    else:
+        q += [
+            (
+                "tokens per device, prompt",
+                [f"{r.workload['tokens_per_device']:g}, {r.workload['prompt_len']:g}" for r in rows],
+            ),
+            ("batch time", [fmt_s(r.batch_s) for r in rows]),
+            ("TTFT (batch + KV transfer)", [fmt_s(r.ttft_s) for r in rows]),
+        ]
+    q += [
+        ("tokens/s per device", [f"{r.tokens_per_s_per_device:,.0f}" for r in rows]),
+        ("8-bit peak per device", [f"{r.peak_8bit_flops_per_device / 1e12:,.0f} TFLOPS" for r in rows]),
+        ("tokens/s per TFLOPS", [f"{r.tokens_per_s_per_tflops:.3f}" for r in rows]),
+        (
+            "binding (MoE layer)",
+            [
+                f"{r.binding_stream}: {r.binding_ceiling}"
+                + (f" ({r.binding_plane})" if r.binding_plane else "")
+                for r in rows
+            ],
+        ),
+        ("EP bytes over scale-out", [pct(r.ep_scaleout_fraction) for r in rows]),
+        ("HBM per rank", [fmt_bytes(r.hbm_bytes_per_rank) for r in rows]),
+        ("feasible", ["yes" if r.feasible else "NO" for r in rows]),
+    ]
+    return q
+
+
+@click.command()
+@scenario_option
+@click.option(
+    "--systems",
+    default="cloudmatrix384,dgx-h800,dgx-h100",
+    show_default=True,
+    help="Comma-separated system spec names (`cmperf specs list`).",
+)
+@click.option("--model", default="deepseek-r1", show_default=True, help="Model spec name or .toml path.")
+@click.option(
+    "--spec-dir",
+    "spec_dirs",
+    multiple=True,
+    type=click.Path(),
+    help="Extra folder of spec files (repeatable).",
+)
+@click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
+@click.option(
+    "--devices",
+    default=None,
+    help="Devices per system: N for all, or SYSTEM=N,... [default: baseline scenario, else the unit rule].",
+)
+@click.option(
+    "--ep", "ep", default=None, help="EP size: N for all, or SYSTEM=N,... [default: all ranks of --devices]."
+)
+@click.option(
+    "--batch",
+    type=float,
+    default=None,
+    help="Decode: sequences per device for every system [default: each system's baseline, else 96].",
+)
+@click.option("--kv-len", type=float, default=None, help="Decode: KV length per sequence [default 4096].")
+@click.option(
+    "--prompt-len",
+    type=float,
+    default=None,
+    help="Prefill: prompt length [4096]. Decode: with --output-len, KV = prompt + output/2.",
+)
+@click.option(
+    "--output-len", type=float, default=None, help="Decode: output tokens per request (see --prompt-len)."
+)
+@click.option(
+    "--tokens-per-device",
+    type=float,
+    default=None,
+    help="Prefill: prompt tokens per device per batch [default: baseline, else 16384].",
+)
+@click.option(
+    "--mtp", type=int, default=1, show_default=True, help="Decode: speculative MTP tokens per step."
+)
+@click.option(
+    "--mtp-accept", type=float, default=0.7, show_default=True, help="Decode: draft acceptance rate."
+)
+@click.option("--microbatches", type=int, default=None, help="Microbatches [default: baseline, else 2].")
+@click.option(
+    "--eplb",
+    type=click.Choice(["model", "perfect"]),
+    default=None,
+    help="Expert load [default: model for decode, perfect for prefill].",
+)
+@click.option(
+    "--weights",
+    type=click.Choice(DTYPES),
+    default=None,
+    help="GEMM and expert datatype [default: fp8 where the chip has it, else int8].",
+)
+@click.option(
+    "--experts-dtype",
+    type=click.Choice([*DTYPES, "native"]),
+    default=None,
+    help="Expert datatype; 'native' = fp4 where the chip has it (Blackwell) [default: --weights].",
+)
+@click.option(
+    "--kv-dtype", type=click.Choice(DTYPES), default="bf16", show_default=True, help="KV-cache datatype."
+)
+@format_option()
+@guarded
+def compare(
+    systems,
+    model,
+    spec_dirs,
+    phase,
+    devices,
+    ep,
+    batch,
+    kv_len,
+    prompt_len,
+    output_len,
+    tokens_per_device,
+    mtp,
+    mtp_accept,
+    microbatches,
+    eplb,
+    weights,
+    experts_dtype,
+    kv_dtype,
+    fmt,
+    output,
+):
+    """The same workload on several systems, each with its own deployment: tokens/s per device and per TFLOPS,
+    TPOT or TTFT, and the binding ceiling, side by side."""
+    from .. import compare as cmp
+    from .. import render, specs
+    from ..errors import CmperfError
+
+    names = [s.strip() for s in systems.split(",") if s.strip()]
+    if not names:
+        raise CmperfError("--systems: give at least one system name, e.g. cloudmatrix384,dgx-h800")
+    if len(set(names)) != len(names):
+        raise CmperfError(f"--systems: {systems!r} names a system twice")
+    sys_objs = [specs.load_system(n, spec_dirs) for n in names]
+    mod = specs.load_model(model, spec_dirs)
+    dev_map, ep_map = _per_system(devices, names, "--devices"), _per_system(ep, names, "--ep")
+    rows = []
+    for s in sys_objs:
+        common = dict(
+            devices=dev_map.get(s.name),
+            ep_size=ep_map.get(s.name),
+            microbatches=microbatches,
+            weights=weights,
+            experts=experts_dtype,
+            kv_dtype=kv_dtype,
+        )
+        if phase == "decode":
+            if tokens_per_device is not None:
+                raise CmperfError("--tokens-per-device applies to --phase prefill; use --batch for decode")
+            kv, kv_cap = kv_len, None
+            if (prompt_len is None) != (output_len is None):
+                raise CmperfError(
+                    "--phase decode: --prompt-len and --output-len go together; give both, or --kv-len"
+                )
+            if prompt_len is not None:
+                if kv_len is not None:
+                    raise CmperfError(
+                        "--kv-len conflicts with --prompt-len/--output-len; give one or the other"
+                    )
+                kv, kv_cap = prompt_len + output_len / 2.0, prompt_len + output_len
+            rows.append(
+                cmp.decode_row(
+                    s,
+                    mod,
+                    batch=batch,
+                    kv_len=4096.0 if kv is None else kv,
+                    mtp=mtp,
+                    mtp_accept=mtp_accept,
+                    eplb=eplb or "model",
+                    kv_capacity_len=kv_cap,
+                    **common,
+                )
+            )
+        else:
+            if batch is not None or kv_len is not None or output_len is not None:
+                raise CmperfError(
+                    "--batch/--kv-len/--output-len apply to --phase decode; use --tokens-per-device "
+                    "and --prompt-len for prefill"
+                )
+            rows.append(
+                cmp.prefill_row(
+                    s,
+                    mod,
+                    tokens_per_device=tokens_per_device,
+                    prompt_len=4096.0 if prompt_len is None else prompt_len,
+                    eplb=eplb or "perfect",
+                    **common,
+                )
+            )
+    result = cmp.Comparison(phase, mod.name, rows)
+    if fmt == "json":
+        emit(render.to_json(result, "compare"), output)
+    else:
+        header = ("quantity", *(r.system for r in rows))
+        table = [(k, *v) for k, v in _fmt_row_values(result)]
+        if fmt == "markdown":
+            emit(f"# cmperf compare: {phase}, {mod.name}\n\n" + render.markdown_table(header, table), output)
+        else:
+            render.print_tables("", [], [(f"cmperf compare: {phase}, {mod.name}", header, table)])
+    bad = [r for r in rows if not r.feasible]
+    if bad:
+        raise Infeasible(
+            "infeasible deployment: "
+            + "; ".join(f"{r.system}: {'; '.join(r.reasons) or 'see table'}" for r in bad)
+        )
+
+
+COMMANDS = [compare]

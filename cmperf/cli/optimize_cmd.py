@@ -1,0 +1,420 @@
+"""`cmperf optimize` (best deployment under SLOs) and `cmperf pareto` (tokens/s per device vs latency)."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from .common import CheckFailed, emit, format_option, guarded, parse_quantity, system_model_options
+from .decode_cmd import make_precision, precision_options
+from .scenario_opt import scenario_option
+
+
+class _Progress:
+    """Progress callback for the search: a rich bar on stderr once a search has run for more than 1 s."""
+
+    def __init__(self, label: str):
+        self.label, self.t0, self.bar, self.task = label, time.perf_counter(), None, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if time.perf_counter() - self.t0 < 1.0 or done >= total:
+                return
+            from rich.console import Console
+            from rich.progress import Progress
+
+            console = Console(stderr=True)
+            if not console.is_terminal:
+                return
+            self.bar = Progress(console=console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=total)
+        self.bar.update(self.task, completed=done)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _ms(x):
+    return "-" if x is None else f"{x * 1e3:.2f} ms"
+
+
+def _cores(c):
+    return "all (serial)" if c.attention_cube_cores is None else f"{c.attention_cube_cores}"
+
+
+DEC_HEADER = (
+    "#",
+    "devices",
+    "EP",
+    "batch/dev",
+    "ubatch",
+    "attn cores",
+    "MTP",
+    "TPOT",
+    "tokens/s/dev",
+    "TPOT bounds",
+    "HBM/rank",
+)
+
+
+def _dec_rows(cs):
+    from ..units import fmt_bytes
+
+    return [
+        (
+            str(i + 1),
+            str(c.devices),
+            str(c.ep_size),
+            f"{c.batch_per_device:g}",
+            str(c.microbatches),
+            _cores(c),
+            str(c.mtp),
+            _ms(c.tpot_s),
+            f"{c.tokens_per_s_per_device:,.0f}",
+            f"{_ms(c.lower_tpot_s)} .. {_ms(c.upper_tpot_s)}",
+            fmt_bytes(c.hbm_bytes_per_rank),
+        )
+        for i, c in enumerate(cs)
+    ]
+
+
+def _binding_rows(b):
+    if b is None:
+        return []
+    rows = [
+        ("binding constraint", f"{b.constraint}: {b.detail}"),
+        ("MoE layer bound by", b.moe_stream_binding),
+    ]
+    if b.max_batch_under_slo is not None:
+        rows.append(("largest batch under the SLO (root finding)", f"{b.max_batch_under_slo:.2f} per device"))
+    rows += [
+        (
+            f"  op {o['stage']}/{o['name']}",
+            f"{o['total_s'] * 1e3:.2f} ms per step "
+            f"({100 * o['share_of_step']:.0f}% of step), {o['bound']}-bound",
+        )
+        for o in b.top_ops
+    ]
+    return rows
+
+
+def _summary(res) -> list[tuple[str, str]]:
+    d = res.decode
+    rows = [
+        ("objective", d.objective),
+        (
+            "constraints",
+            ", ".join(
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in sorted(d.constraints.items())
+                if v is not None
+            ),
+        ),
+        (
+            "searched",
+            f"{d.evaluated:,} decode configurations in {len(d.space['devices'])} instance sizes, "
+            f"batch {d.space['batch_per_device'][0]:g}..{d.space['batch_per_device'][1]:g}, "
+            f"microbatches {d.space['microbatches']}, attention cores {d.space['attention_cube_cores']}, "
+            f"MTP {d.space['mtp']}",
+        ),
+        ("accepted", f"{d.accepted:,}"),
+        ("rejected", ", ".join(f"{k}: {v:,}" for k, v in d.rejected.items())),
+    ]
+    if d.best is not None:
+        c = d.best
+        rows += [
+            (
+                "best decode",
+                f"{c.devices} devices (EP{c.ep_size}), batch {c.batch_per_device:g}/device, "
+                f"{c.microbatches} microbatch(es), attention cores {_cores(c)}, MTP {c.mtp}",
+            ),
+            ("  TPOT / tokens/s per device", f"{_ms(c.tpot_s)} / {c.tokens_per_s_per_device:,.0f}"),
+        ]
+    rows += _binding_rows(d.binding)
+    for line in res.notes:
+        rows.append(("note", line))
+    return rows
+
+
+def _markdown(title, summary, sections) -> str:
+    from .. import render
+
+    out = [f"# {title}\n", render.markdown_table(("quantity", "value"), summary)]
+    for t, h, rows in sections:
+        out += [f"\n## {t}\n", render.markdown_table(h, rows)]
+    return "".join(out)
+
+
+def _extra_sections(res):
+    secs = []
+    if res.prefill is not None and res.prefill.top:
+        h = ("#", "devices", "EP", "tokens/dev", "ubatch", "TTFT", "batch", "tokens/s/dev")
+        secs.append(
+            (
+                "top prefill configurations",
+                h,
+                [
+                    (
+                        str(i + 1),
+                        str(c.devices),
+                        str(c.ep_size),
+                        f"{c.tokens_per_device:g}",
+                        str(c.microbatches),
+                        _ms(c.ttft_s),
+                        _ms(c.batch_s),
+                        f"{c.tokens_per_s_per_device:,.0f}",
+                    )
+                    for i, c in enumerate(res.prefill.top)
+                ],
+            )
+        )
+    if res.serving is not None and res.serving.top:
+        h = ("#", "prefill devices", "decode devices", "total", "rate req/s", "TTFT p90", "goodput tok/s/dev")
+        secs.append(
+            (
+                "serving splits (prefill + decode devices)",
+                h,
+                [
+                    (
+                        str(i + 1),
+                        str(s.prefill_devices),
+                        str(s.decode_devices),
+                        str(s.total_devices),
+                        f"{s.rate_per_s:,.1f}",
+                        _ms(s.ttft_p90_s),
+                        f"{s.goodput_tokens_per_s_per_device:,.0f}",
+                    )
+                    for i, s in enumerate(res.serving.top)
+                ],
+            )
+        )
+    return secs
+
+
+@click.command()
+@scenario_option
+@system_model_options
+@click.option(
+    "--devices", type=int, default=None, help="Device total to deploy on [default: the whole system]."
+)
+@click.option("--prompt-len", type=float, default=4096, show_default=True, help="Prompt tokens per request.")
+@click.option("--output-len", type=float, default=256, show_default=True, help="Output tokens per request.")
+@click.option(
+    "--tpot-slo", default="50ms", show_default=True, help='TPOT SLO, e.g. "50ms"; "none" for no limit.'
+)
+@click.option(
+    "--ttft-slo", default="2s", show_default=True, help='TTFT SLO (p90), e.g. "2s"; "none" for no limit.'
+)
+@click.option(
+    "--rate", default=None, help="Target request rate (req/s): report the fewest devices that serve it."
+)
+@click.option(
+    "--mtp-accept", type=float, default=0.7, show_default=True, help="Acceptance rate of a draft token."
+)
+@click.option("--eplb", type=click.Choice(["model", "perfect"]), default="model", show_default=True)
+@click.option("--top", "top_k", type=int, default=10, show_default=True, help="Configurations to list.")
+@precision_options
+@format_option()
+@guarded
+def optimize(
+    system,
+    model,
+    spec_dirs,
+    devices,
+    prompt_len,
+    output_len,
+    tpot_slo,
+    ttft_slo,
+    rate,
+    mtp_accept,
+    eplb,
+    top_k,
+    weights,
+    kv_dtype,
+    fmt,
+    output,
+):
+    """Search EP size, batch, microbatches, core split, MTP and the prefill/decode split under SLOs."""
+    from .. import render, search, specs
+    from ..errors import CmperfError
+
+    sysm = specs.load_system(system, spec_dirs)
+    mod = specs.load_model(model, spec_dirs)
+    tpot = None if str(tpot_slo).lower() == "none" else parse_quantity(tpot_slo, "s", "--tpot-slo")
+    ttft = None if str(ttft_slo).lower() == "none" else parse_quantity(ttft_slo, "s", "--ttft-slo")
+    rate_v = None if rate is None else parse_quantity(rate, "per_s", "--rate")
+    for flag, v in (("--tpot-slo", tpot), ("--ttft-slo", ttft), ("--rate", rate_v)):
+        if v is not None and v <= 0:
+            raise CmperfError(f"{flag}: must be positive")
+    if top_k < 1:
+        raise CmperfError("--top: must be at least 1")
+    if not 0.0 <= mtp_accept <= 1.0:
+        raise CmperfError(f"--mtp-accept: must be in [0, 1], got {mtp_accept:g}")
+    prog = _Progress("searching deployments")
+    try:
+        res = search.optimize(
+            sysm,
+            mod,
+            devices=devices,
+            prompt_len=prompt_len,
+            output_len=output_len,
+            tpot_slo_s=tpot,
+            ttft_slo_s=ttft,
+            rate_per_s=rate_v,
+            mtp_accept=mtp_accept,
+            precision=make_precision(sysm, weights, kv_dtype),
+            eplb=eplb,
+            top_k=top_k,
+            progress=prog,
+        )
+    finally:
+        prog.close()
+    d = res.decode
+    secs = (
+        [("top decode configurations", DEC_HEADER, _dec_rows(d.top))]
+        if d.top
+        else [("closest decode configurations (none meets the SLO)", DEC_HEADER, _dec_rows(d.closest))]
+    )
+    secs += _extra_sections(res)
+    if fmt == "json":
+        emit(render.to_json(search.optimize_json(res), "optimize"), output)
+    elif fmt == "markdown":
+        emit(_markdown("cmperf optimize", _summary(res), secs), output)
+    else:
+        render.print_tables("cmperf optimize", _summary(res), secs)
+    if d.best is None:
+        c = d.closest[0] if d.closest else None
+        where = (
+            ""
+            if c is None
+            else (
+                f"; closest: {c.devices} devices EP{c.ep_size} batch {c.batch_per_device:g} "
+                f"at TPOT {_ms(c.tpot_s)} (speed-of-light bound {_ms(c.lower_tpot_s)})"
+            )
+        )
+        binds = (
+            ""
+            if d.binding is None
+            else f"; bound by {d.binding.moe_stream_binding}, top op "
+            + (
+                f"{d.binding.top_ops[0]['name']} ({d.binding.top_ops[0]['bound']})"
+                if d.binding.top_ops
+                else ""
+            )
+        )
+        raise CheckFailed(f"no configuration meets --tpot-slo {_ms(tpot)}{where}{binds}; relax the SLO")
+    if res.serving is not None and rate_v is not None and res.serving.fewest is None:
+        raise CheckFailed(
+            f"no split of {res.serving.devices} devices serves --rate {rate_v:g} req/s under the SLOs"
+        )
+
+
+@click.command()
+@scenario_option
+@system_model_options
+@click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
+@click.option(
+    "--devices", type=int, default=None, help="Largest instance to consider [default: the whole system]."
+)
+@click.option("--prompt-len", type=float, default=4096, show_default=True)
+@click.option("--output-len", type=float, default=256, show_default=True)
+@click.option("--mtp-accept", type=float, default=0.7, show_default=True)
+@click.option("--eplb", type=click.Choice(["model", "perfect"]), default="model", show_default=True)
+@precision_options
+@format_option()
+@guarded
+def pareto(
+    system,
+    model,
+    spec_dirs,
+    phase,
+    devices,
+    prompt_len,
+    output_len,
+    mtp_accept,
+    eplb,
+    weights,
+    kv_dtype,
+    fmt,
+    output,
+):
+    """Pareto frontier of tokens/s per device against TPOT (decode) or TTFT (prefill)."""
+    from .. import render, search, specs
+
+    sysm = specs.load_system(system, spec_dirs)
+    mod = specs.load_model(model, spec_dirs)
+    prec = make_precision(sysm, weights, kv_dtype)
+    prog = _Progress(f"searching {phase} configurations")
+    try:
+        if phase == "decode":
+            r, _ = search.search_decode(
+                sysm,
+                mod,
+                prompt_len=prompt_len,
+                output_len=output_len,
+                devices=devices,
+                mtp_accept=mtp_accept,
+                precision=prec,
+                eplb=eplb,
+                progress=prog,
+                explain=False,
+            )
+            rows = _dec_rows(r.pareto)
+            header = DEC_HEADER
+            body = {
+                "phase": "decode",
+                "pareto": r.pareto,
+                "evaluated": r.evaluated,
+                "rejected": r.rejected,
+                "space": r.space,
+                "constraints": r.constraints,
+            }
+        else:
+            r = search.search_prefill(
+                sysm, mod, prompt_len=prompt_len, devices=devices, eplb=eplb, precision=prec, progress=prog
+            )
+            header = ("#", "devices", "EP", "tokens/dev", "ubatch", "TTFT", "tokens/s/dev")
+            rows = [
+                (
+                    str(i + 1),
+                    str(c.devices),
+                    str(c.ep_size),
+                    f"{c.tokens_per_device:g}",
+                    str(c.microbatches),
+                    _ms(c.ttft_s),
+                    f"{c.tokens_per_s_per_device:,.0f}",
+                )
+                for i, c in enumerate(r.pareto)
+            ]
+            body = {
+                "phase": "prefill",
+                "pareto": r.pareto,
+                "evaluated": r.evaluated,
+                "rejected": r.rejected,
+                "space": r.space,
+                "constraints": r.constraints,
+            }
+    finally:
+        prog.close()
+    summary = [
+        ("phase", phase),
+        ("evaluated", f"{r.evaluated:,}"),
+        ("frontier points", str(len(r.pareto))),
+        ("rejected", ", ".join(f"{k}: {v:,}" for k, v in r.rejected.items())),
+    ]
+    title = f"Pareto frontier: {phase} tokens/s per device vs {'TPOT' if phase == 'decode' else 'TTFT'}"
+    if fmt == "json":
+        emit(render.to_json(body, "pareto"), output)
+    elif fmt == "markdown":
+        emit(_markdown(title, summary, [("frontier", header, rows)]), output)
+    else:
+        render.print_tables(title, summary, [("frontier", header, rows)])
+
+
+COMMANDS = [optimize, pareto]

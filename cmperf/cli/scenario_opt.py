@@ -1,0 +1,45 @@
+"""``@scenario_option``: ``--scenario FILE-or-name`` fills a command's defaults from a scenario file.
+
+The option is eager, so its callback runs before the other parameters are resolved; it sets
+``ctx.default_map`` from the file's ``[options]`` table, and click then uses those values wherever the
+user gave no flag (explicit flags override the file). Unknown keys, or a scenario written for another
+command, are one error line naming the file and the key, exit 2. The loaded scenario is kept in
+``ctx.meta["cmperf.scenario"]``.
+
+Usage: put ``@scenario_option`` directly under ``@click.command()``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import CmperfError
+
+
+def apply_scenario(ctx: click.Context, name: str) -> None:
+    from .. import scenario
+
+    try:
+        sc = scenario.load(name)
+        scenario.check_options(sc, [p.name for p in ctx.command.params], ctx.command.name)
+    except CmperfError as e:
+        click.echo(f"cmperf: error: {e}", err=True)
+        ctx.exit(e.exit_code)
+    ctx.default_map = {**sc.options, **(ctx.default_map or {})}
+    ctx.meta["cmperf.scenario"] = sc
+
+
+def _callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None and not ctx.resilient_parsing:
+        apply_scenario(ctx, value)
+
+
+def scenario_option(fn):
+    return click.option(
+        "--scenario",
+        is_eager=True,
+        expose_value=False,
+        callback=_callback,
+        metavar="FILE|NAME",
+        help="Scenario TOML (or a name in scenarios/) whose [options] set the defaults; flags override it.",
+    )(fn)

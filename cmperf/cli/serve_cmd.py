@@ -1,0 +1,289 @@
+"""`cmperf serve`: TTFT/TPOT percentiles, goodput and bottleneck of P/D/cache pools under load; `--size`."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+from .common import emit, format_option, guarded, parse_quantity, system_model_options
+from .decode_cmd import make_precision, precision_options
+from .scenario_opt import scenario_option
+
+
+def _fmt_rate(x) -> str:
+    return "inf" if not math.isfinite(x) else f"{x:,.2f} req/s"
+
+
+def _s(x) -> str:
+    from ..units import fmt_s
+
+    return "inf (overloaded)" if not math.isfinite(x) else fmt_s(x)
+
+
+def serve_rows(r) -> list[tuple[str, str]]:
+    from ..units import fmt_bytes, fmt_rate
+
+    p, d, c = r.prefill, r.decode, r.cache
+    rows = [
+        ("system / model", f"{r.system} / {r.model}"),
+        (
+            "load",
+            f"{r.rate_rps:.4g} req/s, prompt {r.inputs['prompt_len']:g} (CV {r.inputs['prompt_cv']:g}), "
+            f"output {r.inputs['output_len']:g} (CV {r.inputs['output_cv']:g})",
+        ),
+        (
+            "pools",
+            f"prefill {r.inputs['prefill_devices']} devices = {p.instances} x "
+            f"{r.inputs['prefill_instance_devices']}, decode {r.inputs['decode_devices']} devices "
+            f"(EP{d.ep_size}), "
+            f"cache {fmt_bytes(c['capacity_bytes'])} over {c['kv_load_plane']}",
+        ),
+        ("TTFT p50 / p90 / p99", " / ".join(_s(r.ttft_s[k]) for k in ("p50", "p90", "p99"))),
+        ("TPOT mean / p99", f"{_s(r.tpot_s['mean'])} / {_s(r.tpot_s['p99'])}"),
+        (
+            "SLO",
+            f"TTFT {_s(r.slo['ttft_s'])}, TPOT {_s(r.slo['tpot_s'])} on {r.slo['quantile']}: "
+            f"{'met' if r.slo_met else 'MISSED'}",
+        ),
+        (
+            "goodput",
+            f"{r.goodput_rps:.4g} req/s ({100 * r.slo_attainment:.2f}% within both SLOs), "
+            f"{r.goodput_rps_per_device:.4g} req/s per device",
+        ),
+        ("utilization", ", ".join(f"{k} {100 * v:.1f}%" for k, v in r.utilization.items())),
+        (
+            "bottleneck",
+            r.bottleneck + (" — OVERLOADED: " + "; ".join(r.overload_reasons) if r.overloaded else ""),
+        ),
+        (
+            "prefill batch (scheduler's choice)",
+            f"{p.batch_prompts:g} prompts per instance, {_s(p.batch_s)} per batch, "
+            f"KV transfer {_s(p.kv_transfer_s)}, mean wait {_s(p.mean_wait_s)}",
+        ),
+        (
+            "decode batch",
+            f"{d.batch_per_device:.2f} per device (p99 {d.batch_p99_per_device:.2f}, cap "
+            f"{d.max_batch_per_device:.0f}), KV {d.kv_mean_len:.0f} (p99 {d.kv_p99_len:.0f})",
+        ),
+        (
+            "cache",
+            f"{c['model']}: token hit {100 * c['token_hit_rate']:.1f}%, saves "
+            f"{c['prefill_tokens_saved_per_s']:,.0f} prefill tokens/s, "
+            f"loads {fmt_rate(c['kv_load_bytes_per_s'])}",
+        ),
+    ]
+    if r.max_rate_rps:
+        m = r.max_rate_rps
+        rows.append(
+            (
+                "SLO holds up to",
+                f"TTFT {_fmt_rate(m['ttft_slo_rps'])}, TPOT {_fmt_rate(m['tpot_slo_rps'])} "
+                f"→ {m['binding_slo']} binds",
+            )
+        )
+        rows.append(
+            (
+                "capacity (utilization 1)",
+                f"prefill {_fmt_rate(m['prefill_capacity_rps'])}, "
+                f"decode {_fmt_rate(m['decode_capacity_rps'])}",
+            )
+        )
+    return rows
+
+
+def size_rows(s) -> tuple[list[tuple[str, str]], list[tuple[str, ...]]]:
+    from ..units import fmt_bytes
+
+    b = s.best
+    head = "max goodput per device" if s.mode == "total" else f"fewest devices for {s.rate_rps:g} req/s"
+    rows = [
+        ("system / model", f"{s.system} / {s.model}"),
+        ("objective", f"{head} (of {s.total_devices} devices)"),
+        (
+            "best split",
+            f"prefill {b['prefill_devices']} ({b['prefill_instances']} instances), decode "
+            f"{b['decode_devices']}, cache {fmt_bytes(b['cache_dram_bytes'])}",
+        ),
+        ("goodput", f"{b['goodput_rps']:.4g} req/s, {b['goodput_rps_per_device']:.4g} req/s per device"),
+        (
+            "SLO limits",
+            f"TTFT {_fmt_rate(b['ttft_slo_rps'])}, TPOT {_fmt_rate(b['tpot_slo_rps'])}; {b['binding']} binds",
+        ),
+        ("feasible", "yes" if b["feasible"] else "NO: no split meets the SLOs"),
+    ]
+    cands = [
+        (
+            str(c["prefill_devices"]),
+            str(c["decode_devices"]),
+            _fmt_rate(c["ttft_slo_rps"]),
+            _fmt_rate(c["tpot_slo_rps"]),
+            f"{c['goodput_rps']:.4g}",
+            f"{c['goodput_rps_per_device']:.4g}",
+        )
+        for c in s.candidates
+    ]
+    return rows, cands
+
+
+CAND_HEADER = ("prefill", "decode", "TTFT limit", "TPOT limit", "max rate in SLO", "goodput/device")
+
+
+@click.command()
+@scenario_option
+@system_model_options
+@click.option("--rate", default=None, help="Poisson arrival rate, requests/s (e.g. 40 or '40 req/s').")
+@click.option(
+    "--concurrency", type=float, default=None, help="Fixed number of requests in flight (closed loop)."
+)
+@click.option("--prompt-len", type=float, default=4096, show_default=True, help="Mean prompt tokens.")
+@click.option("--output-len", type=float, default=256, show_default=True, help="Mean output tokens.")
+@click.option(
+    "--prompt-cv", type=float, default=0.0, show_default=True, help="Coefficient of variation of prompts."
+)
+@click.option(
+    "--output-cv", type=float, default=0.0, show_default=True, help="Coefficient of variation of outputs."
+)
+@click.option(
+    "--cache-hit", type=float, default=None, help="Fraction of prompt tokens found in the cache (direct)."
+)
+@click.option(
+    "--prefixes", "num_prefixes", type=int, default=None, help="Distinct shared prefixes (popularity model)."
+)
+@click.option(
+    "--prefix-skew", type=float, default=1.0, show_default=True, help="Zipf skew of prefix popularity."
+)
+@click.option(
+    "--prefix-len", type=float, default=None, help="Tokens per shared prefix [default: half the prompt]."
+)
+@click.option("--prefill-devices", type=int, default=96, show_default=True, help="Prefill pool devices.")
+@click.option("--decode-devices", type=int, default=160, show_default=True, help="Decode pool devices.")
+@click.option(
+    "--prefill-instance-devices",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Devices per prefill instance.",
+)
+@click.option(
+    "--cache-dram", default=None, help="EMS cache DRAM, e.g. 2TB [default: system DRAM per node x nodes]."
+)
+@click.option(
+    "--cache-plane",
+    type=click.Choice(["ub", "vpc"]),
+    default="ub",
+    show_default=True,
+    help="Plane that loads cached KV.",
+)
+@click.option("--ttft-slo", default="2s", show_default=True, help="TTFT SLO, e.g. 2s.")
+@click.option("--tpot-slo", default="50ms", show_default=True, help="TPOT SLO, e.g. 50ms.")
+@click.option(
+    "--slo-percentile", type=float, default=99, show_default=True, help="SLO percentile (90 or 99)."
+)
+@click.option("--mtp", type=int, default=1, show_default=True, help="Speculative MTP tokens per step.")
+@click.option("--mtp-accept", type=float, default=0.7, show_default=True, help="Acceptance of a draft token.")
+@click.option(
+    "--size", "do_size", is_flag=True, help="Size the P/D/cache split (for --rate, or max goodput/device)."
+)
+@click.option("--devices-total", type=int, default=None, help="With --size: devices to split [system total].")
+@precision_options
+@format_option()
+@guarded
+def serve(
+    system,
+    model,
+    spec_dirs,
+    rate,
+    concurrency,
+    prompt_len,
+    output_len,
+    prompt_cv,
+    output_cv,
+    cache_hit,
+    num_prefixes,
+    prefix_skew,
+    prefix_len,
+    prefill_devices,
+    decode_devices,
+    prefill_instance_devices,
+    cache_dram,
+    cache_plane,
+    ttft_slo,
+    tpot_slo,
+    slo_percentile,
+    mtp,
+    mtp_accept,
+    do_size,
+    devices_total,
+    weights,
+    kv_dtype,
+    fmt,
+    output,
+):
+    """Serve a load on prefill/decode/cache pools: TTFT p50/p90/p99, TPOT mean/p99, goodput, bottleneck."""
+    from .. import render, serving, specs
+    from ..errors import CmperfError
+
+    sysm = specs.load_system(system, spec_dirs)
+    mod = specs.load_model(model, spec_dirs)
+    rate_v = parse_quantity(rate, "per_s", "--rate") if rate is not None else None
+    if rate_v is not None and not rate_v > 0:
+        raise CmperfError(f"--rate: must be > 0 requests/s, got {rate}")
+    slo = serving.SLO(
+        ttft_s=parse_quantity(ttft_slo, "s", "--ttft-slo"),
+        tpot_s=parse_quantity(tpot_slo, "s", "--tpot-slo"),
+        quantile=slo_percentile / 100.0,
+    )
+    dram = parse_quantity(cache_dram, "bytes", "--cache-dram") if cache_dram is not None else None
+    if rate_v is None and concurrency is None and not do_size:
+        raise CmperfError("--rate: give the arrival rate in requests/s (or --concurrency, or --size)")
+    wl = serving.Workload(
+        rate_per_s=rate_v,
+        concurrency=concurrency,
+        prompt_len=prompt_len,
+        output_len=output_len,
+        prompt_cv=prompt_cv,
+        output_cv=output_cv,
+        cache_hit=cache_hit,
+        num_prefixes=num_prefixes,
+        prefix_skew=prefix_skew,
+        prefix_len=prefix_len,
+    )
+    pools = serving.Pools(
+        prefill_devices=prefill_devices,
+        decode_devices=decode_devices,
+        prefill_instance_devices=prefill_instance_devices,
+        cache_dram_bytes=dram,
+        cache_plane=cache_plane,
+        mtp=mtp,
+        mtp_accept=mtp_accept,
+        precision=make_precision(sysm, weights, kv_dtype),
+    )
+    if do_size:
+        if concurrency is not None:
+            raise CmperfError("--size works from --rate or a device total, not --concurrency")
+        res = serving.size(sysm, mod, wl, pools, slo, total_devices=devices_total)
+        rows, cands = size_rows(res)
+        if fmt == "json":
+            emit(render.to_json(res, "serve-size"), output)
+        elif fmt == "markdown":
+            emit(
+                "# cmperf serve --size\n\n"
+                + render.markdown_table(("quantity", "value"), rows)
+                + "\n## Best splits\n\n"
+                + render.markdown_table(CAND_HEADER, cands),
+                output,
+            )
+        else:
+            render.print_tables("cmperf serve --size", rows, [("best splits", CAND_HEADER, cands)])
+        return
+    res = serving.evaluate(sysm, mod, wl, pools, slo)
+    if fmt == "json":
+        emit(render.to_json(res, "serve"), output)
+    elif fmt == "markdown":
+        emit("# cmperf serve\n\n" + render.markdown_table(("quantity", "value"), serve_rows(res)), output)
+    else:
+        render.print_tables("cmperf serve", serve_rows(res), [])
+
+
+COMMANDS = [serve]

@@ -1,0 +1,432 @@
+"""The same DeepSeek-R1 workload on several systems, each with its own deployment, side by side.
+
+For each system: a deployment (devices, EP size, batch, precisions) from the flags, else from the
+system's baseline scenario (``scenarios/baselines/*.toml`` whose ``[options] system`` names it and whose
+``command`` is the phase; the one with the most devices, i.e. the whole unit), else from two rules:
+
+* decode unit = the one-expert-per-rank EP of CloudMatrix-Infer, R + R/8 redundant + R/8 shared-expert
+  ranks (256 + 32 + 32 = 320 ranks for R1, CM384 §4.2), capped by the system: 160 NPUs on CM384,
+  all 72 GPUs of a GB200 NVL72, all 128 GPUs of a 16-node HGX cluster;
+* prefill unit = EP32, the prefill instance of CloudMatrix-Infer (16 NPUs), DeepSeek (4 nodes) and
+  SGLang (4 nodes) alike.
+
+Precision per op group (``default_precision``): 8-bit GEMMs and dispatch in the chip's 8-bit type (FP8
+where the chip has it, DeepSeek's setup on Hopper; INT8 on Ascend, CM384 §4.4), BF16 attention, KV,
+combine, gate and heads; optionally FP4 experts where the chip has FP4 (Blackwell, NVFP4 W4A4).
+
+The paper's efficiency metric (CM384 §5): tokens/s per device over the device's dense 8-bit peak,
+
+    tokens_per_s_per_tflops = tokens_per_s_per_device / (max(int8, fp8 peak per rank) * ranks / 1e12)
+
+(ranks = ranks_per_device).
+
+Worked number: CM384 §5.1's 1,943 tokens/s per 910C / 1,504 TOPS INT8 = 1.29 tokens/s per TFLOPS.
+
+The binding ceiling is read off the MoE-layer stage of the step (58 of 61 layers): which stream
+sets the period (cmperf.step), then which ceiling (compute, memory, link, latency) holds most
+of that stream's time, and for link time which plane (scale-up or scale-out) is slower.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .comm import _split_bytes
+from .deployment import DecodeDeployment, default_precision
+from .errors import CmperfError
+from .specs import Model, System, builtin_dirs
+
+PHASES = ("decode", "prefill")
+EIGHT_BIT = ("fp8", "int8")
+STEP_BINDING = ("attention stream", "MoE stream", "serial A+M", "shared HBM")  # cmperf.step's binding index
+PREFILL_UNIT_RANKS = 32  # EP32 prefill instances: CM384 §4.3, DeepSeek and SGLang (CM384 reference §7)
+
+
+# ---------- precision
+
+
+def peak_8bit_flops_per_device(system: System) -> float:
+    """Dense 8-bit peak of one device (NPU package or GPU): max(int8, fp8) per rank x ranks per device.
+
+    >>> # CloudMatrix384: 752 TOPS INT8 per die x 2 dies = 1,504e12; H800: FP8 1,979e12
+    """
+    peaks = [system.chip.peak_flops[d] for d in EIGHT_BIT if d in system.chip.peak_flops]
+    if not peaks:
+        raise CmperfError(
+            f"{system.chip.path}: chip {system.chip.name} lists no int8 or fp8 peak; "
+            "tokens/s per TFLOPS needs the 8-bit peak"
+        )
+    return max(peaks) * system.ranks_per_device
+
+
+# ---------- deployments
+
+
+def baseline_dirs() -> list[Path]:
+    """The built-in ``scenarios/baselines`` folder (the paper's baseline deployments, with citations)."""
+    return [d / "scenarios" / "baselines" for d in builtin_dirs() if (d / "scenarios" / "baselines").is_dir()]
+
+
+def baseline_options(system_name: str, phase: str, dirs: list[Path] | None = None) -> tuple[dict, str]:
+    """([options] of the baseline scenario for this system and phase, its file) or ({}, "").
+
+    Among several (DeepSeek decode EP128 and EP144), the one with the most devices: the whole unit."""
+    best: tuple[dict, str] = ({}, "")
+    for d in dirs if dirs is not None else baseline_dirs():
+        for path in sorted(d.rglob("*.toml")):
+            try:
+                raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, OSError):
+                continue  # a broken scenario file is reported by the command that runs it
+            opts = raw.get("options", {})
+            if raw.get("command") != phase or opts.get("system") != system_name:
+                continue
+            if not best[1] or opts.get("devices", 0) > best[0].get("devices", 0):
+                best = (dict(opts), str(path))
+    return best
+
+
+def decode_unit_devices(system: System, model: Model) -> int:
+    """Devices of the default decode unit: min(system, one-expert-per-rank EP) (module docstring)."""
+    r = model.n_routed_experts
+    ranks = r + r // 8 + (r // 8 if model.n_shared_experts else 0)
+    return min(system.num_devices, math.ceil(ranks / system.ranks_per_device))
+
+
+def prefill_unit_devices(system: System) -> int:
+    return min(system.num_devices, math.ceil(PREFILL_UNIT_RANKS / system.ranks_per_device))
+
+
+# ---------- binding ceiling
+
+
+def _is_comm(r) -> bool:
+    return r.flops == 0 and r.hbm_bytes == 0
+
+
+def _stream_names(policy: str) -> tuple[str, str]:
+    return (
+        ("attention stream", "MoE stream") if policy == "split-cores" else ("compute stream", "comm stream")
+    )
+
+
+def binding_of(system: System, ops, stage: str, stage_binding: str, policy: str, comm_ep=None) -> dict:
+    """Which stream binds the stage and which ceiling holds most of that stream's time.
+
+    Returns {stream, ceiling, plane, seconds_by_ceiling}. ``stage_binding`` is cmperf.step's verdict
+    ("attention stream" = A, "MoE stream" = M, "serial A+M", "shared HBM")."""
+    a_name, m_name = _stream_names(policy)
+    rows = [r for r in ops if r.stage == stage]
+
+    def in_a(r):
+        return r.stream == "attn" if policy == "split-cores" else not _is_comm(r)
+
+    if stage_binding == "shared HBM":
+        return {
+            "stream": "all streams",
+            "ceiling": "memory",
+            "plane": "hbm",
+            "seconds_by_ceiling": {"memory": sum(r.memory_s for r in rows)},
+        }
+    if stage_binding == "attention stream":
+        sel, stream = [r for r in rows if in_a(r)], a_name
+    elif stage_binding == "MoE stream":
+        sel, stream = [r for r in rows if not in_a(r)], m_name
+    else:
+        sel, stream = rows, "serial A+M"
+    by: dict[str, float] = {}
+    for r in sel:
+        by[r.bound] = by.get(r.bound, 0.0) + r.time_s
+    ceiling = max(by, key=by.get) if by else "none"
+    plane = "hbm" if ceiling == "memory" else ("cores" if ceiling == "compute" else "")
+    if ceiling in ("link", "latency") and comm_ep is not None:
+        plane = _slower_plane(system, [r for r in sel if _is_comm(r) and r.comm_bytes > 0], comm_ep)
+    return {"stream": stream, "ceiling": ceiling, "plane": plane, "seconds_by_ceiling": by}
+
+
+def _slower_plane(system: System, comm_rows, ep) -> str:
+    """Name of the plane whose share of the EP traffic takes longer (scale-up vs scale-out)."""
+    c = system.collectives.get("dispatch")
+    if c is None or not comm_rows:
+        return ""
+    up_b, out_b = _split_bytes(
+        system, c.plane, sum(r.comm_bytes for r in comm_rows), ep, c.local_copies == "send"
+    )
+    up = system.planes[c.plane]
+    out = system.planes[c.scaleout_plane] if c.scaleout_plane else up
+    t_up = float(up_b) / (up.bytes_per_s_per_rank * up.efficiency)
+    t_out = float(out_b) / (out.bytes_per_s_per_rank * out.efficiency)
+    return out.name if t_out > t_up else up.name
+
+
+def ep_traffic_split(system: System, ep_size: int) -> dict[str, float]:
+    """Fraction of one rank's remote EP bytes on the scale-up and scale-out planes (cmperf.comm)."""
+    c = system.collectives.get("dispatch")
+    if c is None:
+        return {}
+    up_b, out_b = _split_bytes(system, c.plane, 1.0, ep_size, c.local_copies == "send")
+    tot = float(up_b + out_b)
+    if tot <= 0:
+        return {"scaleup_fraction": 1.0, "scaleout_fraction": 0.0}
+    return {"scaleup_fraction": float(up_b) / tot, "scaleout_fraction": float(out_b) / tot}
+
+
+# ---------- records
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One system's prediction. Decode: ``tpot_s``; prefill: ``ttft_s`` and ``batch_s``. ``lower_s`` and
+    ``upper_s`` bound TPOT (decode) or the batch time (prefill)."""
+
+    system: str
+    chip: str
+    phase: str
+    deployment_source: str  # "flags", a scenario file, or the default rule
+    devices: int
+    ranks: int
+    ep_size: int
+    precision: dict[str, str]
+    workload: dict[str, float]
+    tokens_per_s_per_device: float
+    peak_8bit_flops_per_device: float
+    tokens_per_s_per_tflops: float
+    tpot_s: float | None
+    ttft_s: float | None
+    batch_s: float | None
+    lower_s: float | None
+    upper_s: float | None
+    comm_bound_tpot_s: float | None
+    binding_stream: str
+    binding_ceiling: str
+    binding_plane: str
+    binding_seconds_by_ceiling: dict[str, float]
+    ep_scaleout_fraction: float
+    hbm_bytes_per_rank: float
+    feasible: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    phase: str
+    model: str
+    rows: list[CompareRow]
+
+
+# ---------- decode
+
+
+def decode_row(
+    system: System,
+    model: Model,
+    *,
+    devices=None,
+    ep_size=None,
+    batch=None,
+    kv_len=4096.0,
+    mtp=1,
+    mtp_accept=0.7,
+    microbatches=None,
+    weights=None,
+    experts=None,
+    kv_dtype="bf16",
+    eplb="model",
+    kv_capacity_len=None,
+    use_scenarios=True,
+) -> CompareRow:
+    """Decode prediction for one system; None knobs come from its baseline scenario or the rules."""
+    from . import decode
+
+    opts, src = baseline_options(system.name, "decode") if use_scenarios else ({}, "")
+    given = devices is not None
+    devices = devices if given else int(opts.get("devices", decode_unit_devices(system, model)))
+    if ep_size is None:
+        ep_size = (
+            int(opts["ep_size"]) if (not given and "ep_size" in opts) else devices * system.ranks_per_device
+        )
+    batch = float(batch if batch is not None else opts.get("batch", DecodeDeployment.batch_per_device))
+    microbatches = int(microbatches if microbatches is not None else opts.get("microbatches", 2))
+    source = "flags" if given else (src or "rule: min(system, 320-rank one-expert-per-rank unit)")
+    prec = default_precision(system, weights or opts.get("weights"), experts, kv_dtype)
+    dep = DecodeDeployment(
+        devices=devices,
+        ep_size=ep_size,
+        batch_per_device=batch,
+        kv_len=kv_len,
+        mtp=mtp,
+        mtp_accept=mtp_accept,
+        microbatches=microbatches,
+        eplb=eplb,
+        precision=prec,
+    )
+    p = decode.predict(system, model, dep, kv_capacity_len=kv_capacity_len)
+    policy = str(system.overlap.get("decode", {"policy": "compute-comm"})["policy"])
+    b = binding_of(system, p.ops, "moe", str(p.streams["moe"]["binding"]), policy, ep_size)
+    peak = peak_8bit_flops_per_device(system)
+    split = ep_traffic_split(system, ep_size)
+    return CompareRow(
+        system.name,
+        system.chip.name,
+        "decode",
+        source,
+        devices,
+        devices * system.ranks_per_device,
+        ep_size,
+        dict(prec.__dict__),
+        {
+            "batch_per_device": batch,
+            "kv_len": float(kv_len),
+            "mtp": float(mtp),
+            "mtp_accept": float(mtp_accept),
+            "microbatches": float(microbatches),
+        },
+        p.tokens_per_s_per_device,
+        peak,
+        p.tokens_per_s_per_device / (peak / 1e12),
+        p.tpot_s,
+        None,
+        None,
+        p.lower_tpot_s,
+        p.upper_tpot_s,
+        p.comm_bound_tpot_s,
+        b["stream"],
+        b["ceiling"],
+        b["plane"],
+        b["seconds_by_ceiling"],
+        split.get("scaleout_fraction", 0.0),
+        p.hbm_bytes_per_rank,
+        p.feasible,
+        list(p.reasons),
+    )
+
+
+# ---------- prefill
+
+
+def prefill_available() -> bool:
+    try:
+        from . import prefill  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def prefill_row(
+    system: System,
+    model: Model,
+    *,
+    devices=None,
+    ep_size=None,
+    tokens_per_device=None,
+    prompt_len=4096.0,
+    microbatches=None,
+    weights=None,
+    experts=None,
+    kv_dtype="bf16",
+    eplb="perfect",
+    use_scenarios=True,
+) -> CompareRow:
+    """Prefill prediction for one system through cmperf.prefill (the HELPERS.md contract)."""
+    if not prefill_available():
+        raise CmperfError(
+            "--phase prefill: cmperf.prefill is not available in this build; use --phase decode"
+        )
+    from . import decode, prefill
+
+    opts, src = baseline_options(system.name, "prefill") if use_scenarios else ({}, "")
+    given = devices is not None
+    devices = devices if given else int(opts.get("devices", prefill_unit_devices(system)))
+    if ep_size is None:
+        ep_size = (
+            int(opts["ep_size"]) if (not given and "ep_size" in opts) else devices * system.ranks_per_device
+        )
+    tpd = float(tokens_per_device if tokens_per_device is not None else opts.get("tokens_per_device", 16384))
+    microbatches = int(microbatches if microbatches is not None else opts.get("microbatches", 2))
+    source = "flags" if given else (src or "rule: EP32 prefill unit")
+    prec = default_precision(system, weights or opts.get("weights"), experts, kv_dtype)
+    ranks = devices * system.ranks_per_device
+    if devices < 1 or devices > system.num_devices:
+        raise CmperfError(f"--devices: {devices} is outside 1..{system.num_devices} ({system.name})")
+    if ep_size < 1 or ranks % ep_size:
+        raise CmperfError(
+            f"--ep: EP{ep_size} must divide the {ranks} ranks of {devices} devices on {system.name}"
+        )
+    plane = (
+        system.collectives["dispatch"].plane
+        if "dispatch" in system.collectives
+        else next(iter(system.planes))
+    )
+    ev = prefill.evaluate(
+        system,
+        model,
+        tokens_per_device=tpd,
+        prompt_len=prompt_len,
+        ep_size=ep_size,
+        devices=devices,
+        microbatches=microbatches,
+        eplb=eplb,
+        precision=prec,
+        cache_plane=plane,
+    )  # no context cache here: the plane only has to exist
+    f = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
+    tps = f(ev.tokens_per_s_per_device)
+    feasible = bool(np.asarray(ev.feasible).reshape(-1)[0])
+    reasons: list[str] = []
+    if not feasible:
+        reasons = [
+            f"HBM: needs {f(ev.hbm_bytes_per_rank) / 1e9:.1f} GB per {system.chip.rank}, "
+            f"{ev.hbm_capacity_bytes / 1e9:.1f} GB usable; at most {f(ev.max_tokens_per_device):,.0f} "
+            "tokens per device fit"
+        ]
+    # binding: cmperf.step's verdict on the MoE-layer stage (prefill's list schedule refines the period)
+    moe = next(st for st in ev.stages if st.stage.name == "moe")
+    policy = str(system.overlap.get("prefill", {"policy": "compute-comm"})["policy"])
+    verdict = STEP_BINDING[int(np.asarray(moe.binding).reshape(-1)[0])]
+    b = binding_of(system, decode.op_rows(ev.stages, microbatches), "moe", verdict, policy, ep_size)
+    peak = peak_8bit_flops_per_device(system)
+    split = ep_traffic_split(system, ep_size)
+    return CompareRow(
+        system.name,
+        system.chip.name,
+        "prefill",
+        source,
+        devices,
+        ranks,
+        ep_size,
+        dict(prec.__dict__),
+        {"tokens_per_device": tpd, "prompt_len": float(prompt_len), "microbatches": float(microbatches)},
+        tps,
+        peak,
+        tps / (peak / 1e12),
+        None,
+        f(ev.ttft_s),
+        f(ev.batch_s),
+        f(ev.lower_batch_s),
+        f(ev.upper_batch_s),
+        None,
+        b["stream"],
+        b["ceiling"],
+        b["plane"],
+        b["seconds_by_ceiling"],
+        split.get("scaleout_fraction", 0.0),
+        f(ev.hbm_bytes_per_rank),
+        feasible,
+        reasons,
+    )
+
+
+# ---------- driver
+
+
+def compare(systems: list[System], model: Model, phase: str, **knobs) -> Comparison:
+    """One row per system (knobs: see ``decode_row`` / ``prefill_row``)."""
+    if phase not in PHASES:
+        raise CmperfError(f"--phase: {phase!r} is not one of {', '.join(PHASES)}")
+    fn = decode_row if phase == "decode" else prefill_row
+    return Comparison(phase, model.name, [fn(s, model, **knobs) for s in systems])

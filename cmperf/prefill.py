@@ -1,0 +1,521 @@
+"""Prefill phase: input tokens/s per device, batch time, TTFT, context caching, per-op breakdown.
+
+Per rank (die on CloudMatrix384) a batch holds T = tokens_per_device / ranks_per_device prompt tokens
+of prompts of P tokens (T/P prompts; SP-TP-SP spreads a prompt over ranks, so T/P may be fractional),
+split into n microbatches of T/n tokens. A fraction h of every prompt (its first h*P tokens) is a
+context-cache hit: its latent KV is loaded from the EMS pool instead of computed, but the new tokens'
+attention still reads it (kv_up re-expands it in MHA form).
+
+    per MoE layer and microbatch:  attention (MHA-form MLA, SP-TP-SP)  ->  gate  ->  dispatch  ->
+                                   experts (EP32: 8+1 routed slots + 1 shared per die)  ->  combine
+    batch_s   = two-stream pipeline of the n microbatches over all 61 layers (``pipeline_s``) + head
+    tokens_per_s_per_device          = tokens_per_device / batch_s            (all prompt tokens)
+    computed_tokens_per_s_per_device = (1 - h) * tokens_per_device / batch_s
+    ttft_s    = batch_s + kv_transfer_s,  kv_transfer_s = rdma latency + KV bytes per prompt / (bw * eff)
+
+Overlap (CM384 §4.3, policy ``[overlap.prefill] = "compute-comm"``): the AI cores run all compute
+(attention, MLP; the vector kernels on the critical path of a microbatch too) in one stream, the
+DMA engines run the all-to-alls (TP all-gather/all-to-all, dispatch, combine) in the other. The
+period is not the coarse max(n*a, n*m, a+m) of ``cmperf.step`` (kept as ``ideal_overlap_batch_s``):
+one layer alternates compute and comm *segments* (prolog | all-gather | q/kv up + attention |
+all-to-all | o_proj + gate | dispatch | experts | combine), microbatch i's segment k needs its own
+segment k-1, and each stream takes the segments in order (mb0, mb1, mb0, ...). ``pipeline_s``
+simulates that list schedule exactly over all layers (vectorized over the operating points), so a
+long comm segment behind a short compute one (the all-gather behind the 0.3 ms prolog, the combine
+behind the next layer's prolog) stalls the AI cores as it does on the device.
+
+Context-cache loading (decision, stated): the EMS->HBM load of layer l+1's cached latents is
+prefetched while layer l computes, so loading overlaps compute; it runs on the DMA engines next to
+the all-to-all. Over UB it shares the rank's UB port with the all-to-all (comm stream + load per
+layer); over VPC it is its own stream (per layer n*load). Only the first layer's load is exposed.
+The crossover (``cache_crossover_*``) is computed from the same model: the hit rate that minimizes
+batch time on the chosen plane (beyond it loading is slower than the compute it saves), and the
+per-rank plane bandwidth below which a fully cached prompt takes longer than recomputing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import memory
+from .comm import message_bytes, transfer_s
+from .decode import OpRow, moe_load, op_rows, routed_imbalance
+from .deployment import Precision, place_experts, placement_arrays
+from .errors import CmperfError
+from .graph import Stage, dense_ffn_ops, head_ops, kv_bytes_per_token_layer, mla_prefill_ops, moe_ops
+from .roofline import BOUNDS
+from .specs import Model, System
+from .step import StageTime, step_time
+
+#: Attention TP degree of the SP-TP-SP layout when neither the deployment nor the system sets it.
+#: CM384 §4.3 names the layout but not the degree; stated assumption: one UB node, 8 NPUs = 16 dies.
+DEFAULT_ATTN_TP_DEVICES = 8
+
+
+@dataclass(frozen=True)
+class PrefillDeployment:
+    """One prefill instance (defaults: CM384 §5 prefill setup, 16 NPUs, EP32, 16K tokens per NPU)."""
+
+    devices: int = 16
+    ep_size: int = 32
+    tokens_per_device: float = 16384.0
+    prompt_len: float = 4096.0
+    microbatches: int = 2
+    cache_hit: float = 0.0
+    cache_plane: str = "ub"
+    eplb: str = "perfect"
+    imbalance: float | None = None
+    attn_tp: int | None = None  # ranks; None: DEFAULT_ATTN_TP_DEVICES devices (capped by the instance)
+    precision: Precision = field(default_factory=Precision)
+
+    def resolved_tp(self, system: System) -> int:
+        if self.attn_tp is not None:
+            return self.attn_tp
+        return min(DEFAULT_ATTN_TP_DEVICES, self.devices) * system.ranks_per_device
+
+    def check(self, system: System, model: Model):
+        ranks = self.devices * system.ranks_per_device
+        if self.devices < 1 or self.devices > system.num_devices:
+            raise CmperfError(f"--devices: {self.devices} is outside 1..{system.num_devices} ({system.name})")
+        if self.ep_size < 1 or ranks % self.ep_size:
+            raise CmperfError(
+                f"--ep: EP{self.ep_size} must divide the {ranks} ranks of {self.devices} devices; "
+                f"try --ep {ranks}"
+            )
+        if not self.tokens_per_device > 0:
+            raise CmperfError(f"--tokens-per-device: must be positive, got {self.tokens_per_device:g}")
+        if not 1 <= self.prompt_len <= model.max_position_embeddings:
+            raise CmperfError(
+                f"--prompt-len: {self.prompt_len:g} is outside 1..{model.max_position_embeddings} "
+                f"(the model's context)"
+            )
+        if self.tokens_per_device * self.devices < self.prompt_len:
+            raise CmperfError(
+                f"--tokens-per-device: {self.tokens_per_device:g} x {self.devices} devices holds no "
+                f"whole {self.prompt_len:g}-token prompt; raise it to at least "
+                f"{np.ceil(self.prompt_len / self.devices):g}"
+            )
+        if not 0.0 <= self.cache_hit <= 1.0:
+            raise CmperfError(f"--cache-hit: must be in [0, 1], got {self.cache_hit:g}")
+        if self.cache_plane not in system.planes:
+            raise CmperfError(
+                f"--cache-plane: system {system.name} has no plane {self.cache_plane!r} "
+                f"(it has {', '.join(system.planes)})"
+            )
+        if self.microbatches not in (1, 2, 3, 4):
+            raise CmperfError(f"--microbatches: must be 1..4, got {self.microbatches}")
+        if self.imbalance is not None and self.imbalance < 1.0:
+            raise CmperfError(f"--imbalance: max/mean load is at least 1, got {self.imbalance:g}")
+        tp = self.resolved_tp(system)
+        if tp < 1 or ranks % tp or model.num_attention_heads % tp:
+            raise CmperfError(
+                f"--attn-tp: {tp} must divide the {ranks} ranks and the "
+                f"{model.num_attention_heads} heads; try --attn-tp {min(16, ranks)}"
+            )
+        self.precision.check(system)
+        return place_experts(model, self.ep_size)
+
+
+@dataclass(frozen=True)
+class PrefillEval:
+    """Arrays over the operating points (broadcast of the inputs). Times are per batch unless named."""
+
+    batch_s: np.ndarray
+    tokens_per_s_per_device: np.ndarray
+    computed_tokens_per_s_per_device: np.ndarray
+    ttft_s: np.ndarray
+    kv_transfer_s: np.ndarray
+    kv_bytes_per_sequence: np.ndarray
+    cache_load_s: np.ndarray  # all cached latents of the batch on the cache plane, per rank
+    cache_load_exposed_s: np.ndarray  # the part not hidden behind compute (first layer)
+    layer_s: np.ndarray  # one MoE layer, all microbatches (steady-state pipeline period)
+    dense_layer_s: np.ndarray
+    head_s: np.ndarray
+    ideal_overlap_batch_s: np.ndarray  # cmperf.step's coarse max(n*a, n*m, a+m) composition
+    lower_batch_s: np.ndarray
+    upper_batch_s: np.ndarray
+    imbalance: np.ndarray
+    hbm_bytes_per_rank: np.ndarray
+    hbm_capacity_bytes: float
+    max_tokens_per_device: np.ndarray
+    feasible: np.ndarray
+    stages: tuple[StageTime, ...] = field(repr=False)
+    memory_parts: dict = field(repr=False)
+
+
+def _segments(st: StageTime):
+    """Consecutive ops of one stream class merged: [(is_comm, per-microbatch time)] in layer order."""
+    segs: list[list] = []
+    for op, t in zip(st.stage.ops, st.op_times, strict=True):
+        is_comm = op.kind == "comm"
+        if segs and segs[-1][0] == is_comm:
+            segs[-1][1] = segs[-1][1] + t.time_s
+        else:
+            segs.append([is_comm, t.time_s])
+    return segs
+
+
+def pipeline_s(layers: list[tuple[list, int]], n, shape):
+    """List schedule of n microbatches over two streams (compute, comm), all layers in order.
+
+    Segment k of microbatch j starts at max(its stream's free time, end of segment k-1 of microbatch j);
+    each stream serves segment k for microbatches 0..n-1, then segment k+1. Returns (makespan_s,
+    steady-state period per stage name). n = 1 gives the serial sum; equal compute and comm segments
+    with n = 2 give 2*max. Worked case: segments [A=1, C=1] x 1 layer, n = 2 -> 3 (fill + drain).
+    """
+    n = np.broadcast_to(np.asarray(n, dtype=float), shape)
+    nmax = int(np.max(n))
+    done = [np.zeros(shape) for _ in range(nmax)]
+    free = {False: np.zeros(shape), True: np.zeros(shape)}
+    layer_end, periods = [], {}
+    for name, segs, count in layers:
+        ends = []
+        for _ in range(count):
+            for is_comm, dur in segs:
+                for j in range(nmax):
+                    active = j < n
+                    start = np.maximum(free[is_comm], done[j])
+                    end = np.where(active, start + dur, done[j])
+                    free[is_comm] = np.where(active, end, free[is_comm])
+                    done[j] = end
+            ends.append(np.max(np.stack(done), axis=0))
+        layer_end.append(ends[-1])
+        periods[name] = (
+            ends[-1] - ends[-2]
+            if len(ends) > 1
+            else ends[-1] - (layer_end[-2] if len(layer_end) > 1 else 0.0)
+        )
+    return layer_end[-1], periods
+
+
+def _inputs(system, model, prec, tokens_per_device, prompt_len, cache_hit, microbatches):
+    rpd = system.ranks_per_device
+    t_rank = np.asarray(tokens_per_device, dtype=float) / rpd
+    p = np.asarray(prompt_len, dtype=float)
+    h = np.asarray(cache_hit, dtype=float)
+    n = np.asarray(microbatches, dtype=float)
+    return t_rank, p, h, n
+
+
+def evaluate(
+    system: System,
+    model: Model,
+    *,
+    tokens_per_device,
+    prompt_len,
+    ep_size,
+    devices=16,
+    microbatches=2,
+    cache_hit=0.0,
+    cache_plane: str = "ub",
+    eplb: str = "perfect",
+    imbalance=None,
+    precision: Precision | None = None,
+    attn_tp=None,
+    load_cache: bool = True,
+) -> PrefillEval:
+    """Vectorized prefill prediction; every numeric knob may be a numpy array (they broadcast).
+
+    Worked point (CM384 §5 prefill, --eplb perfect): 16 NPUs, EP32, 16,384 tokens per NPU of 4,096-token
+    prompts, 2 microbatches -> 8,192 tokens per die, 4,096 per microbatch (one prompt).
+    """
+    prec = precision or Precision()
+    ov = system.overlap.get("prefill", {"policy": "compute-comm"})
+    policy = str(ov["policy"])
+    share = (
+        float(ov.get("attention_cube_cores", 0)) / system.chip.cube_cores if policy == "split-cores" else 1.0
+    )
+    t_rank, p, h, n = _inputs(system, model, prec, tokens_per_device, prompt_len, cache_hit, microbatches)
+    ep = np.asarray(ep_size, dtype=float)
+    rpd = system.ranks_per_device
+    tp = np.asarray(
+        attn_tp if attn_tp is not None else np.minimum(DEFAULT_ATTN_TP_DEVICES, np.asarray(devices)) * rpd,
+        dtype=float,
+    )
+    k, hid = model.num_experts_per_tok, model.hidden_size
+    d = system.collectives.get("dispatch")
+    c = system.collectives.get("combine")
+    if d is None or c is None:
+        raise CmperfError(
+            f"{system.path}: [collectives.dispatch] and [collectives.combine] are needed for EP"
+        )
+    disp_msg = message_bytes(hid, prec.dispatch, d.scale_bytes, d.message_align_bytes)
+    comb_msg = message_bytes(hid, prec.combine, c.scale_bytes, c.message_align_bytes)
+    pl = placement_arrays(model, ep)
+    t_mb = t_rank / n  # prompt tokens per microbatch per rank
+    seqs_mb = t_mb / p
+    cached_len = h * p
+    new_mb = t_mb * (1.0 - h)
+    # routed copies over the EP group per microbatch: computed tokens only
+    imb = routed_imbalance(model, pl, ep, ep * new_mb * k, eplb, imbalance)
+    exp_tok, exp_read, copies = moe_load(model, pl, ep, new_mb, imb)
+    if d.copies == "per-rank":
+        copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
+    attn = mla_prefill_ops(model, prec, new_mb, seqs_mb, p, cached_len, tp)
+    moe = moe_ops(model, prec, new_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg)
+    n_moe = model.num_layers - model.first_k_dense
+    stages = [
+        Stage("dense", model.first_k_dense, tuple(attn + dense_ffn_ops(model, prec, new_mb))),
+        Stage("moe", n_moe, tuple(attn + moe)),
+        # LM head only on each prompt's last token
+        Stage("head", 1, tuple(head_ops(model, prec, t_rank * (1.0 - h), t_rank / p, 0.0)), overlapped=False),
+    ]
+    sts, ideal_step, lower, upper = step_time(stages, system, n, policy, share)
+    shape = np.broadcast(t_rank, p, h, n, ep, tp, imb).shape
+
+    # context-cache load per layer and microbatch (prefetched one layer ahead, see module docstring)
+    kvb_layer = kv_bytes_per_token_layer(model, prec.kv)
+    load_mb = np.where(
+        (h > 0) & load_cache,
+        transfer_s(system, cache_plane, t_mb * h * kvb_layer, where="--cache-plane"),
+        0.0,
+    )
+    ep_plane = d.plane
+    layers = []
+    for st in sts[:2]:
+        segs = _segments(st)
+        if cache_plane == ep_plane:  # shares the UB port with the all-to-all: one more comm segment
+            segs = [[True, load_mb], *segs] if np.any(h > 0) else segs
+        layers.append((st.stage.name, segs, st.stage.count))
+    chain_s, periods = pipeline_s(layers, n, shape)
+    if cache_plane != ep_plane:  # its own DMA stream on another NIC: a per-layer floor of n * load
+        floor = np.maximum(n * load_mb * model.num_layers + load_mb, 0.0)
+        chain_s = np.maximum(chain_s, floor)
+        periods = {k_: np.maximum(v, n * load_mb) for k_, v in periods.items()}
+    # concurrent streams share the die's HBM: never faster than n * (HBM time of one layer) per layer
+    hbm_floor = sum(st.stage.count * n * sum(t.memory_s for t in st.op_times) for st in sts[:2])
+    chain_s = np.maximum(chain_s, hbm_floor)
+    head_s = sts[2].period_s
+    batch_s = np.broadcast_to(chain_s + head_s, shape)
+    ideal_s = np.broadcast_to(ideal_step, shape)
+    cache_load_s = n * load_mb * model.num_layers
+    exposed = load_mb  # the first layer's prefetch has nothing to hide behind
+    if cache_plane == ep_plane:
+        exposed = exposed + 0.0  # already a segment of the schedule (counted in chain_s)
+    else:
+        batch_s = batch_s + exposed
+
+    kv_seq = p * kvb_layer * model.num_layers
+    kv_xfer = np.broadcast_to(
+        transfer_s(system, "rdma", kv_seq, where="system") if "rdma" in system.planes else np.zeros(()), shape
+    )
+    tps = np.asarray(tokens_per_device, dtype=float) / batch_s
+
+    # memory per rank
+    all_ops = [op for s in stages for op in s.ops]
+
+    def mem_at(scale):
+        parts = memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], 0)
+        parts = {f"weights.{k_}": v for k_, v in parts.items()}
+        parts["kv_cache"] = t_rank * scale * model.num_layers * kvb_layer  # held until sent to decode
+        # dispatch/combine buffers sized by the actual counts (prefill kernels, not decode's worst case):
+        # send = tokens x copies, receive = the busiest rank's copies, both message kinds, every microbatch
+        parts["comm_buffers"] = n * scale * (new_mb * copies + exp_tok) * (disp_msg + comb_msg)
+        parts["activations"] = memory.activation_bytes(all_ops, n) * scale
+        return parts
+
+    parts = mem_at(1.0)
+    total = sum(parts.values())
+    fixed = sum(v for k_, v in parts.items() if k_.startswith("weights."))
+    cap = system.chip.hbm_bytes - system.chip.hbm_reserved_bytes
+    per_token = (total - fixed) / np.maximum(t_rank, 1e-12)
+    max_tok = np.maximum(np.floor((cap - fixed) / per_token * rpd), 0.0)
+    feasible = np.broadcast_to(total <= cap, shape)
+    return PrefillEval(
+        batch_s,
+        tps,
+        tps * (1.0 - h),
+        batch_s + kv_xfer,
+        kv_xfer,
+        np.broadcast_to(kv_seq, shape),
+        np.broadcast_to(cache_load_s, shape),
+        np.broadcast_to(exposed, shape),
+        np.broadcast_to(periods["moe"], shape),
+        np.broadcast_to(periods["dense"], shape),
+        np.broadcast_to(head_s, shape),
+        ideal_s,
+        np.broadcast_to(lower, shape),
+        np.broadcast_to(upper, shape),
+        np.broadcast_to(imb, shape),
+        np.broadcast_to(total, shape),
+        cap,
+        np.broadcast_to(max_tok, shape),
+        feasible,
+        tuple(sts),
+        parts,
+    )
+
+
+def cache_crossover(system: System, model: Model, dep: PrefillDeployment, grid: int = 201):
+    """(hit rate minimizing batch time on dep.cache_plane, per-rank plane bandwidth at which loading a
+    whole prompt's latents costs as much as recomputing it). Both from ``evaluate``, not assumed.
+
+    Recompute time per token saved = (batch_s(h=0) - batch_s(h=1, free load)) / T; the break-even
+    bandwidth = cached bytes per token (576 values x kv bytes x layers, per microbatch stream n) / that.
+    """
+    hs = np.linspace(0.0, 1.0, grid)
+    ev = evaluate(system, model, **_kwargs(system, dep), cache_hit=hs)
+    best_h = float(hs[int(np.argmin(ev.batch_s))])
+    # compute saved per cached token, with loading made free (an infinitely fast plane is the limit)
+    t_rank = dep.tokens_per_device / system.ranks_per_device
+    kvb = kv_bytes_per_token_layer(model, dep.precision.kv) * model.num_layers
+    ev0 = evaluate(system, model, **_kwargs(system, dep), cache_hit=np.array([0.0, 1.0]), load_cache=False)
+    saved_per_token = (float(ev0.batch_s[0]) - float(ev0.batch_s[1])) / t_rank
+    plane = system.planes[dep.cache_plane]
+    bw = kvb / saved_per_token / plane.efficiency if saved_per_token > 0 else float("inf")
+    return best_h, bw
+
+
+def _kwargs(system, dep: PrefillDeployment) -> dict:
+    return dict(
+        tokens_per_device=dep.tokens_per_device,
+        prompt_len=dep.prompt_len,
+        ep_size=dep.ep_size,
+        devices=dep.devices,
+        microbatches=dep.microbatches,
+        cache_plane=dep.cache_plane,
+        eplb=dep.eplb,
+        imbalance=dep.imbalance,
+        precision=dep.precision,
+        attn_tp=dep.resolved_tp(system),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- scalar record
+
+
+@dataclass(frozen=True)
+class PrefillPrediction:
+    system: str
+    model: str
+    deployment: dict
+    tokens_per_s_per_device: float  # over all prompt tokens, cache hits included (DeepSeek's convention)
+    computed_tokens_per_s_per_device: float
+    batch_s: float
+    ttft_s: float
+    ttft_breakdown_s: dict[str, float]
+    kv_transfer_s: float
+    kv_bytes_per_sequence: float
+    cache_load_s: float
+    cache_crossover_hit: float
+    cache_crossover_bytes_per_s_per_rank: float
+    layer_s: float  # one MoE layer, all microbatches
+    dense_layer_s: float
+    head_s: float
+    ideal_overlap_batch_s: float
+    lower_batch_s: float
+    upper_batch_s: float
+    lower_tokens_per_s_per_device: float  # from upper_batch_s (no overlap)
+    upper_tokens_per_s_per_device: float  # from lower_batch_s (speed of light)
+    imbalance: float
+    feasible: bool
+    reasons: list[str]
+    hbm_bytes_per_rank: float
+    hbm_capacity_bytes_per_rank: float
+    hbm_breakdown_bytes: dict[str, float]
+    max_tokens_per_device: float
+    streams: dict[str, dict[str, float | str]]
+    ops: list[OpRow]
+
+
+_BINDING = ("compute stream", "comm stream", "serial A+M", "shared HBM")
+
+
+def _f(x) -> float:
+    return float(np.asarray(x).reshape(-1)[0])
+
+
+def predict(system: System, model: Model, dep: PrefillDeployment) -> PrefillPrediction:
+    dep.check(system, model)
+    ev = evaluate(system, model, **_kwargs(system, dep), cache_hit=dep.cache_hit)
+    best_h, bw_cross = cache_crossover(system, model, dep)
+    reasons = []
+    if not bool(np.asarray(ev.feasible).reshape(-1)[0]):
+        reasons.append(
+            f"HBM: needs {_f(ev.hbm_bytes_per_rank) / 1e9:.1f} GB per {system.chip.rank}, "
+            f"{ev.hbm_capacity_bytes / 1e9:.1f} GB usable; the largest token budget that fits is "
+            f"{_f(ev.max_tokens_per_device):.0f} tokens per device"
+        )
+    streams = {}
+    for st in ev.stages:
+        period = {"dense": ev.dense_layer_s, "moe": ev.layer_s}.get(st.stage.name, st.period_s)
+        streams[st.stage.name] = {
+            "count": st.stage.count,
+            "a_s": _f(st.a_s),
+            "m_s": _f(st.m_s),
+            "period_s": _f(period),
+            "ideal_period_s": _f(st.period_s),
+            "ideal_binding": _BINDING[int(np.asarray(st.binding).reshape(-1)[0])],
+        }
+    ops = op_rows(ev.stages, dep.microbatches)
+    if dep.cache_hit > 0:
+        t = transfer_s(
+            system,
+            dep.cache_plane,
+            dep.tokens_per_device
+            / system.ranks_per_device
+            / dep.microbatches
+            * dep.cache_hit
+            * kv_bytes_per_token_layer(model, dep.precision.kv),
+        )
+        pl = system.planes[dep.cache_plane]
+        reps = model.num_layers * dep.microbatches
+        ops.append(
+            OpRow(
+                "all",
+                "cache.load",
+                dep.cache_plane,
+                reps,
+                float(t),
+                reps * float(t),
+                BOUNDS[2],
+                0.0,
+                0.0,
+                float(t) - pl.latency_s,
+                pl.latency_s,
+                0.0,
+                0.0,
+                (float(t) - pl.latency_s) * pl.bytes_per_s_per_rank * pl.efficiency,
+            )
+        )
+    dep_d = {k: (v.__dict__ if isinstance(v, Precision) else v) for k, v in dep.__dict__.items()}
+    dep_d["attn_tp"] = dep.resolved_tp(system)
+    batch = _f(ev.batch_s)
+    return PrefillPrediction(
+        system.name,
+        model.name,
+        dep_d,
+        _f(ev.tokens_per_s_per_device),
+        _f(ev.computed_tokens_per_s_per_device),
+        batch,
+        _f(ev.ttft_s),
+        {
+            "prefill_batch_s": batch,
+            "cache_load_exposed_s": _f(ev.cache_load_exposed_s),
+            "kv_transfer_s": _f(ev.kv_transfer_s),
+        },
+        _f(ev.kv_transfer_s),
+        _f(ev.kv_bytes_per_sequence),
+        _f(ev.cache_load_s),
+        best_h,
+        bw_cross,
+        _f(ev.layer_s),
+        _f(ev.dense_layer_s),
+        _f(ev.head_s),
+        _f(ev.ideal_overlap_batch_s),
+        _f(ev.lower_batch_s),
+        _f(ev.upper_batch_s),
+        dep.tokens_per_device / _f(ev.upper_batch_s),
+        dep.tokens_per_device / _f(ev.lower_batch_s),
+        _f(ev.imbalance),
+        bool(np.asarray(ev.feasible).reshape(-1)[0]),
+        reasons,
+        _f(ev.hbm_bytes_per_rank),
+        ev.hbm_capacity_bytes,
+        {k: _f(v) for k, v in ev.memory_parts.items()},
+        _f(ev.max_tokens_per_device),
+        streams,
+        ops,
+    )

@@ -1,0 +1,1046 @@
+"""Deployment search: candidate spaces from the hardware and model, one vectorized evaluation per grid,
+constraint masks with a counted reason for every rejected candidate, ranking, and Pareto frontiers.
+
+Method (issue 5). A phase predictor (``decode.evaluate``, ``prefill.evaluate``) takes numpy arrays for
+every knob and broadcasts, so a search is: build the axes, evaluate the open mesh in one call, flatten,
+apply masks in a fixed order, rank with ``np.lexsort`` (stable, total tie-break on every knob, so the
+ranking and the JSON are deterministic). No Python loop runs over configurations.
+
+Search spaces, each derived from the system and model files, not typed in:
+
+* instance size (devices): the sub-node powers of two below ``devices_per_node`` plus every whole number
+  of nodes up to the system (CloudMatrix384: 1, 2, 4, 8, 16, ..., 384 = 51 sizes); EP = devices x
+  ``ranks_per_device`` (all ranks of the instance, the paper's DP-attention + EP layout) and the size is
+  dropped with reason ``placement invalid`` when ``deployment.place_experts`` cannot place routed +
+  shared + redundant experts on it.
+* batch per device: multiples of ``ranks_per_device`` (a whole number of sequences per rank) from
+  ``ranks_per_device`` to the largest HBM limit ``max_batch_per_device`` of any instance size (one cheap
+  evaluation at batch 1 finds it); points above their own limit are rejected as ``HBM fit``.
+* microbatches 1, 2, 3; on ``split-cores`` systems the attention stream's cube cores run from
+  ``cube_cores/12`` to ``cube_cores - cube_cores/12`` in steps of ``cube_cores/12`` (910C: 2, 4, ..., 22;
+  the paper's 16 is one of them), only with more than one microbatch (one microbatch runs serially on
+  all cores);
+* MTP depth 0 .. ``num_mtp_modules``.
+
+Objectives: decode tokens/s per device; prefill tokens/s per device (``prefill.evaluate``); serving
+goodput per device and the fewest devices for a target request rate (``serving_split``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import decode
+from .deployment import DecodeDeployment, Precision, place_experts
+from .errors import CmperfError
+from .specs import Model, System
+
+# Reasons in the order they are tested: a candidate is counted once, under the first it fails.
+DECODE_REASONS = ("device total", "placement invalid", "HBM fit", "TPOT SLO")
+PREFILL_REASONS = ("device total", "placement invalid", "HBM fit", "TTFT SLO")
+SERVING_REASONS = ("device total", "TTFT SLO", "rate target")
+
+
+# ---------------------------------------------------------------------------------------- spaces
+
+
+def instance_sizes(system: System, max_devices: int | None = None) -> np.ndarray:
+    """Candidate instance sizes in devices: powers of two below a node, then whole nodes.
+
+    CloudMatrix384 (8 NPUs per node, 384 NPUs): 1, 2, 4, 8, 16, ..., 384 -> 51 sizes.
+    """
+    node = max(int(system.devices_per_node), 1)
+    top = int(system.num_devices if max_devices is None else min(max_devices, system.num_devices))
+    sub = [2**i for i in range(int(math.log2(node)) + 1) if 2**i < node and 2**i <= top]
+    return np.array(sub + list(range(node, top + 1, node)), dtype=float)
+
+
+def placement_ok(model: Model, ep_sizes) -> np.ndarray:
+    """True where ``deployment.place_experts`` accepts the EP size (it raises with the reason otherwise)."""
+    out = []
+    for ep in np.asarray(ep_sizes, dtype=int).ravel():  # one check per instance size, not per configuration
+        try:
+            place_experts(model, int(ep))
+            out.append(True)
+        except CmperfError:
+            out.append(False)
+    return np.array(out, dtype=bool)
+
+
+def core_splits(system: System) -> tuple[int, ...]:
+    """Attention-stream cube cores to try with >1 microbatch on split-cores systems (() otherwise)."""
+    ov = system.overlap.get("decode", {})
+    if ov.get("policy") != "split-cores":
+        return ()
+    c = int(system.chip.cube_cores)
+    step = max(c // 12, 1)
+    vals = set(range(step, c, step))
+    if ov.get("attention_cube_cores"):
+        vals.add(int(ov["attention_cube_cores"]))
+    return tuple(sorted(v for v in vals if 0 < v < c))
+
+
+@dataclass(frozen=True)
+class DecodeSpace:
+    """The axes of the decode grid (instance sizes in devices, batch per device, ...)."""
+
+    devices: np.ndarray
+    batch_per_device: np.ndarray
+    microbatches: tuple[int, ...]
+    attention_cube_cores: tuple[int, ...]  # () = the system default only
+    mtp: tuple[int, ...]
+    placement_ok: np.ndarray
+
+    @property
+    def size(self) -> int:
+        """Configurations in the space: sizes x batches x (mb=1 + mb>1 x core splits) x MTP depths."""
+        n_split = max(len(self.attention_cube_cores), 1)
+        per = sum(1 if mb == 1 else n_split for mb in self.microbatches)
+        return len(self.devices) * len(self.batch_per_device) * per * len(self.mtp)
+
+
+def decode_space(
+    system: System,
+    model: Model,
+    *,
+    kv_len: float,
+    kv_capacity_len: float | None = None,
+    precision: Precision | None = None,
+    mtp: tuple[int, ...] | None = None,
+    microbatches: tuple[int, ...] = (1, 2, 3),
+    max_batch: float | None = None,
+) -> DecodeSpace:
+    """Axes for the decode grid; the batch axis ends at the largest HBM limit over all instance sizes."""
+    sizes = instance_sizes(system)
+    ok = placement_ok(model, sizes * system.ranks_per_device)
+    rpd = system.ranks_per_device
+    if mtp is None:
+        mtp = tuple(range(0, max(model.num_mtp_modules, 0) + 1))
+    if max_batch is None:
+        ev = decode.evaluate(
+            system,
+            model,
+            batch_per_device=float(rpd),
+            kv_len=kv_len,
+            ep_size=sizes[ok] * rpd,
+            microbatches=1,
+            mtp=max(mtp),
+            precision=precision,
+            kv_capacity_len=kv_capacity_len,
+        )
+        max_batch = float(np.max(ev.max_batch_per_device)) if ok.any() else float(rpd)
+    batches = np.arange(rpd, max(max_batch, rpd) + 0.5, rpd, dtype=float)
+    splits = core_splits(system) if any(mb > 1 for mb in microbatches) else ()
+    return DecodeSpace(sizes, batches, tuple(microbatches), splits, tuple(mtp), ok)
+
+
+# ---------------------------------------------------------------------------------------- grid
+
+
+@dataclass(frozen=True)
+class DecodeGrid:
+    """Flat arrays over every configuration of a DecodeSpace (knobs, predictions, reason index)."""
+
+    devices: np.ndarray
+    ep_size: np.ndarray
+    batch_per_device: np.ndarray
+    microbatches: np.ndarray
+    attention_cube_cores: np.ndarray  # -1 where not applicable (one microbatch / not split-cores)
+    mtp: np.ndarray
+    tpot_s: np.ndarray
+    tokens_per_s_per_device: np.ndarray
+    lower_tpot_s: np.ndarray
+    upper_tpot_s: np.ndarray
+    comm_bound_tpot_s: np.ndarray
+    hbm_bytes_per_rank: np.ndarray
+    max_batch_per_device: np.ndarray
+    placement_ok: np.ndarray
+    hbm_ok: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.tpot_s.size)
+
+
+def _chunks(space: DecodeSpace):
+    """(mtp, attention cores, microbatches) groups, one vectorized call each.
+
+    decode.evaluate broadcasts batch, EP and microbatches; it does not (yet) broadcast mixed MTP depths
+    (the MTP stage is added for every point when any point has MTP) nor an array of attention cores
+    (``float(cores)``), so those two small axes are split into groups: 2 x (1 + 11) calls on CM384.
+    """
+    out = []
+    for m in space.mtp:
+        serial = tuple(mb for mb in space.microbatches if mb == 1 or not space.attention_cube_cores)
+        if serial:
+            out.append((m, None, serial))
+        multi = tuple(mb for mb in space.microbatches if mb > 1)
+        if multi and space.attention_cube_cores:
+            out += [(m, c, multi) for c in space.attention_cube_cores]
+    return out
+
+
+def evaluate_decode_grid(
+    system: System,
+    model: Model,
+    space: DecodeSpace,
+    *,
+    kv_len: float,
+    kv_capacity_len: float | None = None,
+    mtp_accept: float = 0.7,
+    precision: Precision | None = None,
+    eplb: str = "model",
+    progress=None,
+) -> DecodeGrid:
+    """Evaluate the whole space: per group one ``decode.evaluate`` over sizes x batches x microbatches."""
+    rpd = system.ranks_per_device
+    dev = space.devices[space.placement_ok]
+    bad = space.devices[~space.placement_ok]
+    cols: dict[str, list] = {k: [] for k in DecodeGrid.__dataclass_fields__}
+    chunks = _chunks(space)
+    for i, (m, cores, mbs) in enumerate(chunks):
+        d = dev[:, None, None]
+        b = space.batch_per_device[None, :, None]
+        n = np.array(mbs, dtype=float)[None, None, :]
+        if dev.size:
+            ev = decode.evaluate(
+                system,
+                model,
+                batch_per_device=b,
+                kv_len=kv_len,
+                ep_size=d * rpd,
+                microbatches=n,
+                mtp=m,
+                mtp_accept=mtp_accept,
+                precision=precision,
+                eplb=eplb,
+                attention_cube_cores=cores,
+                kv_capacity_len=kv_capacity_len,
+            )
+            shape = np.broadcast_shapes(d.shape, b.shape, n.shape)
+
+            def full(x, shape=shape):
+                return np.broadcast_to(np.asarray(x, dtype=float), shape).ravel()
+
+            cols["devices"].append(full(d))
+            cols["batch_per_device"].append(full(b))
+            cols["microbatches"].append(full(n))
+            cols["attention_cube_cores"].append(full(-1.0 if cores is None else float(cores)))
+            cols["mtp"].append(full(float(m)))
+            for k in (
+                "tpot_s",
+                "tokens_per_s_per_device",
+                "lower_tpot_s",
+                "upper_tpot_s",
+                "comm_bound_tpot_s",
+                "hbm_bytes_per_rank",
+                "max_batch_per_device",
+            ):
+                cols[k].append(full(getattr(ev, k)))
+            cols["placement_ok"].append(np.ones(int(np.prod(shape)), dtype=bool))
+            cols["hbm_ok"].append(full(ev.feasible).astype(bool) & (full(b) <= full(ev.max_batch_per_device)))
+        if bad.size:  # sizes the experts cannot be placed on: counted, not evaluated
+            nb = bad.size * space.batch_per_device.size * len(mbs)
+            dd = np.repeat(bad, space.batch_per_device.size * len(mbs))
+            cols["devices"].append(dd)
+            cols["batch_per_device"].append(np.tile(np.repeat(space.batch_per_device, len(mbs)), bad.size))
+            cols["microbatches"].append(
+                np.tile(np.array(mbs, dtype=float), bad.size * space.batch_per_device.size)
+            )
+            cols["attention_cube_cores"].append(np.full(nb, -1.0 if cores is None else float(cores)))
+            cols["mtp"].append(np.full(nb, float(m)))
+            for k in (
+                "tpot_s",
+                "tokens_per_s_per_device",
+                "lower_tpot_s",
+                "upper_tpot_s",
+                "comm_bound_tpot_s",
+                "hbm_bytes_per_rank",
+                "max_batch_per_device",
+            ):
+                cols[k].append(np.full(nb, np.nan))
+            cols["placement_ok"].append(np.zeros(nb, dtype=bool))
+            cols["hbm_ok"].append(np.zeros(nb, dtype=bool))
+        if progress is not None:
+            progress(i + 1, len(chunks))
+    flat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items() if k != "ep_size"}
+    flat["ep_size"] = flat["devices"] * rpd
+    return DecodeGrid(**flat)
+
+
+# ---------------------------------------------------------------------------------------- ranking
+
+
+def pareto_mask(maximize, minimize) -> np.ndarray:
+    """Vectorized Pareto filter: True where no other point has maximize >= and minimize <= (one strict).
+
+    Sort by ``minimize`` ascending (ties: ``maximize`` descending); a point is on the frontier iff its
+    ``maximize`` beats the running maximum of every point before it. O(n log n), no Python loop.
+    >>> pareto_mask(np.array([1.0, 3.0, 2.0]), np.array([1.0, 2.0, 3.0])).tolist()
+    [True, True, False]
+    """
+    x = np.asarray(maximize, dtype=float)
+    y = np.asarray(minimize, dtype=float)
+    order = np.lexsort((-x, y))
+    xs = x[order]
+    prev = np.concatenate(([-np.inf], np.maximum.accumulate(xs)[:-1])) if xs.size else xs
+    keep = np.zeros(x.shape, dtype=bool)
+    keep[order] = xs > prev
+    return keep
+
+
+def rank(primary_desc, *tie_asc) -> np.ndarray:
+    """Indices sorted by ``primary_desc`` descending, then each ``tie_asc`` ascending (stable, total)."""
+    ties = [np.asarray(k, dtype=float) for k in reversed(tie_asc)]
+    return np.lexsort((*ties, -np.asarray(primary_desc, dtype=float)))
+
+
+def first_reason(masks: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, dict[str, int]]:
+    """(passes-all mask, {reason: count}) counting each failing candidate under its first failed reason."""
+    alive = np.ones(masks[0][1].shape, dtype=bool)
+    counts = {}
+    for name, ok in masks:
+        fail = alive & ~ok
+        counts[name] = int(fail.sum())
+        alive = alive & ok
+    return alive, counts
+
+
+# ---------------------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """One decode configuration and its prediction (a row of the grid)."""
+
+    devices: int
+    ep_size: int
+    batch_per_device: float
+    microbatches: int
+    attention_cube_cores: int | None
+    mtp: int
+    tpot_s: float
+    tokens_per_s_per_device: float
+    lower_tpot_s: float
+    upper_tpot_s: float
+    comm_bound_tpot_s: float
+    hbm_bytes_per_rank: float
+    max_batch_per_device: float
+
+
+def _decode_row(g: DecodeGrid, i: int) -> DecodeConfig:
+    cores = int(g.attention_cube_cores[i])
+    return DecodeConfig(
+        int(g.devices[i]),
+        int(g.ep_size[i]),
+        float(g.batch_per_device[i]),
+        int(g.microbatches[i]),
+        None if cores < 0 else cores,
+        int(g.mtp[i]),
+        float(g.tpot_s[i]),
+        float(g.tokens_per_s_per_device[i]),
+        float(g.lower_tpot_s[i]),
+        float(g.upper_tpot_s[i]),
+        float(g.comm_bound_tpot_s[i]),
+        float(g.hbm_bytes_per_rank[i]),
+        float(g.max_batch_per_device[i]),
+    )
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Why a configuration is where it is: the constraint that stops a larger batch and the ceilings."""
+
+    constraint: str  # "TPOT SLO" | "HBM fit" | "batch axis end" | "none"
+    detail: str
+    moe_stream_binding: str  # from decode.predict streams["moe"]["binding"]
+    top_ops: list[dict] = field(default_factory=list)  # the largest ops per step with their bound
+    max_batch_under_slo: float | None = None  # root finding on the continuous batch (same knobs)
+
+
+@dataclass(frozen=True)
+class DecodeSearch:
+    """Result of a decode search (all fields deterministic functions of the inputs)."""
+
+    objective: str
+    constraints: dict
+    space: dict
+    evaluated: int
+    accepted: int
+    rejected: dict[str, int]
+    best: DecodeConfig | None
+    binding: Binding | None
+    top: list[DecodeConfig]
+    pareto: list[DecodeConfig]
+    closest: list[DecodeConfig]  # when nothing meets the SLO: lowest TPOT configurations that fit
+
+
+def _tie_keys(g: DecodeGrid):
+    return (g.tpot_s, g.devices, g.batch_per_device, g.microbatches, g.attention_cube_cores, g.mtp)
+
+
+def _deployment(c: DecodeConfig, kv_len: float, mtp_accept: float, precision, eplb: str) -> DecodeDeployment:
+    return DecodeDeployment(
+        devices=c.devices,
+        ep_size=c.ep_size,
+        batch_per_device=c.batch_per_device,
+        kv_len=kv_len,
+        mtp=c.mtp,
+        mtp_accept=mtp_accept,
+        microbatches=c.microbatches,
+        precision=precision or Precision(),
+        eplb=eplb,
+        attention_cube_cores=c.attention_cube_cores,
+    )
+
+
+def largest_batch_under_slo(
+    system: System,
+    model: Model,
+    c: DecodeConfig,
+    *,
+    tpot_slo_s: float,
+    kv_len: float,
+    kv_capacity_len: float | None,
+    mtp_accept: float,
+    precision,
+    eplb: str,
+) -> float:
+    """Largest continuous batch per device with TPOT <= SLO for the knobs of ``c`` (Brent's method).
+
+    TPOT rises with batch (tests of the decode model), so the root of TPOT(b) - SLO on [1, HBM limit]
+    is unique; returns the HBM limit when even it meets the SLO, 0 when batch 1 does not.
+    """
+
+    def f(b):
+        ev = decode.evaluate(
+            system,
+            model,
+            batch_per_device=b,
+            kv_len=kv_len,
+            ep_size=c.ep_size,
+            microbatches=c.microbatches,
+            mtp=c.mtp,
+            mtp_accept=mtp_accept,
+            precision=precision,
+            eplb=eplb,
+            attention_cube_cores=c.attention_cube_cores,
+            kv_capacity_len=kv_capacity_len,
+        )
+        return float(ev.tpot_s) - tpot_slo_s
+
+    hi = max(c.max_batch_per_device, 1.0)
+    if f(1.0) > 0:
+        return 0.0
+    if f(hi) <= 0:
+        return hi
+    from scipy.optimize import brentq  # lazy: only the search pays for scipy
+
+    return float(brentq(f, 1.0, hi, xtol=1e-3))
+
+
+def explain_decode(
+    system: System,
+    model: Model,
+    c: DecodeConfig,
+    g: DecodeGrid,
+    *,
+    tpot_slo_s: float | None,
+    kv_len: float,
+    kv_capacity_len: float | None,
+    mtp_accept: float,
+    precision,
+    eplb: str,
+) -> Binding:
+    """Binding constraint (what stops the next batch step) and the binding stream/ops from decode.predict."""
+    step = float(system.ranks_per_device)
+    nxt = c.batch_per_device + step
+    if tpot_slo_s is not None and c.tpot_s > tpot_slo_s:
+        constraint, detail = (
+            "TPOT SLO",
+            (
+                f"unmet: TPOT {c.tpot_s * 1e3:.2f} ms > SLO {tpot_slo_s * 1e3:g} ms even at "
+                f"batch {c.batch_per_device:g}; speed-of-light bound "
+                f"{c.lower_tpot_s * 1e3:.2f} ms, EP all-to-all bound "
+                f"{c.comm_bound_tpot_s * 1e3:.2f} ms"
+            ),
+        )
+    elif nxt > c.max_batch_per_device:
+        constraint, detail = (
+            "HBM fit",
+            (f"batch {nxt:g} would exceed the HBM limit of {c.max_batch_per_device:g} sequences per device"),
+        )
+    elif tpot_slo_s is not None:
+        ev = decode.evaluate(
+            system,
+            model,
+            batch_per_device=nxt,
+            kv_len=kv_len,
+            ep_size=c.ep_size,
+            microbatches=c.microbatches,
+            mtp=c.mtp,
+            mtp_accept=mtp_accept,
+            precision=precision,
+            eplb=eplb,
+            attention_cube_cores=c.attention_cube_cores,
+            kv_capacity_len=kv_capacity_len,
+        )
+        t = float(ev.tpot_s)
+        if t > tpot_slo_s:
+            constraint, detail = (
+                "TPOT SLO",
+                (f"batch {nxt:g} would give TPOT {t * 1e3:.2f} ms > SLO {tpot_slo_s * 1e3:g} ms"),
+            )
+        else:
+            constraint, detail = "batch axis end", f"batch {nxt:g} is outside the searched axis"
+    else:
+        constraint, detail = "none", "no TPOT SLO: the largest batch that fits wins"
+    p = decode.predict(
+        system, model, _deployment(c, kv_len, mtp_accept, precision, eplb), kv_capacity_len=kv_capacity_len
+    )
+    ops = sorted(p.ops, key=lambda r: (-r.total_s, r.stage, r.name))[:5]
+    top_ops = [
+        {
+            "stage": r.stage,
+            "name": r.name,
+            "bound": r.bound,
+            "total_s": r.total_s,
+            "share_of_step": r.total_s / p.step_s if p.step_s > 0 else 0.0,
+        }
+        for r in ops
+    ]
+    mb = None
+    if tpot_slo_s is not None:
+        mb = largest_batch_under_slo(
+            system,
+            model,
+            c,
+            tpot_slo_s=tpot_slo_s,
+            kv_len=kv_len,
+            kv_capacity_len=kv_capacity_len,
+            mtp_accept=mtp_accept,
+            precision=precision,
+            eplb=eplb,
+        )
+    moe = p.streams.get("moe", {})
+    return Binding(constraint, detail, str(moe.get("binding", "")), top_ops, mb)
+
+
+def search_decode(
+    system: System,
+    model: Model,
+    *,
+    prompt_len: float,
+    output_len: float,
+    devices: int | None = None,
+    tpot_slo_s: float | None = None,
+    mtp_accept: float = 0.7,
+    precision: Precision | None = None,
+    eplb: str = "model",
+    mtp: tuple[int, ...] | None = None,
+    top_k: int = 10,
+    pareto_max: int = 40,
+    progress=None,
+    explain: bool = True,
+) -> tuple[DecodeSearch, DecodeGrid]:
+    """Best decode configuration for tokens/s per device under a TPOT SLO (KV = prompt + output/2)."""
+    if prompt_len < 1 or output_len < 1:
+        raise CmperfError("--prompt-len and --output-len must be at least 1")
+    kv_len, kv_cap = prompt_len + output_len / 2.0, prompt_len + output_len
+    if kv_cap > model.max_position_embeddings:
+        raise CmperfError(
+            f"--prompt-len + --output-len = {kv_cap:g} exceeds the model's context "
+            f"{model.max_position_embeddings}"
+        )
+    total = system.num_devices if devices is None else int(devices)
+    if total < 1 or total > system.num_devices:
+        raise CmperfError(f"--devices: {total} is outside 1..{system.num_devices} ({system.name})")
+    space = decode_space(system, model, kv_len=kv_len, kv_capacity_len=kv_cap, precision=precision, mtp=mtp)
+    g = evaluate_decode_grid(
+        system,
+        model,
+        space,
+        kv_len=kv_len,
+        kv_capacity_len=kv_cap,
+        mtp_accept=mtp_accept,
+        precision=precision,
+        eplb=eplb,
+        progress=progress,
+    )
+    slo_ok = np.ones(g.size, dtype=bool) if tpot_slo_s is None else (g.tpot_s <= tpot_slo_s)
+    ok, rejected = first_reason(
+        [
+            ("device total", g.devices <= total),
+            ("placement invalid", g.placement_ok),
+            ("HBM fit", g.hbm_ok),
+            ("TPOT SLO", slo_ok),
+        ]
+    )
+    fits = (g.devices <= total) & g.placement_ok & g.hbm_ok
+    order = rank(g.tokens_per_s_per_device, *_tie_keys(g))
+    winners = order[ok[order]]
+    top = [_decode_row(g, int(i)) for i in winners[:top_k]]
+    closest = []
+    if not top:
+        near = np.lexsort(
+            (
+                g.mtp,
+                g.attention_cube_cores,
+                g.microbatches,
+                g.batch_per_device,
+                g.devices,
+                -g.tokens_per_s_per_device,
+                np.where(fits, g.tpot_s, np.inf),
+            )
+        )
+        closest = [_decode_row(g, int(i)) for i in near[fits[near]][:top_k]]
+    idx = np.flatnonzero(fits)
+    pm = pareto_mask(g.tokens_per_s_per_device[idx], g.tpot_s[idx])
+    pidx = idx[pm]
+    pidx = pidx[np.lexsort((g.devices[pidx], g.tpot_s[pidx]))]
+    if pidx.size > pareto_max:  # thin evenly along TPOT, keeping both ends
+        pidx = pidx[np.unique(np.linspace(0, pidx.size - 1, pareto_max).round().astype(int))]
+    pareto = [_decode_row(g, int(i)) for i in pidx]
+    best = top[0] if top else None
+    subject = best or (closest[0] if closest else None)
+    binding = None
+    if explain and subject is not None:
+        binding = explain_decode(
+            system,
+            model,
+            subject,
+            g,
+            tpot_slo_s=tpot_slo_s,
+            kv_len=kv_len,
+            kv_capacity_len=kv_cap,
+            mtp_accept=mtp_accept,
+            precision=precision,
+            eplb=eplb,
+        )
+    space_d = {
+        "devices": space.devices.tolist(),
+        "batch_per_device": [float(space.batch_per_device[0]), float(space.batch_per_device[-1])],
+        "batch_step": float(system.ranks_per_device),
+        "microbatches": list(space.microbatches),
+        "attention_cube_cores": list(space.attention_cube_cores),
+        "mtp": list(space.mtp),
+        "configurations": space.size,
+    }
+    constraints = {
+        "tpot_slo_s": tpot_slo_s,
+        "devices": total,
+        "prompt_len": prompt_len,
+        "output_len": output_len,
+        "kv_len": kv_len,
+        "mtp_accept": mtp_accept,
+        "eplb": eplb,
+    }
+    res = DecodeSearch(
+        "decode tokens/s per device",
+        constraints,
+        space_d,
+        g.size,
+        int(ok.sum()),
+        rejected,
+        best,
+        binding,
+        top,
+        pareto,
+        closest,
+    )
+    return res, g
+
+
+# ---------------------------------------------------------------------------------------- prefill
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    devices: int
+    ep_size: int
+    tokens_per_device: float
+    microbatches: int
+    ttft_s: float
+    batch_s: float
+    tokens_per_s_per_device: float
+    hbm_bytes_per_rank: float
+
+
+@dataclass(frozen=True)
+class PrefillSearch:
+    objective: str
+    constraints: dict
+    space: dict
+    evaluated: int
+    accepted: int
+    rejected: dict[str, int]
+    best: PrefillConfig | None
+    top: list[PrefillConfig]
+    pareto: list[PrefillConfig]
+
+
+def prefill_tokens_axis(prompt_len: float) -> np.ndarray:
+    """Tokens per device per batch: whole prompts, prompt_len x 1, 2, 4, ..., 64 (HBM masks the top)."""
+    return float(prompt_len) * 2.0 ** np.arange(0, 7)
+
+
+def search_prefill(
+    system: System,
+    model: Model,
+    *,
+    prompt_len: float,
+    devices: int | None = None,
+    ttft_slo_s: float | None = None,
+    precision: Precision | None = None,
+    eplb: str = "perfect",
+    microbatches: tuple[int, ...] = (1, 2),
+    top_k: int = 10,
+    pareto_max: int = 40,
+    progress=None,
+) -> PrefillSearch:
+    """Best prefill configuration (tokens/s per device) with the batch + KV-transfer TTFT under the SLO.
+
+    One ``prefill.evaluate`` per instance size (the contract takes ``devices`` as a scalar) over
+    tokens per device x microbatches; EP = devices x ranks_per_device.
+    """
+    from . import prefill  # the prefill model (cmperf/prefill.py); optional until it lands
+
+    total = system.num_devices if devices is None else int(devices)
+    sizes = instance_sizes(system)
+    rpd = system.ranks_per_device
+    ok_place = placement_ok(model, sizes * rpd)
+    toks = prefill_tokens_axis(prompt_len)
+    mbs = np.array(microbatches, dtype=float)
+    cols: dict[str, list] = {
+        k: [] for k in ("devices", "tok", "mb", "ttft", "batch", "tps", "hbm", "place", "fit")
+    }
+    shape = (toks.size, mbs.size)
+    for i, d in enumerate(sizes):
+        n = toks.size * mbs.size
+        cols["devices"].append(np.full(n, d))
+        cols["tok"].append(np.broadcast_to(toks[:, None], shape).ravel())
+        cols["mb"].append(np.broadcast_to(mbs[None, :], shape).ravel())
+        if ok_place[i]:
+            ev = prefill.evaluate(
+                system,
+                model,
+                tokens_per_device=toks[:, None],
+                prompt_len=prompt_len,
+                ep_size=d * rpd,
+                devices=int(d),
+                microbatches=mbs[None, :],
+                eplb=eplb,
+                precision=precision,
+            )
+
+            def f(x):
+                return np.broadcast_to(np.asarray(x, dtype=float), shape).ravel()
+
+            cols["ttft"].append(f(ev.ttft_s))
+            cols["batch"].append(f(ev.batch_s))
+            cols["tps"].append(f(ev.tokens_per_s_per_device))
+            cols["hbm"].append(f(ev.hbm_bytes_per_rank))
+            fit = f(ev.feasible).astype(bool) & (cols["tok"][-1] <= f(ev.max_tokens_per_device))
+            cols["place"].append(np.ones(n, dtype=bool))
+            cols["fit"].append(fit)
+        else:
+            for k in ("ttft", "batch", "tps", "hbm"):
+                cols[k].append(np.full(n, np.nan))
+            cols["place"].append(np.zeros(n, dtype=bool))
+            cols["fit"].append(np.zeros(n, dtype=bool))
+        if progress is not None:
+            progress(i + 1, len(sizes))
+    g = {k: np.concatenate(v) for k, v in cols.items()}
+    slo_ok = np.ones(g["tps"].shape, dtype=bool) if ttft_slo_s is None else (g["ttft"] <= ttft_slo_s)
+    ok, rejected = first_reason(
+        [
+            ("device total", g["devices"] <= total),
+            ("placement invalid", g["place"]),
+            ("HBM fit", g["fit"]),
+            ("TTFT SLO", slo_ok),
+        ]
+    )
+    order = rank(g["tps"], g["ttft"], g["devices"], g["tok"], g["mb"])
+
+    def row(i):
+        return PrefillConfig(
+            int(g["devices"][i]),
+            int(g["devices"][i] * rpd),
+            float(g["tok"][i]),
+            int(g["mb"][i]),
+            float(g["ttft"][i]),
+            float(g["batch"][i]),
+            float(g["tps"][i]),
+            float(g["hbm"][i]),
+        )
+
+    top = [row(int(i)) for i in order[ok[order]][:top_k]]
+    fits = (g["devices"] <= total) & g["place"] & g["fit"]
+    idx = np.flatnonzero(fits)
+    pidx = idx[pareto_mask(g["tps"][idx], g["ttft"][idx])]
+    pidx = pidx[np.lexsort((g["devices"][pidx], g["ttft"][pidx]))]
+    if pidx.size > pareto_max:
+        pidx = pidx[np.unique(np.linspace(0, pidx.size - 1, pareto_max).round().astype(int))]
+    space = {
+        "devices": sizes.tolist(),
+        "tokens_per_device": toks.tolist(),
+        "microbatches": list(microbatches),
+        "configurations": int(g["tps"].size),
+    }
+    return PrefillSearch(
+        "prefill tokens/s per device",
+        {"ttft_slo_s": ttft_slo_s, "devices": total, "prompt_len": prompt_len, "eplb": eplb},
+        space,
+        int(g["tps"].size),
+        int(ok.sum()),
+        rejected,
+        top[0] if top else None,
+        top,
+        [row(int(i)) for i in pidx],
+    )
+
+
+# ---------------------------------------------------------------------------------------- serving split
+
+
+@dataclass(frozen=True)
+class ServingSplit:
+    prefill_devices: int
+    decode_devices: int
+    total_devices: int
+    prefill_instances: int
+    decode_instances: int
+    rate_per_s: float  # requests/s served with TTFT p90 and TPOT within their SLOs
+    ttft_p90_s: float
+    goodput_tokens_per_s_per_device: float  # output tokens/s per device of the split
+
+
+@dataclass(frozen=True)
+class ServingSearch:
+    method: str
+    devices: int
+    evaluated: int
+    rejected: dict[str, int]
+    best: ServingSplit | None
+    fewest: ServingSplit | None  # fewest devices serving the target rate (None without --rate)
+    top: list[ServingSplit]
+
+
+def _prefill_rate_under_ttft(
+    p: PrefillConfig, instances: int, prompt_len: float, ttft_slo_s: float | None
+) -> float:
+    """Largest Poisson request rate whose p90 TTFT (M/D/c wait + batch + KV transfer) meets the SLO.
+
+    Each prefill instance is a server taking a batch of devices x tokens_per_device / prompt_len requests
+    in ``batch_s``, so c = instances x requests-per-batch servers of service ``batch_s`` (deterministic,
+    SCV 0; queueing.mgc_wait, Allen-Cunneen). Brent's method on the rate; no SLO: 95% utilization.
+    """
+    from .queueing import mgc_wait
+
+    per_batch = max(int(p.devices * p.tokens_per_device // prompt_len), 1)
+    servers = instances * per_batch
+    cap = servers / p.batch_s
+    if ttft_slo_s is None:
+        return 0.95 * cap
+    extra = p.ttft_s
+
+    def slack(lam):
+        w = mgc_wait(lam, p.batch_s, servers, service_scv=0.0)
+        return (w.wait_quantile_s(0.9) if not w.overloaded else math.inf) + extra - ttft_slo_s
+
+    if slack(cap * 1e-6) > 0:
+        return 0.0
+    hi = cap * (1 - 1e-9)
+    if slack(hi) <= 0:
+        return hi
+    from scipy.optimize import brentq
+
+    return float(brentq(slack, cap * 1e-6, hi, xtol=cap * 1e-6))
+
+
+def serving_split(
+    p: PrefillConfig,
+    d: DecodeConfig,
+    *,
+    devices: int,
+    prompt_len: float,
+    output_len: float,
+    ttft_slo_s: float | None,
+    rate_per_s: float | None = None,
+    top_k: int = 10,
+) -> ServingSearch:
+    """Exact enumeration of (prefill instances, decode instances) with P + D <= devices (Little's law).
+
+    Decode capacity: D x tokens_per_s_per_device / output_len requests/s (each request holds a decode slot
+    for output_len x TPOT; Little's law). Prefill capacity under the TTFT SLO: per prefill instance count,
+    ``_prefill_rate_under_ttft`` (one queueing solve per count: tens, not configurations). Served rate =
+    min of the two; goodput = rate x output_len / (P + D).
+    """
+    n_p = np.arange(1, devices // p.devices + 1)
+    n_d = np.arange(1, devices // d.devices + 1)
+    if n_p.size == 0 or n_d.size == 0:
+        return ServingSearch("enumeration + Little's law", devices, 0, {"device total": 1}, None, None, [])
+    lam_p = np.array([_prefill_rate_under_ttft(p, int(k), prompt_len, ttft_slo_s) for k in n_p])
+    lam_d = n_d * d.devices * d.tokens_per_s_per_device / output_len
+    P = (n_p * p.devices)[:, None] + 0 * n_d[None, :]
+    D = (n_d * d.devices)[None, :] + 0 * n_p[:, None]
+    rate = np.minimum(lam_p[:, None], lam_d[None, :])
+    tot = P + D
+    masks = [("device total", tot <= devices), ("TTFT SLO", rate > 0)]
+    if rate_per_s is not None:
+        masks.append(("rate target", rate >= rate_per_s))
+    ok, rejected = first_reason([(k, v.ravel()) for k, v in masks])
+    ok_serv = ((tot <= devices) & (rate > 0)).ravel()
+    good = (rate * output_len / tot).ravel()
+    P, D, rate, tot = P.ravel(), D.ravel(), rate.ravel(), tot.ravel()
+
+    def row(i):
+        k_p = int(P[i] // p.devices)
+        ttft = p.ttft_s
+        if ttft_slo_s is not None:
+            from .queueing import mgc_wait
+
+            servers = k_p * max(int(p.devices * p.tokens_per_device // prompt_len), 1)
+            w = mgc_wait(float(rate[i]), p.batch_s, servers, service_scv=0.0)
+            ttft = (w.wait_quantile_s(0.9) if not w.overloaded else math.inf) + p.ttft_s
+        return ServingSplit(
+            int(P[i]),
+            int(D[i]),
+            int(tot[i]),
+            k_p,
+            int(D[i] // d.devices),
+            float(rate[i]),
+            float(ttft),
+            float(good[i]),
+        )
+
+    order = rank(good, tot, P)
+    top = [row(int(i)) for i in order[ok_serv[order]][:top_k]]
+    fewest = None
+    if rate_per_s is not None and ok.any():
+        j = np.lexsort((P, -rate, tot))
+        j = j[ok[j]]
+        fewest = row(int(j[0]))
+    return ServingSearch(
+        "enumeration + Little's law", devices, int(P.size), rejected, top[0] if top else None, fewest, top
+    )
+
+
+# ---------------------------------------------------------------------------------------- optimize
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    decode: DecodeSearch
+    prefill: PrefillSearch | None
+    serving: ServingSearch | None
+    notes: list[str]
+
+
+def optimize(
+    system: System,
+    model: Model,
+    *,
+    devices: int | None,
+    prompt_len: float,
+    output_len: float,
+    tpot_slo_s: float | None,
+    ttft_slo_s: float | None,
+    rate_per_s: float | None = None,
+    mtp_accept: float = 0.7,
+    precision: Precision | None = None,
+    eplb: str = "model",
+    top_k: int = 10,
+    progress=None,
+) -> OptimizeResult:
+    """Decode search, prefill search, then the prefill/decode split of the device total."""
+    total = system.num_devices if devices is None else int(devices)
+    dec, _ = search_decode(
+        system,
+        model,
+        prompt_len=prompt_len,
+        output_len=output_len,
+        devices=total,
+        tpot_slo_s=tpot_slo_s,
+        mtp_accept=mtp_accept,
+        precision=precision,
+        eplb=eplb,
+        top_k=top_k,
+        progress=progress,
+    )
+    notes: list[str] = []
+    pre = serv = None
+    try:
+        from . import prefill as _prefill  # noqa: F401
+    except ImportError:
+        notes.append("prefill model (cmperf.prefill) not available: prefill search and serving split skipped")
+    else:
+        pre = search_prefill(
+            system,
+            model,
+            prompt_len=prompt_len,
+            devices=total,
+            ttft_slo_s=ttft_slo_s,
+            precision=precision,
+            top_k=top_k,
+        )
+        if pre.top and dec.best is not None:
+            # every top prefill configuration: the largest prefill batch maximises tokens/s per device but
+            # leaves no TTFT room for queueing, so the split is chosen over all of them
+            cands = [
+                serving_split(
+                    p,
+                    dec.best,
+                    devices=total,
+                    prompt_len=prompt_len,
+                    output_len=output_len,
+                    ttft_slo_s=ttft_slo_s,
+                    rate_per_s=rate_per_s,
+                    top_k=top_k,
+                )
+                for p in pre.top
+            ]
+            scored = [c for c in cands if c.best is not None]
+            if scored:
+                serv = min(
+                    scored, key=lambda c: (-c.best.goodput_tokens_per_s_per_device, c.best.total_devices)
+                )
+            notes.append(
+                "serving split: exact enumeration of prefill/decode instance counts, decode capacity by "
+                "Little's law, prefill TTFT p90 by M/D/c queueing (cmperf.queueing)"
+            )
+    return OptimizeResult(dec, pre, serv, notes)
+
+
+def optimize_json(res: OptimizeResult) -> dict:
+    """The JSON body of ``cmperf optimize``: best knobs + predictions, top, pareto, rejected counts."""
+    d = res.decode
+    best = None
+    if d.best is not None:
+        best = dict(d.best.__dict__)
+        best["decode_instance_devices"] = best["devices"]
+        s = res.serving.best if res.serving is not None else None
+        best["prefill_devices"] = s.prefill_devices if s else None
+        best["decode_devices"] = s.decode_devices if s else None
+        p = res.prefill.best if res.prefill is not None else None
+        best["prefill"] = p
+        best["serving"] = s
+    return {
+        "best": best,
+        "binding": d.binding,
+        "top": d.top,
+        "pareto": d.pareto,
+        "closest": d.closest,
+        "rejected": d.rejected,
+        "evaluated": d.evaluated,
+        "accepted": d.accepted,
+        "space": d.space,
+        "constraints": d.constraints,
+        "objective": d.objective,
+        "prefill": res.prefill,
+        "serving": res.serving,
+        "notes": res.notes,
+    }

@@ -1,0 +1,915 @@
+"""Serving model: Poisson load on peer-to-peer prefill / decode / cache pools → TTFT and TPOT percentiles,
+goodput under SLOs, utilization per pool, the bottleneck, and P/D/cache sizing.
+
+The three pools of CloudMatrix-Infer (CM384 §4.1: prefill instances, one decode instance, the EMS DRAM
+caching pool over UB) are modelled separately and meet only through the arrival rate λ (requests/s):
+
+* **Cache pool** (Che's LRU approximation, Che et al. 2002): a prefix is an item of
+  ``prefix_len × kv_bytes_per_token`` bytes (61 layers × 1,152 B = 70,272 B per token for DeepSeek-R1
+  BF16 KV, so a 2,048-token prefix is 144 MB and 2 TB holds 13,900 of them). The request hit rate of a
+  Zipf(skew) popularity over ``num_prefixes`` distinct prefixes follows from the characteristic time;
+  the fraction of prompt tokens served from cache is ``h_req × prefix_len / prompt_len``. A direct
+  ``cache_hit`` (token fraction) replaces the popularity model. Cached KV is loaded over UB (or VPC):
+  traffic = λ × hit tokens × bytes per token; cache utilization = traffic / Σ prefill ranks' plane bandwidth.
+* **Prefill pool**: ``n = prefill_devices / instance_devices`` instances (16 NPUs, EP32, CM384 §4.1). An
+  instance running a batch of B prompts takes ``batch_s(B)`` (``cmperf.prefill.evaluate``). Approximation
+  (stated): the pool is an M/G/c queue with c = n·B *slots*, each slot holding one request for
+  ``batch_s(B)`` — exact in throughput (capacity n·B / batch_s(B)), optimistic in that batches start per
+  slot rather than in lockstep. The scheduler's batch size B is the grid value that minimizes the TTFT
+  percentile of the SLO at the given rate (small B at light load for latency, large B near saturation
+  for throughput). Wait by Allen-Cunneen with an exponential tail (``cmperf.queueing.mgc_wait``);
+  service SCV = prompt-length CV² (prefill time is ~linear in prompt tokens at 4K). TTFT = wait +
+  batch_s(B) + KV transfer to decode (RDMA, from the prefill model).
+* **Decode pool**: continuous batching at steady state obeys Little's law per device,
+  ``b = (λ / D) × output_len × TPOT(b)``, a fixed point solved with brentq; TPOT(b) is
+  ``cmperf.decode.evaluate`` at the mean KV length ``prompt + E[O²]/(2E[O])`` (the output progress of
+  a sequence seen by time average is length-biased; = prompt + output/2 for fixed output lengths). The
+  memory cap ``max_batch_per_device`` bounds b; past it (λ above D × cap / (output_len × TPOT(cap))) the
+  pool is overloaded. Utilization = λ / that capacity.
+* **TPOT spread** (stated model): the request's TPOT follows the step time of the batch it shares. The
+  pool's number of active sequences is M/G/∞ occupancy, Poisson(D·b); a balancing router keeps dies
+  even, so the per-device batch at quantile p is b + z_p √(b / D). The KV work of a die is the mean of
+  its b/2 sequences' KV lengths (prompt CV and the uniform output progress), quantile
+  KV + z_p σ_KV / √(b_rank). TPOT_p = TPOT(b_p, KV_p). Per-request TPOT is taken as normal between the
+  mean and p99 for SLO attainment.
+* **Goodput**: ``goodput_rps = λ × P(TTFT ≤ SLO) × P(TPOT ≤ SLO)`` (independent pools). The SLO is on
+  the **p99** by default (``slo_quantile``): ``slo_met`` when p99 TTFT and p99 TPOT both meet theirs;
+  ``max_rate_rps`` is the largest λ that keeps ``slo_met`` — the serving capacity under SLO, used by sizing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from . import decode as dec
+from .deployment import Precision
+from .errors import CmperfError
+from .graph import kv_bytes_per_token_layer
+from .queueing import che_lru_hit_rate, mgc_wait, response_quantiles_s, zipf_popularity
+from .specs import Model, System
+
+__all__ = [
+    "SLO",
+    "CacheResult",
+    "Pools",
+    "ServeResult",
+    "Workload",
+    "cache_pool",
+    "decode_pool",
+    "evaluate",
+    "prefill_pool",
+    "size",
+    "slo_limits",
+]
+
+# Prompts per prefill instance batch the scheduler may choose (grid; infeasible ones are dropped).
+PREFILL_BATCH_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def _z(p: float) -> float:
+    from scipy import stats
+
+    return float(stats.norm.ppf(p))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Traffic: Poisson ``rate_per_s`` or a closed loop of ``concurrency`` requests; lengths mean and CV;
+    prefix reuse as a direct token ``cache_hit`` fraction or a Zipf popularity model over prefixes."""
+
+    rate_per_s: float | None = 40.0
+    concurrency: float | None = None
+    prompt_len: float = 4096.0
+    output_len: float = 256.0
+    prompt_cv: float = 0.0
+    output_cv: float = 0.0
+    cache_hit: float | None = None
+    num_prefixes: int | None = None
+    prefix_skew: float = 1.0
+    prefix_len: float | None = None  # default: half the prompt
+
+    def check(self, model: Model) -> None:
+        if self.rate_per_s is None and self.concurrency is None:
+            raise CmperfError(
+                "--rate or --concurrency: give the arrival rate (requests/s) or the concurrency"
+            )
+        if self.rate_per_s is not None and self.concurrency is not None:
+            raise CmperfError("--rate conflicts with --concurrency; give one of them")
+        if self.rate_per_s is not None and not self.rate_per_s > 0:
+            raise CmperfError(f"--rate: must be > 0 requests/s, got {self.rate_per_s:g}")
+        if self.concurrency is not None and not self.concurrency > 0:
+            raise CmperfError(f"--concurrency: must be > 0 requests, got {self.concurrency:g}")
+        if self.prompt_len < 1 or self.output_len < 1:
+            raise CmperfError("--prompt-len and --output-len must be at least 1 token")
+        ctx = model.max_position_embeddings
+        if self.prompt_len + self.output_len > ctx:
+            raise CmperfError(
+                f"--prompt-len + --output-len = {self.prompt_len + self.output_len:g} exceeds the "
+                f"model's context of {ctx} tokens; shorten them"
+            )
+        if self.prompt_cv < 0 or self.output_cv < 0:
+            raise CmperfError("--prompt-cv and --output-cv must be >= 0")
+        if self.cache_hit is not None and not 0.0 <= self.cache_hit < 1.0:
+            raise CmperfError(f"--cache-hit: token hit fraction must be in [0, 1), got {self.cache_hit:g}")
+        if self.cache_hit is not None and self.num_prefixes is not None:
+            raise CmperfError(
+                "--cache-hit conflicts with --prefixes; give a direct hit rate or a popularity model"
+            )
+        if self.num_prefixes is not None and self.num_prefixes < 1:
+            raise CmperfError(f"--prefixes: need at least 1 distinct prefix, got {self.num_prefixes}")
+        if self.prefix_skew < 0:
+            raise CmperfError(f"--prefix-skew: Zipf skew must be >= 0, got {self.prefix_skew:g}")
+        if self.prefix_len is not None and not 0 < self.prefix_len <= self.prompt_len:
+            raise CmperfError(
+                f"--prefix-len: must be in (0, --prompt-len = {self.prompt_len:g}], got {self.prefix_len:g}"
+            )
+
+    @property
+    def kv_mean_len(self) -> float:
+        """Time-average KV length in the decode batch: prompt + E[O²]/(2 E[O]) = P + L(1 + cv²)/2."""
+        return self.prompt_len + self.output_len * (1.0 + self.output_cv**2) / 2.0
+
+    @property
+    def kv_std_len(self) -> float:
+        """Std of one sequence's KV length in the batch: prompt spread plus length-biased output progress
+        U·O (U uniform, O gamma with mean L and CV c): E[(UO)²] = E[O³]/(3E[O]) = L²(1+c²)(1+2c²)/3."""
+        c2 = self.output_cv**2
+        second = self.output_len**2 * (1 + c2) * (1 + 2 * c2) / 3.0
+        mean = self.output_len * (1 + c2) / 2.0
+        return math.sqrt((self.prompt_cv * self.prompt_len) ** 2 + max(second - mean**2, 0.0))
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Devices of the prefill and decode pools, cache DRAM, and the phase knobs."""
+
+    prefill_devices: int = 96
+    decode_devices: int = 160
+    prefill_instance_devices: int = 16
+    cache_dram_bytes: float | None = None  # None: cpu_dram_per_node x nodes of the system
+    cache_plane: str = "ub"
+    decode_ep_size: int | None = None  # None: all ranks of the decode pool (EP320 for 160 NPUs)
+    prefill_ep_size: int | None = None  # None: all ranks of one instance (EP32)
+    mtp: int = 1
+    mtp_accept: float = 0.7
+    decode_microbatches: int = 2
+    prefill_microbatches: int = 2
+    precision: Precision = field(default_factory=Precision)
+
+    @property
+    def num_prefill_instances(self) -> int:
+        return self.prefill_devices // self.prefill_instance_devices
+
+    def check(self, system: System) -> None:
+        n = system.num_devices
+        if self.prefill_instance_devices < 1:
+            raise CmperfError("--prefill-instance-devices: must be at least 1")
+        if (
+            self.prefill_devices < self.prefill_instance_devices
+            or self.prefill_devices % self.prefill_instance_devices
+        ):
+            raise CmperfError(
+                f"--prefill-devices: {self.prefill_devices} is not a positive multiple of the "
+                f"{self.prefill_instance_devices}-device prefill instance; use e.g. "
+                f"{max(1, self.num_prefill_instances) * self.prefill_instance_devices}"
+            )
+        if self.decode_devices < 1:
+            raise CmperfError(f"--decode-devices: must be at least 1, got {self.decode_devices}")
+        if self.prefill_devices + self.decode_devices > n:
+            raise CmperfError(
+                f"--prefill-devices + --decode-devices = {self.prefill_devices + self.decode_devices} "
+                f"exceeds the {n} devices of {system.name}"
+            )
+        if self.cache_dram_bytes is not None and self.cache_dram_bytes < 0:
+            raise CmperfError("--cache-dram: must be >= 0 bytes")
+        system.plane(self.cache_plane, where="--cache-plane")
+        ranks = self.decode_devices * system.ranks_per_device
+        ep = self.decode_ep_size or ranks
+        if ranks % ep:
+            raise CmperfError(f"--decode-ep: EP{ep} must divide the {ranks} decode ranks")
+
+    def cache_bytes(self, system: System) -> float:
+        if self.cache_dram_bytes is not None:
+            return float(self.cache_dram_bytes)
+        nodes = math.ceil(system.num_devices / system.devices_per_node)
+        return system.cpu_dram_per_node_bytes * nodes
+
+
+@dataclass(frozen=True)
+class SLO:
+    ttft_s: float = 2.0
+    tpot_s: float = 0.05
+    quantile: float = 0.99
+
+
+# ---------------------------------------------------------------------------------------------- cache pool
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    capacity_bytes: float
+    kv_bytes_per_token: float
+    prefix_bytes: float
+    prefixes_cached: float
+    request_hit_rate: float  # requests whose prefix is cached (popularity model) or NaN for a direct rate
+    token_hit_rate: float  # fraction of prompt tokens served from cache
+    model: str  # "none" | "direct" | "zipf-lru"
+
+
+def kv_bytes_per_token(model: Model, kv_dtype: str) -> float:
+    """KV bytes of one token over all layers: 61 × 1,152 B = 70,272 B for DeepSeek-R1 in BF16."""
+    return model.num_layers * kv_bytes_per_token_layer(model, kv_dtype)
+
+
+def cache_pool(system: System, model: Model, wl: Workload, pools: Pools) -> CacheResult:
+    """Hit rate of the EMS prefix cache. Example: 2 TB, 10,000 prefixes of 2,048 tokens, Zipf 1.0 →
+    13,900 fit, everything resident → h = 1; 100,000 prefixes → Che gives h ≈ 0.80."""
+    cap = pools.cache_bytes(system)
+    per_tok = kv_bytes_per_token(model, pools.precision.kv)
+    plen = wl.prefix_len if wl.prefix_len is not None else wl.prompt_len / 2.0
+    pbytes = plen * per_tok
+    items = cap / pbytes if pbytes > 0 else 0.0
+    if wl.cache_hit is not None:
+        return CacheResult(cap, per_tok, pbytes, items, math.nan, float(wl.cache_hit), "direct")
+    if wl.num_prefixes is None:
+        return CacheResult(cap, per_tok, pbytes, items, 0.0, 0.0, "none")
+    h = che_lru_hit_rate(math.floor(items), zipf_popularity(wl.num_prefixes, wl.prefix_skew))
+    tok = min(h * plen / wl.prompt_len, 0.999)
+    return CacheResult(cap, per_tok, pbytes, items, h, tok, "zipf-lru")
+
+
+# ---------------------------------------------------------------------------------------------- prefill pool
+
+
+@dataclass(frozen=True)
+class PrefillGrid:
+    """Prefill service per instance batch size B (grid of feasible B)."""
+
+    batch_prompts: np.ndarray
+    batch_s: np.ndarray
+    kv_transfer_s: np.ndarray
+    instances: int
+    capacity_rps: float
+
+
+def prefill_grid(system: System, model: Model, wl: Workload, pools: Pools, token_hit: float) -> PrefillGrid:
+    from . import prefill as pre
+
+    inst = pools.prefill_instance_devices
+    ep = pools.prefill_ep_size or inst * system.ranks_per_device
+    b = np.asarray(PREFILL_BATCH_GRID, dtype=float)
+    ev = pre.evaluate(
+        system,
+        model,
+        tokens_per_device=b * wl.prompt_len / inst,
+        prompt_len=wl.prompt_len,
+        ep_size=ep,
+        devices=inst,
+        microbatches=pools.prefill_microbatches,
+        cache_hit=token_hit,
+        cache_plane=pools.cache_plane,
+        precision=pools.precision,
+    )
+    batch_s = np.broadcast_to(np.asarray(ev.batch_s, dtype=float), b.shape)
+    kv_s = np.broadcast_to(np.asarray(ev.kv_transfer_s, dtype=float), b.shape)
+    ok = np.broadcast_to(np.asarray(ev.feasible, dtype=bool), b.shape) & np.isfinite(batch_s) & (batch_s > 0)
+    if not ok.any():
+        raise CmperfError(
+            f"--prompt-len: a single {wl.prompt_len:g}-token prompt does not fit a "
+            f"{inst}-device prefill instance; use fewer tokens or larger instances"
+        )
+    n = pools.num_prefill_instances
+    cap = float(np.max(n * b[ok] / batch_s[ok]))
+    return PrefillGrid(b[ok], batch_s[ok], kv_s[ok], n, cap)
+
+
+@dataclass(frozen=True)
+class PrefillPoolResult:
+    instances: int
+    batch_prompts: float  # chosen B
+    batch_s: float
+    kv_transfer_s: float
+    slots: int
+    mean_wait_s: float
+    ttft_mean_s: float
+    ttft_p50_s: float
+    ttft_p90_s: float
+    ttft_p99_s: float
+    ttft_slo_quantile_s: float
+    p_ttft_within_slo: float
+    utilization: float  # λ / capacity (capacity at the most efficient batch)
+    slot_utilization: float
+    capacity_rps: float
+    overloaded: bool
+    service_scv: float
+
+
+def _ttft_for(grid: PrefillGrid, i: int, rate: float, scv: float, qs):
+    c = int(grid.instances * grid.batch_prompts[i])
+    w = mgc_wait(rate, float(grid.batch_s[i]), c, service_scv=scv)
+    if w.overloaded:
+        return w, np.full(len(qs), np.inf)
+    r = np.atleast_1d(response_quantiles_s(w, float(grid.batch_s[i]), list(qs), service_scv=scv))
+    return w, r + float(grid.kv_transfer_s[i])
+
+
+def prefill_pool(grid: PrefillGrid, rate: float, wl: Workload, slo: SLO) -> PrefillPoolResult:
+    """Choose the batch B minimizing the SLO-quantile TTFT, then report TTFT p50/p90/p99 at that B."""
+    scv = wl.prompt_cv**2
+    best, best_q = None, math.inf
+    for i in range(grid.batch_prompts.size):
+        c = grid.instances * grid.batch_prompts[i]
+        if rate * grid.batch_s[i] / c >= 1.0:
+            continue
+        _, r = _ttft_for(grid, i, rate, scv, (slo.quantile,))
+        if r[0] < best_q:
+            best, best_q = i, float(r[0])
+    util = rate / grid.capacity_rps
+    if best is None:
+        i = int(np.argmax(grid.batch_prompts / grid.batch_s))
+        inf = math.inf
+        return PrefillPoolResult(
+            grid.instances,
+            float(grid.batch_prompts[i]),
+            float(grid.batch_s[i]),
+            float(grid.kv_transfer_s[i]),
+            int(grid.instances * grid.batch_prompts[i]),
+            inf,
+            inf,
+            inf,
+            inf,
+            inf,
+            inf,
+            0.0,
+            util,
+            util,
+            grid.capacity_rps,
+            True,
+            scv,
+        )
+    w, r = _ttft_for(grid, best, rate, scv, (0.5, 0.9, 0.99))
+    s, kv = float(grid.batch_s[best]), float(grid.kv_transfer_s[best])
+    p_ok = _p_response_within(w, s, scv, slo.ttft_s - kv)
+    return PrefillPoolResult(
+        grid.instances,
+        float(grid.batch_prompts[best]),
+        s,
+        kv,
+        w.servers,
+        w.mean_wait_s,
+        w.mean_wait_s + s + kv,
+        float(r[0]),
+        float(r[1]),
+        float(r[2]),
+        best_q,
+        p_ok,
+        util,
+        w.utilization,
+        grid.capacity_rps,
+        False,
+        scv,
+    )
+
+
+def _p_response_within(w, service_s: float, scv: float, t: float) -> float:
+    """P(W + S <= t) for the queueing module's wait law and a gamma (or fixed) service."""
+    if t <= 0:
+        return 0.0
+    if scv <= 0:
+        return 1.0 - float(w.wait_tail(t - service_s)) if t >= service_s else 0.0
+    from .queueing import _response_tail
+
+    shape = 1.0 / scv
+    return 1.0 - _response_tail(t, w, shape, shape / service_s)
+
+
+# ---------------------------------------------------------------------------------------------- decode pool
+
+
+@dataclass(frozen=True)
+class DecodePoolResult:
+    devices: int
+    ep_size: int
+    batch_per_device: float
+    batch_p99_per_device: float
+    kv_mean_len: float
+    kv_p99_len: float
+    tpot_mean_s: float
+    tpot_p99_s: float
+    tpot_slo_quantile_s: float
+    p_tpot_within_slo: float
+    max_batch_per_device: float
+    tpot_at_max_batch_s: float
+    capacity_rps: float
+    utilization: float
+    overloaded: bool
+    tokens_per_s_per_device: float
+
+
+class _DecodeCurve:
+    """TPOT(b) for one decode pool at the mean KV length, on a batch grid (one vectorized evaluate)."""
+
+    def __init__(self, system, model, wl: Workload, pools: Pools, devices: int | None = None):
+        self.system, self.model, self.wl, self.pools = system, model, wl, pools
+        self.devices = devices or pools.decode_devices
+        self.ep = pools.decode_ep_size or self.devices * system.ranks_per_device
+        self.kv_cap = wl.prompt_len + wl.output_len
+        probe = self.tpot(np.asarray([1.0]), wl.kv_mean_len, full=True)
+        cap = float(probe.max_batch_per_device[0])
+        if not bool(probe.feasible[0]) or cap < 1:
+            raise CmperfError(
+                f"--decode-devices: not even one {self.kv_cap:g}-token sequence per device fits in "
+                f"HBM with EP{self.ep} on {self.devices} devices; use more decode devices or shorter lengths"
+            )
+        self.max_batch = cap
+        self.grid_b = np.unique(np.concatenate([np.linspace(0.25, cap, 400), [cap]]))
+        self.grid_tpot = np.asarray(self.tpot(self.grid_b, wl.kv_mean_len), dtype=float)
+
+    def tpot(self, b, kv, full=False):
+        p = self.pools
+        ev = dec.evaluate(
+            self.system,
+            self.model,
+            batch_per_device=b,
+            kv_len=kv,
+            ep_size=self.ep,
+            microbatches=p.decode_microbatches,
+            mtp=p.mtp,
+            mtp_accept=p.mtp_accept,
+            precision=p.precision,
+            kv_capacity_len=self.kv_cap,
+        )
+        return ev if full else ev.tpot_s
+
+    def capacity_rps(self) -> float:
+        """Largest λ: D × b_cap / (output_len × TPOT(b_cap)) (b/TPOT rises with b)."""
+        return self.devices * float(np.max(self.grid_b / self.grid_tpot)) / self.wl.output_len
+
+    def solve_batch(self, rate: float) -> float:
+        """Little's law fixed point b = (λ/D) L TPOT(b) by brentq on the interpolated TPOT curve."""
+        from scipy import optimize
+
+        k = rate / self.devices * self.wl.output_len
+
+        def f(b):
+            return b - k * float(np.interp(b, self.grid_b, self.grid_tpot))
+
+        lo, hi = 0.0, self.max_batch
+        if f(hi) < 0:
+            return math.inf
+        return float(optimize.brentq(f, lo, hi, xtol=1e-9, rtol=1e-12))
+
+    def quantile_point(self, b: float, q: float):
+        """(b_q, kv_q): per-device batch b + z√(b/D) (capped at the HBM cap) and die-mean KV + z σ/√(b/ranks)
+        (capped at prompt + output for fixed lengths, at the model context otherwise)."""
+        z = _z(q)
+        bq = min(b + z * math.sqrt(b / self.devices), self.max_batch)
+        b_rank = max(bq / self.system.ranks_per_device, 1.0)
+        spread = self.wl.prompt_cv > 0 or self.wl.output_cv > 0  # fixed lengths end at prompt + output
+        top = float(self.model.max_position_embeddings) if spread else self.kv_cap
+        kvq = min(self.wl.kv_mean_len + z * self.wl.kv_std_len / math.sqrt(b_rank), top)
+        return bq, kvq
+
+
+def decode_pool(curve: _DecodeCurve, rate: float, slo: SLO) -> DecodePoolResult:
+    cap = curve.capacity_rps()
+    util = rate / cap
+    b_max = curve.max_batch
+    t_max = float(curve.grid_tpot[-1])
+    b = curve.solve_batch(rate) if util < 1.0 else math.inf
+    if not math.isfinite(b):
+        inf = math.inf
+        return DecodePoolResult(
+            curve.devices,
+            curve.ep,
+            b_max,
+            b_max,
+            curve.wl.kv_mean_len,
+            inf,
+            inf,
+            inf,
+            inf,
+            0.0,
+            b_max,
+            t_max,
+            cap,
+            util,
+            True,
+            math.nan,
+        )
+    b99, kv99 = curve.quantile_point(b, 0.99)
+    bq, kvq = curve.quantile_point(b, slo.quantile)
+    pts = curve.tpot(np.asarray([b, b99, bq]), np.asarray([curve.wl.kv_mean_len, kv99, kvq]))
+    mean, p99, pq = (float(x) for x in pts)
+    sigma = max(p99 - mean, 0.0) / _z(0.99)
+    if sigma > 0:
+        from scipy import stats
+
+        p_ok = float(stats.norm.cdf((slo.tpot_s - mean) / sigma))
+    else:
+        p_ok = 1.0 if mean <= slo.tpot_s else 0.0
+    return DecodePoolResult(
+        curve.devices,
+        curve.ep,
+        b,
+        b99,
+        curve.wl.kv_mean_len,
+        kv99,
+        mean,
+        p99,
+        pq,
+        p_ok,
+        b_max,
+        t_max,
+        cap,
+        util,
+        False,
+        b / mean,
+    )
+
+
+def ttft_limit_rps(grid: PrefillGrid, wl: Workload, slo: SLO) -> float:
+    """Largest λ whose SLO-quantile TTFT meets the SLO: max over batch sizes B of the per-B limit (the
+    scheduler picks the best B), each by bisection on λ in (0, c/S) — TTFT quantiles rise with λ."""
+    scv = wl.prompt_cv**2
+    best = 0.0
+    for i in range(grid.batch_prompts.size):
+        s, kv = float(grid.batch_s[i]), float(grid.kv_transfer_s[i])
+        c = int(grid.instances * grid.batch_prompts[i])
+        hi = c / s
+        if hi <= best or _ttft_for(grid, i, 1e-9 * hi, scv, (slo.quantile,))[1][0] > slo.ttft_s:
+            continue  # cannot beat the best so far, or the batch alone misses the SLO
+        lo = 0.0
+        while hi - lo > 1e-6 * hi:
+            mid = 0.5 * (lo + hi)
+            if _ttft_for(grid, i, mid, scv, (slo.quantile,))[1][0] <= slo.ttft_s:
+                lo = mid
+            else:
+                hi = mid
+        best = max(best, lo)
+        del kv
+    return best
+
+
+def tpot_limit_rps(curve: _DecodeCurve, slo: SLO) -> float:
+    """Largest λ whose SLO-quantile TPOT meets the SLO: TPOT_q on the whole batch grid in one vectorized
+    evaluate, the last grid batch b within the SLO (linear interpolation at the crossing), then
+    λ = D × b / (output_len × TPOT(b)) by Little's law."""
+    b = curve.grid_b
+    pts = np.array([curve.quantile_point(float(x), slo.quantile) for x in b])
+    tq = np.asarray(curve.tpot(pts[:, 0], pts[:, 1]), dtype=float)
+    ok = tq <= slo.tpot_s
+    if not ok[0]:
+        return 0.0
+    j = int(np.argmin(ok)) if not ok.all() else b.size
+    if j == b.size:
+        b_lim = float(b[-1])
+    else:  # crossing between j-1 (ok) and j (not ok)
+        f = (slo.tpot_s - tq[j - 1]) / (tq[j] - tq[j - 1])
+        b_lim = float(b[j - 1] + f * (b[j] - b[j - 1]))
+    t = float(np.interp(b_lim, b, curve.grid_tpot))
+    return curve.devices * b_lim / (curve.wl.output_len * t)
+
+
+# ---------------------------------------------------------------------------------------------- whole service
+
+
+@dataclass(frozen=True)
+class ServeResult:
+    system: str
+    model: str
+    inputs: dict
+    rate_rps: float
+    ttft_s: dict[str, float]
+    tpot_s: dict[str, float]
+    slo: dict[str, float]
+    slo_met: bool
+    slo_attainment: float
+    goodput_rps: float
+    goodput_rps_per_device: float
+    utilization: dict[str, float]
+    bottleneck: str
+    overloaded: bool
+    overload_reasons: list[str]
+    max_rate_rps: dict[str, float | str]
+    cache: dict[str, float | str]
+    prefill: PrefillPoolResult
+    decode: DecodePoolResult
+    approximations: list[str]
+
+
+APPROXIMATIONS = [
+    "prefill pool: M/G/c over c = instances x batch slots, each slot busy batch_s(B) per request "
+    "(Allen-Cunneen mean wait, exponential wait tail); batch size B chosen to minimize the SLO-quantile TTFT",
+    "TTFT = wait + prefill batch + KV transfer to decode (RDMA); service SCV = prompt-length CV^2",
+    "decode pool: Little's law fixed point b = (rate/D) x output_len x TPOT(b) "
+    "at mean KV = prompt + E[O^2]/(2E[O])",
+    "TPOT p-quantile: TPOT at per-device batch b + z sqrt(b/D) (Poisson occupancy, balanced router) and "
+    "die-mean KV + z sigma_KV/sqrt(b per die)",
+    "cache: Che's LRU approximation over Zipf prefix popularity; cached prompt tokens skip prefill compute",
+    "goodput = rate x P(TTFT <= SLO) x P(TPOT <= SLO) (independent pools); slo_met is on the stated quantile",
+    "fixed concurrency: the closed loop is evaluated as Poisson at its throughput X = N / (TTFT + L x TPOT)",
+]
+
+
+class _Service:
+    """Everything that does not depend on the rate: cache hit, prefill grid, decode curve."""
+
+    def __init__(self, system: System, model: Model, wl: Workload, pools: Pools, slo: SLO):
+        wl.check(model)
+        pools.check(system)
+        if not slo.ttft_s > 0 or not slo.tpot_s > 0:
+            raise CmperfError("--ttft-slo and --tpot-slo must be positive times")
+        if not 0.5 <= slo.quantile < 1.0:
+            raise CmperfError(f"--slo-percentile: must be in [50, 100), got {100 * slo.quantile:g}")
+        self.system, self.model, self.wl, self.pools, self.slo = system, model, wl, pools, slo
+        self.cache = cache_pool(system, model, wl, pools)
+        self.grid = prefill_grid(system, model, wl, pools, self.cache.token_hit_rate)
+        self.curve = _DecodeCurve(system, model, wl, pools)
+        plane = system.plane(pools.cache_plane)
+        self.cache_bw = (
+            pools.prefill_devices * system.ranks_per_device * plane.bytes_per_s_per_rank * plane.efficiency
+        )
+
+    def cache_traffic(self, rate: float) -> float:
+        return rate * self.cache.token_hit_rate * self.wl.prompt_len * self.cache.kv_bytes_per_token
+
+    def at(self, rate: float):
+        return prefill_pool(self.grid, rate, self.wl, self.slo), decode_pool(self.curve, rate, self.slo)
+
+    def limit(self, which: int) -> float:
+        """Largest rate keeping the TTFT (0) or TPOT (1) quantile within its SLO."""
+        return (
+            ttft_limit_rps(self.grid, self.wl, self.slo)
+            if which == 0
+            else tpot_limit_rps(self.curve, self.slo)
+        )
+
+
+def _concurrency_rate(svc: _Service, n: float) -> float:
+    """Throughput X of a closed loop of n requests: n = X × (mean TTFT(X) + L × TPOT(X)) (brentq)."""
+    from scipy import optimize
+
+    cap = min(svc.grid.capacity_rps, svc.curve.capacity_rps()) * (1 - 1e-9)
+
+    def f(x):
+        p, d = svc.at(x)
+        return x * (p.ttft_mean_s + svc.wl.output_len * d.tpot_mean_s) - n
+
+    if f(cap) <= 0:
+        return cap
+    return float(optimize.brentq(f, cap * 1e-9, cap, xtol=1e-9 * cap))
+
+
+def evaluate(
+    system: System, model: Model, wl: Workload, pools: Pools, slo: SLO | None = None, *, limits: bool = True
+) -> ServeResult:
+    """TTFT/TPOT percentiles, goodput, utilization and bottleneck of one service at one load."""
+    slo = slo or SLO()
+    svc = _Service(system, model, wl, pools, slo)
+    rate = wl.rate_per_s if wl.rate_per_s is not None else _concurrency_rate(svc, float(wl.concurrency))
+    p, d = svc.at(rate)
+    traffic = svc.cache_traffic(rate)
+    util = {"prefill": p.utilization, "decode": d.utilization, "cache_link": traffic / svc.cache_bw}
+    reasons = []
+    if p.overloaded:
+        reasons.append(f"prefill: {rate:.4g} req/s exceeds the pool's capacity of {p.capacity_rps:.4g} req/s")
+    if d.overloaded:
+        reasons.append(
+            f"decode: {rate:.4g} req/s exceeds {d.capacity_rps:.4g} req/s at the HBM batch cap of "
+            f"{d.max_batch_per_device:.0f} per device"
+        )
+    if util["cache_link"] >= 1:
+        reasons.append(
+            f"cache: {traffic / 1e9:.1f} GB/s of KV loads exceed the {pools.cache_plane} bandwidth "
+            f"{svc.cache_bw / 1e9:.1f} GB/s of the prefill ranks"
+        )
+    overloaded = bool(reasons)
+    att = p.p_ttft_within_slo * d.p_tpot_within_slo
+    devs = pools.prefill_devices + pools.decode_devices
+    met = (p.ttft_slo_quantile_s <= slo.ttft_s) and (d.tpot_slo_quantile_s <= slo.tpot_s)
+    lim: dict[str, float | str] = {}
+    if limits:
+        lt, ld = svc.limit(0), svc.limit(1)
+        lim = {
+            "ttft_slo_rps": lt,
+            "tpot_slo_rps": ld,
+            "both_slo_rps": min(lt, ld),
+            "prefill_capacity_rps": p.capacity_rps,
+            "decode_capacity_rps": d.capacity_rps,
+            "binding_slo": "ttft (prefill pool)" if lt <= ld else "tpot (decode pool)",
+        }
+    q = f"p{100 * slo.quantile:g}"
+    inputs = {
+        "rate_rps": wl.rate_per_s,
+        "concurrency": wl.concurrency,
+        "prompt_len": wl.prompt_len,
+        "output_len": wl.output_len,
+        "prompt_cv": wl.prompt_cv,
+        "output_cv": wl.output_cv,
+        "cache_hit": wl.cache_hit,
+        "num_prefixes": wl.num_prefixes,
+        "prefix_skew": wl.prefix_skew,
+        "prefix_len": wl.prefix_len,
+        "prefill_devices": pools.prefill_devices,
+        "decode_devices": pools.decode_devices,
+        "prefill_instance_devices": pools.prefill_instance_devices,
+        "cache_dram_bytes": svc.cache.capacity_bytes,
+        "cache_plane": pools.cache_plane,
+        "mtp": pools.mtp,
+        "mtp_accept": pools.mtp_accept,
+        "decode_ep_size": d.ep_size,
+        "precision": pools.precision.__dict__,
+    }
+    c = svc.cache
+    cache = {
+        "model": c.model,
+        "capacity_bytes": c.capacity_bytes,
+        "prefix_bytes": c.prefix_bytes,
+        "prefixes_cached": c.prefixes_cached,
+        "request_hit_rate": c.request_hit_rate,
+        "token_hit_rate": c.token_hit_rate,
+        "prefill_tokens_saved_per_s": rate * c.token_hit_rate * wl.prompt_len,
+        "kv_load_bytes_per_s": traffic,
+        "kv_load_plane": pools.cache_plane,
+        "kv_load_plane_bytes_per_s": svc.cache_bw,
+    }
+    return ServeResult(
+        system.name,
+        model.name,
+        inputs,
+        rate,
+        {"p50": p.ttft_p50_s, "p90": p.ttft_p90_s, "p99": p.ttft_p99_s, "mean": p.ttft_mean_s},
+        {"mean": d.tpot_mean_s, "p99": d.tpot_p99_s},
+        {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s, "quantile": q},
+        bool(met),
+        att,
+        rate * att,
+        rate * att / devs,
+        util,
+        max(util, key=lambda k: util[k]),
+        overloaded,
+        reasons,
+        lim,
+        cache,
+        p,
+        d,
+        APPROXIMATIONS,
+    )
+
+
+def slo_limits(system: System, model: Model, wl: Workload, pools: Pools, slo: SLO | None = None) -> dict:
+    """Rates at which the TTFT and TPOT SLO quantiles stop holding, and which pool binds."""
+    svc = _Service(
+        system, model, replace(wl, rate_per_s=wl.rate_per_s or 1.0, concurrency=None), pools, slo or SLO()
+    )
+    lt, ld = svc.limit(0), svc.limit(1)
+    return {
+        "ttft_slo_rps": lt,
+        "tpot_slo_rps": ld,
+        "binding": "prefill" if lt <= ld else "decode",
+        "prefill_capacity_rps": svc.grid.capacity_rps,
+        "decode_capacity_rps": svc.curve.capacity_rps(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- sizing
+
+
+@dataclass(frozen=True)
+class SizeResult:
+    system: str
+    model: str
+    mode: str  # "total" (max goodput/device at a device total) | "rate" (fewest devices for a rate)
+    total_devices: int
+    rate_rps: float | None
+    best: dict
+    candidates: list[dict]
+    approximations: list[str]
+
+
+def size(
+    system: System,
+    model: Model,
+    wl: Workload,
+    pools: Pools,
+    slo: SLO | None = None,
+    *,
+    total_devices: int | None = None,
+    cache_fractions=(0.0, 0.125, 0.25, 0.5, 1.0),
+    decode_step: int = 8,
+) -> SizeResult:
+    """Split ``total_devices`` into prefill instances and decode devices (and pick cache DRAM) for the
+    most goodput per device, the goodput of a split being min(TTFT-limited rate(P, cache), TPOT-limited
+    rate(D)) — the pools decouple, so each limit is computed once per P and per D and the grid of splits
+    is a vectorized outer minimum. With ``wl.rate_per_s`` set ("rate" mode) the best split is the one
+    with the fewest devices whose limits both reach the rate. Decode devices step by ``decode_step``
+    (a node); cache DRAM is a fraction of the DRAM of the nodes in use, the smallest that is within
+    0.5% of the best goodput is reported.
+    """
+    slo = slo or SLO()
+    total = int(total_devices or system.num_devices)
+    if total < 1 or total > system.num_devices:
+        raise CmperfError(f"--devices-total: {total} is outside 1..{system.num_devices} ({system.name})")
+    inst = pools.prefill_instance_devices
+    wl0 = replace(wl, rate_per_s=wl.rate_per_s or 1.0, concurrency=None)
+    wl0.check(model)
+    if not slo.ttft_s > 0 or not slo.tpot_s > 0:
+        raise CmperfError("--ttft-slo and --tpot-slo must be positive times")
+    ps = np.arange(inst, total, inst)
+    ds = np.arange(decode_step, total, decode_step)
+    if ps.size == 0 or ds.size == 0:
+        raise CmperfError(
+            f"--devices-total: {total} devices leave no room for one {inst}-device prefill instance "
+            f"and {decode_step} decode devices"
+        )
+    # TPOT-limited rate per decode size
+    tpot_lim = np.zeros(ds.size)
+    for j, dd in enumerate(ds):
+        pj = replace(pools, decode_devices=int(dd), prefill_devices=inst, decode_ep_size=None)
+        try:
+            curve = _DecodeCurve(system, model, wl0, pj)
+        except CmperfError:
+            continue  # the lengths do not fit this decode pool's HBM
+        tpot_lim[j] = tpot_limit_rps(curve, slo)
+    dram_node = system.cpu_dram_per_node_bytes
+    fr = np.asarray(cache_fractions, dtype=float)
+    ttft_lim = np.zeros((fr.size, ps.size))
+    for i, pp in enumerate(ps):
+        for k, f in enumerate(fr):
+            # cache DRAM: a fraction of the DRAM of the nodes the whole split occupies
+            pk = replace(
+                pools,
+                prefill_devices=int(pp),
+                decode_devices=1,
+                cache_dram_bytes=f * dram_node * math.ceil(total / system.devices_per_node),
+            )
+            cache = cache_pool(system, model, wl0, pk)
+            ttft_lim[k, i] = ttft_limit_rps(
+                prefill_grid(system, model, wl0, pk, cache.token_hit_rate), wl0, slo
+            )
+    P, D = np.meshgrid(ps, ds, indexing="ij")
+    valid = total >= (P + D)
+    rate_ok = np.minimum(ttft_lim[:, :, None], tpot_lim[None, None, :])  # [cache, P, D]
+    rate_ok = np.where(valid[None], rate_ok, 0.0)
+    if wl.rate_per_s is None:
+        mode = "total"
+        score = rate_ok / (P + D)[None]  # goodput per device of the devices used
+    else:
+        mode = "rate"
+        meets = rate_ok >= wl.rate_per_s
+        score = np.where(meets, wl.rate_per_s / (P + D)[None], 0.0)
+    best_score = float(score.max())
+    if best_score <= 0:
+        k, i, j = 0, 0, 0
+    else:
+        # smallest cache fraction within 0.5% of the best, then the best split at it
+        k = int(np.argmax(score.reshape(fr.size, -1).max(axis=1) >= best_score * 0.995))
+        i, j = np.unravel_index(int(np.argmax(score[k])), score[k].shape)
+    cands = []
+    order = np.argsort(-score[k].ravel(), kind="stable")[:10]
+    for flat in order:
+        ii, jj = np.unravel_index(int(flat), score[k].shape)
+        if not valid[ii, jj]:
+            continue
+        cands.append(
+            {
+                "prefill_devices": int(ps[ii]),
+                "decode_devices": int(ds[jj]),
+                "ttft_slo_rps": float(ttft_lim[k, ii]),
+                "tpot_slo_rps": float(tpot_lim[jj]),
+                "goodput_rps": float(rate_ok[k, ii, jj]),
+                "goodput_rps_per_device": float(score[k, ii, jj]),
+            }
+        )
+    best = {
+        "prefill_devices": int(ps[i]),
+        "prefill_instances": int(ps[i]) // inst,
+        "decode_devices": int(ds[j]),
+        "devices": int(ps[i] + ds[j]),
+        "cache_dram_bytes": float(fr[k] * dram_node * math.ceil(total / system.devices_per_node)),
+        "ttft_slo_rps": float(ttft_lim[k, i]),
+        "tpot_slo_rps": float(tpot_lim[j]),
+        "goodput_rps": float(rate_ok[k, i, j]) if mode == "total" else float(wl.rate_per_s or 0.0),
+        "goodput_rps_per_device": best_score,
+        "binding": "prefill (TTFT)" if ttft_lim[k, i] <= tpot_lim[j] else "decode (TPOT)",
+        "feasible": best_score > 0,
+    }
+    return SizeResult(
+        system.name,
+        model.name,
+        mode,
+        total,
+        wl.rate_per_s,
+        best,
+        cands,
+        [
+            *APPROXIMATIONS[:6],
+            f"sizing: prefill in {inst}-device instances, decode in steps of {decode_step} devices "
+            "(EP = all decode ranks), cache DRAM as a fraction of the nodes' DRAM; the SLO "
+            f"quantile is p{100 * slo.quantile:g}",
+        ],
+    )

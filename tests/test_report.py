@@ -1,0 +1,137 @@
+"""Scenario files, `cmperf report`, `cmperf explain`, `cmperf validate`."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cmperf import scenario
+from cmperf.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_shipped_scenarios_load_with_citations():
+    for name in ("cm384-decode-50ms", "cm384-decode-15ms", "cm384-prefill"):
+        sc = scenario.load(name)
+        assert sc.name == name and "2506.12708" in sc.source and sc.options["system"] == "cloudmatrix384"
+
+
+def test_scenario_fills_defaults_and_flags_override():
+    a = json.loads(run("decode", "--scenario", "cm384-decode-15ms", "--format", "json").stdout)
+    assert a["batch_per_device"] == 8 and a["deployment"]["ep_size"] == 320
+    b = json.loads(
+        run("decode", "--scenario", "cm384-decode-15ms", "--batch", "16", "--format", "json").stdout
+    )
+    assert b["batch_per_device"] == 16 and b["tpot_s"] > a["tpot_s"]
+    c = json.loads(run("decode", "--batch", "8", "--format", "json").stdout)
+    assert c["tpot_s"] == a["tpot_s"]
+
+
+def test_scenario_unknown_key_is_one_line_exit_2(tmp_path):
+    p = tmp_path / "typo.toml"
+    p.write_text('name = "typo"\ncommand = "decode"\n[options]\nbatchh = 3\n')
+    r = run("decode", "--scenario", p)
+    assert r.exit_code == 2
+    assert r.output.count("\n") == 1 and "typo.toml" in r.output and "options.batchh" in r.output
+    assert "Traceback" not in r.output
+    r = run("decode", "--scenario", "cm384-prefill")
+    assert r.exit_code == 2 and "cmperf prefill --scenario cm384-prefill" in r.output
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rep")
+    outs = []
+    for i in (1, 2):
+        out = d / f"report{i}.md"
+        r = run("report", "--scenario", "cm384-decode-50ms", "-o", out)
+        assert r.exit_code == 0, r.output
+        outs.append(out.read_bytes())
+    return outs
+
+
+def test_report_is_byte_identical_and_complete(reports):
+    a, b = reports
+    assert a == b
+    text = a.decode()
+    headings = [
+        "# cmperf report: cm384-decode-50ms",
+        "## Inputs",
+        "## Deployment",
+        "## Headline predictions",
+        "## Bounds on TPOT",
+        "## Decode: streams per layer and the binding ceiling",
+        "## Decode: per-op breakdown",
+        "## Throughput vs TPOT",
+        "## Optimizer: top configurations",
+        "## Validation against published numbers",
+        "## Closed forms",
+    ]
+    pos = [text.index(h) for h in headings]
+    assert pos == sorted(pos)  # top to bottom in this order
+    assert "```mermaid\nxychart-beta" in text and "| mla.attention |" in text
+    assert "CM384 Table 10" in text  # the spec sources are listed
+    assert "| table7.dispatch.ep256 |" in text and "$$\n" in text and "B_{\\mathrm{HBM}}" in text
+    dec = json.loads(run("decode", "--scenario", "cm384-decode-50ms", "--format", "json").stdout)
+    assert f"| tokens/s per device | {dec['tokens_per_s_per_device']:,.0f} |" in text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        'name = "broken"\ncommand = "decode"\n[options]\nbatchh = 3\n',  # unknown key
+        'name = "broken"\ncommand = "decode"\n[options\nbatch = 3\n',  # not TOML
+        'name = "broken"\ncommand = "decode"\n[options]\nbatch = -5\n',  # rejected by `cmperf decode`
+        'name = "other"\ncommand = "decode"\n',  # name does not match the file
+    ],
+)
+def test_broken_scenario_leaves_no_report(tmp_path, body):
+    sc = tmp_path / "broken.toml"
+    sc.write_text(body)
+    out = tmp_path / "report.md"
+    r = run("report", "--scenario", sc, "-o", out)
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["broken.toml"]
+
+
+def test_validate_prints_the_table():
+    r = run("validate", "--format", "json")
+    assert r.exit_code in (0, 1)
+    pts = {p["id"]: p for p in json.loads(r.stdout)["points"]}
+    assert r.exit_code == (1 if any(p["status"] == "FAIL" for p in pts.values()) else 0)
+    for ep in (8, 16, 32, 64, 128, 256):
+        for op in ("dispatch", "combine"):
+            p = pts[f"table7.{op}.ep{ep}"]
+            assert p["status"] == "pass" and abs(p["error"]) <= 0.10 and "Table 7" in p["source"]
+    d50 = pts["decode-50ms.tokens_per_s"]
+    assert d50["published"] == 1943 and d50["tolerance"] == 0.10
+    assert d50["error"] == pytest.approx(d50["predicted"] / 1943 - 1, rel=1e-9)
+    table = run("validate")
+    assert "predicted vs published" in table.output and "decode-15ms.tpot" in table.output
+
+
+def test_explain_elasticities_numeric_and_symbolic():
+    r = run("explain", "--format", "json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    rows = {e["parameter"]: e for e in d["elasticities"]}
+    # peak and efficiency enter as a product: equal elasticities, numerically and symbolically
+    a, b = rows["peak bf16"], rows["efficiency attention_compute"]
+    assert a["numeric"] == pytest.approx(b["numeric"], abs=1e-6)
+    assert a["symbolic"] == pytest.approx(b["symbolic"], abs=1e-9)
+    sym = [e for e in d["elasticities"] if e["symbolic"] is not None]
+    assert len(sym) >= 10
+    assert sum(e["agree"] for e in sym) >= 0.8 * len(sym)
+    # 10% more of everything that sets a speed cannot buy more than 10% (elasticities of speeds in [0, 1])
+    for e in d["elasticities"]:
+        assert -1.0 <= e["numeric"] <= 1.0
+    assert "TPOT(b, L)" in d["forms_latex"]
+    t = run("explain")
+    assert t.exit_code == 0 and "closed forms" in t.output and "HBM bandwidth" in t.output
