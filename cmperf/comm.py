@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from .errors import CmperfError
 from .roofline import LATENCY, LINK, OpTime
 from .specs import DTYPE_BYTES, System
 
@@ -36,6 +37,20 @@ def message_bytes(hidden: int, dtype: str, scale_bytes: float, align_bytes: floa
     """
     raw = hidden * DTYPE_BYTES[dtype] + scale_bytes
     return float(math.ceil(raw / align_bytes) * align_bytes)
+
+
+def ep_message_bytes(system: System, hidden: int, prec) -> tuple[float, float]:
+    """(dispatch, combine) bytes per (token, expert) message on ``system`` for precision ``prec``."""
+    d = system.collectives.get("dispatch")
+    c = system.collectives.get("combine")
+    if d is None or c is None:
+        raise CmperfError(
+            f"{system.path}: [collectives.dispatch] and [collectives.combine] are needed for EP"
+        )
+    return (
+        message_bytes(hidden, prec.dispatch, d.scale_bytes, d.message_align_bytes),
+        message_bytes(hidden, prec.combine, c.scale_bytes, c.message_align_bytes),
+    )
 
 
 def _split_bytes(system: System, plane_name: str, payload, group_size, send_local: bool = False):

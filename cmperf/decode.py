@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import memory
-from .comm import message_bytes
+from .comm import ep_message_bytes
 from .deployment import DecodeDeployment, Precision, placement_arrays
-from .errors import CmperfError
 from .graph import Stage, dense_ffn_ops, head_ops, mla_decode_ops, moe_ops
 from .imbalance import expected_imbalance
 from .roofline import BOUNDS
@@ -106,14 +105,8 @@ class DecodeEval:
 def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args):
     """Stages of one decode step and the per-rank quantities they need."""
     h, k = model.hidden_size, model.num_experts_per_tok
-    d = system.collectives.get("dispatch")
-    c = system.collectives.get("combine")
-    if d is None or c is None:
-        raise CmperfError(
-            f"{system.path}: [collectives.dispatch] and [collectives.combine] are needed for EP"
-        )
-    disp_msg = message_bytes(h, prec.dispatch, d.scale_bytes, d.message_align_bytes)
-    comb_msg = message_bytes(h, prec.combine, c.scale_bytes, c.message_align_bytes)
+    disp_msg, comb_msg = ep_message_bytes(system, h, prec)
+    d = system.collectives["dispatch"]
     tokens = b_rank * (1.0 + mtp)
     t_mb, s_mb = tokens / n, b_rank / n
     imb = routed_imbalance(model, pl, ep, ep * t_mb * k, *imb_args)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import memory
-from .comm import message_bytes, transfer_s
+from .comm import ep_message_bytes, transfer_s
 from .decode import OpRow, moe_load, op_rows, routed_imbalance
 from .deployment import Precision, place_experts, placement_arrays
 from .errors import CmperfError
@@ -235,14 +235,8 @@ def evaluate(
         dtype=float,
     )
     k, hid = model.num_experts_per_tok, model.hidden_size
-    d = system.collectives.get("dispatch")
-    c = system.collectives.get("combine")
-    if d is None or c is None:
-        raise CmperfError(
-            f"{system.path}: [collectives.dispatch] and [collectives.combine] are needed for EP"
-        )
-    disp_msg = message_bytes(hid, prec.dispatch, d.scale_bytes, d.message_align_bytes)
-    comb_msg = message_bytes(hid, prec.combine, c.scale_bytes, c.message_align_bytes)
+    disp_msg, comb_msg = ep_message_bytes(system, hid, prec)
+    d = system.collectives["dispatch"]
     pl = placement_arrays(model, ep)
     t_mb = t_rank / n  # prompt tokens per microbatch per rank
     seqs_mb = t_mb / p

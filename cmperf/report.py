@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .render import markdown_table
+from .render import OP_HEADER, markdown_table
 from .units import fmt_bytes, fmt_s
 
 SWEEP_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384)
@@ -153,23 +153,7 @@ def decode_sections(doc: dict) -> list[str]:
         markdown_table(("stage", "layers", "A", "M", "period", "binding"), streams),
         "\n## Decode: per-op breakdown\n\n`bound` is the op's binding ceiling; `per step` = count × per "
         "call, before overlap; `share` is of the step.\n\n",
-        markdown_table(
-            (
-                "stage",
-                "op",
-                "stream",
-                "count",
-                "per call",
-                "per step",
-                "share",
-                "bound",
-                "compute",
-                "memory",
-                "link",
-                "fixed",
-            ),
-            ops,
-        ),
+        markdown_table(OP_HEADER, ops),
     ]
 
 
