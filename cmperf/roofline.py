@@ -1,14 +1,18 @@
 """Time of one compute op on one rank: every ceiling and the binding one.
 
-    compute_s = flops / (peak[dtype] * eff_compute[kind] * core_share)
+    compute_s = flops / (peak[dtype] * eff_compute[kind] * eff_pipeline * core_share)
     memory_s  = hbm_bytes / (hbm_bytes_per_s * eff_memory[kind])
     time_s    = max(compute_s, memory_s) + fixed_s[kind]
 
+``eff_pipeline`` (chip key ``pipeline_compute``, default 1) is the fraction of the microbenchmark compute
+efficiency that a kernel sustains inside the serving loop; see hardware/ascend-910c.toml for its physics
+and calibration (scripts/fit_pipeline.py). It scales compute ceilings only: memory-bound ops keep their
+HBM fraction, so it moves large-batch decode and prefill and leaves small-batch decode nearly alone.
 ``core_share`` is the fraction of the cube cores (GEMM, attention) or vector cores (vector ops) that the
 op's stream owns (CM384 §4.2: the decode attention stream has 16 of 24 AIC). HBM bandwidth is not
 split: a stream alone can pull the die's bandwidth; the step adds a shared-HBM bound for concurrent
 streams (cmperf.step). Worked number: INT8 expert GEMM, 853 tokens x 7168 x 4096 on 8 of 24 AIC of a
-910C die: 2*853*7168*4096 / (752e12 * 0.797 * 1/3) = 0.25 ms.
+910C die: 2*853*7168*4096 / (752e12 * 0.797 * 1/3) = 0.25 ms (eff_pipeline = 1).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def compute_op_time(op: Op, chip: Chip, cube_share=1.0, vector_share=1.0) -> OpT
     else:
         peak = chip.peak(op.dtype)
         share = np.asarray(cube_share, dtype=float)
-        comp_eff = chip.eff[f"{kind}_compute"]
+        comp_eff = chip.eff[f"{kind}_compute"] * chip.eff["pipeline_compute"]
         compute_s = op.flops / (peak * comp_eff * share)
         peak_s = op.flops / peak
         mem_eff = chip.eff[f"{kind}_memory"]

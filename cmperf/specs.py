@@ -23,6 +23,9 @@ from .errors import CmperfError
 
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5, "int4": 0.5}
 EFFICIENCY_KEYS = ("gemm_compute", "gemm_memory", "attention_compute", "attention_memory", "vector_memory")
+#: Optional efficiency keys and their defaults. pipeline_compute: the fraction of the microbenchmark compute
+#: efficiency (gemm_compute, attention_compute) a kernel sustains inside the serving loop (cmperf.roofline).
+OPTIONAL_EFFICIENCY = {"pipeline_compute": 1.0}
 OVERHEAD_KEYS = ("gemm", "attention", "vector", "comm")
 ARCH_KEYS = (
     "hidden_size num_layers first_k_dense intermediate_size moe_intermediate_size n_routed_experts "
@@ -347,6 +350,7 @@ def load_chip(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str 
     hbm.done()
     eff_t = t.sub("efficiency")
     eff = {k: eff_t.fraction(k) for k in EFFICIENCY_KEYS}
+    eff.update({k: eff_t.fraction(k, required=False, default=d) for k, d in OPTIONAL_EFFICIENCY.items()})
     eff_t.done()
     ov = t.sub("overhead")
     overhead = {k: ov.quantity(k, "s", hi=1e-2) for k in OVERHEAD_KEYS}

@@ -1,7 +1,8 @@
 """Closed forms of the decode model in sympy (imported lazily: only `cmperf report` / `cmperf explain`).
 
 Simplified from cmperf.decode for one MoE layer (symbols: b batch per device, L KV length, P_g / P_a the
-GEMM / attention peaks per rank, B_HBM HBM bandwidth, B_EP scale-up bandwidth per rank, e_* efficiencies,
+GEMM / attention peaks per rank, B_HBM HBM bandwidth, B_EP scale-up bandwidth per rank, e_* efficiencies
+(e_gc and e_ac below stand for the microbenchmark figure times e_p, the chip's pipeline_compute),
 c_* fixed costs, alpha_* collective latencies), with T = b(1+d)/(n r) query tokens and S = b/(n r)
 sequences per microbatch per rank (n microbatches, r ranks per device, d MTP drafts), s_a the
 attention stream's share of the cube cores (split-cores, CM384 §4.2) and s_m = 1 - s_a:
@@ -20,13 +21,13 @@ gate), the A+M and shared-HBM terms of the layer period, the MTP layer. ``x`` (t
 busiest expert rank) uses the imbalance max/mean from the numeric model. The compute-comm policy
 (prefill-style overlap, non-Ascend systems) uses A = all compute, M = dispatch + combine.
 
-Worked number (CM384, batch 96, KV 4096): T = 48, t_core = 2*48*128*1088*4096/(353.9e12*0.654*2/3) + 5 us
-= 360 us; tokens/s per device within ~10% of the numeric model (tests/test_symbolic.py).
+Worked number (CM384, batch 96, KV 4096): T = 48, t_core = 2*48*128*1088*4096/(353.9e12*0.654*0.74*2/3)
++ 5 us = 485 us; tokens/s per device within ~10% of the numeric model (tests/test_symbolic.py).
 
 Ridges: the MLA projections turn compute-bound at T* = w P_g e_gc s_a / (2 B_HBM e_gm) tokens per
 microbatch (b* = n r T* / (1+d) per device); the MLA core's intensity 2(1+d) H (2 d_c + d_r) / kv
 FLOP/B does not depend on batch or KV length: it is compute-bound when the queries per sequence per
-step exceed q* = kv P_a e_ac s_a / (2 H (2 d_c + d_r) B_HBM e_am) (0.47 on a 910C die in BF16).
+step exceed q* = kv P_a e_ac s_a / (2 H (2 d_c + d_r) B_HBM e_am) (0.35 on a 910C die in BF16, e_p = 0.74).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ HW_SYMBOLS = {
     "e_gm": "gemm_memory efficiency",
     "e_ac": "attention_compute efficiency",
     "e_am": "attention_memory efficiency",
+    "e_p": "pipeline_compute (in-pipeline share of the compute efficiencies)",
     "e_EP": "EP plane efficiency",
     "c_g": "fixed cost per GEMM",
     "c_a": "fixed cost per attention kernel",
@@ -94,6 +96,7 @@ def hardware_values(system: System, prec: Precision) -> dict[str, float]:
         "e_gm": chip.eff["gemm_memory"],
         "e_ac": chip.eff["attention_compute"],
         "e_am": chip.eff["attention_memory"],
+        "e_p": chip.eff["pipeline_compute"],
         "e_EP": plane.efficiency,
         "c_g": chip.overhead_s["gemm"],
         "c_a": chip.overhead_s["attention"],
@@ -124,7 +127,8 @@ def decode_forms(
     sy = {n: sp.Symbol(n, positive=True) for n in names}
     b, L = sy["b"], sy["L"]
     P_g, P_a, B_HBM, B_EP = sy["P_g"], sy["P_a"], sy["B_HBM"], sy["B_EP"]
-    e_gc, e_gm, e_ac, e_am, e_EP = sy["e_gc"], sy["e_gm"], sy["e_ac"], sy["e_am"], sy["e_EP"]
+    e_gm, e_am, e_EP = sy["e_gm"], sy["e_am"], sy["e_EP"]
+    e_gc, e_ac = sy["e_gc"] * sy["e_p"], sy["e_ac"] * sy["e_p"]  # microbenchmark x in-pipeline share
     c_g, c_a = sy["c_g"], sy["c_a"]
 
     m = model

@@ -44,7 +44,7 @@ def test_roofline_worked_number(cm384, r1):
     # INT8 expert up-projection, 853 tokens on 8 of 24 AIC (decode MoE stream): compute-bound
     op = graph.gemm("moe.experts.up", "moe", 853.0, 7168, 4096, "int8")
     t = roofline.compute_op_time(op, cm384.chip, cube_share=8 / 24)
-    expected = 2 * 853 * 7168 * 4096 / (752e12 * 0.797 / 3)
+    expected = 2 * 853 * 7168 * 4096 / (752e12 * 0.797 * 0.74 / 3)  # Table 10 x pipeline_compute
     assert float(t.compute_s) == pytest.approx(expected, rel=1e-12)
     assert roofline.BOUNDS[int(t.bound)] == "compute"
     assert float(t.time_s) == pytest.approx(expected + 5e-6, rel=1e-12)
@@ -80,3 +80,33 @@ def test_precision_missing_dtype_is_an_error(cm384):
 
     with pytest.raises(CmperfError, match="no fp8 compute"):
         Precision(gemm="fp8", experts="fp8").check(cm384)
+
+
+def test_pipeline_compute_scales_compute_ceilings_only(cm384, r1):
+    """pipeline_compute (0.74 on the 910C, calibrated on decode batch 96) divides every compute ceiling and
+    leaves HBM and fixed costs alone: it moves compute-bound large-batch decode ~1/0.74 and memory-bound
+    small-batch decode little."""
+    import dataclasses
+
+    from cmperf import decode
+    from cmperf.deployment import default_precision
+
+    assert cm384.chip.eff["pipeline_compute"] == pytest.approx(0.74)
+    raw_chip = dataclasses.replace(cm384.chip, eff={**cm384.chip.eff, "pipeline_compute": 1.0})
+    raw = dataclasses.replace(cm384, chip=raw_chip)
+    op = graph.gemm("moe.experts.up", "moe", 853.0, 7168, 4096, "int8")
+    cal, unc = roofline.compute_op_time(op, cm384.chip), roofline.compute_op_time(op, raw_chip)
+    assert float(cal.compute_s) == pytest.approx(float(unc.compute_s) / 0.74, rel=1e-12)
+    assert float(cal.memory_s) == float(unc.memory_s) and float(cal.fixed_s) == float(unc.fixed_s)
+
+    prec = default_precision(cm384)
+
+    def tpot(system, batch, n):
+        ev = decode.evaluate(
+            system, r1, batch_per_device=batch, kv_len=4096, ep_size=320, microbatches=n, precision=prec
+        )
+        return float(np.asarray(ev.tpot_s).reshape(-1)[0])
+
+    big = tpot(cm384, 96, 2) / tpot(raw, 96, 2)  # attention stream compute-bound: most of 1/0.74 = 1.35
+    small = tpot(cm384, 8, 1) / tpot(raw, 8, 1)  # HBM / latency-bound
+    assert 1.15 < big < 1.36 and 1.0 < small < 1.05

@@ -255,6 +255,7 @@ def _perturbations(system, prec):
         "gemm_memory": "e_gm",
         "attention_compute": "e_ac",
         "attention_memory": "e_am",
+        "pipeline_compute": "e_p",
     }
     for k in sorted(chip.eff):
         out.append((f"efficiency {k}", eff_sym.get(k, ""), chip_dict("eff", k)))
