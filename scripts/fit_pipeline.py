@@ -39,7 +39,9 @@ def predictions(f: float) -> tuple[float, float, float]:
     d = decode.evaluate(
         sysm, model, batch_per_device=np.array([96.0, 8.0]), kv_len=4096.0, ep_size=320, precision=prec
     )
-    p = prefill.evaluate(sysm, model, tokens_per_device=16384.0, prompt_len=4096.0, ep_size=32, precision=prec)
+    p = prefill.evaluate(
+        sysm, model, tokens_per_device=16384.0, prompt_len=4096.0, ep_size=32, precision=prec
+    )
     tps = np.asarray(d.tokens_per_s_per_device).reshape(-1)
     return float(tps[0]), float(tps[1]), float(np.asarray(p.tokens_per_s_per_device).reshape(-1)[0])
 
@@ -63,5 +65,6 @@ if __name__ == "__main__":
         d96, d8, pre = predictions(f)
         print(
             f"  at {name}: decode b=96 {d96:,.0f} ({d96 / DECODE_TARGET - 1:+.1%}), "
-            f"decode b=8 {d8:,.0f} ({d8 / 538 - 1:+.1%}), prefill {pre:,.0f} ({pre / PREFILL_TARGET - 1:+.1%})"
+            f"decode b=8 {d8:,.0f} ({d8 / 538 - 1:+.1%}), "
+            f"prefill {pre:,.0f} ({pre / PREFILL_TARGET - 1:+.1%})"
         )

@@ -115,7 +115,10 @@ def test_decode_tpot_never_falls_with_rate_and_overloads_at_utilization_one(curv
         d = serving.decode_pool(curve, float(rate), slo)
         assert d.tpot_mean_s >= prev[0] - 1e-12 and d.tpot_p99_s >= prev[1] - 1e-12
         prev = (d.tpot_mean_s, d.tpot_p99_s)
-    below, above = serving.decode_pool(curve, cap * 0.99999, slo), serving.decode_pool(curve, cap * 1.001, slo)
+    below, above = (
+        serving.decode_pool(curve, cap * 0.99999, slo),
+        serving.decode_pool(curve, cap * 1.001, slo),
+    )
     assert not below.overloaded and below.utilization < 1
     assert below.batch_per_device == pytest.approx(below.max_batch_per_device, rel=0.01)
     assert above.overloaded and above.utilization > 1 and math.isinf(above.tpot_p99_s)

@@ -58,7 +58,9 @@ def test_ridge_batch_is_where_the_projection_gemms_cross_over(cm384, r1):
     # w * P * e_gc * e_p * s_a / (2 * B * e_gm) tokens per microbatch:
     # 752e12 * 0.797 * 0.74 * (2/3) / (2 * 1.6e12 * 0.841)
     eff = cm384.chip.eff
-    t_star = 752e12 * eff["gemm_compute"] * eff["pipeline_compute"] * (16 / 24) / (2 * 1.6e12 * eff["gemm_memory"])
+    t_star = (
+        752e12 * eff["gemm_compute"] * eff["pipeline_compute"] * (16 / 24) / (2 * 1.6e12 * eff["gemm_memory"])
+    )
     assert b_star == pytest.approx(2 * 2 * t_star / 2, rel=1e-9)
     p, _ = _pair(cm384, r1, b_star)
     o_proj = next(r for r in p.ops if r.stage == "moe" and r.name == "mla.o_proj")
