@@ -12,6 +12,22 @@ plane: f_in = (min(E, D) - 1) / (E - 1). EP320 on CloudMatrix384 is all UB (D = 
 18 DGX-H800 nodes is 7/143 NVLink and 136/143 InfiniBand. Worked number (CM384 Table 7, EP256
 dispatch): 49.6 + 5.96*8 us + 128*8*7,680 B*255/256 / (196 GB/s*0.699) = 154 us (table: 152 us).
 
+Kernels that deduplicate per destination domain (``copies = "per-domain"``, DeepEP's normal kernels in
+prefill): a token crosses the scale-out plane once per remote domain it is routed to (one RDMA message
+per node) and is then forwarded inside that domain over the scale-up plane to each destination rank.
+With B = tokens x distinct destination ranks x message and D = ranks per domain,
+
+    B_up = B * (min(E, D) - 1) / min(E, D)            (delivered to every destination rank but the forwarder)
+    B_out = tokens x distinct remote domains x message (given by the caller: it depends on the routing)
+
+(for E <= D this is the flat split above). Worked number (DeepEP normal dispatch, EP32 = 4 H800 nodes,
+4,096 tokens, top-8 of 256 experts uniform, FP8 7,392 B): 3.61 distinct nodes, 2.71 remote per token ->
+33 us + 82.1 MB / (50 GB/s * 0.896) = 1.87 ms; DeepEP's benchmark: 58 GB/s "RDMA", which counts the own
+node's copy too, 4096*3.61*7392 B / 58 GB/s = 1.89 ms (hardware/dgx-h800.toml, scripts/fit_deepep.py).
+
+A phase may bring its own kernels (``System.collective(name, phase)``: [collectives.prefill.dispatch]);
+decode uses [collectives.dispatch] / [collectives.combine], and so does a phase that defines none.
+
 Other collectives (the SP-TP-SP all-gather and all-to-all of prefill attention) use the plane's
 latency, the chip's fixed comm cost and the same bandwidth term.
 """
@@ -19,12 +35,83 @@ latency, the chip's fixed comm cost and the same bandwidth term.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from .errors import CmperfError
+from .graph import ZERO, Array, Op
 from .roofline import LATENCY, LINK, OpTime
 from .specs import DTYPE_BYTES, System
+
+
+@dataclass(frozen=True)
+class DomainDedupOp(Op):
+    """A dispatch/combine op of a ``copies = "per-domain"`` kernel. ``comm_bytes`` is the per-rank payload
+    deduplicated per destination rank (the scale-up side); ``scaleout_bytes`` the per-rank bytes over the
+    scale-out plane, one message per (token, remote destination domain)."""
+
+    scaleout_bytes: Array = ZERO
+
+
+def _miss(m: float, big_m: float, k: float, experts_known: bool) -> float:
+    """P(none of k picks among big_m candidate experts lands in a given m of them): without replacement
+    (top-k picks distinct experts) when the counts are whole, else (1 - m/M)^k."""
+    if experts_known and float(m).is_integer() and float(big_m).is_integer() and float(k).is_integer():
+        p = 1.0
+        for i in range(int(k)):
+            p *= max(big_m - m - i, 0.0) / (big_m - i)
+        return p
+    return (1.0 - m / big_m) ** k
+
+
+@lru_cache(maxsize=4096)
+def _distinct_scalar(n: float, k: float, groups: int, topk_groups: int, experts: int) -> float:
+    known = experts > 0
+    e = float(experts) if known else 1.0  # without a count: fractions, picks with replacement
+    if not float(n).is_integer() or groups <= 1 or topk_groups >= groups:
+        return n * (1.0 - _miss(e / n, e, k, known and (experts / n).is_integer()))
+    n_i = int(n)
+    per_group = e / groups
+    cand = topk_groups * per_group  # candidate experts of a token: its chosen groups
+    if n_i >= groups and n_i % groups == 0:  # each group spans n/groups destinations
+        c = topk_groups * n_i / groups
+        return c * (1.0 - _miss(e / n_i, cand, k, known and experts % n_i == 0))
+    if n_i < groups and groups % n_i == 0:  # each destination holds groups/n whole groups
+        per = groups // n_i
+        total = math.comb(groups, topk_groups)
+        hit = 0.0
+        for g in range(0, min(per, topk_groups) + 1):
+            p = math.comb(per, g) * math.comb(groups - per, topk_groups - g) / total
+            hit += p * (1.0 - _miss(g * per_group, cand, k, known and experts % groups == 0))
+        return n_i * hit
+    return n * (1.0 - _miss(e / n, e, k, False))
+
+
+def distinct_destinations(num_dest, k, groups: int = 1, topk_groups: int = 1, experts: int = 0) -> np.ndarray:
+    """Expected number of distinct destinations (ranks or scale-up domains) of one token's ``k`` expert
+    copies, ``experts`` routed experts laid out contiguously over ``num_dest`` equal destinations.
+
+    Uniform routing: n * (1 - miss), miss = the chance that none of the k distinct experts a token picks
+    is on a given destination: C(E - E/n, k) / C(E, k) when ``experts`` (E) is given, else (1 - 1/n)^k.
+    Group-limited routing (DeepSeek-V3 §2.1.2: ``groups`` expert groups, a token picks ``topk_groups`` of
+    them, then its k experts among theirs; EPLB packs groups onto nodes) when the groups tile the
+    destinations: a group spanning s = n/groups destinations leaves c = topk_groups*s candidate
+    destinations; a destination holding groups/n whole groups, g of them chosen (hypergeometric), is hit
+    unless all k picks avoid its g groups' experts. Otherwise uniform.
+
+    >>> round(float(distinct_destinations(4, 8)), 3)  # uniform, with replacement, 4 nodes: 3.60
+    3.6
+    >>> round(float(distinct_destinations(4, 8, 8, 4, 256)), 3)  # R1 (256 experts, 8 groups, top-4)
+    2.928
+    """
+    n = np.maximum(np.asarray(num_dest, dtype=float), 1.0)
+    kk = np.asarray(k, dtype=float)
+    fn = np.vectorize(
+        lambda a, b: _distinct_scalar(float(a), float(b), int(groups), int(topk_groups), int(experts))
+    )
+    return np.asarray(fn(n, kk), dtype=float)
 
 
 def message_bytes(hidden: int, dtype: str, scale_bytes: float, align_bytes: float) -> float:
@@ -39,14 +126,13 @@ def message_bytes(hidden: int, dtype: str, scale_bytes: float, align_bytes: floa
     return float(math.ceil(raw / align_bytes) * align_bytes)
 
 
-def ep_message_bytes(system: System, hidden: int, prec) -> tuple[float, float]:
-    """(dispatch, combine) bytes per (token, expert) message on ``system`` for precision ``prec``."""
-    d = system.collectives.get("dispatch")
-    c = system.collectives.get("combine")
-    if d is None or c is None:
+def ep_message_bytes(system: System, hidden: int, prec, phase: str = "decode") -> tuple[float, float]:
+    """(dispatch, combine) bytes per (token, expert) message of ``phase``'s kernels for precision ``prec``."""
+    if "dispatch" not in system.collectives or "combine" not in system.collectives:
         raise CmperfError(
             f"{system.path}: [collectives.dispatch] and [collectives.combine] are needed for EP"
         )
+    d, c = system.collective("dispatch", phase), system.collective("combine", phase)
     return (
         message_bytes(hidden, prec.dispatch, d.scale_bytes, d.message_align_bytes),
         message_bytes(hidden, prec.combine, c.scale_bytes, c.message_align_bytes),
@@ -66,24 +152,70 @@ def _split_bytes(system: System, plane_name: str, payload, group_size, send_loca
 
 
 def _link_s(
-    system: System, up_plane: str, out_plane: str | None, up_bytes, out_bytes, eff: float | None = None
+    system: System,
+    up_plane: str,
+    out_plane: str | None,
+    up_bytes,
+    out_bytes,
+    eff: float | None = None,
+    eff_out: float | None = None,
 ):
-    """Slower of the two planes; ``eff`` (a kernel's fitted efficiency) replaces the scale-up plane's."""
+    """Slower of the two planes; ``eff`` / ``eff_out`` (a kernel's fitted efficiencies) replace the
+    scale-up / scale-out plane's."""
     up = system.planes[up_plane]
     t_up = up_bytes / (up.bytes_per_s_per_rank * (eff or up.efficiency))
     if out_plane is None:
         # no scale-out plane named: traffic beyond the domain also rides the scale-up plane
         return t_up + out_bytes / (up.bytes_per_s_per_rank * (eff or up.efficiency))
     out = system.planes[out_plane]
-    return np.maximum(t_up, out_bytes / (out.bytes_per_s_per_rank * out.efficiency))
+    return np.maximum(t_up, out_bytes / (out.bytes_per_s_per_rank * (eff_out or out.efficiency)))
 
 
-def ep_collective_time(system: System, name: str, payload_bytes, ep_size) -> OpTime:
-    """Dispatch or combine of ``payload_bytes`` per rank over an EP group of ``ep_size`` ranks."""
-    c = system.collectives[name]
+def ep_link_bytes(
+    system: System, name: str, payload_bytes, ep_size, phase: str = "decode", scaleout_bytes=None
+):
+    """(bytes over the scale-up plane, bytes over the scale-out plane) of one rank's dispatch or combine.
+
+    Flat kernels: the (E-1)/E remote share split by f_in (module docstring). ``copies = "per-domain"``
+    with ``scaleout_bytes`` given: the hierarchical split (forwarding inside the destination domain); a
+    per-domain kernel without it (a caller that does not know the routing) falls back to the flat split."""
+    c = system.collective(name, phase)
     e = np.asarray(ep_size, dtype=float)
-    up_b, out_b = _split_bytes(system, c.plane, payload_bytes, e, c.local_copies == "send")
-    link_s = _link_s(system, c.plane, c.scaleout_plane, up_b, out_b, c.efficiency)
+    if c.copies != "per-domain" or scaleout_bytes is None or system.planes[c.plane].scale == "out":
+        return _split_bytes(system, c.plane, payload_bytes, e, c.local_copies == "send")
+    d = system.planes[c.plane].domain_devices * system.ranks_per_device
+    m = np.maximum(np.minimum(e, d), 1.0)
+    payload = np.asarray(payload_bytes, dtype=float)
+    up = payload * (1.0 if c.local_copies == "send" else (m - 1.0) / m)
+    out = np.where(e > d, np.asarray(scaleout_bytes, dtype=float), 0.0)
+    return up, out
+
+
+def ep_plane_seconds(
+    system: System, name: str, payload_bytes, ep_size, phase: str = "decode", scaleout_bytes=None
+) -> dict[str, np.ndarray]:
+    """Link time of one dispatch or combine on each plane it uses (the slower one binds)."""
+    c = system.collective(name, phase)
+    up_b, out_b = ep_link_bytes(system, name, payload_bytes, ep_size, phase, scaleout_bytes)
+    up = system.planes[c.plane]
+    res = {up.name: up_b / (up.bytes_per_s_per_rank * (c.efficiency or up.efficiency))}
+    if c.scaleout_plane is None:
+        res[up.name] = res[up.name] + out_b / (up.bytes_per_s_per_rank * (c.efficiency or up.efficiency))
+    else:
+        out = system.planes[c.scaleout_plane]
+        res[out.name] = out_b / (out.bytes_per_s_per_rank * (c.scaleout_efficiency or out.efficiency))
+    return res
+
+
+def ep_collective_time(
+    system: System, name: str, payload_bytes, ep_size, phase: str = "decode", scaleout_bytes=None
+) -> OpTime:
+    """Dispatch or combine of ``payload_bytes`` per rank over an EP group of ``ep_size`` ranks, with the
+    kernel ``phase`` uses (``System.collective``); ``scaleout_bytes`` only for ``copies = "per-domain"``."""
+    c = system.collective(name, phase)
+    e = np.asarray(ep_size, dtype=float)
+    up_b, out_b = ep_link_bytes(system, name, payload_bytes, e, phase, scaleout_bytes)
+    link_s = _link_s(system, c.plane, c.scaleout_plane, up_b, out_b, c.efficiency, c.scaleout_efficiency)
     alpha_s = np.where(e > 1, c.alpha_s + c.alpha_per_log2_ep_s * np.log2(np.maximum(e, 1.0)), 0.0)
     link_s = np.where(e > 1, link_s, 0.0)
     ideal = _ideal_link_s(system, c.plane, c.scaleout_plane, up_b, out_b)

@@ -36,14 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .comm import _split_bytes
+from .comm import DomainDedupOp, _split_bytes, ep_plane_seconds
 from .deployment import DecodeDeployment, default_precision
 from .errors import CmperfError
 from .specs import Model, System, builtin_dirs
+from .step import binding_names
 
 PHASES = ("decode", "prefill")
 EIGHT_BIT = ("fp8", "int8")
-STEP_BINDING = ("attention stream", "MoE stream", "serial A+M", "shared HBM")  # cmperf.step's binding index
 PREFILL_UNIT_RANKS = 32  # EP32 prefill instances: CM384 §4.3, DeepSeek and SGLang (CM384 reference §7)
 
 
@@ -109,18 +109,12 @@ def _is_comm(r) -> bool:
     return r.flops == 0 and r.hbm_bytes == 0
 
 
-def _stream_names(policy: str) -> tuple[str, str]:
-    return (
-        ("attention stream", "MoE stream") if policy == "split-cores" else ("compute stream", "comm stream")
-    )
-
-
 def binding_of(system: System, ops, stage: str, stage_binding: str, policy: str, comm_ep=None) -> dict:
     """Which stream binds the stage and which ceiling holds most of that stream's time.
 
     Returns {stream, ceiling, plane, seconds_by_ceiling}. ``stage_binding`` is cmperf.step's verdict
-    ("attention stream" = A, "MoE stream" = M, "serial A+M", "shared HBM")."""
-    a_name, m_name = _stream_names(policy)
+    (cmperf.step.binding_names(policy): stream A, stream M, "serial A+M", "shared HBM")."""
+    a_name, m_name, _, _ = binding_names(policy)
     rows = [r for r in ops if r.stage == stage]
 
     def in_a(r):
@@ -133,9 +127,9 @@ def binding_of(system: System, ops, stage: str, stage_binding: str, policy: str,
             "plane": "hbm",
             "seconds_by_ceiling": {"memory": sum(r.memory_s for r in rows)},
         }
-    if stage_binding == "attention stream":
+    if stage_binding == a_name:
         sel, stream = [r for r in rows if in_a(r)], a_name
-    elif stage_binding == "MoE stream":
+    elif stage_binding == m_name:
         sel, stream = [r for r in rows if not in_a(r)], m_name
     else:
         sel, stream = rows, "serial A+M"
@@ -174,6 +168,32 @@ def ep_traffic_split(system: System, ep_size: int) -> dict[str, float]:
     if tot <= 0:
         return {"scaleup_fraction": 1.0, "scaleout_fraction": 0.0}
     return {"scaleup_fraction": float(up_b) / tot, "scaleout_fraction": float(out_b) / tot}
+
+
+def _prefill_plane_seconds(system: System, moe_stage) -> dict[str, float]:
+    """Link seconds per plane of one prefill MoE layer's comm ops, from the ops themselves: prefill's own
+    kernels (DeepEP normal on NVIDIA: one InfiniBand message per destination node, NVLink forwarding)
+    load the planes differently from decode's, which ``_slower_plane`` assumes.
+
+    (``ep_scaleout_fraction`` stays ``ep_traffic_split``: the share of remote (token, rank) deliveries
+    addressed outside the scale-up domain, 24/31 for EP32 on 4 nodes; the per-node kernel sends fewer
+    bytes over the NIC than that share of the payload.)"""
+    f = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
+    secs: dict[str, float] = {}
+    eps = {"dispatch", "combine"}
+    fallback = next(iter(system.collectives.values())).plane if system.collectives else ""
+    for op, t in zip(moe_stage.stage.ops, moe_stage.op_times, strict=True):
+        if op.kind != "comm":
+            continue
+        if op.collective in eps:
+            so = op.scaleout_bytes if isinstance(op, DomainDedupOp) else None
+            for pn, v in ep_plane_seconds(
+                system, op.collective, op.comm_bytes, op.ep_size, "prefill", so
+            ).items():
+                secs[pn] = secs.get(pn, 0.0) + f(v)
+        elif fallback:  # SP-TP-SP collectives ride the EP kernels' scale-up plane (cmperf.step)
+            secs[fallback] = secs.get(fallback, 0.0) + f(t.link_s)
+    return secs
 
 
 # ---------- records
@@ -357,11 +377,6 @@ def prefill_row(
         raise CmperfError(
             f"--ep: EP{ep_size} must divide the {ranks} ranks of {devices} devices on {system.name}"
         )
-    plane = (
-        system.collectives["dispatch"].plane
-        if "dispatch" in system.collectives
-        else next(iter(system.planes))
-    )
     ev = prefill.evaluate(
         system,
         model,
@@ -372,8 +387,7 @@ def prefill_row(
         microbatches=microbatches,
         eplb=eplb,
         precision=prec,
-        cache_plane=plane,
-    )  # no context cache here: the plane only has to exist
+    )  # no context cache here: the default cache plane (ub, else the scale-out plane) only has to exist
     f = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
     tps = f(ev.tokens_per_s_per_device)
     feasible = bool(np.asarray(ev.feasible).reshape(-1)[0])
@@ -387,8 +401,11 @@ def prefill_row(
     # binding: cmperf.step's verdict on the MoE-layer stage (prefill's list schedule refines the period)
     moe = next(st for st in ev.stages if st.stage.name == "moe")
     policy = str(system.overlap.get("prefill", {"policy": "compute-comm"})["policy"])
-    verdict = STEP_BINDING[int(np.asarray(moe.binding).reshape(-1)[0])]
+    verdict = binding_names(policy)[int(np.asarray(moe.binding).reshape(-1)[0])]
     b = binding_of(system, decode.op_rows(ev.stages, microbatches), "moe", verdict, policy, ep_size)
+    plane_s = _prefill_plane_seconds(system, moe)
+    if b["ceiling"] in ("link", "latency") and plane_s:
+        b["plane"] = max(plane_s, key=plane_s.get)
     peak = peak_8bit_flops_per_device(system)
     split = ep_traffic_split(system, ep_size)
     return CompareRow(

@@ -9,13 +9,15 @@ microbatch. The step runs the dense layers, the MoE layers and the MTP module as
     TPOT   = step_s / (1 + sum_{i=1..d} accept^i)         (CM384 §4.2.4: 1.7 tokens per step at 70%)
     tokens_per_s_per_device = batch_per_device / TPOT
 
-Everything is numpy-vectorized over batch, KV length, EP size and microbatches (``evaluate``); the
-scalar ``predict`` adds the per-op breakdown and the memory verdict.
+Everything is numpy-vectorized: every knob of ``evaluate`` (batch, KV length, EP size, microbatches,
+MTP depth and acceptance, attention cube cores, imbalance) broadcasts, and each point equals the scalar
+call; the scalar ``predict`` adds the per-op breakdown and the memory verdict, and with
+``microbatches="auto"`` picks the count (1, 2, 3) with the lowest TPOT (``best_microbatches``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -24,9 +26,9 @@ from .comm import ep_message_bytes
 from .deployment import DecodeDeployment, Precision, placement_arrays
 from .graph import Stage, dense_ffn_ops, head_ops, mla_decode_ops, moe_ops
 from .imbalance import expected_imbalance
-from .roofline import BOUNDS
+from .roofline import BOUNDS, OpTime
 from .specs import Model, System
-from .step import StageTime, step_time
+from .step import StageTime, binding_names, step_time
 
 
 def accepted_per_step(mtp, accept):
@@ -47,7 +49,7 @@ def routed_imbalance(model: Model, pl: dict, ep, copies_total, eplb: str, imbala
     slots_a, red_a, routed_a = (
         np.broadcast_to(pl[k], ep_a.shape) for k in ("slots", "redundant", "routed_ranks")
     )
-    for e in np.unique(ep_a):
+    for e in np.unique(ep) if ep_a.size else ():  # the distinct EP sizes: unique of the unbroadcast input
         mask = ep_a == e
         i = np.argmax(mask)
         idx = np.unravel_index(i, ep_a.shape) if ep_a.ndim else ()
@@ -102,8 +104,20 @@ class DecodeEval:
     memory_parts: dict = field(repr=False)
 
 
+def mtp_layers(model: Model, mtp):
+    """MTP module executions per step, min(mtp, num_mtp_modules): an int when every point has the same
+    depth, else an array (0 where a point runs without MTP), so a mixed grid adds the stage only where on."""
+    mtp = np.asarray(mtp, dtype=float)
+    if mtp.size and np.all(mtp == mtp.flat[0]):
+        return min(int(mtp.flat[0]), model.num_mtp_modules)
+    return np.minimum(mtp, model.num_mtp_modules)
+
+
 def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args):
-    """Stages of one decode step and the per-rank quantities they need."""
+    """Stages of one decode step and the per-rank quantities they need.
+
+    The head stage comes last. With a mix of MTP depths (some points 0) a second head stage without the
+    MTP head ops is returned too (``head_off``): ``evaluate`` picks per point which one the step adds."""
     h, k = model.hidden_size, model.num_experts_per_tok
     disp_msg, comb_msg = ep_message_bytes(system, h, prec)
     d = system.collectives["dispatch"]
@@ -119,30 +133,71 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args):
         Stage("dense", model.first_k_dense, tuple(attn + dense_ffn_ops(model, prec, t_mb))),
         Stage("moe", model.num_layers - model.first_k_dense, tuple(attn + moe)),
     ]
-    mtp_layers = int(np.max(mtp)) if np.any(np.asarray(mtp) > 0) else 0
-    if mtp_layers:
+    on = mtp > 0
+    if np.any(on):
         m_tok = b_rank / n  # each MTP module runs on one token per sequence
         m_imb = routed_imbalance(model, pl, ep, ep * m_tok * k, *imb_args)
         m_exp, m_read, _ = moe_load(model, pl, ep, m_tok, m_imb)
         stages.append(
             Stage(
                 "mtp",
-                min(mtp_layers, model.num_mtp_modules),
+                mtp_layers(model, mtp),
                 tuple(
                     mla_decode_ops(model, prec, m_tok, s_mb, kv_len)
                     + moe_ops(model, prec, m_tok, m_exp, m_read, copies, ep, disp_msg, comb_msg)
                 ),
             )
         )
-    stages.append(
-        Stage(
-            "head",
-            1,
-            tuple(head_ops(model, prec, tokens, tokens, np.where(mtp > 0, b_rank, 0.0))),
-            overlapped=False,
-        )
+    head = tuple(head_ops(model, prec, tokens, tokens, np.where(on, b_rank, 0.0)))
+    stages.append(Stage("head", 1, head, overlapped=False))
+    head_off = None
+    if np.any(on) and not np.all(on):
+        head_off = Stage("head", 1, tuple(head_ops(model, prec, tokens, tokens, 0.0)), overlapped=False)
+    return stages, head_off, imb, disp_msg, comb_msg, tokens
+
+
+def _select_stage(on, st_on: StageTime, st_off: StageTime) -> StageTime:
+    """Per point: ``st_on`` where ``on``, else ``st_off``, whose ops are a prefix of ``st_on``'s (the ops
+    only ``st_on`` has are zeroed where off)."""
+    k = len(st_off.op_times)
+    extra = tuple(
+        OpTime(*(np.where(on, getattr(t, f.name), 0) for f in fields(OpTime))) for t in st_on.op_times[k:]
     )
-    return stages, imb, disp_msg, comb_msg, tokens
+    arrays = {
+        f.name: np.where(on, getattr(st_on, f.name), getattr(st_off, f.name))
+        for f in fields(StageTime)
+        if f.name not in ("stage", "op_times")
+    }
+    return StageTime(st_on.stage, st_on.op_times[:k] + extra, **arrays)
+
+
+def _per_mtp(mtp, fn):
+    """``fn(depth: int)`` (an array or a dict of arrays) for every distinct MTP depth in ``mtp``, picked
+    per point; cmperf.memory takes one integer depth."""
+    vals = np.unique(mtp)
+    res = [fn(int(v)) for v in vals]
+    if len(res) == 1:
+        return res[0]
+
+    def pick(xs):
+        out = xs[0]
+        for v, x in zip(vals[1:], xs[1:], strict=True):
+            out = np.where(mtp == v, x, out)
+        return out
+
+    if isinstance(res[0], dict):
+        return {key: pick([r[key] for r in res]) for key in res[0]}
+    return pick(res)
+
+
+def attention_cores(system: System, attention_cube_cores=None) -> np.ndarray:
+    """Cube cores of the attention stream: the given array, None or NaN entries = the system's
+    ``[overlap.decode] attention_cube_cores`` (16 of 24 on a 910C die, CM384 §4.2)."""
+    default = float(system.overlap.get("decode", {}).get("attention_cube_cores", 0))
+    if attention_cube_cores is None:
+        return np.asarray(default)
+    c = np.asarray(attention_cube_cores, dtype=float)
+    return np.where(np.isnan(c), default, c)
 
 
 def evaluate(
@@ -162,38 +217,60 @@ def evaluate(
     num_redundant=None,
     kv_capacity_len=None,
 ) -> DecodeEval:
-    """Vectorized decode prediction; every knob may be a numpy array (they broadcast)."""
+    """Vectorized decode prediction; every knob may be a numpy array and they broadcast together.
+
+    Knobs: batch_per_device, kv_len, ep_size, microbatches, mtp, mtp_accept, attention_cube_cores (None
+    or NaN entries = the system default), imbalance (None = ``eplb``), kv_capacity_len. Each point of the
+    broadcast gives exactly the numbers a scalar call with that point's knobs gives (tests/
+    test_decode_vector.py): a mix of MTP depths adds the MTP stage with 0 executions where MTP is off,
+    and cube-core shares broadcast through cmperf.step (share = cores / cube_cores, e.g. 16/24 on 910C).
+    """
     prec = precision or Precision()
     ov = system.overlap.get("decode", {"policy": "compute-comm"})
     policy = str(ov["policy"])
-    cores = attention_cube_cores if attention_cube_cores is not None else ov.get("attention_cube_cores", 0)
-    share = float(cores) / system.chip.cube_cores if policy == "split-cores" else 1.0
+    share = attention_cores(system, attention_cube_cores) / system.chip.cube_cores
+    share = share if policy == "split-cores" else 1.0
     rpd = system.ranks_per_device
     b_rank = np.asarray(batch_per_device, dtype=float) / rpd
     kv_len = np.asarray(kv_len, dtype=float)
     ep = np.asarray(ep_size, dtype=float)
     n = np.asarray(microbatches, dtype=float)
     mtp_a = np.asarray(mtp, dtype=float)
+    on = mtp_a > 0
     pl = placement_arrays(model, ep, num_redundant)
-    stages, imb, disp_msg, comb_msg, _ = _stages(
+    stages, head_off, imb, disp_msg, comb_msg, _ = _stages(
         system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl, (eplb, imbalance)
     )
-    sts, step, lower, upper = step_time(stages, system, n, policy, share)
+    # the head runs last; summing it on its own keeps the scalar path's order of additions (same bits)
+    sts, step, lower, upper = step_time(stages[:-1], system, n, policy, share)
+    (h_st,), h_step, h_lower, h_upper = step_time(stages[-1:], system, n, policy, share)
+    if head_off is not None:
+        (o_st,), o_step, o_lower, o_upper = step_time([head_off], system, n, policy, share)
+        h_st = _select_stage(on, h_st, o_st)
+        h_step, h_lower, h_upper = (
+            np.where(on, x, y) for x, y in ((h_step, o_step), (h_lower, o_lower), (h_upper, o_upper))
+        )
+    sts = [*sts, h_st]
+    step, lower, upper = step + h_step, lower + h_lower, upper + h_upper
     per_step = 1.0 + accepted_per_step(mtp_a, mtp_accept)
     tpot = step / per_step
     # memory
     kv_cap = kv_len if kv_capacity_len is None else np.asarray(kv_capacity_len, dtype=float)
-    all_ops = [op for s in stages for op in s.ops]
+    # batch-independent parts, computed once for the two batches mem_at is called with
+    weights = _per_mtp(mtp_a, lambda d: memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], d))
+    act = memory.activation_bytes([op for s in stages for op in s.ops], n)
+    if head_off is not None:  # points without MTP: the activations of the ops they run
+        ops_off = [op for s in stages[:-1] if s.name != "mtp" for op in s.ops] + list(head_off.ops)
+        act = np.where(on, act, memory.activation_bytes(ops_off, n))
 
     def mem_at(b):
-        parts = memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], int(np.max(mtp_a)))
-        parts = {f"weights.{k}": v for k, v in parts.items()}
-        parts["kv_cache"] = memory.kv_bytes(model, prec.kv, b, kv_cap + mtp_a, int(np.max(mtp_a)))
+        parts = {f"weights.{k}": v for k, v in weights.items()}
+        parts["kv_cache"] = _per_mtp(mtp_a, lambda d: memory.kv_bytes(model, prec.kv, b, kv_cap + mtp_a, d))
         parts["comm_buffers"] = memory.buffer_bytes(
             ep, b * (1 + mtp_a), model.num_experts_per_tok, pl["experts_per_rank"], disp_msg, comb_msg
         )
         scale = np.asarray(b, dtype=float) / np.maximum(b_rank, 1e-12)
-        parts["activations"] = memory.activation_bytes(all_ops, n) * scale
+        parts["activations"] = act * scale
         return parts
 
     parts = mem_at(b_rank)
@@ -286,9 +363,6 @@ class DecodePrediction:
     ops: list[OpRow]
 
 
-_BINDING = ("attention stream", "MoE stream", "serial A+M", "shared HBM")
-
-
 def op_rows(sts, n) -> list[OpRow]:
     rows = []
     for st in sts:
@@ -316,17 +390,18 @@ def op_rows(sts, n) -> list[OpRow]:
     return rows
 
 
-def predict(
-    system: System, model: Model, dep: DecodeDeployment, kv_capacity_len: float | None = None
-) -> DecodePrediction:
-    dep.check(system, model)
-    ev = evaluate(
+AUTO = "auto"
+AUTO_MICROBATCHES = (1, 2, 3)
+
+
+def _evaluate_deployment(system, model, dep: DecodeDeployment, kv_capacity_len, microbatches) -> DecodeEval:
+    return evaluate(
         system,
         model,
         batch_per_device=dep.batch_per_device,
         kv_len=dep.kv_len,
         ep_size=dep.ep_size,
-        microbatches=dep.microbatches,
+        microbatches=microbatches,
         mtp=dep.mtp,
         mtp_accept=dep.mtp_accept,
         precision=dep.precision,
@@ -336,6 +411,53 @@ def predict(
         num_redundant=dep.num_redundant,
         kv_capacity_len=kv_capacity_len,
     )
+
+
+def microbatch_candidates(system: System, batch_per_device: float) -> tuple[int, ...]:
+    """Microbatch counts ``auto`` tries: 1, 2, 3, each above 1 only when every microbatch still holds
+    at least one sequence per rank (n <= batch_per_device / ranks_per_device; 910C batch 8: 4 per die)."""
+    per_rank = batch_per_device / system.ranks_per_device
+    return tuple(n for n in AUTO_MICROBATCHES if n == 1 or n <= per_rank)
+
+
+def best_microbatches(
+    system: System, model: Model, dep: DecodeDeployment, kv_capacity_len: float | None = None
+) -> tuple[int, dict[int, float]]:
+    """(chosen microbatch count, {count: TPOT}) for ``dep`` with its ``microbatches`` set automatically.
+
+    Why it is a choice: the two-stream pipeline on split cores (CM384 §4.2) re-reads every weight once
+    per microbatch and gives each stream only a fraction of the cube cores (16 + 8 of 24 on a 910C die).
+    At large batch the overlap of attention with dispatch/experts/combine pays for that; at small batch
+    the step is weight-read and latency bound, the extra reads and the smaller core share cost more than
+    the overlap saves, and an operator runs one microbatch. ``auto`` evaluates ``microbatch_candidates``
+    in one vectorized call and keeps the lowest TPOT, preferring configurations that fit in HBM
+    (activations grow with the count); ties go to fewer microbatches. The TPOTs are exactly those of
+    ``--microbatches N`` (same arithmetic per point, tests/test_decode_vector.py). Worked numbers
+    (CloudMatrix384, DeepSeek-R1, EP320, KV 4096, MTP 1 @ 0.7; spec files of this writing): batch 8 per
+    NPU gives 1: 15.20 ms, 2: 17.07 ms, 3: 23.33 ms -> 1; batch 96 gives 51.07, 49.20, 55.10 ms -> 2.
+    """
+    cands = microbatch_candidates(system, dep.batch_per_device)
+    n = np.array(cands, dtype=float)
+    ev = _evaluate_deployment(system, model, dep, kv_capacity_len, n)
+    tpot = np.broadcast_to(ev.tpot_s, n.shape)
+    fits = np.broadcast_to(ev.feasible, n.shape)
+    best = int(np.lexsort((n, tpot, ~fits))[0])  # fits first, then TPOT, then fewer microbatches
+    return cands[best], {c: float(t) for c, t in zip(cands, tpot, strict=True)}
+
+
+def predict(
+    system: System, model: Model, dep: DecodeDeployment, kv_capacity_len: float | None = None
+) -> DecodePrediction:
+    """Scalar prediction with the per-op breakdown. ``dep.microbatches`` may be ``"auto"``
+    (``best_microbatches``): the record then holds the chosen count, and its ``deployment`` adds
+    ``microbatches_auto: True`` and ``microbatches_auto_tpot_s`` (TPOT of every count tried)."""
+    auto_tpot = None
+    if isinstance(dep.microbatches, str) and dep.microbatches == AUTO:
+        replace(dep, microbatches=1).check(system, model)
+        chosen, auto_tpot = best_microbatches(system, model, dep, kv_capacity_len)
+        dep = replace(dep, microbatches=chosen)
+    dep.check(system, model)
+    ev = _evaluate_deployment(system, model, dep, kv_capacity_len, dep.microbatches)
     f = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
     reasons = []
     if not bool(ev.feasible):
@@ -345,15 +467,19 @@ def predict(
             f"{f(ev.max_batch_per_device):.0f} per device"
         )
     streams = {}
+    names = binding_names(str(system.overlap.get("decode", {"policy": "compute-comm"})["policy"]))
     for st in ev.stages:
         streams[st.stage.name] = {
             "count": st.stage.count,
             "a_s": f(st.a_s),
             "m_s": f(st.m_s),
             "period_s": f(st.period_s),
-            "binding": _BINDING[int(np.asarray(st.binding).reshape(-1)[0])],
+            "binding": names[int(np.asarray(st.binding).reshape(-1)[0])],
         }
     dep_d = {k: (v.__dict__ if isinstance(v, Precision) else v) for k, v in dep.__dict__.items()}
+    if auto_tpot is not None:
+        dep_d["microbatches_auto"] = True
+        dep_d["microbatches_auto_tpot_s"] = {str(k): v for k, v in auto_tpot.items()}
     return DecodePrediction(
         system.name,
         model.name,

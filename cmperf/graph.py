@@ -58,10 +58,13 @@ class Op:
 
 @dataclass(frozen=True)
 class Stage:
-    """A group of identical layers: ``count`` repetitions of ``ops`` per step (per microbatch each)."""
+    """A group of identical layers: ``count`` repetitions of ``ops`` per step (per microbatch each).
+
+    ``count`` is an int, or an array over the operating points (decode's MTP stage on a grid that mixes
+    MTP depths: min(mtp, num_mtp_modules), 0 where MTP is off)."""
 
     name: str
-    count: int
+    count: int | Array
     ops: tuple[Op, ...]
     overlapped: bool = True  # False: runs once on the whole batch with all cores (embedding, head)
 

@@ -11,7 +11,19 @@ attention still reads it (kv_up re-expands it in MHA form).
     batch_s   = two-stream pipeline of the n microbatches over all 61 layers (``pipeline_s``) + head
     tokens_per_s_per_device          = tokens_per_device / batch_s            (all prompt tokens)
     computed_tokens_per_s_per_device = (1 - h) * tokens_per_device / batch_s
-    ttft_s    = batch_s + kv_transfer_s,  kv_transfer_s = rdma latency + KV bytes per prompt / (bw * eff)
+    ttft_s    = batch_s + kv_transfer_s,  kv_transfer_s = latency + KV bytes per prompt / (bw * eff)
+
+The KV transfer rides ``System.kv_transfer_plane()``: the spec's ``kv_transfer_plane``, else the scale-out
+plane (CM384 §4: RDMA; DGX/HGX: the InfiniBand NIC). Worked number (dgx-h800, 4,096-token prompt, BF16
+KV): 4096 x 70,272 B = 287.8 MB / (50 GB/s x 0.9) + 4 us = 6.40 ms.
+
+EP kernels: prefill uses the system's prefill kernels when the spec has them ([collectives.prefill.*]:
+DeepEP's normal kernels on NVIDIA systems, one InfiniBand message per destination node, NVLink forwarding,
+``copies = "per-domain"``), else the decode ones (CloudMatrix384: Table 7's kernels serve both phases).
+Cores: with the compute-comm policy and n > 1, ``[overlap.prefill] comm_cube_cores`` (DeepEP normal
+kernels: 20 of 132 H800 SMs, DeepSeek-V3 report §3.2.2) are taken from the compute stream, whose GEMMs and
+attention then run on (cores - comm_cube_cores)/cores of the chip; CloudMatrix384 sets none (its
+dispatch/combine run on AIV + SDMA, not on the AIC).
 
 Overlap (CM384 §4.3, policy ``[overlap.prefill] = "compute-comm"``): the AI cores run all compute
 (attention, MLP; the vector kernels on the critical path of a microbatch too) in one stream, the
@@ -26,8 +38,10 @@ behind the next layer's prolog) stalls the AI cores as it does on the device.
 
 Context-cache loading (decision, stated): the EMS->HBM load of layer l+1's cached latents is
 prefetched while layer l computes, so loading overlaps compute; it runs on the DMA engines next to
-the all-to-all. Over UB it shares the rank's UB port with the all-to-all (comm stream + load per
-layer); over VPC it is its own stream (per layer n*load). Only the first layer's load is exposed.
+the all-to-all. Over a plane the EP kernels use (UB on CM384, the InfiniBand NIC on DGX/HGX) it shares
+the rank's port with the all-to-all (comm stream + load per layer); over another plane (VPC) it is its
+own stream (per layer n*load). Only the first layer's load is exposed. Default cache plane
+(``default_cache_plane``): "ub" where the system has it, else its scale-out plane.
 The crossover (``cache_crossover_*``) is computed from the same model: the hit rate that minimizes
 batch time on the chosen plane (beyond it loading is slower than the compute it saves), and the
 per-rank plane bandwidth below which a fully cached prompt takes longer than recomputing it.
@@ -35,23 +49,29 @@ per-rank plane bandwidth below which a fully cached prompt takes longer than rec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from . import memory
-from .comm import ep_message_bytes, transfer_s
+from .comm import DomainDedupOp, distinct_destinations, ep_message_bytes, transfer_s
 from .decode import OpRow, moe_load, op_rows, routed_imbalance
 from .deployment import Precision, place_experts, placement_arrays
 from .errors import CmperfError
 from .graph import Stage, dense_ffn_ops, head_ops, kv_bytes_per_token_layer, mla_prefill_ops, moe_ops
 from .roofline import BOUNDS
 from .specs import Model, System
-from .step import StageTime, step_time
+from .step import StageTime, binding_names, step_time
 
 #: Attention TP degree of the SP-TP-SP layout when neither the deployment nor the system sets it.
 #: CM384 §4.3 names the layout but not the degree; stated assumption: one UB node, 8 NPUs = 16 dies.
 DEFAULT_ATTN_TP_DEVICES = 8
+
+
+def default_cache_plane(system: System) -> str:
+    """Plane the context cache loads over by default: "ub" (CM384's EMS pool over UB) where the system has
+    it, else the system's scale-out plane (dgx-h800: "ib"; ``System.scaleout_plane``)."""
+    return "ub" if "ub" in system.planes else system.scaleout_plane("prefill")
 
 
 @dataclass(frozen=True)
@@ -64,11 +84,14 @@ class PrefillDeployment:
     prompt_len: float = 4096.0
     microbatches: int = 2
     cache_hit: float = 0.0
-    cache_plane: str = "ub"
+    cache_plane: str | None = None  # None: default_cache_plane(system)
     eplb: str = "perfect"
     imbalance: float | None = None
     attn_tp: int | None = None  # ranks; None: DEFAULT_ATTN_TP_DEVICES devices (capped by the instance)
     precision: Precision = field(default_factory=Precision)
+
+    def resolved_cache_plane(self, system: System) -> str:
+        return self.cache_plane if self.cache_plane is not None else default_cache_plane(system)
 
     def resolved_tp(self, system: System) -> int:
         if self.attn_tp is not None:
@@ -99,7 +122,7 @@ class PrefillDeployment:
             )
         if not 0.0 <= self.cache_hit <= 1.0:
             raise CmperfError(f"--cache-hit: must be in [0, 1], got {self.cache_hit:g}")
-        if self.cache_plane not in system.planes:
+        if self.resolved_cache_plane(system) not in system.planes:
             raise CmperfError(
                 f"--cache-plane: system {system.name} has no plane {self.cache_plane!r} "
                 f"(it has {', '.join(system.planes)})"
@@ -157,6 +180,31 @@ def _segments(st: StageTime):
     return segs
 
 
+def _domain_dedup(system: System, model: Model, ops, pl, ep, tokens, msg: dict[str, float]):
+    """Dispatch/combine ops of ``copies = "per-domain"`` kernels (DeepEP normal) with their scale-out bytes:
+    tokens x distinct remote scale-up domains per token x message (cmperf.comm).
+
+    Remote domains = distinct domains x (N - 1)/N over the N = EP / (ranks per domain) domains of the EP
+    group, under the model's group-limited routing (comm.distinct_destinations). Worked number (R1, EP32 on
+    4 H800 nodes, 256 experts in 8 groups, top-4 groups, top-8): 2.93 nodes per token, 2.20 remote (uniform
+    routing, as DeepEP's benchmark at EP32, would give 3.61 and 2.71); 8,192 tokens x 2.20 x 7,392 B =
+    133 MB per rank over InfiniBand per dispatch."""
+    out = []
+    for op in ops:
+        c = system.collective(op.collective, "prefill") if op.collective in msg else None
+        if c is None or c.copies != "per-domain":
+            out.append(op)
+            continue
+        dom = system.planes[c.plane].domain_devices * system.ranks_per_device
+        n_dom = np.maximum(np.asarray(ep, dtype=float) / dom, 1.0)
+        k = model.num_experts_per_tok + np.where(pl["dedicated"], model.n_shared_experts, 0)
+        hit = distinct_destinations(n_dom, k, model.n_group, model.topk_group, model.n_routed_experts)
+        remote = hit * (n_dom - 1.0) / n_dom
+        kw = {f.name: getattr(op, f.name) for f in fields(op)}
+        out.append(DomainDedupOp(**kw, scaleout_bytes=tokens * remote * msg[op.collective]))
+    return out
+
+
 def pipeline_s(layers: list[tuple[list, int]], n, shape):
     """List schedule of n microbatches over two streams (compute, comm), all layers in order.
 
@@ -209,7 +257,7 @@ def evaluate(
     devices=16,
     microbatches=2,
     cache_hit=0.0,
-    cache_plane: str = "ub",
+    cache_plane: str | None = None,
     eplb: str = "perfect",
     imbalance=None,
     precision: Precision | None = None,
@@ -222,11 +270,13 @@ def evaluate(
     prompts, 2 microbatches -> 8,192 tokens per die, 4,096 per microbatch (one prompt).
     """
     prec = precision or Precision()
+    cache_plane = cache_plane if cache_plane is not None else default_cache_plane(system)
     ov = system.overlap.get("prefill", {"policy": "compute-comm"})
     policy = str(ov["policy"])
-    share = (
-        float(ov.get("attention_cube_cores", 0)) / system.chip.cube_cores if policy == "split-cores" else 1.0
-    )
+    cores = system.chip.cube_cores
+    share = float(ov.get("attention_cube_cores", 0)) / cores if policy == "split-cores" else 1.0
+    # compute-comm with n > 1: SMs held by the comm kernels are taken from the compute stream (cmperf.step)
+    compute_share = (cores - float(ov.get("comm_cube_cores", 0))) / cores
     t_rank, p, h, n = _inputs(system, model, prec, tokens_per_device, prompt_len, cache_hit, microbatches)
     ep = np.asarray(ep_size, dtype=float)
     rpd = system.ranks_per_device
@@ -235,8 +285,8 @@ def evaluate(
         dtype=float,
     )
     k, hid = model.num_experts_per_tok, model.hidden_size
-    disp_msg, comb_msg = ep_message_bytes(system, hid, prec)
-    d = system.collectives["dispatch"]
+    disp_msg, comb_msg = ep_message_bytes(system, hid, prec, phase="prefill")
+    d = system.collective("dispatch", "prefill")
     pl = placement_arrays(model, ep)
     t_mb = t_rank / n  # prompt tokens per microbatch per rank
     seqs_mb = t_mb / p
@@ -247,8 +297,12 @@ def evaluate(
     exp_tok, exp_read, copies = moe_load(model, pl, ep, new_mb, imb)
     if d.copies == "per-rank":
         copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
+    elif d.copies == "per-domain":  # distinct destination ranks under the model's group-limited routing
+        routed = distinct_destinations(ep, k, model.n_group, model.topk_group, model.n_routed_experts)
+        copies = np.where(pl["dedicated"], copies, routed)
     attn = mla_prefill_ops(model, prec, new_mb, seqs_mb, p, cached_len, tp)
     moe = moe_ops(model, prec, new_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg)
+    moe = _domain_dedup(system, model, moe, pl, ep, new_mb, {"dispatch": disp_msg, "combine": comb_msg})
     n_moe = model.num_layers - model.first_k_dense
     stages = [
         Stage("dense", model.first_k_dense, tuple(attn + dense_ffn_ops(model, prec, new_mb))),
@@ -256,7 +310,7 @@ def evaluate(
         # LM head only on each prompt's last token
         Stage("head", 1, tuple(head_ops(model, prec, t_rank * (1.0 - h), t_rank / p, 0.0)), overlapped=False),
     ]
-    sts, ideal_step, lower, upper = step_time(stages, system, n, policy, share)
+    sts, ideal_step, lower, upper = step_time(stages, system, n, policy, share, "prefill", compute_share)
     shape = np.broadcast(t_rank, p, h, n, ep, tp, imb).shape
 
     # context-cache load per layer and microbatch (prefetched one layer ahead, see module docstring)
@@ -266,15 +320,15 @@ def evaluate(
         transfer_s(system, cache_plane, t_mb * h * kvb_layer, where="--cache-plane"),
         0.0,
     )
-    ep_plane = d.plane
+    shares_port = cache_plane in (d.plane, d.scaleout_plane)  # a plane the EP all-to-all uses
     layers = []
     for st in sts[:2]:
         segs = _segments(st)
-        if cache_plane == ep_plane:  # shares the UB port with the all-to-all: one more comm segment
+        if shares_port:  # shares the UB port / IB NIC with the all-to-all: one more comm segment
             segs = [[True, load_mb], *segs] if np.any(h > 0) else segs
         layers.append((st.stage.name, segs, st.stage.count))
     chain_s, periods = pipeline_s(layers, n, shape)
-    if cache_plane != ep_plane:  # its own DMA stream on another NIC: a per-layer floor of n * load
+    if not shares_port:  # its own DMA stream on another NIC: a per-layer floor of n * load
         floor = np.maximum(n * load_mb * model.num_layers + load_mb, 0.0)
         chain_s = np.maximum(chain_s, floor)
         periods = {k_: np.maximum(v, n * load_mb) for k_, v in periods.items()}
@@ -286,14 +340,15 @@ def evaluate(
     ideal_s = np.broadcast_to(ideal_step, shape)
     cache_load_s = n * load_mb * model.num_layers
     exposed = load_mb  # the first layer's prefetch has nothing to hide behind
-    if cache_plane == ep_plane:
+    if shares_port:
         exposed = exposed + 0.0  # already a segment of the schedule (counted in chain_s)
     else:
         batch_s = batch_s + exposed
 
     kv_seq = p * kvb_layer * model.num_layers
     kv_xfer = np.broadcast_to(
-        transfer_s(system, "rdma", kv_seq, where="system") if "rdma" in system.planes else np.zeros(()), shape
+        transfer_s(system, system.kv_transfer_plane(), kv_seq, where=f"{system.path}: kv_transfer_plane"),
+        shape,
     )
     tps = np.asarray(tokens_per_device, dtype=float) / batch_s
 
@@ -357,7 +412,7 @@ def cache_crossover(system: System, model: Model, dep: PrefillDeployment, grid: 
     kvb = kv_bytes_per_token_layer(model, dep.precision.kv) * model.num_layers
     ev0 = evaluate(system, model, **_kwargs(system, dep), cache_hit=np.array([0.0, 1.0]), load_cache=False)
     saved_per_token = (float(ev0.batch_s[0]) - float(ev0.batch_s[1])) / t_rank
-    plane = system.planes[dep.cache_plane]
+    plane = system.planes[dep.resolved_cache_plane(system)]
     bw = kvb / saved_per_token / plane.efficiency if saved_per_token > 0 else float("inf")
     return best_h, bw
 
@@ -369,7 +424,7 @@ def _kwargs(system, dep: PrefillDeployment) -> dict:
         ep_size=dep.ep_size,
         devices=dep.devices,
         microbatches=dep.microbatches,
-        cache_plane=dep.cache_plane,
+        cache_plane=dep.resolved_cache_plane(system),
         eplb=dep.eplb,
         imbalance=dep.imbalance,
         precision=dep.precision,
@@ -391,6 +446,7 @@ class PrefillPrediction:
     ttft_s: float
     ttft_breakdown_s: dict[str, float]
     kv_transfer_s: float
+    kv_transfer_plane: str
     kv_bytes_per_sequence: float
     cache_load_s: float
     cache_crossover_hit: float
@@ -414,9 +470,6 @@ class PrefillPrediction:
     ops: list[OpRow]
 
 
-_BINDING = ("compute stream", "comm stream", "serial A+M", "shared HBM")
-
-
 def _f(x) -> float:
     return float(np.asarray(x).reshape(-1)[0])
 
@@ -433,6 +486,7 @@ def predict(system: System, model: Model, dep: PrefillDeployment) -> PrefillPred
             f"{_f(ev.max_tokens_per_device):.0f} tokens per device"
         )
     streams = {}
+    names = binding_names(str(system.overlap.get("prefill", {"policy": "compute-comm"})["policy"]))
     for st in ev.stages:
         period = {"dense": ev.dense_layer_s, "moe": ev.layer_s}.get(st.stage.name, st.period_s)
         streams[st.stage.name] = {
@@ -441,26 +495,27 @@ def predict(system: System, model: Model, dep: PrefillDeployment) -> PrefillPred
             "m_s": _f(st.m_s),
             "period_s": _f(period),
             "ideal_period_s": _f(st.period_s),
-            "ideal_binding": _BINDING[int(np.asarray(st.binding).reshape(-1)[0])],
+            "ideal_binding": names[int(np.asarray(st.binding).reshape(-1)[0])],
         }
     ops = op_rows(ev.stages, dep.microbatches)
+    cache_plane = dep.resolved_cache_plane(system)
     if dep.cache_hit > 0:
         t = transfer_s(
             system,
-            dep.cache_plane,
+            cache_plane,
             dep.tokens_per_device
             / system.ranks_per_device
             / dep.microbatches
             * dep.cache_hit
             * kv_bytes_per_token_layer(model, dep.precision.kv),
         )
-        pl = system.planes[dep.cache_plane]
+        pl = system.planes[cache_plane]
         reps = model.num_layers * dep.microbatches
         ops.append(
             OpRow(
                 "all",
                 "cache.load",
-                dep.cache_plane,
+                cache_plane,
                 reps,
                 float(t),
                 reps * float(t),
@@ -476,6 +531,7 @@ def predict(system: System, model: Model, dep: PrefillDeployment) -> PrefillPred
         )
     dep_d = {k: (v.__dict__ if isinstance(v, Precision) else v) for k, v in dep.__dict__.items()}
     dep_d["attn_tp"] = dep.resolved_tp(system)
+    dep_d["cache_plane"] = cache_plane
     batch = _f(ev.batch_s)
     return PrefillPrediction(
         system.name,
@@ -491,6 +547,7 @@ def predict(system: System, model: Model, dep: PrefillDeployment) -> PrefillPred
             "kv_transfer_s": _f(ev.kv_transfer_s),
         },
         _f(ev.kv_transfer_s),
+        system.kv_transfer_plane(),
         _f(ev.kv_bytes_per_sequence),
         _f(ev.cache_load_s),
         best_h,

@@ -171,7 +171,7 @@ def mmc_wait(rate_per_s: float, service_s: float, servers: int) -> QueueWait:
     return mgc_wait(rate_per_s, service_s, servers, service_scv=1.0, arrival_scv=1.0)
 
 
-def _response_tail(t: float, wait: QueueWait, shape: float, rate: float) -> float:
+def response_tail(t: float, wait: QueueWait, shape: float, rate: float) -> float:
     """P(W + S > t) for the atom+exponential wait law and S ~ Gamma(shape, rate), W and S independent.
 
     P(W + S > t) = Ḡ(t) + C · ∫_0^t g(s) e^{-θ(t - s)} ds, with a closed form when rate > θ.
@@ -229,7 +229,7 @@ def response_quantiles_s(wait: QueueWait, service_s: float, ps, *, service_scv: 
             hi = float(wait.wait_quantile_s(q)) + float(stats.gamma.ppf(q, shape, scale=1.0 / rate))
             hi = max(hi, 1e-12 * service_s)
             out[i] = optimize.brentq(
-                lambda t, target=1.0 - pi: _response_tail(t, wait, shape, rate) - target,
+                lambda t, target=1.0 - pi: response_tail(t, wait, shape, rate) - target,
                 0.0,
                 hi,
                 xtol=1e-12 * service_s,

@@ -165,22 +165,36 @@ class DecodeGrid:
         return int(self.tpot_s.size)
 
 
-def _chunks(space: DecodeSpace):
-    """(mtp, attention cores, microbatches) groups, one vectorized call each.
+def decode_modes(space: DecodeSpace) -> tuple[np.ndarray, np.ndarray]:
+    """(microbatches, attention cube cores) of every pipeline mode of the space, as two arrays.
 
-    decode.evaluate broadcasts batch, EP and microbatches; it does not (yet) broadcast mixed MTP depths
-    (the MTP stage is added for every point when any point has MTP) nor an array of attention cores
-    (``float(cores)``), so those two small axes are split into groups: 2 x (1 + 11) calls on CM384.
+    One microbatch runs serially on all cores (cores -1); more than one runs once per core split, or once
+    with cores -1 on systems without split cores. CM384: (1, -1), (2, 2), (3, 2), (2, 4), ..., (3, 22): 23.
     """
-    out = []
-    for m in space.mtp:
-        serial = tuple(mb for mb in space.microbatches if mb == 1 or not space.attention_cube_cores)
-        if serial:
-            out.append((m, None, serial))
-        multi = tuple(mb for mb in space.microbatches if mb > 1)
-        if multi and space.attention_cube_cores:
-            out += [(m, c, multi) for c in space.attention_cube_cores]
-    return out
+    pairs = []
+    for mb in space.microbatches:
+        if mb == 1 or not space.attention_cube_cores:
+            pairs.append((mb, -1))
+    for c in space.attention_cube_cores:
+        pairs += [(mb, c) for mb in space.microbatches if mb > 1]
+    a = np.array(pairs, dtype=float).reshape(-1, 2)
+    return a[:, 0], a[:, 1]
+
+
+# Points per decode.evaluate call. Its op arrays peak at ~0.9 kB per point (tracemalloc: 254 MB for the
+# 279,174 configurations of the default CloudMatrix384 grid, which is one call); larger grids are split
+# evenly over instance sizes so a call stays under ~0.5 GB.
+MAX_POINTS_PER_CALL = 1 << 19
+
+_PREDICTIONS = (
+    "tpot_s",
+    "tokens_per_s_per_device",
+    "lower_tpot_s",
+    "upper_tpot_s",
+    "comm_bound_tpot_s",
+    "hbm_bytes_per_rank",
+    "max_batch_per_device",
+)
 
 
 def evaluate_decode_grid(
@@ -194,97 +208,82 @@ def evaluate_decode_grid(
     precision: Precision | None = None,
     eplb: str = "model",
     progress=None,
+    max_points: int = MAX_POINTS_PER_CALL,
 ) -> DecodeGrid:
-    """Evaluate the whole space: per group one ``decode.evaluate`` over sizes x batches x microbatches."""
+    """Evaluate the whole space as one open mesh MTP x mode x instance size x batch (``decode.evaluate``
+    broadcasts every knob), split over instance sizes only when it exceeds ``max_points`` points.
+
+    Sizes the experts cannot be placed on are not evaluated: their rows carry NaN predictions and
+    ``placement_ok`` False, so they are counted under that reason.
+    """
     rpd = system.ranks_per_device
-    dev = space.devices[space.placement_ok]
-    bad = space.devices[~space.placement_ok]
-    cols: dict[str, list] = {k: [] for k in DecodeGrid.__dataclass_fields__}
-    chunks = _chunks(space)
-    for i, (m, cores, mbs) in enumerate(chunks):
-        d = dev[:, None, None]
-        b = space.batch_per_device[None, :, None]
-        n = np.array(mbs, dtype=float)[None, None, :]
-        if dev.size:
-            ev = decode.evaluate(
-                system,
-                model,
-                batch_per_device=b,
-                kv_len=kv_len,
-                ep_size=d * rpd,
-                microbatches=n,
-                mtp=m,
-                mtp_accept=mtp_accept,
-                precision=precision,
-                eplb=eplb,
-                attention_cube_cores=cores,
-                kv_capacity_len=kv_capacity_len,
-            )
-            shape = np.broadcast_shapes(d.shape, b.shape, n.shape)
-
-            def full(x, shape=shape):
-                return np.broadcast_to(np.asarray(x, dtype=float), shape).ravel()
-
-            cols["devices"].append(full(d))
-            cols["batch_per_device"].append(full(b))
-            cols["microbatches"].append(full(n))
-            cols["attention_cube_cores"].append(full(-1.0 if cores is None else float(cores)))
-            cols["mtp"].append(full(float(m)))
-            for k in (
-                "tpot_s",
-                "tokens_per_s_per_device",
-                "lower_tpot_s",
-                "upper_tpot_s",
-                "comm_bound_tpot_s",
-                "hbm_bytes_per_rank",
-                "max_batch_per_device",
-            ):
-                cols[k].append(full(getattr(ev, k)))
-            cols["placement_ok"].append(np.ones(int(np.prod(shape)), dtype=bool))
-            cols["hbm_ok"].append(full(ev.feasible).astype(bool) & (full(b) <= full(ev.max_batch_per_device)))
-        if bad.size:  # sizes the experts cannot be placed on: counted, not evaluated
-            nb = bad.size * space.batch_per_device.size * len(mbs)
-            dd = np.repeat(bad, space.batch_per_device.size * len(mbs))
-            cols["devices"].append(dd)
-            cols["batch_per_device"].append(np.tile(np.repeat(space.batch_per_device, len(mbs)), bad.size))
-            cols["microbatches"].append(
-                np.tile(np.array(mbs, dtype=float), bad.size * space.batch_per_device.size)
-            )
-            cols["attention_cube_cores"].append(np.full(nb, -1.0 if cores is None else float(cores)))
-            cols["mtp"].append(np.full(nb, float(m)))
-            for k in (
-                "tpot_s",
-                "tokens_per_s_per_device",
-                "lower_tpot_s",
-                "upper_tpot_s",
-                "comm_bound_tpot_s",
-                "hbm_bytes_per_rank",
-                "max_batch_per_device",
-            ):
-                cols[k].append(np.full(nb, np.nan))
-            cols["placement_ok"].append(np.zeros(nb, dtype=bool))
-            cols["hbm_ok"].append(np.zeros(nb, dtype=bool))
+    mb, cores = decode_modes(space)
+    mtp = np.array(space.mtp, dtype=float)[:, None, None, None]
+    mb, cores = mb[None, :, None, None], cores[None, :, None, None]
+    dev = space.devices[None, None, :, None]
+    b = space.batch_per_device[None, None, None, :]
+    shape = (mtp.shape[0], mb.shape[1], dev.shape[2], b.shape[3])
+    out = {k: np.full(shape, np.nan) for k in _PREDICTIONS}
+    hbm_ok = np.zeros(shape, dtype=bool)
+    good = np.flatnonzero(space.placement_ok)
+    calls = -(-good.size * shape[0] * shape[1] * shape[3] // max(int(max_points), 1))  # ceil
+    parts = np.array_split(good, min(calls, good.size)) if good.size else []
+    for i, idx in enumerate(parts):
+        ev = decode.evaluate(
+            system,
+            model,
+            batch_per_device=b,
+            kv_len=kv_len,
+            ep_size=dev[:, :, idx] * rpd,
+            microbatches=mb,
+            mtp=mtp,
+            mtp_accept=mtp_accept,
+            precision=precision,
+            eplb=eplb,
+            attention_cube_cores=np.where(cores < 0, np.nan, cores),  # NaN: system default (unused)
+            kv_capacity_len=kv_capacity_len,
+        )
+        sub = (shape[0], shape[1], idx.size, shape[3])
+        for k in _PREDICTIONS:
+            out[k][:, :, idx] = np.broadcast_to(getattr(ev, k), sub)
+        fits = np.broadcast_to(ev.feasible, sub) & (b <= out["max_batch_per_device"][:, :, idx])
+        hbm_ok[:, :, idx] = fits
         if progress is not None:
-            progress(i + 1, len(chunks))
-    flat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items() if k != "ep_size"}
-    flat["ep_size"] = flat["devices"] * rpd
-    return DecodeGrid(**flat)
+            progress(i + 1, len(parts))
+
+    def flat(x):
+        return np.broadcast_to(x, shape).ravel()
+
+    devices = flat(dev)
+    return DecodeGrid(
+        devices=devices,
+        ep_size=devices * rpd,
+        batch_per_device=flat(b),
+        microbatches=flat(mb),
+        attention_cube_cores=flat(cores),
+        mtp=flat(mtp),
+        **{k: v.ravel() for k, v in out.items()},
+        placement_ok=flat(space.placement_ok[None, None, :, None]),
+        hbm_ok=hbm_ok.ravel(),
+    )
 
 
 # ---------------------------------------------------------------------------------------- ranking
 
 
-def pareto_mask(maximize, minimize) -> np.ndarray:
+def pareto_mask(maximize, minimize, *tie_asc) -> np.ndarray:
     """Vectorized Pareto filter: True where no other point has maximize >= and minimize <= (one strict).
 
-    Sort by ``minimize`` ascending (ties: ``maximize`` descending); a point is on the frontier iff its
-    ``maximize`` beats the running maximum of every point before it. O(n log n), no Python loop.
+    Sort by ``minimize`` ascending (ties: ``maximize`` descending, then each ``tie_asc`` ascending, then
+    position); a point is on the frontier iff its ``maximize`` beats the running maximum of every point
+    before it, so of exact duplicates the first in that order is kept. O(n log n), no Python loop.
     >>> pareto_mask(np.array([1.0, 3.0, 2.0]), np.array([1.0, 2.0, 3.0])).tolist()
     [True, True, False]
     """
     x = np.asarray(maximize, dtype=float)
     y = np.asarray(minimize, dtype=float)
-    order = np.lexsort((-x, y))
+    ties = [np.asarray(k, dtype=float) for k in reversed(tie_asc)]
+    order = np.lexsort((*ties, -x, y))
     xs = x[order]
     prev = np.concatenate(([-np.inf], np.maximum.accumulate(xs)[:-1])) if xs.size else xs
     keep = np.zeros(x.shape, dtype=bool)
@@ -397,6 +396,36 @@ def _deployment(c: DecodeConfig, kv_len: float, mtp_accept: float, precision, ep
     )
 
 
+def config_tpot_s(
+    system: System,
+    model: Model,
+    c: DecodeConfig,
+    batch_per_device: float,
+    *,
+    kv_len: float,
+    kv_capacity_len: float | None,
+    mtp_accept: float,
+    precision,
+    eplb: str,
+) -> float:
+    """TPOT of configuration ``c``'s knobs (EP, microbatches, MTP, attention cores) at another batch."""
+    ev = decode.evaluate(
+        system,
+        model,
+        batch_per_device=batch_per_device,
+        kv_len=kv_len,
+        ep_size=c.ep_size,
+        microbatches=c.microbatches,
+        mtp=c.mtp,
+        mtp_accept=mtp_accept,
+        precision=precision,
+        eplb=eplb,
+        attention_cube_cores=c.attention_cube_cores,
+        kv_capacity_len=kv_capacity_len,
+    )
+    return float(ev.tpot_s)
+
+
 def largest_batch_under_slo(
     system: System,
     model: Model,
@@ -416,21 +445,20 @@ def largest_batch_under_slo(
     """
 
     def f(b):
-        ev = decode.evaluate(
-            system,
-            model,
-            batch_per_device=b,
-            kv_len=kv_len,
-            ep_size=c.ep_size,
-            microbatches=c.microbatches,
-            mtp=c.mtp,
-            mtp_accept=mtp_accept,
-            precision=precision,
-            eplb=eplb,
-            attention_cube_cores=c.attention_cube_cores,
-            kv_capacity_len=kv_capacity_len,
+        return (
+            config_tpot_s(
+                system,
+                model,
+                c,
+                b,
+                kv_len=kv_len,
+                kv_capacity_len=kv_capacity_len,
+                mtp_accept=mtp_accept,
+                precision=precision,
+                eplb=eplb,
+            )
+            - tpot_slo_s
         )
-        return float(ev.tpot_s) - tpot_slo_s
 
     hi = max(c.max_batch_per_device, 1.0)
     if f(1.0) > 0:
@@ -474,21 +502,17 @@ def explain_decode(
             (f"batch {nxt:g} would exceed the HBM limit of {c.max_batch_per_device:g} sequences per device"),
         )
     elif tpot_slo_s is not None:
-        ev = decode.evaluate(
+        t = config_tpot_s(
             system,
             model,
-            batch_per_device=nxt,
+            c,
+            nxt,
             kv_len=kv_len,
-            ep_size=c.ep_size,
-            microbatches=c.microbatches,
-            mtp=c.mtp,
+            kv_capacity_len=kv_capacity_len,
             mtp_accept=mtp_accept,
             precision=precision,
             eplb=eplb,
-            attention_cube_cores=c.attention_cube_cores,
-            kv_capacity_len=kv_capacity_len,
         )
-        t = float(ev.tpot_s)
         if t > tpot_slo_s:
             constraint, detail = (
                 "TPOT SLO",
@@ -598,7 +622,10 @@ def search_decode(
         )
         closest = [_decode_row(g, int(i)) for i in near[fits[near]][:top_k]]
     idx = np.flatnonzero(fits)
-    pm = pareto_mask(g.tokens_per_s_per_device[idx], g.tpot_s[idx])
+    # ties between identical (tokens/s, TPOT) points go to the knobs in this order, so the frontier does
+    # not depend on the row order of the grid
+    knobs = (g.mtp, g.attention_cube_cores, g.devices, g.batch_per_device, g.microbatches)
+    pm = pareto_mask(g.tokens_per_s_per_device[idx], g.tpot_s[idx], *(k[idx] for k in knobs))
     pidx = idx[pm]
     pidx = pidx[np.lexsort((g.devices[pidx], g.tpot_s[pidx]))]
     if pidx.size > pareto_max:  # thin evenly along TPOT, keeping both ends

@@ -150,7 +150,7 @@ class Pools:
     decode_devices: int = 160
     prefill_instance_devices: int = 16
     cache_dram_bytes: float | None = None  # None: cpu_dram_per_node x nodes of the system
-    cache_plane: str = "ub"
+    cache_plane: str | None = None  # None: "ub" where the system has it, else its scale-out plane
     decode_ep_size: int | None = None  # None: all ranks of the decode pool (EP320 for 160 NPUs)
     prefill_ep_size: int | None = None  # None: all ranks of one instance (EP32)
     mtp: int = 1
@@ -158,6 +158,12 @@ class Pools:
     decode_microbatches: int = 2
     prefill_microbatches: int = 2
     precision: Precision = field(default_factory=Precision)
+
+    def plane(self, system: System) -> str:
+        """The cache plane by name (cmperf.prefill.default_cache_plane when unset)."""
+        from .prefill import default_cache_plane
+
+        return self.cache_plane or default_cache_plane(system)
 
     @property
     def num_prefill_instances(self) -> int:
@@ -185,7 +191,7 @@ class Pools:
             )
         if self.cache_dram_bytes is not None and self.cache_dram_bytes < 0:
             raise CmperfError("--cache-dram: must be >= 0 bytes")
-        system.plane(self.cache_plane, where="--cache-plane")
+        system.plane(self.plane(system), where="--cache-plane")
         ranks = self.decode_devices * system.ranks_per_device
         ep = self.decode_ep_size or ranks
         if ranks % ep:
@@ -270,7 +276,7 @@ def prefill_grid(system: System, model: Model, wl: Workload, pools: Pools, token
         devices=inst,
         microbatches=pools.prefill_microbatches,
         cache_hit=token_hit,
-        cache_plane=pools.cache_plane,
+        cache_plane=pools.plane(system),
         precision=pools.precision,
     )
     batch_s = np.broadcast_to(np.asarray(ev.batch_s, dtype=float), b.shape)
@@ -380,10 +386,10 @@ def _p_response_within(w, service_s: float, scv: float, t: float) -> float:
         return 0.0
     if scv <= 0:
         return 1.0 - float(w.wait_tail(t - service_s)) if t >= service_s else 0.0
-    from .queueing import _response_tail
+    from .queueing import response_tail
 
     shape = 1.0 / scv
-    return 1.0 - _response_tail(t, w, shape, shape / service_s)
+    return 1.0 - response_tail(t, w, shape, shape / service_s)
 
 
 # ---------------------------------------------------------------------------------------------- decode pool
@@ -629,7 +635,7 @@ class _Service:
         self.cache = cache_pool(system, model, wl, pools)
         self.grid = prefill_grid(system, model, wl, pools, self.cache.token_hit_rate)
         self.curve = _DecodeCurve(system, model, wl, pools)
-        plane = system.plane(pools.cache_plane)
+        plane = system.plane(pools.plane(system))
         self.cache_bw = (
             pools.prefill_devices * system.ranks_per_device * plane.bytes_per_s_per_rank * plane.efficiency
         )
@@ -684,7 +690,7 @@ def evaluate(
         )
     if util["cache_link"] >= 1:
         reasons.append(
-            f"cache: {traffic / 1e9:.1f} GB/s of KV loads exceed the {pools.cache_plane} bandwidth "
+            f"cache: {traffic / 1e9:.1f} GB/s of KV loads exceed the {pools.plane(svc.system)} bandwidth "
             f"{svc.cache_bw / 1e9:.1f} GB/s of the prefill ranks"
         )
     overloaded = bool(reasons)
@@ -718,7 +724,7 @@ def evaluate(
         "decode_devices": pools.decode_devices,
         "prefill_instance_devices": pools.prefill_instance_devices,
         "cache_dram_bytes": svc.cache.capacity_bytes,
-        "cache_plane": pools.cache_plane,
+        "cache_plane": pools.plane(svc.system),
         "mtp": pools.mtp,
         "mtp_accept": pools.mtp_accept,
         "decode_ep_size": d.ep_size,
@@ -734,7 +740,7 @@ def evaluate(
         "token_hit_rate": c.token_hit_rate,
         "prefill_tokens_saved_per_s": rate * c.token_hit_rate * wl.prompt_len,
         "kv_load_bytes_per_s": traffic,
-        "kv_load_plane": pools.cache_plane,
+        "kv_load_plane": pools.plane(svc.system),
         "kv_load_plane_bytes_per_s": svc.cache_bw,
     }
     return ServeResult(

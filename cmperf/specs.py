@@ -74,6 +74,17 @@ class Plane:
     efficiency: float
 
 
+#: Message deduplication of an EP kernel (cmperf.comm): "per-expert" one message per (token, expert) copy;
+#: "per-rank" one per destination rank; "per-domain" one per destination rank inside the scale-up domain and
+#: one per destination *domain* over the scale-out plane, forwarded inside that domain over the scale-up
+#: plane (DeepEP normal kernels: one RDMA message per node, then NVLink forwarding).
+COPIES = ("per-expert", "per-rank", "per-domain")
+#: Phases that may override the EP kernels: [collectives.prefill.dispatch] / [collectives.prefill.combine].
+#: The decode kernels are [collectives.dispatch] / [collectives.combine] and are every phase's fallback.
+PHASE_COLLECTIVES = ("prefill",)
+EP_COLLECTIVES = ("dispatch", "combine")
+
+
 @dataclass(frozen=True)
 class Collective:
     """An EP all-to-all kernel: t = alpha + alpha_per_log2_ep*log2(EP) + bytes/(bw*eff) (cmperf.comm)."""
@@ -84,11 +95,13 @@ class Collective:
     alpha_per_log2_ep_s: float
     scale_bytes: float
     message_align_bytes: float
-    copies: str  # "per-expert" (one message per token and expert) or "per-rank" (deduplicated per rank)
+    copies: str  # one of COPIES
     scaleout_plane: str | None = None
     # "skip": the 1/EP local share stays on the rank; "send": it crosses the link too
     local_copies: str = "skip"
-    efficiency: float | None = None  # achieved fraction of the link for this kernel; None: the plane's
+    # achieved fraction of the scale-up / scale-out link for this kernel; None: the plane's efficiency
+    efficiency: float | None = None
+    scaleout_efficiency: float | None = None
 
 
 @dataclass(frozen=True)
@@ -105,10 +118,37 @@ class System:
     collectives: dict[str, Collective]
     overlap: dict[str, dict[str, object]]
     sources: dict[str, str] = field(repr=False)
+    # per-phase EP kernels that replace ``collectives`` in that phase: {"prefill": {"dispatch": ...}}
+    phase_collectives: dict[str, dict[str, Collective]] = field(default_factory=dict)
+    kv_plane: str = ""  # key kv_transfer_plane; "" = default rule (kv_transfer_plane())
 
     @property
     def num_ranks(self) -> int:
         return self.num_devices * self.ranks_per_device
+
+    def collective(self, name: str, phase: str = "decode") -> Collective:
+        """The EP kernel ``name`` used in ``phase``: the phase's own ([collectives.prefill.dispatch]) when
+        the spec defines it, else the decode one ([collectives.dispatch]); CM384 has one set (Table 7)."""
+        c = self.phase_collectives.get(phase, {}).get(name) or self.collectives.get(name)
+        if c is None:
+            raise CmperfError(f"{self.path}: [collectives.{name}] is missing; EP needs dispatch and combine")
+        return c
+
+    def scaleout_plane(self, phase: str = "prefill") -> str:
+        """The scale-out plane: the dispatch kernel's ``scaleout_plane``, else the first plane with
+        scale = "out", else the dispatch plane (a single-plane system). dgx-h800: ib; CloudMatrix384: rdma."""
+        d = self.phase_collectives.get(phase, {}).get("dispatch") or self.collectives.get("dispatch")
+        if d is not None and d.scaleout_plane:
+            return d.scaleout_plane
+        out = [p.name for p in self.planes.values() if p.scale == "out"]
+        if out:
+            return out[0]
+        return d.plane if d is not None else next(iter(self.planes))
+
+    def kv_transfer_plane(self) -> str:
+        """Plane that moves prefill's KV cache to the decode instances: key ``kv_transfer_plane``, else the
+        scale-out plane (CM384 §4: "KV moves prefill->decode over the RDMA plane")."""
+        return self.kv_plane or self.scaleout_plane("prefill")
 
     def plane(self, name: str, where: str = "plane") -> Plane:
         if name not in self.planes:
@@ -395,27 +435,23 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Syste
     if not planes:
         raise CmperfError(f"{path}: [planes] needs at least one plane")
     colls: dict[str, Collective] = {}
+    phase_colls: dict[str, dict[str, Collective]] = {}
     coll_t = t.sub("collectives")
     for cname in coll_t.raw:
-        if cname not in ("dispatch", "combine"):
-            raise CmperfError(f"{coll_t.where(cname)}: unknown collective (dispatch, combine)")
-        c = coll_t.sub(cname)
-        plane = c.string("plane", tuple(planes))
-        scaleout = c.string("scaleout_plane", tuple(planes), required=False, default="") or None
-        colls[cname] = Collective(
-            cname,
-            plane,
-            c.quantity("alpha", "s", hi=1e-2),
-            c.quantity("alpha_per_log2_ep", "s", hi=1e-3),
-            c.quantity("scale_bytes", "bytes", hi=1e6),
-            c.quantity("message_align", "bytes", lo=1.0, hi=1e6),
-            c.string("copies", ("per-expert", "per-rank")),
-            scaleout,
-            c.string("local_copies", ("skip", "send"), required=False, default="skip"),
-            c.fraction("efficiency", required=False, default=None),
-        )
-        c.done()
+        if cname in PHASE_COLLECTIVES:
+            ph = coll_t.sub(cname)
+            for sub in ph.raw:
+                if sub not in EP_COLLECTIVES:
+                    raise CmperfError(f"{ph.where(sub)}: unknown collective ({', '.join(EP_COLLECTIVES)})")
+                phase_colls.setdefault(cname, {})[sub] = _collective(ph.sub(sub), sub, planes)
+            ph.done()
+        elif cname in EP_COLLECTIVES:
+            colls[cname] = _collective(coll_t.sub(cname), cname, planes)
+        else:
+            allowed = [*EP_COLLECTIVES, *(f"{p}.{c}" for p in PHASE_COLLECTIVES for c in EP_COLLECTIVES)]
+            raise CmperfError(f"{coll_t.where(cname)}: unknown collective ({', '.join(allowed)})")
     coll_t.done()
+    kv_plane = t.string("kv_transfer_plane", tuple(planes), required=False, default="")
     overlap: dict[str, dict[str, object]] = {}
     ov_t = t.sub("overlap", required=False)
     for phase in ov_t.raw:
@@ -427,6 +463,12 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Syste
         if policy == "split-cores":
             rec["attention_cube_cores"] = o.integer("attention_cube_cores", hi=chip.cube_cores - 1)
             rec["attention_vector_cores"] = o.integer("attention_vector_cores", hi=chip.vector_cores - 1)
+        elif phase == "prefill":
+            # cube cores (SMs) the comm kernels hold while the other microbatch computes (DeepEP normal
+            # kernels: 20 of 132 H800 SMs); the compute stream gets the rest when microbatches > 1
+            held = o.integer("comm_cube_cores", lo=0, hi=chip.cube_cores - 1, required=False, default=0)
+            if "comm_cube_cores" in o.raw:
+                rec["comm_cube_cores"] = held
         o.done()
         overlap[phase] = rec
     ov_t.done()
@@ -444,7 +486,32 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Syste
         colls,
         overlap,
         sources,
+        phase_colls,
+        kv_plane,
     )
+
+
+def _collective(c: _Table, cname: str, planes: dict[str, Plane]) -> Collective:
+    """One [collectives.*] table (schema: see Collective and cmperf.comm)."""
+    plane = c.string("plane", tuple(planes))
+    scaleout = c.string("scaleout_plane", tuple(planes), required=False, default="") or None
+    coll = Collective(
+        cname,
+        plane,
+        c.quantity("alpha", "s", hi=1e-2),
+        c.quantity("alpha_per_log2_ep", "s", hi=1e-3),
+        c.quantity("scale_bytes", "bytes", hi=1e6),
+        c.quantity("message_align", "bytes", lo=1.0, hi=1e6),
+        c.string("copies", COPIES),
+        scaleout,
+        c.string("local_copies", ("skip", "send"), required=False, default="skip"),
+        c.fraction("efficiency", required=False, default=None),
+        c.fraction("scaleout_efficiency", required=False, default=None),
+    )
+    if coll.scaleout_efficiency is not None and scaleout is None:
+        raise CmperfError(f"{c.where('scaleout_efficiency')}: needs scaleout_plane (the plane it applies to)")
+    c.done()
+    return coll
 
 
 def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Model:

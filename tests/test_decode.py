@@ -79,3 +79,102 @@ def test_breakdown_names_and_bounds(cm384, r1):
     small = decode.predict(cm384, r1, DecodeDeployment(batch_per_device=8))
     disp = next(r for r in small.ops if r.stage == "moe" and r.name == "moe.dispatch")
     assert disp.bound == "latency"
+
+
+# ---------- --microbatches auto
+
+
+@pytest.mark.parametrize("batch", [2, 4, 8, 32, 96, 200])
+def test_auto_microbatches_is_the_min_over_explicit(cm384, r1, batch):
+    auto = decode.predict(cm384, r1, DecodeDeployment(batch_per_device=batch, microbatches="auto"))
+    cands = decode.microbatch_candidates(cm384, batch)
+    explicit = {
+        n: decode.predict(cm384, r1, DecodeDeployment(batch_per_device=batch, microbatches=n)) for n in cands
+    }
+    tried = auto.deployment["microbatches_auto_tpot_s"]
+    assert auto.deployment["microbatches_auto"] is True
+    assert {int(k): v for k, v in tried.items()} == {n: p.tpot_s for n, p in explicit.items()}  # exact
+    best = min(cands, key=lambda n: (explicit[n].tpot_s, n))  # ties: fewer microbatches
+    assert auto.deployment["microbatches"] == best
+    assert auto.tpot_s == explicit[best].tpot_s and auto.step_s == explicit[best].step_s
+    assert [r.total_s for r in auto.ops] == [r.total_s for r in explicit[best].ops]
+
+
+def test_auto_candidates_need_a_sequence_per_microbatch(cm384, r1):
+    rpd = cm384.ranks_per_device
+    assert decode.microbatch_candidates(cm384, 1 * rpd) == (1,)
+    assert decode.microbatch_candidates(cm384, 2 * rpd) == (1, 2)
+    assert decode.microbatch_candidates(cm384, 3 * rpd) == (1, 2, 3)
+    assert decode.microbatch_candidates(cm384, 0.5) == (1,)
+
+
+def test_auto_prefers_configurations_that_fit(cm384, r1, monkeypatch):
+    """If the lowest-TPOT count does not fit in HBM but another does, auto takes the one that fits."""
+    real = decode.evaluate
+
+    def fake(*a, **kw):
+        ev = real(*a, **kw)
+        n = np.asarray(kw["microbatches"], dtype=float)
+        tpot = np.where(n == 3, 1e-6, ev.tpot_s)  # 3 microbatches "fastest" but does not fit
+        return decode.DecodeEval(**{**ev.__dict__, "tpot_s": tpot, "feasible": n < 3})
+
+    monkeypatch.setattr(decode, "evaluate", fake)
+    n, tried = decode.best_microbatches(cm384, r1, DecodeDeployment(batch_per_device=96))
+    assert tried[3] == 1e-6 and n == min((1, 2), key=lambda k: (tried[k], k))
+
+
+def test_cli_auto_is_the_default_and_marked(cm384, r1):
+    import json
+
+    from click.testing import CliRunner
+
+    from cmperf.cli import main
+
+    def run(*args):
+        r = CliRunner().invoke(main, ["decode", *args])
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    for batch in ("8", "96"):
+        auto = json.loads(run("--batch", batch, "--format", "json"))
+        dep = auto["deployment"]
+        chosen = dep["microbatches"]
+        assert dep["microbatches_auto"] is True and chosen in (1, 2, 3)
+        tried = dep["microbatches_auto_tpot_s"]
+        assert str(chosen) == min(tried, key=lambda k: (tried[k], int(k)))
+        explicit = json.loads(run("--batch", batch, "--microbatches", str(chosen), "--format", "json"))
+        assert "microbatches_auto" not in explicit["deployment"]  # explicit output is unchanged
+        for k in ("deployment", "kind"):
+            auto.pop(k), explicit.pop(k)
+        assert auto == explicit  # same numbers as asking for the chosen count
+        md = run("--batch", batch, "--format", "markdown")
+        assert f"{chosen} microbatch(es) (auto)" in md and "| microbatches (auto: lowest TPOT) |" in md
+        assert f"{chosen} microbatch(es) (auto)" in run("--batch", batch)
+    assert "(auto)" not in run("--microbatches", "2", "--format", "markdown")
+    bad = CliRunner().invoke(main, ["decode", "--microbatches", "two"])
+    assert bad.exit_code == 2 and bad.output.strip().splitlines() == [
+        "cmperf: error: --microbatches: 'two' is not a count; give auto or 1, 2, 3, 4"
+    ]
+
+
+def test_scenario_accepts_auto(tmp_path):
+    import json
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from cmperf.cli import main
+
+    src = Path(__file__).resolve().parent.parent / "scenarios" / "cm384-decode-15ms.toml"
+    text = src.read_text().replace("microbatches = 2", 'microbatches = "auto"')
+    text = text.replace('name = "cm384-decode-15ms"', 'name = "auto-mb"')
+    assert 'microbatches = "auto"' in text
+    (tmp_path / "auto-mb.toml").write_text(text)
+    r = CliRunner().invoke(main, ["decode", "--scenario", str(tmp_path / "auto-mb.toml"), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["deployment"]["microbatches_auto"] is True
+    r2 = CliRunner().invoke(
+        main,
+        ["decode", "--scenario", str(tmp_path / "auto-mb.toml"), "--microbatches", "3", "--format", "json"],
+    )
+    assert json.loads(r2.output)["deployment"]["microbatches"] == 3  # the flag overrides the file

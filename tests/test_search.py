@@ -151,3 +151,37 @@ def test_pareto_command_markdown():
     r = CliRunner().invoke(main, ["pareto", "--phase", "decode", "--format", "markdown"])
     assert r.exit_code == 0, r.output
     assert r.output.startswith("# Pareto frontier: decode tokens/s per device vs TPOT")
+
+
+def test_grid_is_one_call_and_splitting_changes_nothing(cm):
+    s, m = cm
+    space = search.decode_space(s, m, kv_len=4224.0, kv_capacity_len=4352.0)
+    calls = []
+    one = search.evaluate_decode_grid(
+        s, m, space, kv_len=4224.0, kv_capacity_len=4352.0, progress=lambda i, n: calls.append((i, n))
+    )
+    assert calls == [(1, 1)] and one.size == space.size
+    calls.clear()
+    split = search.evaluate_decode_grid(
+        s,
+        m,
+        space,
+        kv_len=4224.0,
+        kv_capacity_len=4352.0,
+        max_points=space.size // 7,
+        progress=lambda i, n: calls.append((i, n)),
+    )
+    assert len(calls) >= 7 and calls[-1][0] == calls[-1][1]
+    for f in search.DecodeGrid.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(one, f), getattr(split, f), err_msg=f)
+    # every (mtp, microbatches, cores, size, batch) configuration exactly once; cores only with > 1 microbatch
+    keys = np.stack([one.mtp, one.microbatches, one.attention_cube_cores, one.devices, one.batch_per_device])
+    assert np.unique(keys, axis=1).shape[1] == one.size
+    assert np.all((one.attention_cube_cores < 0) == (one.microbatches == 1))
+
+
+def test_pareto_ties_go_to_the_tie_keys():
+    x = np.array([5.0, 5.0, 5.0, 1.0])
+    y = np.array([2.0, 2.0, 2.0, 1.0])
+    assert search.pareto_mask(x, y).tolist() == [True, False, False, True]  # first position by default
+    assert search.pareto_mask(x, y, np.array([3.0, 1.0, 2.0, 0.0])).tolist() == [False, True, False, True]

@@ -256,3 +256,14 @@ def test_size_command_splits_within_total():
     assert b["prefill_devices"] % 16 == 0 and b["devices"] <= 384
     assert b["goodput_rps"] == pytest.approx(min(b["ttft_slo_rps"], b["tpot_slo_rps"]), rel=1e-9)
     assert all(c["goodput_rps_per_device"] <= b["goodput_rps_per_device"] + 1e-12 for c in d["candidates"])
+
+
+def test_serve_on_a_system_without_ub_uses_its_scaleout_plane():
+    args = ["serve", "--system", "dgx-h800", "--prefill-devices", "32", "--decode-devices", "96"]
+    args += ["--rate", "10"]
+    r = CliRunner().invoke(main, [*args, "--prefill-instance-devices", "32", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["inputs"]["cache_plane"] == "ib" and d["cache"]["kv_load_plane"] == "ib"
+    bad = CliRunner().invoke(main, [*args, "--cache-plane", "ub"])
+    assert bad.exit_code == 2 and "--cache-plane" in bad.output

@@ -23,6 +23,26 @@ def precision_options(fn):
     return fn
 
 
+class _Microbatches(click.ParamType):
+    """``auto`` or a count (from the command line, or an int or "auto" from a scenario file)."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            return int(text)
+        except ValueError:
+            return str(value)  # the command reports it (one line, exit 2)
+
+
+MICROBATCHES = _Microbatches()
+
+
 def make_precision(system, weights: str | None, kv_dtype: str, experts: str | None = None):
     from ..deployment import default_precision
 
@@ -62,7 +82,14 @@ def make_precision(system, weights: str | None, kv_dtype: str, experts: str | No
     "--mtp-accept", type=float, default=0.7, show_default=True, help="Acceptance rate of a draft token."
 )
 @click.option(
-    "--microbatches", type=int, default=2, show_default=True, help="1 = no pipelining; 2-4 overlap streams."
+    "--microbatches",
+    type=MICROBATCHES,
+    default="auto",
+    show_default=True,
+    help="1 = no pipelining; 2-4 overlap streams; auto = the lowest TPOT of 1, 2, 3 (ties: fewer). "
+    "The two-stream pipeline on split cores re-reads every weight once per microbatch and gives each "
+    "stream a fraction of the cores: at small batch that costs more than the overlap saves, and "
+    "operators turn it off.",
 )
 @click.option(
     "--eplb",
@@ -129,6 +156,8 @@ def decode(
                 f"{mod.max_position_embeddings}"
             )
     kv_len = 4096.0 if kv_len is None else kv_len
+    if isinstance(microbatches, str) and microbatches != dec.AUTO:
+        raise CmperfError(f"--microbatches: {microbatches!r} is not a count; give auto or 1, 2, 3, 4")
     ep_size = ep_size if ep_size is not None else devices * sysm.ranks_per_device
     dep = DecodeDeployment(
         devices=devices,
@@ -147,12 +176,52 @@ def decode(
     p = dec.predict(sysm, mod, dep, kv_capacity_len=kv_cap)
     if fmt == "json":
         emit(render.to_json(p, "decode"), output)
+    elif p.deployment.get("microbatches_auto"):
+        _auto_output(p, fmt, output)
     elif fmt == "markdown":
         emit(render.decode_markdown(p), output)
     else:
         render.decode_table(p)
     if not p.feasible:
         raise Infeasible("infeasible deployment: " + "; ".join(p.reasons))
+
+
+def auto_summary_rows(p) -> list[tuple[str, str]]:
+    """render.decode_summary_rows with the microbatch count marked "(auto)" and the TPOT of every count."""
+    from .. import render
+    from ..units import fmt_s
+
+    mb = p.deployment["microbatches"]
+    tried = ", ".join(f"{k}: {fmt_s(v)}" for k, v in p.deployment["microbatches_auto_tpot_s"].items())
+    rows = []
+    for key, value in render.decode_summary_rows(p):
+        if key == "deployment":
+            value = value.replace(f"{mb} microbatch(es)", f"{mb} microbatch(es) (auto)")
+        rows.append((key, value))
+        if key == "deployment":
+            rows.append(("microbatches (auto: lowest TPOT)", tried))
+    return rows
+
+
+def _auto_output(p, fmt, output) -> None:
+    """Table or markdown of a prediction whose microbatch count was chosen by ``--microbatches auto``."""
+    from .. import render
+
+    streams = ("stage", "layers", "A", "M", "period", "binding")
+    rows = auto_summary_rows(p)
+    if fmt == "markdown":
+        plain = render.markdown_table(("quantity", "value"), render.decode_summary_rows(p))
+        text = render.decode_markdown(p).replace(plain, render.markdown_table(("quantity", "value"), rows), 1)
+        emit(text, output)
+        return
+    render.print_tables(
+        "cmperf decode",
+        rows,
+        [
+            ("streams per layer (per microbatch)", streams, render.stream_rows(p)),
+            ("per-op breakdown", render.OP_HEADER, render.op_table_rows(p.ops, p.step_s)),
+        ],
+    )
 
 
 @click.command()

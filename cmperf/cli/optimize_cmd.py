@@ -45,7 +45,9 @@ def _ms(x):
 
 
 def _cores(c):
-    return "all (serial)" if c.attention_cube_cores is None else f"{c.attention_cube_cores}"
+    """Attention-stream cube cores of a split-cores pipeline; "all" when the cores are not split (one
+    microbatch, or a compute-comm overlap where every op runs on every core)."""
+    return "all" if c.attention_cube_cores is None else f"{c.attention_cube_cores}"
 
 
 DEC_HEADER = (

@@ -35,7 +35,7 @@ def _summary_rows(p) -> list[tuple[str, str]]:
         ("  prefill batch", fmt_s(b["prefill_batch_s"])),
         ("    of which exposed cache load", fmt_s(b["cache_load_exposed_s"])),
         (
-            "  KV transfer to decode (rdma)",
+            f"  KV transfer to decode ({p.kv_transfer_plane})",
             f"{fmt_s(b['kv_transfer_s'])} ({fmt_bytes(p.kv_bytes_per_sequence)} per prompt)",
         ),
         ("cache load per batch (overlapped)", fmt_s(p.cache_load_s)),
@@ -119,10 +119,9 @@ _STREAM_HEADER = (
 )
 @click.option(
     "--cache-plane",
-    type=click.Choice(["ub", "vpc"]),
-    default="ub",
-    show_default=True,
-    help="Plane the cached KV is loaded over.",
+    default=None,
+    help="Plane the cached KV is loaded over, a plane of the system (CM384: ub, vpc) "
+    "[default: ub if the system has it, else its scale-out plane].",
 )
 @click.option(
     "--attn-tp",

@@ -170,10 +170,9 @@ CAND_HEADER = ("prefill", "decode", "TTFT limit", "TPOT limit", "max rate in SLO
 )
 @click.option(
     "--cache-plane",
-    type=click.Choice(["ub", "vpc"]),
-    default="ub",
-    show_default=True,
-    help="Plane that loads cached KV.",
+    default=None,
+    help="Plane that loads cached KV (ub, vpc, ib, ...) [default: ub if the system has it, else its "
+    "scale-out plane].",
 )
 @click.option("--ttft-slo", default="2s", show_default=True, help="TTFT SLO, e.g. 2s.")
 @click.option("--tpot-slo", default="50ms", show_default=True, help="TPOT SLO, e.g. 50ms.")
