@@ -216,11 +216,29 @@ def _read(path: Path) -> dict:
         raise CmperfError(f"{path}: cannot read ({e.strerror})") from None
 
 
+def _head(path: Path) -> dict:
+    """The top-level keys of a spec file (name, kind, aliases, description): the TOML before the first table
+    header, parsed alone, so that finding a spec by name does not parse every file on the search path."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CmperfError(f"{path}: cannot read ({e}); fix the file") from None
+    lines = []
+    for line in text.splitlines():
+        if line.lstrip().startswith("["):
+            break
+        lines.append(line)
+    try:
+        return tomllib.loads("\n".join(lines))
+    except tomllib.TOMLDecodeError:
+        return _read(path)  # the full parse reports the error with its position
+
+
 def catalog(spec_dirs: tuple[str, ...] | list[str] = ()) -> list[dict[str, str]]:
     """Every spec found on the search path, first occurrence of a name wins: name, kind, description, path."""
     seen: dict[str, dict[str, str]] = {}
     for path in _candidate_files(search_dirs(spec_dirs)):
-        raw = _read(path)
+        raw = _head(path)
         kind = raw.get("kind")
         if kind not in ("chip", "system", "model") or "name" not in raw:
             continue  # scenarios and other TOML files share folders
@@ -242,7 +260,7 @@ def find(name: str, kind: str, spec_dirs: tuple[str, ...] | list[str] = (), flag
     if p.suffix == ".toml" and p.is_file():
         return p
     for path in _candidate_files(search_dirs(spec_dirs)):
-        raw = _read(path)
+        raw = _head(path)
         if raw.get("kind") != kind:
             continue
         if raw.get("name") == name or name in raw.get("aliases", []) or path.stem == name:

@@ -9,6 +9,7 @@ Targets (issues 2 and 5):
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -20,15 +21,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 REPEATS = 7
+# Steady-state CLI latency: the warm-up run writes the bytecode caches a normal install has (pip compiles
+# wheels; an editable install compiles on first import). With PYTHONDONTWRITEBYTECODE set (some CI and
+# container images) every run would recompile cmperf's modules from source and time the compiler instead.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def wall(cmd: list[str], repeats: int = REPEATS) -> float:
     """Median wall time of a subprocess over ``repeats`` runs (after one warm-up run)."""
-    subprocess.run(cmd, cwd=ROOT, capture_output=True, check=False)
+    subprocess.run(cmd, cwd=ROOT, capture_output=True, check=False, env=ENV)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, check=False)
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, check=False, env=ENV)
         times.append(time.perf_counter() - t)
         if r.returncode not in (0, 1):
             raise SystemExit(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -91,6 +90,8 @@ def write_atomic(path: str, text: str) -> None:
         raise CmperfError(
             f"--output: folder {target.parent} does not exist; create it or choose another path"
         )
+    import tempfile  # only when writing a file (keeps the stdout path light)
+
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
