@@ -2,12 +2,22 @@
 
 Per rank (die on CloudMatrix384) with b = batch_per_device / ranks_per_device sequences and MTP depth
 d: T = b * (1 + d) tokens per step (the d draft tokens are verified with the real one), T/n per
-microbatch. The step runs the dense layers, the MoE layers and the MTP module as overlapped stages
-(cmperf.step), then embedding, LM heads and sampling once on the whole batch:
+microbatch. The step runs the dense layers, the MoE layers and the MTP module as overlapped stages,
+then embedding, LM heads and sampling once on the whole batch (serial):
 
-    step_s = sum_stages count * period(stage) + head_s
+    step_s = makespan of the list schedule over dense, MoE, MTP layers (cmperf.step.compose) + head_s
     TPOT   = step_s / (1 + sum_{i=1..d} accept^i)         (CM384 §4.2.4: 1.7 tokens per step at 70%)
     tokens_per_s_per_device = batch_per_device / TPOT
+
+The list schedule (cmperf.step) cuts each layer into segments of one stream (CloudMatrix384, split
+cores: [attention][gate + dispatch + experts + combine]; GPUs, compute-comm: [residual + attention +
+gate][dispatch][experts][combine], ``rotate=True``: the residual joins the next layer's attention, as a
+two-batch-overlap runtime runs them) and schedules the n microbatches' segments on the two streams in
+order over all layers. The per-stage period (``moe_layer_s``) is its steady state; the coarse
+max(n*a, n*m, a+m, n*hbm) of ``cmperf.step.stage_time`` is kept as the "ideal" period and step
+(``ideal_step_s``, ``streams[stage]["ideal_period_s"]``). For speed each point's MoE stage is simulated
+until its schedule is periodic and then extrapolated (fill + (L - k) * period + drain, exact:
+cmperf.step.pipeline_s; tests/test_step.py compares it with the all-layer simulation).
 
 Everything is numpy-vectorized: every knob of ``evaluate`` (batch, KV length, EP size, microbatches,
 MTP depth and acceptance, attention cube cores, imbalance) broadcasts, and each point equals the scalar
@@ -28,7 +38,7 @@ from .graph import Stage, dense_ffn_ops, head_ops, mla_decode_ops, moe_ops
 from .imbalance import expected_imbalance
 from .roofline import BOUNDS, OpTime
 from .specs import Model, System
-from .step import StageTime, binding_names, step_time
+from .step import StageTime, binding_names, compose, schedule_binding, step_time
 
 
 def accepted_per_step(mtp, accept):
@@ -103,6 +113,8 @@ class DecodeEval:
     comm_bound_tpot_s: np.ndarray
     stages: tuple[StageTime, ...] = field(repr=False)
     memory_parts: dict = field(repr=False)
+    ideal_step_s: np.ndarray = field(repr=False)  # coarse composition: sum count * max(n*a, n*m, a+m, n*hbm)
+    periods: dict = field(repr=False)  # list-schedule steady-state period per overlapped stage name
 
 
 def mtp_layers(model: Model, mtp):
@@ -243,7 +255,8 @@ def evaluate(
         system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl, (eplb, imbalance)
     )
     # the head runs last; summing it on its own keeps the scalar path's order of additions (same bits)
-    sts, step, lower, upper = step_time(stages[:-1], system, n, policy, share)
+    sts, ideal, lower, upper = step_time(stages[:-1], system, n, policy, share)
+    chain, periods = compose(sts, n, policy, rotate=True, extrapolate=True)
     (h_st,), h_step, h_lower, h_upper = step_time(stages[-1:], system, n, policy, share)
     if head_off is not None:
         (o_st,), o_step, o_lower, o_upper = step_time([head_off], system, n, policy, share)
@@ -252,7 +265,7 @@ def evaluate(
             np.where(on, x, y) for x, y in ((h_step, o_step), (h_lower, o_lower), (h_upper, o_upper))
         )
     sts = [*sts, h_st]
-    step, lower, upper = step + h_step, lower + h_lower, upper + h_upper
+    step, ideal, lower, upper = chain + h_step, ideal + h_step, lower + h_lower, upper + h_upper
     per_step = 1.0 + accepted_per_step(mtp_a, mtp_accept)
     tpot = step / per_step
     # memory
@@ -282,7 +295,6 @@ def evaluate(
     max_batch = np.maximum(b_max, 0.0) * rpd
     feasible = total <= cap
     moe_st = next(s for s in sts if s.stage.name == "moe")
-    dense_st = next(s for s in sts if s.stage.name == "dense")
     comm_bound_step = _comm_bound_s(moe_st, n) * model.num_layers
     return DecodeEval(
         step,
@@ -290,8 +302,8 @@ def evaluate(
         np.asarray(batch_per_device, dtype=float) / tpot,
         lower / per_step,
         upper / per_step,
-        moe_st.period_s,
-        dense_st.period_s,
+        periods["moe"],
+        periods["dense"],
         imb,
         total,
         cap,
@@ -300,6 +312,8 @@ def evaluate(
         comm_bound_step / per_step,
         tuple(sts),
         parts,
+        ideal,
+        periods,
     )
 
 
@@ -435,7 +449,7 @@ def best_microbatches(
     (activations grow with the count); ties go to fewer microbatches. The TPOTs are exactly those of
     ``--microbatches N`` (same arithmetic per point, tests/test_decode_vector.py). Worked numbers
     (CloudMatrix384, DeepSeek-R1, EP320, KV 4096, MTP 1 @ 0.7; spec files of this writing): batch 8 per
-    NPU gives 1: 15.20 ms, 2: 17.07 ms, 3: 23.33 ms -> 1; batch 96 gives 51.07, 49.20, 55.10 ms -> 2.
+    NPU gives 1: 15.20 ms, 2: 17.04 ms, 3: 23.19 ms -> 1; batch 96 gives 51.07, 49.49, 55.12 ms -> 2.
     """
     cands = microbatch_candidates(system, dep.batch_per_device)
     n = np.array(cands, dtype=float)
@@ -468,14 +482,24 @@ def predict(
             f"{f(ev.max_batch_per_device):.0f} per device"
         )
     streams = {}
-    names = binding_names(str(system.overlap.get("decode", {"policy": "compute-comm"})["policy"]))
+    policy = str(system.overlap.get("decode", {"policy": "compute-comm"})["policy"])
+    names = binding_names(policy)
     for st in ev.stages:
+        # overlapped stages: the list schedule's period and verdict; the head: serial (coarse = exact)
+        period = ev.periods.get(st.stage.name, st.period_s)
+        binding = (
+            schedule_binding(st, policy, dep.microbatches, period, rotate=True)
+            if st.stage.name in ev.periods
+            else st.binding
+        )
         streams[st.stage.name] = {
             "count": st.stage.count,
             "a_s": f(st.a_s),
             "m_s": f(st.m_s),
-            "period_s": f(st.period_s),
-            "binding": names[int(np.asarray(st.binding).reshape(-1)[0])],
+            "period_s": f(period),
+            "binding": names[int(np.asarray(binding).reshape(-1)[0])],
+            "ideal_period_s": f(st.period_s),
+            "ideal_binding": names[int(np.asarray(st.binding).reshape(-1)[0])],
         }
     dep_d = {k: (v.__dict__ if isinstance(v, Precision) else v) for k, v in dep.__dict__.items()}
     if auto_tpot is not None:

@@ -8,7 +8,7 @@ attention still reads it (kv_up re-expands it in MHA form).
 
     per MoE layer and microbatch:  attention (MHA-form MLA, SP-TP-SP)  ->  gate  ->  dispatch  ->
                                    experts (EP32: 8+1 routed slots + 1 shared per die)  ->  combine
-    batch_s   = two-stream pipeline of the n microbatches over all 61 layers (``pipeline_s``) + head
+    batch_s   = two-stream pipeline of the n microbatches over all 61 layers (cmperf.step) + head
     tokens_per_s_per_device          = tokens_per_device / batch_s            (all prompt tokens)
     computed_tokens_per_s_per_device = (1 - h) * tokens_per_device / batch_s
     ttft_s    = batch_s + kv_transfer_s,  kv_transfer_s = latency + KV bytes per prompt / (bw * eff)
@@ -30,18 +30,21 @@ Overlap (CM384 §4.3, policy ``[overlap.prefill] = "compute-comm"``): the AI cor
 DMA engines run the all-to-alls (TP all-gather/all-to-all, dispatch, combine) in the other. The
 period is not the coarse max(n*a, n*m, a+m) of ``cmperf.step`` (kept as ``ideal_overlap_batch_s``):
 one layer alternates compute and comm *segments* (prolog | all-gather | q/kv up + attention |
-all-to-all | o_proj + gate | dispatch | experts | combine), microbatch i's segment k needs its own
-segment k-1, and each stream takes the segments in order (mb0, mb1, mb0, ...). ``pipeline_s``
-simulates that list schedule exactly over all layers (vectorized over the operating points), so a
-long comm segment behind a short compute one (the all-gather behind the 0.3 ms prolog, the combine
-behind the next layer's prolog) stalls the AI cores as it does on the device.
+all-to-all | o_proj + gate | dispatch | experts | combine), microbatch i's segment k needs its
+own segment k-1, and each stream takes the segments in order (mb0, mb1, mb0, ...).
+``cmperf.step.compose`` (the step composition decode uses too) simulates that list schedule exactly over
+all layers (vectorized over the operating points; every layer, no extrapolation; as in decode the
+layer's trailing residual add runs at the head of the next layer's compute, ``rotate=True``), so a long
+comm segment behind a short compute one (the all-gather behind the 0.3 ms prolog, the combine behind the
+next layer's prolog) stalls the AI cores as it does on the device.
 
 Context-cache loading (decision, stated): the EMS->HBM load of layer l+1's cached latents is
 prefetched while layer l computes, so loading overlaps compute; it runs on the DMA engines next to
-the all-to-all. Over a plane the EP kernels use (UB on CM384, the InfiniBand NIC on DGX/HGX) it shares
-the rank's port with the all-to-all (comm stream + load per layer); over another plane (VPC) it is its
-own stream (per layer n*load). Only the first layer's load is exposed. Default cache plane
-(``default_cache_plane``): "ub" where the system has it, else its scale-out plane.
+the all-to-all. It waits on no microbatch, so it is a background transfer that fills the port's idle
+time and binds only when the port saturates: per layer at least n * load over its own plane (VPC), or
+n * (all-to-all + load) over a plane the EP kernels use (UB on CM384, the InfiniBand NIC on DGX/HGX).
+Only the first layer's load is exposed. Default cache plane (``default_cache_plane``): "ub" where the
+system has it, else its scale-out plane.
 The crossover (``cache_crossover_*``) is computed from the same model: the hit rate that minimizes
 batch time on the chosen plane (beyond it loading is slower than the compute it saves), and the
 per-rank plane bandwidth below which a fully cached prompt takes longer than recomputing it.
@@ -61,7 +64,7 @@ from .errors import CmperfError
 from .graph import Stage, dense_ffn_ops, head_ops, kv_bytes_per_token_layer, mla_prefill_ops, moe_ops
 from .roofline import BOUNDS
 from .specs import Model, System
-from .step import StageTime, binding_names, step_time
+from .step import StageTime, binding_names, compose, segments, step_time
 
 #: Attention TP degree of the SP-TP-SP layout when neither the deployment nor the system sets it.
 #: CM384 §4.3 names the layout but not the degree; stated assumption: one UB node, 8 NPUs = 16 dies.
@@ -168,18 +171,6 @@ class PrefillEval:
     memory_parts: dict = field(repr=False)
 
 
-def _segments(st: StageTime):
-    """Consecutive ops of one stream class merged: [(is_comm, per-microbatch time)] in layer order."""
-    segs: list[list] = []
-    for op, t in zip(st.stage.ops, st.op_times, strict=True):
-        is_comm = op.kind == "comm"
-        if segs and segs[-1][0] == is_comm:
-            segs[-1][1] = segs[-1][1] + t.time_s
-        else:
-            segs.append([is_comm, t.time_s])
-    return segs
-
-
 def _domain_dedup(system: System, model: Model, ops, pl, ep, tokens, msg: dict[str, float]):
     """Dispatch/combine ops of ``copies = "per-domain"`` kernels (DeepEP normal) with their scale-out bytes:
     tokens x distinct remote scale-up domains per token x message (cmperf.comm).
@@ -203,39 +194,6 @@ def _domain_dedup(system: System, model: Model, ops, pl, ep, tokens, msg: dict[s
         kw = {f.name: getattr(op, f.name) for f in fields(op)}
         out.append(DomainDedupOp(**kw, scaleout_bytes=tokens * remote * msg[op.collective]))
     return out
-
-
-def pipeline_s(layers: list[tuple[list, int]], n, shape):
-    """List schedule of n microbatches over two streams (compute, comm), all layers in order.
-
-    Segment k of microbatch j starts at max(its stream's free time, end of segment k-1 of microbatch j);
-    each stream serves segment k for microbatches 0..n-1, then segment k+1. Returns (makespan_s,
-    steady-state period per stage name). n = 1 gives the serial sum; equal compute and comm segments
-    with n = 2 give 2*max. Worked case: segments [A=1, C=1] x 1 layer, n = 2 -> 3 (fill + drain).
-    """
-    n = np.broadcast_to(np.asarray(n, dtype=float), shape)
-    nmax = int(np.max(n))
-    done = [np.zeros(shape) for _ in range(nmax)]
-    free = {False: np.zeros(shape), True: np.zeros(shape)}
-    layer_end, periods = [], {}
-    for name, segs, count in layers:
-        ends = []
-        for _ in range(count):
-            for is_comm, dur in segs:
-                for j in range(nmax):
-                    active = j < n
-                    start = np.maximum(free[is_comm], done[j])
-                    end = np.where(active, start + dur, done[j])
-                    free[is_comm] = np.where(active, end, free[is_comm])
-                    done[j] = end
-            ends.append(np.max(np.stack(done), axis=0))
-        layer_end.append(ends[-1])
-        periods[name] = (
-            ends[-1] - ends[-2]
-            if len(ends) > 1
-            else ends[-1] - (layer_end[-2] if len(layer_end) > 1 else 0.0)
-        )
-    return layer_end[-1], periods
 
 
 def _inputs(system, model, prec, tokens_per_device, prompt_len, cache_hit, microbatches):
@@ -321,29 +279,27 @@ def evaluate(
         0.0,
     )
     shares_port = cache_plane in (d.plane, d.scaleout_plane)  # a plane the EP all-to-all uses
-    layers = []
+    layers, port_s = [], {}
     for st in sts[:2]:
-        segs = _segments(st)
-        if shares_port:  # shares the UB port / IB NIC with the all-to-all: one more comm segment
-            segs = [[True, load_mb], *segs] if np.any(h > 0) else segs
+        segs = segments(st, policy, rotate=True)
         layers.append((st.stage.name, segs, st.stage.count))
-    chain_s, periods = pipeline_s(layers, n, shape)
-    if not shares_port:  # its own DMA stream on another NIC: a per-layer floor of n * load
-        floor = np.maximum(n * load_mb * model.num_layers + load_mb, 0.0)
-        chain_s = np.maximum(chain_s, floor)
-        periods = {k_: np.maximum(v, n * load_mb) for k_, v in periods.items()}
-    # concurrent streams share the die's HBM: never faster than n * (HBM time of one layer) per layer
-    hbm_floor = sum(st.stage.count * n * sum(t.memory_s for t in st.op_times) for st in sts[:2])
-    chain_s = np.maximum(chain_s, hbm_floor)
+        # busy time per microbatch of the port the prefetch runs on: the all-to-all's if it shares it
+        comm_s = sum(dur for is_comm, dur in segs if is_comm) if shares_port else 0.0
+        port_s[st.stage.name] = (st.stage.count, comm_s + load_mb)
+    # cmperf.step's list schedule over all layers, floored by the shared HBM (n * HBM time per layer)
+    chain_s, periods = compose(sts[:2], n, policy, layers=layers)
+    # The prefetch waits on no microbatch: a background transfer that fills the port's idle time, binding
+    # only when the port saturates: per layer n * (all-to-all on that port + load) (module docstring; on a
+    # GPU the whole all-to-all is counted against the NIC, an upper estimate of its busy time).
+    floor = sum(count * n * busy for count, busy in port_s.values())
+    chain_s = np.maximum(chain_s, floor)
+    periods = {k_: np.maximum(v, n * port_s[k_][1]) for k_, v in periods.items()}
     head_s = sts[2].period_s
     batch_s = np.broadcast_to(chain_s + head_s, shape)
     ideal_s = np.broadcast_to(ideal_step, shape)
     cache_load_s = n * load_mb * model.num_layers
     exposed = load_mb  # the first layer's prefetch has nothing to hide behind
-    if shares_port:
-        exposed = exposed + 0.0  # already a segment of the schedule (counted in chain_s)
-    else:
-        batch_s = batch_s + exposed
+    batch_s = batch_s + exposed
 
     kv_seq = p * kvb_layer * model.num_layers
     kv_xfer = np.broadcast_to(

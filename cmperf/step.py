@@ -9,19 +9,35 @@ Two streams per layer, per microbatch: A (time a) and M (time m).
   ``compute_share`` = (cores - comm_cube_cores) / cores of them (112/132 = 0.848 on H800); CM384's
   prefill all-to-all runs on AIV + SDMA, so its AIC share stays 1.
 
-Microbatch i of layer l+1 needs M_i of layer l, and each stream runs its microbatches in order, so the
-steady-state layer period is
+The step (both phases) is a *segment-level list schedule* (``compose``, ``pipeline_s``): one layer is the
+sequence of its ops cut into segments, maximal runs of one stream's ops (``segments``): a CM384 decode
+layer is [A][M]; a GPU decode layer [residual + attention + gate][dispatch][experts][combine] (decode
+cuts layers where the stream changes, ``rotate``); a prefill layer [prolog][all-gather][attention]
+[all-to-all][o_proj + gate][dispatch][experts][combine][residual]. Microbatch j's segment k waits for its
+own segment k-1 and for its stream, and each stream serves the segments in order (segment k of
+microbatches 0..n-1, then segment k+1), over all layers. It is exact for that schedule, vectorized over
+the operating points; the layer period is its steady state. Prefill simulates every layer; decode
+simulates each point until its schedule is periodic and extrapolates exactly (``_periodic_stage``).
+
+The coarse composition (``stage_time``, kept as the "ideal" period: prefill's ``ideal_overlap_batch_s``,
+decode's ``ideal_period_s``) assumes each stream can run its microbatches back to back:
 
     period = max(n*a, n*m, a + m, n * hbm_s)
 
-(n = 1: a + m, fully serial; n = 2 with a = m: 2a, fully hidden). ``hbm_s`` is the HBM time of all
-ops of one microbatch: concurrent streams share the die's bandwidth. Bounds: the lower uses every
-op's speed-of-light time (peak compute, full bandwidth, no fixed costs); the upper runs every op's
-ceilings back to back with no overlap at all.
+(n = 1: a + m, fully serial; n = 2 with a = m: 2a, fully hidden). With two segments per layer (split
+cores) the list schedule's steady state is exactly that; with more, a segment that waits behind a short
+segment of the other stream makes the list schedule slower (segments [A=2][M=1][A=1][M=2], n = 2:
+coarse max(2*3, 2*3, 3+3) = 6; list schedule: layer 1 ends at 9, then one layer every 7, because mb0's
+A=1 waits behind mb1's A=2 and mb0's M=2 behind it; tests/test_step.py). ``hbm_s`` is the HBM time
+of all ops of one microbatch: concurrent streams share the die's bandwidth, so both compositions are
+floored at n * hbm_s per layer (the list schedule: each stage at count * n * hbm_s). Bounds: the lower
+uses every op's speed-of-light time (peak compute, full bandwidth, no fixed costs); the upper runs every
+op's ceilings back to back with no overlap at all.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +49,8 @@ from .specs import System
 
 
 def binding_names(policy: str) -> tuple[str, str, str, str]:
-    """Names of StageTime.binding's four verdicts under ``policy`` (stream A, stream M, serial, HBM)."""
+    """Names of the four binding verdicts under ``policy`` (stream A, stream M, serial, HBM): of
+    StageTime.binding (coarse period) and of ``schedule_binding`` (list schedule)."""
     a, m = (
         ("attention stream", "MoE stream") if policy == "split-cores" else ("compute stream", "comm stream")
     )
@@ -46,10 +63,11 @@ class StageTime:
     op_times: tuple[OpTime, ...]
     a_s: np.ndarray  # stream A per microbatch
     m_s: np.ndarray  # stream M per microbatch
-    period_s: np.ndarray  # one repetition (layer), all microbatches
+    period_s: np.ndarray  # coarse ("ideal") period of one repetition (layer), all microbatches
     lower_s: np.ndarray
     upper_s: np.ndarray
-    binding: np.ndarray  # 0: stream A, 1: stream M, 2: A + M serial, 3: shared HBM
+    binding: np.ndarray  # coarse verdict: 0: stream A, 1: stream M, 2: A + M serial, 3: shared HBM
+    hbm_s: np.ndarray  # HBM time of all ops of one microbatch (the shared-HBM floor is n * hbm_s)
 
 
 def op_time(op: Op, system: System, cube_share=1.0, phase: str = "decode") -> OpTime:
@@ -105,7 +123,7 @@ def stage_time(
     period = cands.max(axis=0)
     binding = cands.argmax(axis=0).astype(np.int8)
     lower = np.max(np.stack(np.broadcast_arrays(n * lo_a, n * lo_m)), axis=0)
-    return StageTime(stage, tuple(times), a, m, period, lower, n * serial + 0 * period, binding)
+    return StageTime(stage, tuple(times), a, m, period, lower, n * serial + 0 * period, binding, hbm)
 
 
 def step_time(
@@ -117,9 +135,281 @@ def step_time(
     phase: str = "decode",
     compute_share: float = 1.0,
 ):
-    """(list of StageTime, step_s, lower_s, upper_s): step = sum over stages of count * period."""
+    """(list of StageTime, step_s, lower_s, upper_s) with the coarse composition: step = sum over stages of
+    count * period (the "ideal" step; ``compose`` is the list schedule)."""
     sts = [stage_time(s, system, microbatches, policy, attn_cube_share, phase, compute_share) for s in stages]
     step = sum(s.stage.count * s.period_s for s in sts)
     lower = sum(s.stage.count * s.lower_s for s in sts)
     upper = sum(s.stage.count * s.upper_s for s in sts)
     return sts, step, lower, upper
+
+
+# ------------------------------------------------------------------------------------- list schedule
+
+
+def segments(st: StageTime, policy: str, rotate: bool = False) -> list[list]:
+    """One layer of ``st`` as [[in_m, per-microbatch time]]: consecutive ops of one stream merged, in layer
+    order. Stream membership as ``stage_time``: split-cores: A = ops with op.stream == "attn", M = the rest
+    (CM384 decode: [A][M]); compute-comm: A = non-comm ops, M = comm ops (GPU decode: [attention + gate]
+    [dispatch][experts][combine][residual]; prefill: 9 segments, module docstring).
+
+    ``rotate``: when the layer ends on the stream it starts on, its trailing run moves to the front, so
+    layers are cut where the stream changes (GPU decode: [residual + attention + gate][dispatch][experts]
+    [combine]). Over a stage that is the merge of the trailing segment of layer l with the leading one of
+    layer l+1, one segment per microbatch as a two-batch-overlap runtime runs them (no stream switch in
+    between), not two list-scheduled segments; the only change is where the first layer's residual sits.
+    """
+    segs: list[list] = []
+    for op, t in zip(st.stage.ops, st.op_times, strict=True):
+        in_m = not _in_a(op, policy)
+        if segs and segs[-1][0] == in_m:
+            segs[-1][1] = segs[-1][1] + t.time_s
+        else:
+            segs.append([in_m, t.time_s])
+    if rotate and len(segs) > 2 and segs[0][0] == segs[-1][0]:
+        last = segs.pop()
+        segs[0] = [last[0], last[1] + segs[0][1]]
+    return segs
+
+
+def _shape(layers, n) -> tuple[int, ...]:
+    arrays = [np.shape(n)]
+    for _, segs, count in layers:
+        arrays.append(np.shape(count))
+        arrays.extend(np.shape(d) for _, d in segs)
+    return np.broadcast_shapes(*arrays)
+
+
+def _layer(segs, done: list, free: dict) -> None:
+    """One layer of the list schedule, updating ``done`` (end of each microbatch's latest segment) and
+    ``free`` (each stream's free time) in place: their arrays must be distinct and not shared. ``segs``:
+    [(in_m, [duration of microbatch j])]; a point's microbatches j >= n have duration 0: they start at
+    their stream's free time (never later: they follow microbatch n-1, whose previous segment they ended
+    with) and end there, so they change nothing."""
+    for in_m, durs in segs:
+        f = free[in_m]
+        for x, dur in zip(done, durs, strict=True):
+            np.maximum(f, x, out=x)  # start
+            x += dur  # end
+            f = x
+        np.copyto(free[in_m], f)
+
+
+def _latest(done: list) -> np.ndarray:
+    """Latest microbatch end (a new array)."""
+    return functools.reduce(np.maximum, done) if len(done) > 1 else done[0].copy()
+
+
+#: Stages of fewer layers are simulated layer by layer even with ``extrapolate`` (checking costs more).
+EXTRAPOLATE_MIN_LAYERS = 8
+
+#: A stage's schedule is periodic at a point once every state time moved by the same amount over one
+#: layer, to within this fraction of the elapsed time (float noise is ~1e-16; a transient this close to
+#: periodic misplaces the makespan by at most layers * 1e-12 of it).
+PERIODIC_RTOL = 1e-12
+
+
+def _periodic_stage(segs, done: list, free: dict, count: int):
+    """``count`` layers of one stage, each point simulated until its schedule is periodic, then extrapolated.
+
+    The list schedule is max-plus linear in the state x = (microbatch ends, stream free times): one layer
+    maps x to A (x) x, and A (x) (x + p) = A (x) x + p. So once one layer moved every state time by the same
+    p, every later layer does too, and the remaining (count - i) layers add (count - i) * p to each: the
+    extrapolation is exact. A point that is not periodic yet (a backlog from the previous stage that the
+    slower stream works off, e.g. the 3 dense layers' M stream before MoE layers whose A stream binds) is
+    simulated further; working arrays shrink to those points. Checked from the second layer on (the first
+    carries the previous stage's state). Returns (done, free, period) with the period = p (periodic points)
+    or the growth of the latest microbatch end over the last layer (the others)."""
+    used = sorted({in_m for in_m, _ in segs})
+    out_done: list = []
+    out_free: dict = {}
+    period = None
+    idx = None  # flat indices of the points still simulated (None: all)
+    w_segs, w_done, w_free = segs, list(done), dict(free)
+    last = None
+    for i in range(1, count + 1):
+        check = 1 < i < count
+        if check:
+            d0, f0 = [x.copy() for x in w_done], {k: w_free[k].copy() for k in used}
+        if i == count:
+            last = _latest(w_done)
+        _layer(w_segs, w_done, w_free)
+        if not check:
+            continue
+        moved = [w_free[k] - f0[k] for k in used] + [x - y for x, y in zip(w_done, d0, strict=True)]
+        hi, lo = functools.reduce(np.maximum, moved), functools.reduce(np.minimum, moved)
+        ok = hi - lo <= PERIODIC_RTOL * _latest(w_done)
+        if idx is None:  # first check: every point's extrapolation (the rest are overwritten later)
+            shift = (count - i) * hi
+            out_done = [x + shift for x in w_done]
+            out_free = {k: x + shift if k in used else x.copy() for k, x in w_free.items()}
+            period = hi
+            keep = np.flatnonzero(~ok)
+            idx = keep
+        else:
+            sel = np.flatnonzero(ok)
+            if not sel.size:
+                continue
+            g = idx[sel]
+            shift = (count - i) * hi[sel]
+            for j, x in enumerate(w_done):
+                out_done[j][g] = x[sel] + shift
+            for k, x in w_free.items():
+                out_free[k][g] = x[sel] + shift if k in used else x[sel]
+            period[g] = hi[sel]
+            keep = np.flatnonzero(~ok)
+            idx = idx[keep]
+        if not idx.size:
+            return out_done, out_free, period
+        if keep.size < ok.size:
+            w_segs = [(in_m, [d[keep] for d in durs]) for in_m, durs in w_segs]
+            w_done = [x[keep] for x in w_done]
+            w_free = {k: x[keep] for k, x in w_free.items()}
+    if idx is None:  # count == 2: nothing checked
+        return w_done, w_free, _latest(w_done) - last
+    for j, x in enumerate(w_done):
+        out_done[j][idx] = x
+    for k, x in w_free.items():
+        out_free[k][idx] = x
+    period[idx] = _latest(w_done) - last
+    return out_done, out_free, period
+
+
+def pipeline_s(
+    layers: list[tuple[str, list, object]],
+    n,
+    shape=None,
+    extrapolate: bool = False,
+    floors: dict | None = None,
+):
+    """List schedule of n microbatches over two streams (A, M), all layers in order.
+
+    ``layers``: [(stage name, segments [[in_m, duration]], count)], count an int or an array (per point,
+    e.g. 0 or 1 MTP layers). Segment k of microbatch j starts at max(its stream's free time, end of
+    segment k-1 of microbatch j); each stream serves segment k for microbatches 0..n-1, then segment k+1.
+    Returns (makespan_s, steady-state period per stage name): the period is the growth of the latest
+    microbatch end over the stage's last layer (a one-layer stage: over that layer). n = 1 gives the
+    serial sum; equal compute and comm segments with n = 2 give 2*max per layer. Worked case: segments
+    [A=1, C=1] x 1 layer, n = 2 -> 3 (fill + drain).
+
+    ``extrapolate``: a stage of an int count > 1 runs each point only until its schedule is periodic, then
+    adds the rest exactly (``_periodic_stage``: fill + (count - k) * period + drain); False simulates every
+    layer (prefill). Per-point arithmetic either way: an array of points equals the points one by one.
+
+    ``floors``: {stage name: minimum time from the previous stage's end to this stage's end} (``compose``:
+    the shared-HBM floor count * n * hbm_s); where a stage ends earlier, every state time moves later by
+    the difference (a uniform delay: the schedule after it is the same, later).
+    """
+    if shape is None:
+        shape = np.broadcast_shapes(_shape(layers, n), *(np.shape(f) for f in (floors or {}).values()))
+    size = int(np.prod(shape))
+
+    def flat(x):
+        return np.broadcast_to(np.asarray(x, dtype=float), shape).reshape(-1)
+
+    nf = flat(n)
+    nmax, nmin = (int(nf.max()), int(nf.min())) if size else (1, 1)
+    done = [np.zeros(size) for _ in range(nmax)]  # updated in place by _layer
+    free = {False: np.zeros(size), True: np.zeros(size)}
+    stage_end, periods = np.zeros(size), {}
+    for name, segs, count in layers:
+        fsegs = []
+        for in_m, d in segs:  # per microbatch; 0 for a point's microbatches j >= n (``_layer``)
+            d = flat(d)
+            fsegs.append((in_m, [d if j < nmin else np.where(j < nf, d, 0.0) for j in range(nmax)]))
+        start = stage_end
+        if np.ndim(count):  # per-point layer counts: run max(count) layers, keep the state where i < count
+            c = flat(count)
+            for i in range(int(c.max()) if size else 0):
+                on = i < c
+                d0, f0 = [x.copy() for x in done], {k: x.copy() for k, x in free.items()}
+                _layer(fsegs, done, free)
+                done = [np.where(on, x, y) for x, y in zip(done, d0, strict=True)]
+                free = {k: np.where(on, free[k], f0[k]) for k in free}
+            stage_end = _latest(done)
+            periods[name] = stage_end - start
+        else:
+            count = int(count)
+            if count == 0:
+                periods[name] = np.zeros(size)
+                continue
+            if extrapolate and count >= EXTRAPOLATE_MIN_LAYERS and size:
+                done, free, periods[name] = _periodic_stage(fsegs, done, free, count)
+                stage_end = _latest(done)
+            else:
+                before = start
+                for i in range(count):
+                    if i == count - 1 and count > 1:
+                        before = _latest(done)
+                    _layer(fsegs, done, free)
+                stage_end = _latest(done)
+                periods[name] = stage_end - before
+        if floors is not None and name in floors:
+            late = np.maximum(start + flat(floors[name]) - stage_end, 0.0)
+            if late.any():  # (+ 0.0 where the floor does not bind: the same bits as skipping it)
+                for x in (*done, *free.values(), stage_end):
+                    x += late
+    return stage_end.reshape(shape), {k: v.reshape(shape) for k, v in periods.items()}
+
+
+def compose(
+    sts: list[StageTime], microbatches, policy: str, *, rotate: bool = False, extrapolate=False, layers=None
+):
+    """(makespan_s, {stage name: steady-state period_s}) of the overlapped stages ``sts`` run in order.
+
+    The list schedule (``pipeline_s``) over ``segments(st, policy, rotate)`` (or the given ``layers`` of
+    (name, segments, count), prefill's with its cache-load segment), floored by the shared HBM (module
+    docstring): each stage takes at least count * n * hbm_s after the previous one ended (so the makespan
+    is at least sum_stages count * n * hbm_s), each period is at least n * hbm_s.
+    """
+    n = np.asarray(microbatches, dtype=float)
+    if layers is None:
+        layers = [(st.stage.name, segments(st, policy, rotate), st.stage.count) for st in sts]
+    floors = {st.stage.name: st.stage.count * n * st.hbm_s for st in sts}
+    chain, periods = pipeline_s(layers, n, extrapolate=extrapolate, floors=floors)
+    for st in sts:
+        periods[st.stage.name] = np.maximum(periods[st.stage.name], n * st.hbm_s)
+    return chain, periods
+
+
+def _critical_path_s(segs, n: int, layers: int = 12) -> dict[bool, float]:
+    """Seconds of each stream (key in_m) on the critical path of the steady-state layers of ``segs`` run
+    alone for ``layers`` layers (scalar). The path is traced back from the last end through each segment's
+    later predecessor (its stream's previous segment on ties); it has no idle time, so per layer its
+    seconds sum to the period. Counted over layers layers//2 .. layers-2 (past the fill, before the drain).
+    """
+    done = [(0.0, -1)] * n
+    free = {False: (0.0, -1), True: (0.0, -1)}
+    nodes = []  # (layer, in_m, duration, predecessor node)
+    for layer in range(layers):
+        for in_m, dur in segs:
+            for j in range(n):
+                (f_end, f_node), (d_end, d_node) = free[in_m], done[j]
+                nodes.append((layer, in_m, dur, f_node if f_end >= d_end else d_node))
+                done[j] = free[in_m] = (max(f_end, d_end) + dur, len(nodes) - 1)
+    on_path = {False: 0.0, True: 0.0}
+    node = max(done)[1]
+    while node >= 0:
+        layer, in_m, dur, node = nodes[node]
+        if layers // 2 <= layer < layers - 1:
+            on_path[in_m] += dur
+    return on_path
+
+
+def schedule_binding(st: StageTime, policy: str, microbatches, period_s, rotate: bool = False) -> int:
+    """Verdict on one point's list-schedule period (scalar; ``binding_names`` order): 3 "shared HBM" when
+    the HBM floor n * hbm_s sets it, 2 "serial A+M" for n = 1 (no overlap), else the stream with more time
+    on the steady-state critical path (``_critical_path_s``): with two segments per layer the busier
+    stream (the coarse verdict); with more, the stream whose segments a stall still leaves on the path
+    most (dgx-h800 decode with 200 Gb/s NICs: the comm stream, busy 95% of the period)."""
+
+    def first(x):
+        return float(np.asarray(x, dtype=float).reshape(-1)[0])
+
+    n = int(first(microbatches)) if st.stage.overlapped else 1
+    if n * first(st.hbm_s) >= first(period_s):
+        return 3
+    if n == 1:
+        return 2
+    on_path = _critical_path_s([(m, first(d)) for m, d in segments(st, policy, rotate)], n)
+    return 0 if on_path[False] >= on_path[True] else 1

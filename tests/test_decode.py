@@ -178,3 +178,30 @@ def test_scenario_accepts_auto(tmp_path):
         ["decode", "--scenario", str(tmp_path / "auto-mb.toml"), "--microbatches", "3", "--format", "json"],
     )
     assert json.loads(r2.output)["deployment"]["microbatches"] == 3  # the flag overrides the file
+
+
+# ---------- step composition: the list schedule (cmperf.step) and the coarse "ideal" period
+
+
+def test_streams_report_list_schedule_and_ideal_periods(cm384, r1):
+    from cmperf import specs
+    from cmperf.deployment import default_precision
+
+    p = decode.predict(cm384, r1, DecodeDeployment(microbatches=2))
+    moe = p.streams["moe"]
+    # split cores, [attention][MoE] per layer: the list schedule's steady state is the coarse period
+    assert moe["period_s"] == pytest.approx(moe["ideal_period_s"], rel=1e-12)
+    assert moe["binding"] == moe["ideal_binding"] == "attention stream"
+    assert p.moe_layer_s == moe["period_s"]
+    # the step differs from the coarse sum by fill, drain and the stage boundaries only (+0.6% here)
+    ideal = sum(s["count"] * s["ideal_period_s"] for s in p.streams.values())
+    assert p.step_s == pytest.approx(ideal, rel=0.01) and p.step_s > ideal
+    h800 = specs.load_system("dgx-h800")
+    dep = DecodeDeployment(
+        devices=144, ep_size=144, batch_per_device=128, microbatches=2, precision=default_precision(h800)
+    )
+    g = decode.predict(h800, r1, dep)
+    # compute-comm: the combine waits behind the short expert segment, the period exceeds the coarse max
+    assert g.streams["moe"]["period_s"] > 1.2 * g.streams["moe"]["ideal_period_s"]
+    assert g.streams["head"]["period_s"] == g.streams["head"]["ideal_period_s"]  # serial stage
+    assert g.lower_tpot_s < g.tpot_s < g.upper_tpot_s

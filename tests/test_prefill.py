@@ -13,9 +13,9 @@ PAPER_TPS = 6688.0  # CM384 §5 prefill, 16K tokens per NPU of 4K prompts, EP32,
 
 def test_paper_point_perfect_eplb(cm384, r1):
     p = prefill.predict(cm384, r1, prefill.PrefillDeployment())
-    # 7,017 tokens/s per NPU (pinned to 1%), +4.9% vs the paper's 6,688: an out-of-sample check, since the
+    # 7,173 tokens/s per NPU (pinned to 1%), +7.3% vs the paper's 6,688: an out-of-sample check, since the
     # 910C's pipeline_compute is calibrated on decode batch 96 only (scripts/fit_pipeline.py).
-    assert p.tokens_per_s_per_device == pytest.approx(7017.0, rel=0.01)
+    assert p.tokens_per_s_per_device == pytest.approx(7173.0, rel=0.01)
     assert abs(p.tokens_per_s_per_device / PAPER_TPS - 1.0) < 0.10
     assert p.feasible and p.imbalance == 1.0
     assert p.lower_batch_s < p.ideal_overlap_batch_s <= p.batch_s < p.upper_batch_s
