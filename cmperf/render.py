@@ -81,9 +81,22 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
     return rows
 
 
+#: Streams table of decode and prefill: per-microbatch stream times, the coarse period
+#: max(n*a, n*m, a+m, n*HBM) ("ideal") and the list schedule's steady-state period (cmperf.step).
+STREAM_HEADER = ("stage", "layers", "A", "M", "ideal period", "scheduled period", "binding")
+
+
 def stream_rows(p) -> list[tuple[str, ...]]:
     return [
-        (name, str(s["count"]), fmt_s(s["a_s"]), fmt_s(s["m_s"]), fmt_s(s["period_s"]), str(s["binding"]))
+        (
+            name,
+            str(s["count"]),
+            fmt_s(s["a_s"]),
+            fmt_s(s["m_s"]),
+            fmt_s(s.get("ideal_period_s", s["period_s"])),
+            fmt_s(s["period_s"]),
+            str(s.get("binding", s.get("ideal_binding", ""))),
+        )
         for name, s in p.streams.items()
     ]
 
@@ -135,7 +148,7 @@ def decode_markdown(p) -> str:
         "# cmperf decode prediction\n",
         markdown_table(("quantity", "value"), decode_summary_rows(p)),
         "\n## Streams per layer (per microbatch: A = attention stream, M = MoE stream)\n",
-        markdown_table(("stage", "layers", "A", "M", "period", "binding"), stream_rows(p)),
+        markdown_table(STREAM_HEADER, stream_rows(p)),
         "\n## Per-op breakdown\n",
         markdown_table(OP_HEADER, op_table_rows(p.ops, p.step_s)),
     ]
@@ -175,11 +188,7 @@ def decode_table(p) -> None:
         "cmperf decode",
         decode_summary_rows(p),
         [
-            (
-                "streams per layer (per microbatch)",
-                ("stage", "layers", "A", "M", "period", "binding"),
-                stream_rows(p),
-            ),
+            ("streams per layer (per microbatch)", STREAM_HEADER, stream_rows(p)),
             ("per-op breakdown", OP_HEADER, op_table_rows(p.ops, p.step_s)),
         ],
     )

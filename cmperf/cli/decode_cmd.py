@@ -207,7 +207,6 @@ def _auto_output(p, fmt, output) -> None:
     """Table or markdown of a prediction whose microbatch count was chosen by ``--microbatches auto``."""
     from .. import render
 
-    streams = ("stage", "layers", "A", "M", "period", "binding")
     rows = auto_summary_rows(p)
     if fmt == "markdown":
         plain = render.markdown_table(("quantity", "value"), render.decode_summary_rows(p))
@@ -218,7 +217,7 @@ def _auto_output(p, fmt, output) -> None:
         "cmperf decode",
         rows,
         [
-            ("streams per layer (per microbatch)", streams, render.stream_rows(p)),
+            ("streams per layer (per microbatch)", render.STREAM_HEADER, render.stream_rows(p)),
             ("per-op breakdown", render.OP_HEADER, render.op_table_rows(p.ops, p.step_s)),
         ],
     )

@@ -54,34 +54,6 @@ def _summary_rows(p) -> list[tuple[str, str]]:
     ]
 
 
-def _stream_rows(p) -> list[tuple[str, ...]]:
-    from ..units import fmt_s
-
-    return [
-        (
-            k,
-            str(s["count"]),
-            fmt_s(s["a_s"]),
-            fmt_s(s["m_s"]),
-            fmt_s(s["ideal_period_s"]),
-            fmt_s(s["period_s"]),
-            str(s["ideal_binding"]),
-        )
-        for k, s in p.streams.items()
-    ]
-
-
-_STREAM_HEADER = (
-    "stage",
-    "layers",
-    "A (compute)",
-    "M (comm)",
-    "ideal period",
-    "pipelined period",
-    "ideal binding",
-)
-
-
 @click.command()
 @scenario_option
 @system_model_options
@@ -181,7 +153,7 @@ def prefill(
                     "# cmperf prefill prediction\n",
                     render.markdown_table(("quantity", "value"), _summary_rows(p)),
                     "\n## Streams per layer (per microbatch)\n",
-                    render.markdown_table(_STREAM_HEADER, _stream_rows(p)),
+                    render.markdown_table(render.STREAM_HEADER, render.stream_rows(p)),
                     "\n## Per-op breakdown\n",
                     render.markdown_table(render.OP_HEADER, ops),
                 ]
@@ -193,7 +165,7 @@ def prefill(
             "cmperf prefill",
             _summary_rows(p),
             [
-                ("streams per layer (per microbatch)", _STREAM_HEADER, _stream_rows(p)),
+                ("streams per layer (per microbatch)", render.STREAM_HEADER, render.stream_rows(p)),
                 ("per-op breakdown", render.OP_HEADER, ops),
             ],
         )
