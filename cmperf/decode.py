@@ -126,7 +126,7 @@ def mtp_layers(model: Model, mtp):
     return np.minimum(mtp, model.num_mtp_modules)
 
 
-def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args):
+def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv=0.0):
     """Stages of one decode step and the per-rank quantities they need.
 
     The head stage comes last. With a mix of MTP depths (some points 0) a second head stage without the
@@ -136,6 +136,7 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args):
     d = system.collectives["dispatch"]
     tokens = b_rank * (1.0 + mtp)
     t_mb, s_mb = tokens / n, b_rank / n
+    kv_len = straggler_kv_len(kv_len, kv_cv, s_mb, ep)  # the slowest rank's attention (DP straggler)
     imb = routed_imbalance(model, pl, ep, ep * t_mb * k, *imb_args)
     exp_tok, exp_read, copies = moe_load(model, pl, ep, t_mb, imb)
     if d.copies == "per-rank":
@@ -203,6 +204,38 @@ def _per_mtp(mtp, fn):
     return pick(res)
 
 
+def expected_max_normal(count) -> np.ndarray:
+    """E[max of ``count`` iid standard normals] by Blom's approximation Phi^-1((R - 0.375) / (R + 0.25))
+    (exact values by quadrature: 0.564 for 2, 1.424 for 8, 2.898 for 320; Blom gives 0.590, 1.434, 2.886):
+    0 for one rank."""
+    from statistics import NormalDist
+
+    inv = NormalDist().inv_cdf
+    r = np.maximum(np.asarray(count, dtype=float), 1.0)
+    vals = {float(x): (inv((x - 0.375) / (x + 0.25)) if x > 1 else 0.0) for x in set(r.ravel().tolist())}
+    if r.ndim == 0:
+        return np.asarray(vals[float(r)])
+    return np.vectorize(lambda x: vals[float(x)], otypes=[float])(r)
+
+
+def straggler_kv_len(kv_len, kv_cv, seqs_per_microbatch, ranks):
+    """KV length per sequence that the slowest rank's attention sees, per microbatch.
+
+    Data-parallel attention ends in the EP dispatch, which waits for every rank: each layer and microbatch
+    runs at the pace of the rank whose sequences hold the most KV. With S sequences per rank and
+    microbatch whose KV lengths have mean L and coefficient of variation c (independent), a rank's total is
+    ~ Normal(S L, c L sqrt(S)), and the expected maximum over R ranks is S L (1 + z_R c / sqrt(S)), z_R =
+    ``expected_max_normal(R)``. Worked number: L = 4,608, c = 0.064 (outputs of 1,024 tokens at uniformly
+    spread positions: 1024/sqrt(12)/4608), S = 24, R = 320: 4,608 x (1 + 2.886 x 0.0642 / 4.9) = 4,782
+    (+3.8%). c = 0 (every sequence at the same length, the paper's benchmark) leaves L."""
+    kv = np.asarray(kv_len, dtype=float)
+    cv = np.asarray(kv_cv, dtype=float)
+    if not np.any(cv > 0):
+        return kv
+    s = np.maximum(np.asarray(seqs_per_microbatch, dtype=float), 1e-9)
+    return kv * (1.0 + expected_max_normal(ranks) * cv / np.sqrt(np.maximum(s, 1.0)))
+
+
 def attention_cores(system: System, attention_cube_cores=None) -> np.ndarray:
     """Cube cores of the attention stream: the given array, None or NaN entries = the system's
     ``[overlap.decode] attention_cube_cores`` (16 of 24 on a 910C die, CM384 §4.2)."""
@@ -229,11 +262,14 @@ def evaluate(
     attention_cube_cores=None,
     num_redundant=None,
     kv_capacity_len=None,
+    kv_cv=0.0,
 ) -> DecodeEval:
     """Vectorized decode prediction; every knob may be a numpy array and they broadcast together.
 
     Knobs: batch_per_device, kv_len, ep_size, microbatches, mtp, mtp_accept, attention_cube_cores (None
-    or NaN entries = the system default), imbalance (None = ``eplb``), kv_capacity_len. Each point of the
+    or NaN entries = the system default), imbalance (None = ``eplb``), kv_capacity_len, kv_cv (spread of
+    the sequences' KV lengths: the attention runs at the slowest rank's KV, ``straggler_kv_len``; memory
+    holds the mean). Each point of the
     broadcast gives exactly the numbers a scalar call with that point's knobs gives (tests/
     test_decode_vector.py): a mix of MTP depths adds the MTP stage with 0 executions where MTP is off,
     and cube-core shares broadcast through cmperf.step (share = cores / cube_cores, e.g. 16/24 on 910C).
@@ -252,7 +288,7 @@ def evaluate(
     on = mtp_a > 0
     pl = placement_arrays(model, ep, num_redundant)
     stages, head_off, imb, disp_msg, comb_msg, _ = _stages(
-        system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl, (eplb, imbalance)
+        system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl, (eplb, imbalance), kv_cv
     )
     # the head runs last; summing it on its own keeps the scalar path's order of additions (same bits)
     sts, ideal, lower, upper = step_time(stages[:-1], system, n, policy, share)
@@ -376,6 +412,7 @@ class DecodePrediction:
     comm_bound_tpot_s: float
     streams: dict[str, dict[str, float | str]]
     ops: list[OpRow]
+    straggler_kv_len: float = 0.0  # KV per sequence the slowest rank's attention sees (kv_cv > 0)
 
 
 def op_rows(sts, n) -> list[OpRow]:
@@ -425,6 +462,7 @@ def _evaluate_deployment(system, model, dep: DecodeDeployment, kv_capacity_len, 
         attention_cube_cores=dep.attention_cube_cores,
         num_redundant=dep.num_redundant,
         kv_capacity_len=kv_capacity_len,
+        kv_cv=dep.kv_cv,
     )
 
 
@@ -473,6 +511,7 @@ def predict(
         dep = replace(dep, microbatches=chosen)
     dep.check(system, model)
     ev = _evaluate_deployment(system, model, dep, kv_capacity_len, dep.microbatches)
+    seqs_mb = dep.batch_per_device / system.ranks_per_device / dep.microbatches
     f = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
     reasons = []
     if not bool(ev.feasible):
@@ -528,4 +567,5 @@ def predict(
         f(ev.comm_bound_tpot_s),
         streams,
         op_rows(ev.stages, dep.microbatches),
+        f(straggler_kv_len(dep.kv_len, dep.kv_cv, seqs_mb, dep.ep_size)),
     )

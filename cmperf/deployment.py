@@ -179,6 +179,7 @@ class DecodeDeployment:
     eplb: str = "model"  # "model" or "perfect"
     precision: Precision = field(default_factory=Precision)
     attention_cube_cores: int | None = None  # None: the system's [overlap.decode] default
+    kv_cv: float = 0.0  # CV of the sequences' KV lengths (cmperf.decode.straggler_kv_len)
 
     def check(self, system: System, model: Model) -> Placement:
         """Validate against the system and model; return the expert placement."""
@@ -200,6 +201,8 @@ class DecodeDeployment:
                 f"--kv-len: {self.kv_len:g} is outside 1..{model.max_position_embeddings} "
                 f"(the model's context)"
             )
+        if not 0.0 <= self.kv_cv <= 10.0:
+            raise CmperfError(f"--kv-cv: must be in [0, 10], got {self.kv_cv:g}")
         if not 0 <= self.mtp <= model.num_mtp_modules:
             raise CmperfError(
                 f"--mtp: {model.name} has {model.num_mtp_modules} MTP module(s); use 0 to "

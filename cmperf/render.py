@@ -78,6 +78,15 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
         ("largest batch that fits", f"{p.max_batch_per_device:,.0f} per device"),
         ("feasible", "yes" if p.feasible else "NO: " + "; ".join(p.reasons)),
     ]
+    if p.deployment.get("kv_cv", 0) > 0:
+        rows.insert(
+            2,
+            (
+                "attention KV, slowest rank",
+                f"{p.straggler_kv_len:,.0f} per sequence (mean {p.deployment['kv_len']:,.0f}, "
+                f"KV CV {p.deployment['kv_cv']:.3g})",
+            ),
+        )
     return rows
 
 

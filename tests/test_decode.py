@@ -1,7 +1,11 @@
+import json
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from cmperf import decode
+from cmperf.cli import main
 from cmperf.deployment import DecodeDeployment
 
 PAPER = {96: (1943.0, 49.4e-3), 8: (538.0, 14.9e-3)}  # CM384 §5: tokens/s per NPU, TPOT
@@ -205,3 +209,30 @@ def test_streams_report_list_schedule_and_ideal_periods(cm384, r1):
     assert g.streams["moe"]["period_s"] > 1.2 * g.streams["moe"]["ideal_period_s"]
     assert g.streams["head"]["period_s"] == g.streams["head"]["ideal_period_s"]  # serial stage
     assert g.lower_tpot_s < g.tpot_s < g.upper_tpot_s
+
+
+def test_straggler_kv_len_worked_number_and_limits():
+    # CM384 batch 96, 2 microbatches: 24 sequences per die and microbatch, EP320; outputs of 1,024 tokens at
+    # uniformly spread positions around a 4,608 mean: CV = 1024 / sqrt(12) / 4608 = 0.0642
+    assert float(decode.expected_max_normal(320)) == pytest.approx(2.898, rel=0.01)  # quadrature value
+    assert float(decode.expected_max_normal(1)) == 0.0
+    kv = float(decode.straggler_kv_len(4608.0, 1024 / 12**0.5 / 4608, 24, 320))
+    assert kv == pytest.approx(4608 * (1 + 2.898 * 0.0642 / 24**0.5), rel=2e-3)  # ~4,782
+    assert float(decode.straggler_kv_len(4608.0, 0.0, 24, 320)) == 4608.0
+    more_ranks = decode.straggler_kv_len(4096.0, 0.3, 24, np.array([8.0, 64.0, 320.0]))
+    assert np.all(np.diff(more_ranks) > 0)  # the slowest of more ranks is slower
+
+
+def test_kv_spread_slows_attention_bound_decode(cm384, r1):
+    cv = np.array([0.0, 0.1, 0.3, 1.0])
+    ev = decode.evaluate(cm384, r1, batch_per_device=96, kv_len=4096, ep_size=320, kv_cv=cv)
+    t = np.asarray(ev.tpot_s)
+    assert np.all(np.diff(t) > 0)
+    # memory holds the mean KV: the spread changes time, not capacity
+    assert np.all(np.asarray(ev.hbm_bytes_per_rank) == np.asarray(ev.hbm_bytes_per_rank).reshape(-1)[0])
+    r = CliRunner().invoke(
+        main, ["decode", "--prompt-len", "4096", "--output-len", "1024", "--format", "json"]
+    )
+    d = json.loads(r.output)
+    assert d["deployment"]["kv_cv"] == pytest.approx(1024 / 12**0.5 / 4608, rel=1e-9)
+    assert d["straggler_kv_len"] > d["deployment"]["kv_len"] == 4608

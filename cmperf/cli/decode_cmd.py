@@ -76,6 +76,14 @@ def make_precision(system, weights: str | None, kv_dtype: str, experts: str | No
 )
 @click.option("--output-len", type=float, default=None, help="Output tokens per request (see --prompt-len).")
 @click.option(
+    "--kv-cv",
+    type=float,
+    default=None,
+    help="Coefficient of variation of the sequences' KV lengths: data-parallel attention runs at the pace "
+    "of the rank with the most KV [default: 0 with --kv-len; with --prompt-len/--output-len, sequences "
+    "spread uniformly over their output: output/sqrt(12)/KV].",
+)
+@click.option(
     "--mtp", type=int, default=1, show_default=True, help="Speculative MTP tokens per step (0 = off)."
 )
 @click.option(
@@ -120,6 +128,7 @@ def decode(
     kv_len,
     prompt_len,
     output_len,
+    kv_cv,
     mtp,
     mtp_accept,
     microbatches,
@@ -156,6 +165,8 @@ def decode(
                 f"{mod.max_position_embeddings}"
             )
     kv_len = 4096.0 if kv_len is None else kv_len
+    if kv_cv is None:  # positions uniform over the output: sd output / sqrt(12) around the mean
+        kv_cv = output_len / 12**0.5 / kv_len if prompt_len is not None else 0.0
     if isinstance(microbatches, str) and microbatches != dec.AUTO:
         raise CmperfError(f"--microbatches: {microbatches!r} is not a count; give auto or 1, 2, 3, 4")
     ep_size = ep_size if ep_size is not None else devices * sysm.ranks_per_device
@@ -172,6 +183,7 @@ def decode(
         eplb=eplb,
         precision=make_precision(sysm, weights, kv_dtype, experts_dtype),
         attention_cube_cores=attn_cores,
+        kv_cv=kv_cv,
     )
     p = dec.predict(sysm, mod, dep, kv_capacity_len=kv_cap)
     if fmt == "json":
