@@ -402,7 +402,7 @@ class DecodePoolResult:
     batch_per_device: float
     batch_p99_per_device: float
     kv_mean_len: float
-    kv_p99_len: float
+    kv_slowest_rank_len: float  # KV per sequence the slowest rank's attention sees (the steps' pace)
     tpot_mean_s: float
     tpot_p99_s: float
     tpot_slo_quantile_s: float
@@ -416,7 +416,13 @@ class DecodePoolResult:
 
 
 class _DecodeCurve:
-    """TPOT(b) for one decode pool at the mean KV length, on a batch grid (one vectorized evaluate)."""
+    """TPOT(b) for one decode pool at the mean KV length, on a batch grid (one vectorized evaluate).
+
+    The sequences' KV lengths spread (``Workload.kv_std_len``: prompt spread and output progress), and the
+    data-parallel attention of every layer waits for the rank with the most KV: every step runs at the
+    expected maximum over the EP group (cmperf.decode.straggler_kv_len, kv_cv = kv_std_len / kv_mean_len).
+    The p99 adds the fluctuation of the batch count only: the maximum over many ranks varies little from
+    step to step."""
 
     def __init__(self, system, model, wl: Workload, pools: Pools, devices: int | None = None):
         self.system, self.model, self.wl, self.pools = system, model, wl, pools
@@ -447,6 +453,7 @@ class _DecodeCurve:
             mtp_accept=p.mtp_accept,
             precision=p.precision,
             kv_capacity_len=self.kv_cap,
+            kv_cv=self.wl.kv_std_len / self.wl.kv_mean_len,
         )
         return ev if full else ev.tpot_s
 
@@ -468,16 +475,18 @@ class _DecodeCurve:
             return math.inf
         return float(optimize.brentq(f, lo, hi, xtol=1e-9, rtol=1e-12))
 
+    def slowest_kv_len(self, b: float) -> float:
+        """KV per sequence of the rank with the most KV at batch ``b`` per device (one microbatch count:
+        the pool's; cmperf.decode.straggler_kv_len)."""
+        seqs = max(b / self.system.ranks_per_device / self.pools.decode_microbatches, 1e-9)
+        cv = self.wl.kv_std_len / self.wl.kv_mean_len
+        return float(dec.straggler_kv_len(self.wl.kv_mean_len, cv, seqs, self.ep))
+
     def quantile_point(self, b: float, q: float):
-        """(b_q, kv_q): per-device batch b + z√(b/D) (capped at the HBM cap) and die-mean KV + z σ/√(b/ranks)
-        (capped at prompt + output for fixed lengths, at the model context otherwise)."""
-        z = _z(q)
-        bq = min(b + z * math.sqrt(b / self.devices), self.max_batch)
-        b_rank = max(bq / self.system.ranks_per_device, 1.0)
-        spread = self.wl.prompt_cv > 0 or self.wl.output_cv > 0  # fixed lengths end at prompt + output
-        top = float(self.model.max_position_embeddings) if spread else self.kv_cap
-        kvq = min(self.wl.kv_mean_len + z * self.wl.kv_std_len / math.sqrt(b_rank), top)
-        return bq, kvq
+        """(b_q, kv): per-device batch b + z√(b/D) (capped at the HBM cap) at the mean KV (the KV spread
+        is in every step already, as the slowest rank's attention: class docstring)."""
+        bq = min(b + _z(q) * math.sqrt(b / self.devices), self.max_batch)
+        return bq, self.wl.kv_mean_len
 
 
 def decode_pool(curve: _DecodeCurve, rate: float, slo: SLO) -> DecodePoolResult:
@@ -509,6 +518,7 @@ def decode_pool(curve: _DecodeCurve, rate: float, slo: SLO) -> DecodePoolResult:
     b99, kv99 = curve.quantile_point(b, 0.99)
     bq, kvq = curve.quantile_point(b, slo.quantile)
     pts = curve.tpot(np.asarray([b, b99, bq]), np.asarray([curve.wl.kv_mean_len, kv99, kvq]))
+    slowest = curve.slowest_kv_len(b)
     mean, p99, pq = (float(x) for x in pts)
     sigma = max(p99 - mean, 0.0) / _z(0.99)
     if sigma > 0:
@@ -523,7 +533,7 @@ def decode_pool(curve: _DecodeCurve, rate: float, slo: SLO) -> DecodePoolResult:
         b,
         b99,
         curve.wl.kv_mean_len,
-        kv99,
+        slowest,
         mean,
         p99,
         pq,

@@ -64,7 +64,8 @@ def serve_rows(r) -> list[tuple[str, str]]:
         (
             "decode batch",
             f"{d.batch_per_device:.2f} per device (p99 {d.batch_p99_per_device:.2f}, cap "
-            f"{d.max_batch_per_device:.0f}), KV {d.kv_mean_len:.0f} (p99 {d.kv_p99_len:.0f})",
+            f"{d.max_batch_per_device:.0f}), KV {d.kv_mean_len:.0f} "
+            f"(slowest rank {d.kv_slowest_rank_len:.0f})",
         ),
         (
             "cache",
