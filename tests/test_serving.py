@@ -267,3 +267,19 @@ def test_serve_on_a_system_without_ub_uses_its_scaleout_plane():
     assert d["inputs"]["cache_plane"] == "ib" and d["cache"]["kv_load_plane"] == "ib"
     bad = CliRunner().invoke(main, [*args, "--cache-plane", "ub"])
     assert bad.exit_code == 2 and "--cache-plane" in bad.output
+
+
+def test_kv_spread_paces_decode_at_the_slowest_rank(cm384, r1):
+    """Heterogeneous prompts: every step waits for the rank with the most KV, so TPOT at the same batch rises
+    with the spread, and the slowest rank's KV is the decode model's straggler value."""
+    from cmperf import decode
+
+    pools = serving.Pools()
+    flat = serving._DecodeCurve(cm384, r1, serving.Workload(rate_per_s=1.0), pools)
+    wide = serving._DecodeCurve(cm384, r1, serving.Workload(rate_per_s=1.0, prompt_cv=0.5), pools)
+    b = np.array([8.0, 32.0, 96.0])
+    assert np.all(np.asarray(wide.tpot(b, 4224.0)) > np.asarray(flat.tpot(b, 4224.0)))
+    wl = wide.wl
+    expect = decode.straggler_kv_len(wl.kv_mean_len, wl.kv_std_len / wl.kv_mean_len, 96 / 2 / 2, 320)
+    assert wide.slowest_kv_len(96.0) == pytest.approx(float(expect), rel=1e-12)
+    assert wide.slowest_kv_len(96.0) > 1.1 * wl.kv_mean_len  # CV ~0.5 over 24 sequences, 320 ranks
