@@ -123,26 +123,31 @@ def kv_bytes_per_token_layer(m: Model, kv_dtype: str) -> float:
     return (m.kv_lora_rank + m.qk_rope_head_dim) * _b(kv_dtype)
 
 
+def _mla_down_ops(m: Model, tokens, g: str) -> list[Op]:
+    """Input RMSNorm, the q (if q_lora_rank) and kv down-projections and the prolog vector work (latent
+    norms, RoPE on the rope slice) of ``tokens`` tokens: the part decode and prefill MLA share."""
+    h, dc, dr, qk = m.hidden_size, m.kv_lora_rank, m.qk_rope_head_dim, m.q_lora_rank
+    ops = [vector("attn.norm", "attn", tokens, h, h, "bf16", g)]
+    if qk:
+        ops.append(gemm("mla.q_down", "attn", tokens, h, qk, g))
+    ops += [
+        gemm("mla.kv_down", "attn", tokens, h, dc + dr, g),
+        vector("mla.prolog", "attn", tokens, qk + dc + dr, qk + dr, "bf16", g),
+    ]
+    return ops
+
+
 def mla_decode_ops(m: Model, prec, tokens, seqs, kv_len) -> list[Op]:
     """Absorbed MLA for ``tokens`` query tokens of ``seqs`` sequences attending ``kv_len`` cached tokens."""
     h, H = m.hidden_size, m.num_attention_heads
     dn, dr, dc, dv = m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank, m.v_head_dim
     g = prec.gemm
     qk = m.q_lora_rank
-    ops = [vector("attn.norm", "attn", tokens, h, h, "bf16", g)]
+    ops = _mla_down_ops(m, tokens, g)
     if qk:
-        ops += [
-            gemm("mla.q_down", "attn", tokens, h, qk, g),
-            gemm("mla.kv_down", "attn", tokens, h, dc + dr, g),
-            vector("mla.prolog", "attn", tokens, qk + dc + dr, qk + dr, "bf16", g),
-            gemm("mla.q_up", "attn", tokens, qk, H * (dn + dr), g),
-        ]
+        ops.append(gemm("mla.q_up", "attn", tokens, qk, H * (dn + dr), g))
     else:
-        ops += [
-            gemm("mla.q_proj", "attn", tokens, h, H * (dn + dr), g),
-            gemm("mla.kv_down", "attn", tokens, h, dc + dr, g),
-            vector("mla.prolog", "attn", tokens, dc + dr, dr, "bf16", g),
-        ]
+        ops.append(gemm("mla.q_proj", "attn", tokens, h, H * (dn + dr), g))
     ops.append(gemm("mla.k_absorb", "attn", tokens * H, dn, dc, g, num_weights=H))
     ops = fuse(ops)  # CM384 §4.2: one fused MLAProlog kernel (norms, projections, RoPE, absorption)
     kvb = kv_bytes_per_token_layer(m, prec.kv)
@@ -183,18 +188,7 @@ def mla_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp
     g, qk = prec.gemm, m.q_lora_rank
     ctx_tokens = seqs * prompt_len  # latent context re-expanded by kv_up (cached prefix included)
     cached_tokens = seqs * np.asarray(cached_len, dtype=float)
-    ops = [vector("attn.norm", "attn", new_tokens, h, h, "bf16", g)]
-    if qk:
-        ops += [
-            gemm("mla.q_down", "attn", new_tokens, h, qk, g),
-            gemm("mla.kv_down", "attn", new_tokens, h, dc + dr, g),
-            vector("mla.prolog", "attn", new_tokens, qk + dc + dr, qk + dr, "bf16", g),
-        ]
-    else:
-        ops += [
-            gemm("mla.kv_down", "attn", new_tokens, h, dc + dr, g),
-            vector("mla.prolog", "attn", new_tokens, dc + dr, dr, "bf16", g),
-        ]
+    ops = _mla_down_ops(m, new_tokens, g)
     tp = np.asarray(tp, dtype=float)
     lat = (qk + dc + dr) * 2.0
     gathered = new_tokens * lat + cached_tokens * kv_bytes_per_token_layer(m, prec.kv)
