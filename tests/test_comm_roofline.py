@@ -110,3 +110,47 @@ def test_pipeline_compute_scales_compute_ceilings_only(cm384, r1):
     big = tpot(cm384, 96, 2) / tpot(raw, 96, 2)  # attention stream compute-bound: most of 1/0.74 = 1.35
     small = tpot(cm384, 8, 1) / tpot(raw, 8, 1)  # HBM / latency-bound
     assert 1.15 < big < 1.36 and 1.0 < small < 1.05
+
+
+@pytest.mark.parametrize(
+    ("key", "op_kind", "ceiling"),
+    [
+        ("gemm_compute", "gemm", "compute_s"),
+        ("gemm_memory", "gemm", "memory_s"),
+        ("attention_compute", "attention", "compute_s"),
+        ("attention_memory", "attention", "memory_s"),
+        ("vector_memory", "vector", "memory_s"),
+    ],
+)
+def test_each_efficiency_moves_exactly_its_ceiling(cm384, r1, key, op_kind, ceiling):
+    """Halving one efficiency doubles that ceiling of the ops of its kind and leaves the others alone."""
+    import dataclasses
+
+    half = dataclasses.replace(cm384.chip, eff={**cm384.chip.eff, key: cm384.chip.eff[key] / 2})
+    ops = graph.mla_decode_ops(r1, Precision(), 48.0, 24.0, 4096.0)
+    ops = [o for o in ops if o.kind == op_kind]
+    assert ops
+    for op in ops:
+        a, b = roofline.compute_op_time(op, cm384.chip), roofline.compute_op_time(op, half)
+        for c in ("compute_s", "memory_s", "fixed_s"):
+            want = 2.0 * float(getattr(a, c)) if c == ceiling else float(getattr(a, c))
+            assert float(getattr(b, c)) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["gemm", "attention", "vector"])
+def test_each_fixed_cost_is_added_once_per_unfused_kernel(cm384, r1, kind):
+    """overhead.<kind> is the fixed cost of every kernel of that kind that is not fused into a neighbour
+    (CM384 §4.2 fuses the MLA prolog into one kernel: its parts carry no fixed cost of their own)."""
+    ops = [o for o in graph.mla_decode_ops(r1, Precision(), 48.0, 24.0, 4096.0) if o.kind == kind]
+    assert ops
+    for op in ops:
+        t = roofline.compute_op_time(op, cm384.chip)
+        assert float(t.fixed_s) == (0.0 if op.fused else cm384.chip.overhead_s[kind])
+        assert float(t.time_s) == pytest.approx(max(float(t.compute_s), float(t.memory_s)) + float(t.fixed_s))
+
+
+def test_comm_fixed_cost_is_in_every_intra_instance_collective(cm384):
+    """overhead.comm (10 us, msModeling) is the per-call cost of the SP-TP-SP collectives (plus the plane
+    latency per log2 step); the EP kernels carry their own fitted alpha instead."""
+    base = comm.plane_collective_time(cm384, "ub", 1e6, 16)
+    assert float(base.fixed_s) == pytest.approx(1.9e-6 * 4 + cm384.chip.overhead_s["comm"], rel=1e-12)
