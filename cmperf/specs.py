@@ -14,6 +14,7 @@ wheel). Each folder is searched itself and in its ``hardware/`` and ``models/`` 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,18 +217,33 @@ def _read(path: Path) -> dict:
         raise CmperfError(f"{path}: cannot read ({e.strerror})") from None
 
 
+_HEAD_KEYS = ("name", "kind", "description", "aliases")
+_HEAD_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*=")
+
+
 def _head(path: Path) -> dict:
-    """The top-level keys of a spec file (name, kind, aliases, description): the TOML before the first table
-    header, parsed alone, so that finding a spec by name does not parse every file on the search path."""
+    """The top-level keys a lookup needs (name, kind, description, aliases): each parsed from its own line
+    before the first table header, so that finding a spec by name does not parse every file on the
+    search path; a header these lines do not parse goes through tomllib whole."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise CmperfError(f"{path}: cannot read ({e}); fix the file") from None
-    lines = []
+    lines, head = [], {}
     for line in text.splitlines():
-        if line.lstrip().startswith("["):
+        stripped = line.strip()
+        if stripped.startswith("["):
             break
         lines.append(line)
+        m = _HEAD_LINE.match(stripped)
+        if m and m.group(1) in _HEAD_KEYS:
+            try:
+                head.update(tomllib.loads(stripped))
+            except tomllib.TOMLDecodeError:
+                head = None
+                break
+    if head is not None:
+        return head
     try:
         return tomllib.loads("\n".join(lines))
     except tomllib.TOMLDecodeError:
