@@ -66,9 +66,17 @@ from .roofline import BOUNDS
 from .specs import Model, System
 from .step import StageTime, binding_names, compose, segments, step_time
 
-#: Attention TP degree of the SP-TP-SP layout when neither the deployment nor the system sets it.
-#: CM384 §4.3 names the layout but not the degree; stated assumption: one UB node, 8 NPUs = 16 dies.
+#: Attention TP degree of the SP-TP-SP layout when neither the deployment nor the system
+#: (``[overlap.prefill] attention_tp_devices``) sets it. CM384 §4.3 names the layout but not the degree;
+#: stated assumption: one UB node, 8 NPUs = 16 dies.
 DEFAULT_ATTN_TP_DEVICES = 8
+
+
+def attention_tp_devices(system: System) -> int:
+    """Devices one prompt's attention spans by default: the system's ``[overlap.prefill]
+    attention_tp_devices`` (1 = data-parallel attention, DeepSeek's and SGLang's GPU prefill), else
+    ``DEFAULT_ATTN_TP_DEVICES``."""
+    return int(system.overlap.get("prefill", {}).get("attention_tp_devices", DEFAULT_ATTN_TP_DEVICES))
 
 
 def default_cache_plane(system: System) -> str:
@@ -99,7 +107,7 @@ class PrefillDeployment:
     def resolved_tp(self, system: System) -> int:
         if self.attn_tp is not None:
             return self.attn_tp
-        return min(DEFAULT_ATTN_TP_DEVICES, self.devices) * system.ranks_per_device
+        return min(attention_tp_devices(system), self.devices) * system.ranks_per_device
 
     def check(self, system: System, model: Model):
         ranks = self.devices * system.ranks_per_device
@@ -238,10 +246,8 @@ def evaluate(
     t_rank, p, h, n = _inputs(system, model, prec, tokens_per_device, prompt_len, cache_hit, microbatches)
     ep = np.asarray(ep_size, dtype=float)
     rpd = system.ranks_per_device
-    tp = np.asarray(
-        attn_tp if attn_tp is not None else np.minimum(DEFAULT_ATTN_TP_DEVICES, np.asarray(devices)) * rpd,
-        dtype=float,
-    )
+    tp_default = np.minimum(attention_tp_devices(system), np.asarray(devices)) * rpd
+    tp = np.asarray(attn_tp if attn_tp is not None else tp_default, dtype=float)
     k, hid = model.num_experts_per_tok, model.hidden_size
     disp_msg, comb_msg = ep_message_bytes(system, hid, prec, phase="prefill")
     d = system.collective("dispatch", "prefill")

@@ -503,6 +503,9 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Syste
             held = o.integer("comm_cube_cores", lo=0, hi=chip.cube_cores - 1, required=False, default=0)
             if "comm_cube_cores" in o.raw:
                 rec["comm_cube_cores"] = held
+        if phase == "prefill" and "attention_tp_devices" in o.raw:
+            # devices one prompt's attention is spread over (CM384 SP-TP-SP; 1 = data-parallel attention)
+            rec["attention_tp_devices"] = o.integer("attention_tp_devices", lo=1, hi=num_devices)
         o.done()
         overlap[phase] = rec
     ov_t.done()

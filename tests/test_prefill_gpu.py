@@ -280,3 +280,16 @@ def test_scaleout_efficiency_needs_scaleout_plane(tmp_path):
     load = _variant(tmp_path, old, '[collectives.prefill.dispatch]\nplane = "nvlink"\n')
     with pytest.raises(CmperfError, match="scaleout_efficiency"):
         load()
+
+
+def test_gpu_prefill_attention_is_data_parallel_by_default():
+    """[overlap.prefill] attention_tp_devices = 1 on the NVIDIA systems (DeepSeek's DP32 MLA): no SP-TP-SP
+    collectives; CloudMatrix384 keeps its 8-NPU (16-die) attention TP."""
+    h800, cm = specs.load_system("dgx-h800"), specs.load_system("cloudmatrix384")
+    r1 = specs.load_model("deepseek-r1")
+    g = prefill.predict(h800, r1, prefill.PrefillDeployment(devices=32, ep_size=32))
+    c = prefill.predict(cm, r1, prefill.PrefillDeployment())
+    assert g.deployment["attn_tp"] == 1 and c.deployment["attn_tp"] == 16
+    tp_ops = [o for o in g.ops if o.name.startswith("mla.tp_")]
+    assert all(o.time_s == 0.0 for o in tp_ops)
+    assert all(o.time_s > 0.0 for o in c.ops if o.name.startswith("mla.tp_"))
