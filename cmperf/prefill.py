@@ -57,7 +57,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from . import memory
-from .comm import DomainDedupOp, distinct_destinations, ep_message_bytes, transfer_s
+from .comm import DomainDedupOp, distinct_destinations, domain_scaleout_bytes, ep_message_bytes, transfer_s
 from .decode import OpRow, moe_load, op_rows, routed_imbalance
 from .deployment import Precision, place_experts, placement_arrays
 from .errors import CmperfError
@@ -180,27 +180,21 @@ class PrefillEval:
 
 
 def _domain_dedup(system: System, model: Model, ops, pl, ep, tokens, msg: dict[str, float]):
-    """Dispatch/combine ops of ``copies = "per-domain"`` kernels (DeepEP normal) with their scale-out bytes:
-    tokens x distinct remote scale-up domains per token x message (cmperf.comm).
-
-    Remote domains = distinct domains x (N - 1)/N over the N = EP / (ranks per domain) domains of the EP
-    group, under the model's group-limited routing (comm.distinct_destinations). Worked number (R1, EP32 on
-    4 H800 nodes, 256 experts in 8 groups, top-4 groups, top-8): 2.93 nodes per token, 2.20 remote (uniform
-    routing, as DeepEP's benchmark at EP32, would give 3.61 and 2.71); 8,192 tokens x 2.20 x 7,392 B =
-    133 MB per rank over InfiniBand per dispatch."""
+    """Dispatch/combine ops of ``copies = "per-domain"`` kernels (DeepEP normal) with their scale-out bytes
+    (cmperf.comm.domain_scaleout_bytes, under the model's group-limited routing)."""
     out = []
+    k = model.num_experts_per_tok + np.where(pl["dedicated"], model.n_shared_experts, 0)
     for op in ops:
-        c = system.collective(op.collective, "prefill") if op.collective in msg else None
-        if c is None or c.copies != "per-domain":
+        out_b = (
+            domain_scaleout_bytes(system, op.collective, "prefill", ep, tokens, k, msg[op.collective], model)
+            if op.collective in msg
+            else None
+        )
+        if out_b is None:
             out.append(op)
             continue
-        dom = system.planes[c.plane].domain_devices * system.ranks_per_device
-        n_dom = np.maximum(np.asarray(ep, dtype=float) / dom, 1.0)
-        k = model.num_experts_per_tok + np.where(pl["dedicated"], model.n_shared_experts, 0)
-        hit = distinct_destinations(n_dom, k, model.n_group, model.topk_group, model.n_routed_experts)
-        remote = hit * (n_dom - 1.0) / n_dom
         kw = {f.name: getattr(op, f.name) for f in fields(op)}
-        out.append(DomainDedupOp(**kw, scaleout_bytes=tokens * remote * msg[op.collective]))
+        out.append(DomainDedupOp(**kw, scaleout_bytes=out_b))
     return out
 
 

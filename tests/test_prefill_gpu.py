@@ -293,3 +293,21 @@ def test_gpu_prefill_attention_is_data_parallel_by_default():
     tp_ops = [o for o in g.ops if o.name.startswith("mla.tp_")]
     assert all(o.time_s == 0.0 for o in tp_ops)
     assert all(o.time_s > 0.0 for o in c.ops if o.name.startswith("mla.tp_"))
+
+
+def test_comm_command_times_the_prefill_kernel():
+    """`cmperf comm --phase prefill` times the system's prefill kernel (DeepEP normal on dgx-h800: one copy
+    per distinct destination rank, per-node dedup over IB) with the same numbers the prefill model uses."""
+    args = ["comm", "--system", "dgx-h800", "--ep", "32", "--tokens-per-rank", "4096", "--dtype", "fp8"]
+    r_pre = CliRunner().invoke(main, [*args, "--phase", "prefill", "--format", "json"])
+    r_dec = CliRunner().invoke(main, [*args, "--format", "json"])
+    assert r_pre.exit_code == 0 and r_dec.exit_code == 0, r_pre.output + r_dec.output
+    pre, dec = json.loads(r_pre.output), json.loads(r_dec.output)
+    assert pre["phase"] == "prefill" and dec["scaleout_bytes"] is None
+    assert 6.0 < pre["copies_per_token"] < 8.0 and dec["copies_per_token"] == 8.0
+    sysm, r1 = specs.load_system("dgx-h800"), specs.load_model("deepseek-r1")
+    out_b = comm.domain_scaleout_bytes(sysm, "dispatch", "prefill", 32, 4096, 8, pre["message_bytes"], r1)
+    assert pre["scaleout_bytes"] == pytest.approx(float(out_b), rel=1e-12)
+    want = comm.ep_collective_time(sysm, "dispatch", pre["payload_bytes"], 32, "prefill", out_b)
+    assert pre["time_s"] == pytest.approx(float(want.time_s), rel=1e-9)
+    assert dec["time_s"] > 2 * pre["time_s"]  # the LL kernel sends every copy over the NIC

@@ -244,9 +244,16 @@ def _auto_output(p, fmt, output) -> None:
 @click.option(
     "--dtype", type=DTYPES, default=None, help="Message datatype [default: int8 dispatch, bf16 combine]."
 )
+@click.option(
+    "--phase",
+    type=click.Choice(["decode", "prefill"]),
+    default="decode",
+    show_default=True,
+    help="Whose kernels: a system may define prefill ones ([collectives.prefill.*], e.g. DeepEP normal).",
+)
 @format_option()
 @guarded
-def comm(system, model, spec_dirs, op, ep_size, tokens_per_rank, top_k, dtype, fmt, output):
+def comm(system, model, spec_dirs, op, ep_size, tokens_per_rank, top_k, dtype, phase, fmt, output):
     """Time of one EP dispatch or combine (alpha-beta model; CM384 Table 7 conditions by default)."""
     from .. import comm as cm
     from .. import render, specs
@@ -258,18 +265,26 @@ def comm(system, model, spec_dirs, op, ep_size, tokens_per_rank, top_k, dtype, f
         raise CmperfError("--ep must be >= 1 and --tokens-per-rank >= 0")
     if op not in sysm.collectives:
         raise CmperfError(f"--op: system {sysm.name} defines no {op} collective")
-    c = sysm.collectives[op]
+    c = sysm.collective(op, phase)
     dtype = dtype or ("int8" if op == "dispatch" else "bf16")
     k = top_k or mod.num_experts_per_tok
     msg = cm.message_bytes(mod.hidden_size, dtype, c.scale_bytes, c.message_align_bytes)
-    payload = tokens_per_rank * k * msg
-    t = cm.ep_collective_time(sysm, op, payload, ep_size)
+    out_b = cm.domain_scaleout_bytes(sysm, op, phase, ep_size, tokens_per_rank, k, msg, mod)
+    copies = float(k)
+    if out_b is not None:  # per-domain kernels send one copy per distinct destination rank
+        routing = (mod.n_group, mod.topk_group, mod.n_routed_experts)
+        copies = float(cm.distinct_destinations(ep_size, k, *routing))
+    payload = tokens_per_rank * copies * msg
+    t = cm.ep_collective_time(sysm, op, payload, ep_size, phase, out_b)
     res = {
         "system": sysm.name,
+        "phase": phase,
         "op": op,
         "ep_size": ep_size,
         "tokens_per_rank": tokens_per_rank,
         "top_k": k,
+        "copies_per_token": copies,
+        "scaleout_bytes": None if out_b is None else float(out_b),
         "dtype": dtype,
         "message_bytes": msg,
         "payload_bytes": payload,
@@ -286,7 +301,7 @@ def comm(system, model, spec_dirs, op, ep_size, tokens_per_rank, top_k, dtype, f
 
         rows = [
             ("op", f"{op} on {sysm.name}, EP{ep_size}"),
-            ("tokens per rank x copies", f"{tokens_per_rank:g} x {k}"),
+            ("tokens per rank x copies", f"{tokens_per_rank:g} x {copies:.3g} (top-{k}, {phase} kernel)"),
             ("message", f"{fmt_bytes(msg)} ({dtype})"),
             ("payload per rank", fmt_bytes(payload)),
             ("time", fmt_s(res["time_s"])),
