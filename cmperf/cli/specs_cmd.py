@@ -78,7 +78,19 @@ def show(name, spec_dirs, fmt, output):
 
 
 def _source_for(key: str, sources: dict) -> str:
-    last = key.split(".")[-1]
+    """The source of a flattened spec field: the spec-file key it came from, matched on the whole path
+    first (field names carry SI suffixes: alpha_s <- alpha; phase_collectives <- collectives), then on the
+    last component alone."""
+    parts = key.replace("phase_collectives.", "collectives.").split(".")
+    stems = [parts[-1]] + [
+        parts[-1][: -len(x)] for x in ("_bytes_per_s", "_bytes", "_s") if parts[-1].endswith(x)
+    ]
+    for stem in stems:
+        full = ".".join([*parts[:-1], stem])
+        for k, v in sources.items():
+            if k == full or full.endswith("." + k):
+                return v
+    last = parts[-1]
     for k, v in sources.items():
         if k in (key, last) or k.endswith("." + last):
             return v
