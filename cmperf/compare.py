@@ -29,7 +29,6 @@ of that stream's time, and for link time which plane (scale-up or scale-out) is 
 
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from .comm import DomainDedupOp, _split_bytes, ep_plane_seconds
-from .deployment import DecodeDeployment, default_precision
+from .deployment import DecodeDeployment, decode_unit_devices, default_precision, prefill_unit_devices
 from .errors import CmperfError
 from .specs import Model, System, builtin_dirs
 from .step import binding_names
 
 PHASES = ("decode", "prefill")
 EIGHT_BIT = ("fp8", "int8")
-PREFILL_UNIT_RANKS = 32  # EP32 prefill instances: CM384 §4.3, DeepSeek and SGLang (CM384 reference §7)
 
 
 # ---------- precision
@@ -89,17 +87,6 @@ def baseline_options(system_name: str, phase: str, dirs: list[Path] | None = Non
             if not best[1] or opts.get("devices", 0) > best[0].get("devices", 0):
                 best = (dict(opts), str(path))
     return best
-
-
-def decode_unit_devices(system: System, model: Model) -> int:
-    """Devices of the default decode unit: min(system, one-expert-per-rank EP) (module docstring)."""
-    r = model.n_routed_experts
-    ranks = r + r // 8 + (r // 8 if model.n_shared_experts else 0)
-    return min(system.num_devices, math.ceil(ranks / system.ranks_per_device))
-
-
-def prefill_unit_devices(system: System) -> int:
-    return min(system.num_devices, math.ceil(PREFILL_UNIT_RANKS / system.ranks_per_device))
 
 
 # ---------- binding ceiling

@@ -15,6 +15,7 @@ performance does not. Placement follows CloudMatrix-Infer (CM384 §4.2) and Deep
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -216,3 +217,20 @@ class DecodeDeployment:
             raise CmperfError(f"--imbalance: max/mean load is at least 1, got {self.imbalance:g}")
         self.precision.check(system)
         return place_experts(model, self.ep_size, self.num_redundant)
+
+
+#: Ranks of the default prefill unit: EP32 instances (CM384 §4.3; DeepSeek and SGLang, CM384 reference §7).
+PREFILL_UNIT_RANKS = 32
+
+
+def decode_unit_devices(system: System, model: Model) -> int:
+    """Devices of the default decode instance: one expert per rank, routed + 1/8 redundant + 1/8 shared-expert
+    ranks (CM384 §4.2: 256 + 32 + 32 = 320 ranks = 160 NPUs), capped by the system (dgx-h800: 144)."""
+    r = model.n_routed_experts
+    ranks = r + r // 8 + (r // 8 if model.n_shared_experts else 0)
+    return min(system.num_devices, math.ceil(ranks / system.ranks_per_device))
+
+
+def prefill_unit_devices(system: System) -> int:
+    """Devices of the default prefill instance: PREFILL_UNIT_RANKS ranks (16 NPUs on CM384, 32 GPUs)."""
+    return min(system.num_devices, math.ceil(PREFILL_UNIT_RANKS / system.ranks_per_device))

@@ -363,3 +363,15 @@ def test_compare_prefill_cli():
     assert rows[1]["ep_scaleout_fraction"] == pytest.approx(24 / 31)  # EP32 over 4 H800 nodes
     assert all(x["batch_s"] > 0 and x["ttft_s"] >= x["batch_s"] for x in rows)
     assert run("compare", "--phase", "prefill", "--batch", "8").exit_code == 2
+
+
+def test_decode_and_prefill_defaults_fit_every_system():
+    """Without --devices/--ep the commands size the instance for the system (one expert per rank capped
+    by the system; the EP32 prefill unit), so `cmperf decode --system X` works on every shipped system."""
+    for name in ("cloudmatrix384", "dgx-h800", "gb200-nvl72", "atlas-800-a2"):
+        d = json.loads(run("decode", "--system", name, "--format", "json").output)
+        p = json.loads(run("prefill", "--system", name, "--format", "json").output)
+        sysm = specs.load_system(name)
+        assert d["deployment"]["ep_size"] == d["deployment"]["devices"] * sysm.ranks_per_device
+        assert d["deployment"]["devices"] == min(sysm.num_devices, 320 // sysm.ranks_per_device)
+        assert p["deployment"]["ep_size"] == 32 and d["tokens_per_s_per_device"] > 0

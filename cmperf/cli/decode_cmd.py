@@ -59,7 +59,11 @@ def make_precision(system, weights: str | None, kv_dtype: str, experts: str | No
     help="Expert datatype [default: as --weights; native = fp4 where the chip has it].",
 )
 @click.option(
-    "--devices", type=int, default=160, show_default=True, help="Devices (NPUs/GPUs) in the instance."
+    "--devices",
+    type=int,
+    default=None,
+    help="Devices (NPUs/GPUs) in the instance [default: one expert per rank, 320 ranks, capped by the "
+    "system: 160 NPUs on CloudMatrix384, 144 GPUs on dgx-h800].",
 )
 @click.option(
     "--ep", "ep_size", type=int, default=None, help="EP size in ranks [default: all ranks of --devices]."
@@ -169,6 +173,10 @@ def decode(
         kv_cv = output_len / 12**0.5 / kv_len if prompt_len is not None else 0.0
     if isinstance(microbatches, str) and microbatches != dec.AUTO:
         raise CmperfError(f"--microbatches: {microbatches!r} is not a count; give auto or 1, 2, 3, 4")
+    if devices is None:
+        from ..deployment import decode_unit_devices
+
+        devices = decode_unit_devices(sysm, mod)
     ep_size = ep_size if ep_size is not None else devices * sysm.ranks_per_device
     dep = DecodeDeployment(
         devices=devices,

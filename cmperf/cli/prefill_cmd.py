@@ -58,9 +58,13 @@ def _summary_rows(p) -> list[tuple[str, str]]:
 @scenario_option
 @system_model_options
 @click.option(
-    "--devices", type=int, default=16, show_default=True, help="Devices (NPUs/GPUs) in the instance."
+    "--devices",
+    type=int,
+    default=None,
+    help="Devices (NPUs/GPUs) in the instance [default: 32 ranks, the paper's EP32 unit: 16 NPUs on "
+    "CloudMatrix384, 32 GPUs on DGX/HGX].",
 )
-@click.option("--ep", "ep_size", type=int, default=32, show_default=True, help="EP size in ranks.")
+@click.option("--ep", "ep_size", type=int, default=None, help="EP size in ranks [default: all ranks].")
 @click.option(
     "--tokens-per-device",
     type=float,
@@ -129,6 +133,11 @@ def prefill(
 
     sysm = specs.load_system(system, spec_dirs)
     mod = specs.load_model(model, spec_dirs)
+    if devices is None:
+        from ..deployment import prefill_unit_devices
+
+        devices = prefill_unit_devices(sysm)
+    ep_size = ep_size if ep_size is not None else devices * sysm.ranks_per_device
     dep = pf.PrefillDeployment(
         devices=devices,
         ep_size=ep_size,
