@@ -11,9 +11,10 @@ Two streams per layer, per microbatch: A (time a) and M (time m).
 
 The step (both phases) is a *segment-level list schedule* (``compose``, ``pipeline_s``): one layer is the
 sequence of its ops cut into segments, maximal runs of one stream's ops (``segments``): a CM384 decode
-layer is [A][M]; a GPU decode layer [residual + attention + gate][dispatch][experts][combine] (decode
-cuts layers where the stream changes, ``rotate``); a prefill layer [prolog][all-gather][attention]
-[all-to-all][o_proj + gate][dispatch][experts][combine][residual]. Microbatch j's segment k waits for its
+layer is [A][M]; a GPU decode layer [residual + attention + gate][dispatch][experts][combine]; a prefill
+layer [residual + prolog][all-gather][attention][all-to-all][o_proj + gate][dispatch][experts][combine]
+(both phases run a layer's trailing residual add at the head of the next layer's compute, ``rotate``,
+as a two-batch-overlap runtime does). Microbatch j's segment k waits for its
 own segment k-1 and for its stream, and each stream serves the segments in order (segment k of
 microbatches 0..n-1, then segment k+1), over all layers. It is exact for that schedule, vectorized over
 the operating points; the layer period is its steady state. Prefill simulates every layer; decode
