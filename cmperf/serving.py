@@ -204,6 +204,23 @@ class Pools:
         return system.cpu_dram_per_node_bytes * nodes
 
 
+#: Prefill instances of the paper's pools (CM384 §5: 6 instances x 16 NPUs next to a 160-NPU decode pool).
+PAPER_PREFILL_INSTANCES = 6
+
+
+def default_pools(system: System, model: Model) -> Pools:
+    """Pools sized for ``system``: a decode pool of one expert per rank (``decode_unit_devices``) leaving room
+    for at least one EP32 prefill instance (``prefill_unit_devices``), and up to the paper's 6 prefill
+    instances in what remains. CloudMatrix384 (384 NPUs): 160 decode + 6 x 16 prefill, the paper's pools;
+    dgx-h800 (144 GPUs): 112 decode + 1 x 32 prefill."""
+    from .deployment import decode_unit_devices, prefill_unit_devices
+
+    inst = prefill_unit_devices(system)
+    decode = max(min(decode_unit_devices(system, model), system.num_devices - inst), 1)
+    prefill = min(PAPER_PREFILL_INSTANCES, max((system.num_devices - decode) // inst, 1)) * inst
+    return Pools(prefill_devices=prefill, decode_devices=decode, prefill_instance_devices=inst)
+
+
 @dataclass(frozen=True)
 class SLO:
     ttft_s: float = 2.0

@@ -283,3 +283,17 @@ def test_kv_spread_paces_decode_at_the_slowest_rank(cm384, r1):
     expect = decode.straggler_kv_len(wl.kv_mean_len, wl.kv_std_len / wl.kv_mean_len, 96 / 2 / 2, 320)
     assert wide.slowest_kv_len(96.0) == pytest.approx(float(expect), rel=1e-12)
     assert wide.slowest_kv_len(96.0) > 1.1 * wl.kv_mean_len  # CV ~0.5 over 24 sequences, 320 ranks
+
+
+def test_default_pools_fit_the_system(cm384, r1):
+    """CloudMatrix384 gets the paper's pools; a 144-GPU system one EP32 prefill instance, the rest decode."""
+    from cmperf import specs
+
+    p = serving.default_pools(cm384, r1)
+    assert (p.prefill_devices, p.decode_devices, p.prefill_instance_devices) == (96, 160, 16)
+    g = serving.default_pools(specs.load_system("dgx-h800"), r1)
+    assert (g.prefill_devices, g.decode_devices, g.prefill_instance_devices) == (32, 112, 32)
+    r = CliRunner().invoke(main, ["serve", "--system", "gb200-nvl72", "--rate", "5", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)["inputs"]
+    assert d["prefill_devices"] + d["decode_devices"] <= 72

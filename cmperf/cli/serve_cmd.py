@@ -157,14 +157,25 @@ CAND_HEADER = ("prefill", "decode", "TTFT limit", "TPOT limit", "max rate in SLO
 @click.option(
     "--prefix-len", type=float, default=None, help="Tokens per shared prefix [default: half the prompt]."
 )
-@click.option("--prefill-devices", type=int, default=96, show_default=True, help="Prefill pool devices.")
-@click.option("--decode-devices", type=int, default=160, show_default=True, help="Decode pool devices.")
+@click.option(
+    "--prefill-devices",
+    type=int,
+    default=None,
+    help="Prefill pool devices [default: the paper's 6 instances, 96 NPUs on CloudMatrix384; fewer where the "
+    "system is smaller (serving.default_pools)].",
+)
+@click.option(
+    "--decode-devices",
+    type=int,
+    default=None,
+    help="Decode pool devices [default: one expert per rank, 160 NPUs on CloudMatrix384, leaving room for "
+    "one prefill instance].",
+)
 @click.option(
     "--prefill-instance-devices",
     type=int,
-    default=16,
-    show_default=True,
-    help="Devices per prefill instance.",
+    default=None,
+    help="Devices per prefill instance [default: the EP32 unit, 16 NPUs on CloudMatrix384, 32 GPUs].",
 )
 @click.option(
     "--cache-dram", default=None, help="EMS cache DRAM, e.g. 2TB [default: system DRAM per node x nodes]."
@@ -249,10 +260,13 @@ def serve(
         prefix_skew=prefix_skew,
         prefix_len=prefix_len,
     )
+    dflt = serving.default_pools(sysm, mod)
     pools = serving.Pools(
-        prefill_devices=prefill_devices,
-        decode_devices=decode_devices,
-        prefill_instance_devices=prefill_instance_devices,
+        prefill_devices=dflt.prefill_devices if prefill_devices is None else prefill_devices,
+        decode_devices=dflt.decode_devices if decode_devices is None else decode_devices,
+        prefill_instance_devices=(
+            dflt.prefill_instance_devices if prefill_instance_devices is None else prefill_instance_devices
+        ),
         cache_dram_bytes=dram,
         cache_plane=cache_plane,
         mtp=mtp,
