@@ -9,6 +9,10 @@ then embedding, LM heads and sampling once on the whole batch (serial):
     TPOT   = step_s / (1 + sum_{i=1..d} accept^i)         (CM384 §4.2.4: 1.7 tokens per step at 70%)
     tokens_per_s_per_device = batch_per_device / TPOT
 
+The attention ops see the slowest rank's KV when the sequences' lengths spread (``kv_cv``,
+``straggler_kv_len``), the expert ops the most loaded expert rank (``routed_imbalance``): the EP dispatch
+waits for every rank each layer.
+
 The list schedule (cmperf.step) cuts each layer into segments of one stream (CloudMatrix384, split
 cores: [attention][gate + dispatch + experts + combine]; GPUs, compute-comm: [residual + attention +
 gate][dispatch][experts][combine], ``rotate=True``: the residual joins the next layer's attention, as a
