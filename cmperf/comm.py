@@ -266,7 +266,10 @@ def plane_collective_time(system: System, plane_name: str, payload_bytes, group_
     )
 
 
-def transfer_s(system: System, plane_name: str, nbytes, where: str = "plane"):
-    """Point-to-point bulk transfer of ``nbytes`` by one rank: latency + bytes / (bw * eff)."""
+def transfer_s(system: System, plane_name: str, nbytes, where: str = "plane", from_host: bool = False):
+    """Point-to-point bulk transfer of ``nbytes`` by one rank: latency + bytes / (bw * eff); ``from_host``:
+    a read of host memory (EMS context cache), at the plane's ``host_read_eff`` (CM384 Table 1: NPU reads
+    of CPU memory over UB reach 147 of 196 GB/s inter-node, against 137 for NPU-to-NPU writes)."""
     plane = system.plane(plane_name, where=where)
-    return plane.latency_s + np.asarray(nbytes, dtype=float) / (plane.bytes_per_s_per_rank * plane.efficiency)
+    eff = plane.host_read_eff if from_host else plane.efficiency
+    return plane.latency_s + np.asarray(nbytes, dtype=float) / (plane.bytes_per_s_per_rank * eff)

@@ -275,7 +275,7 @@ def evaluate(
     kvb_layer = kv_bytes_per_token_layer(model, prec.kv)
     load_mb = np.where(
         (h > 0) & load_cache,
-        transfer_s(system, cache_plane, t_mb * h * kvb_layer, where="--cache-plane"),
+        transfer_s(system, cache_plane, t_mb * h * kvb_layer, where="--cache-plane", from_host=True),
         0.0,
     )
     shares_port = cache_plane in (d.plane, d.scaleout_plane)  # a plane the EP all-to-all uses
@@ -369,7 +369,7 @@ def cache_crossover(system: System, model: Model, dep: PrefillDeployment, grid: 
     ev0 = evaluate(system, model, **_kwargs(system, dep), cache_hit=np.array([0.0, 1.0]), load_cache=False)
     saved_per_token = (float(ev0.batch_s[0]) - float(ev0.batch_s[1])) / t_rank
     plane = system.planes[dep.resolved_cache_plane(system)]
-    bw = kvb / saved_per_token / plane.efficiency if saved_per_token > 0 else float("inf")
+    bw = kvb / saved_per_token / plane.host_read_eff if saved_per_token > 0 else float("inf")
     return best_h, bw
 
 
@@ -464,6 +464,7 @@ def predict(system: System, model: Model, dep: PrefillDeployment) -> PrefillPred
             / dep.microbatches
             * dep.cache_hit
             * kv_bytes_per_token_layer(model, dep.precision.kv),
+            from_host=True,
         )
         pl = system.planes[cache_plane]
         reps = model.num_layers * dep.microbatches
@@ -482,7 +483,7 @@ def predict(system: System, model: Model, dep: PrefillDeployment) -> PrefillPred
                 pl.latency_s,
                 0.0,
                 0.0,
-                (float(t) - pl.latency_s) * pl.bytes_per_s_per_rank * pl.efficiency,
+                (float(t) - pl.latency_s) * pl.bytes_per_s_per_rank * pl.host_read_eff,
             )
         )
     dep_d = {k: (v.__dict__ if isinstance(v, Precision) else v) for k, v in dep.__dict__.items()}

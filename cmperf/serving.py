@@ -664,7 +664,7 @@ class _Service:
         self.curve = _DecodeCurve(system, model, wl, pools)
         plane = system.plane(pools.plane(system))
         self.cache_bw = (
-            pools.prefill_devices * system.ranks_per_device * plane.bytes_per_s_per_rank * plane.efficiency
+            pools.prefill_devices * system.ranks_per_device * plane.bytes_per_s_per_rank * plane.host_read_eff
         )
 
     def cache_traffic(self, rate: float) -> float:

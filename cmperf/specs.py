@@ -73,6 +73,13 @@ class Plane:
     bytes_per_s_per_rank: float
     latency_s: float
     efficiency: float
+    host_read_efficiency: float | None = None  # reads of host (CPU DRAM, EMS) memory; None: ``efficiency``
+
+    @property
+    def host_read_eff(self) -> float:
+        """Achieved fraction of the link when a rank reads host memory over this plane (context-cache loads
+        from the EMS DRAM pool): ``host_read_efficiency`` where the spec gives it, else ``efficiency``."""
+        return self.host_read_efficiency if self.host_read_efficiency is not None else self.efficiency
 
 
 #: Message deduplication of an EP kernel (cmperf.comm): "per-expert" one message per (token, expert) copy;
@@ -463,6 +470,7 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Syste
             bw,
             p.quantity("latency", "s", hi=1e-2),
             p.fraction("efficiency"),
+            p.fraction("host_read_efficiency", required=False, default=None),
         )
         p.done()
     planes_t.done()

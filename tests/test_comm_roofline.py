@@ -154,3 +154,17 @@ def test_comm_fixed_cost_is_in_every_intra_instance_collective(cm384):
     latency per log2 step); the EP kernels carry their own fitted alpha instead."""
     base = comm.plane_collective_time(cm384, "ub", 1e6, 16)
     assert float(base.fixed_s) == pytest.approx(1.9e-6 * 4 + cm384.chip.overhead_s["comm"], rel=1e-12)
+
+
+def test_host_reads_use_the_table1_read_efficiency(cm384):
+    """EMS context-cache loads read CPU DRAM over UB: CM384 Table 1 NPU->CPU read 147 of 196 GB/s (0.75)
+    instead of the NPU->NPU write figure (0.699) the all-to-all uses; planes without the key use theirs."""
+    ub = cm384.planes["ub"]
+    assert ub.host_read_eff == pytest.approx(0.75) and ub.efficiency == pytest.approx(0.699)
+    nbytes = 1e9
+    assert float(comm.transfer_s(cm384, "ub", nbytes, from_host=True)) == pytest.approx(
+        ub.latency_s + nbytes / (196e9 * 0.75), rel=1e-12
+    )
+    assert float(comm.transfer_s(cm384, "vpc", nbytes, from_host=True)) == float(
+        comm.transfer_s(cm384, "vpc", nbytes)
+    )
