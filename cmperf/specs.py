@@ -226,6 +226,7 @@ def _read(path: Path) -> dict:
 
 _HEAD_KEYS = ("name", "kind", "description", "aliases")
 _HEAD_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*=")
+_HEAD_STRING = re.compile(r'^([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*"([^"\\]*)"\s*(?:#.*)?$')
 
 
 def _head(path: Path) -> dict:
@@ -244,6 +245,10 @@ def _head(path: Path) -> dict:
         lines.append(line)
         m = _HEAD_LINE.match(stripped)
         if m and m.group(1) in _HEAD_KEYS:
+            plain = _HEAD_STRING.match(stripped)
+            if plain:  # key = "plain string" (the common case, no TOML parse needed)
+                head[plain.group(1)] = plain.group(2)
+                continue
             try:
                 head.update(tomllib.loads(stripped))
             except tomllib.TOMLDecodeError:
