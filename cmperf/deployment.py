@@ -234,3 +234,19 @@ def decode_unit_devices(system: System, model: Model) -> int:
 def prefill_unit_devices(system: System) -> int:
     """Devices of the default prefill instance: PREFILL_UNIT_RANKS ranks (16 NPUs on CM384, 32 GPUs)."""
     return min(system.num_devices, math.ceil(PREFILL_UNIT_RANKS / system.ranks_per_device))
+
+
+def kv_lengths(model: Model, prompt_len: float, output_len: float) -> tuple[float, float, float]:
+    """(mean KV, KV capacity, KV coefficient of variation) of a decode batch of prompt + output requests
+    with fixed lengths in steady state: each sequence sits uniformly along its output, so KV = prompt +
+    output/2 on average, prompt + output at most, with sd output/sqrt(12) (cmperf.decode.straggler_kv_len).
+    Errors name --prompt-len/--output-len."""
+    if prompt_len < 1 or output_len < 1:
+        raise CmperfError("--prompt-len and --output-len must be at least 1")
+    kv_mean, kv_cap = prompt_len + output_len / 2.0, prompt_len + output_len
+    if kv_cap > model.max_position_embeddings:
+        raise CmperfError(
+            f"--prompt-len + --output-len = {kv_cap:g} exceeds the model's context "
+            f"{model.max_position_embeddings}"
+        )
+    return kv_mean, kv_cap, output_len / 12**0.5 / kv_mean

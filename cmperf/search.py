@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import decode
-from .deployment import DecodeDeployment, Precision, place_experts
+from .deployment import DecodeDeployment, Precision, kv_lengths, place_experts
 from .errors import CmperfError
 from .specs import Model, System
 
@@ -571,14 +571,7 @@ def search_decode(
     explain: bool = True,
 ) -> tuple[DecodeSearch, DecodeGrid]:
     """Best decode configuration for tokens/s per device under a TPOT SLO (KV = prompt + output/2)."""
-    if prompt_len < 1 or output_len < 1:
-        raise CmperfError("--prompt-len and --output-len must be at least 1")
-    kv_len, kv_cap = prompt_len + output_len / 2.0, prompt_len + output_len
-    if kv_cap > model.max_position_embeddings:
-        raise CmperfError(
-            f"--prompt-len + --output-len = {kv_cap:g} exceeds the model's context "
-            f"{model.max_position_embeddings}"
-        )
+    kv_len, kv_cap, _ = kv_lengths(model, prompt_len, output_len)
     total = system.num_devices if devices is None else int(devices)
     if total < 1 or total > system.num_devices:
         raise CmperfError(f"--devices: {total} is outside 1..{system.num_devices} ({system.name})")

@@ -149,28 +149,20 @@ def decode(
     """Predict decode TPOT and tokens/s per device (defaults: the paper's 50 ms CloudMatrix384 setup)."""
     from .. import decode as dec
     from .. import render, specs
-    from ..deployment import DecodeDeployment
+    from ..deployment import DecodeDeployment, kv_lengths
     from ..errors import CmperfError
 
     sysm = specs.load_system(system, spec_dirs)
     mod = specs.load_model(model, spec_dirs)
-    kv_cap = None
+    kv_cap, spread = None, 0.0
     if (prompt_len is None) != (output_len is None):
         raise CmperfError("--prompt-len and --output-len go together; give both, or --kv-len")
     if prompt_len is not None:
         if kv_len is not None:
             raise CmperfError("--kv-len conflicts with --prompt-len/--output-len; give one or the other")
-        if prompt_len < 1 or output_len < 1:
-            raise CmperfError("--prompt-len and --output-len must be at least 1")
-        kv_len, kv_cap = prompt_len + output_len / 2.0, prompt_len + output_len
-        if kv_cap > mod.max_position_embeddings:
-            raise CmperfError(
-                f"--prompt-len + --output-len = {kv_cap:g} exceeds the model's context "
-                f"{mod.max_position_embeddings}"
-            )
+        kv_len, kv_cap, spread = kv_lengths(mod, prompt_len, output_len)
     kv_len = 4096.0 if kv_len is None else kv_len
-    if kv_cv is None:  # positions uniform over the output: sd output / sqrt(12) around the mean
-        kv_cv = output_len / 12**0.5 / kv_len if prompt_len is not None else 0.0
+    kv_cv = spread if kv_cv is None else kv_cv
     if isinstance(microbatches, str) and microbatches != dec.AUTO:
         raise CmperfError(f"--microbatches: {microbatches!r} is not a count; give auto or 1, 2, 3, 4")
     if devices is None:
