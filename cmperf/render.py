@@ -55,15 +55,31 @@ def _pct(x: float, total: float) -> str:
 
 
 def decode_summary_rows(p) -> list[tuple[str, str]]:
+    """Key/value summary of a decode prediction: the microbatch count marked "(auto)" with the TPOT of every
+    count tried when ``--microbatches auto`` chose it, the slowest rank's KV when the lengths spread."""
+    d = p.deployment
+    auto = bool(d.get("microbatches_auto"))
     rows = [
         ("system / model", f"{p.system} / {p.model}"),
         (
             "deployment",
-            f"{p.deployment['devices']} devices, EP{p.deployment['ep_size']}, "
+            f"{d['devices']} devices, EP{d['ep_size']}, "
             f"batch {p.batch_per_device:g}/device, "
-            f"KV {p.deployment['kv_len']:g}, MTP {p.deployment['mtp']} @ {p.deployment['mtp_accept']:g}, "
-            f"{p.deployment['microbatches']} microbatch(es)",
+            f"KV {d['kv_len']:g}, MTP {d['mtp']} @ {d['mtp_accept']:g}, "
+            f"{d['microbatches']} microbatch(es)" + (" (auto)" if auto else ""),
         ),
+    ]
+    if auto:
+        tried = ", ".join(f"{k}: {fmt_s(v)}" for k, v in d["microbatches_auto_tpot_s"].items())
+        rows.append(("microbatches (auto: lowest TPOT)", tried))
+    if d.get("kv_cv", 0) > 0:
+        rows.append(
+            (
+                "attention KV, slowest rank",
+                f"{p.straggler_kv_len:,.0f} per sequence (mean {d['kv_len']:,.0f}, KV CV {d['kv_cv']:.3g})",
+            )
+        )
+    rows += [
         ("TPOT", fmt_s(p.tpot_s)),
         ("tokens/s per device", f"{p.tokens_per_s_per_device:,.0f}"),
         ("step (all layers + heads)", fmt_s(p.step_s)),
@@ -78,15 +94,6 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
         ("largest batch that fits", f"{p.max_batch_per_device:,.0f} per device"),
         ("feasible", "yes" if p.feasible else "NO: " + "; ".join(p.reasons)),
     ]
-    if p.deployment.get("kv_cv", 0) > 0:
-        rows.insert(
-            2,
-            (
-                "attention KV, slowest rank",
-                f"{p.straggler_kv_len:,.0f} per sequence (mean {p.deployment['kv_len']:,.0f}, "
-                f"KV CV {p.deployment['kv_cv']:.3g})",
-            ),
-        )
     return rows
 
 
@@ -102,7 +109,7 @@ def stream_rows(p) -> list[tuple[str, ...]]:
             str(s["count"]),
             fmt_s(s["a_s"]),
             fmt_s(s["m_s"]),
-            fmt_s(s.get("ideal_period_s", s["period_s"])),
+            fmt_s(s["ideal_period_s"]),
             fmt_s(s["period_s"]),
             str(s.get("binding", s.get("ideal_binding", ""))),
         )

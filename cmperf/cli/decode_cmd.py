@@ -188,51 +188,12 @@ def decode(
     p = dec.predict(sysm, mod, dep, kv_capacity_len=kv_cap)
     if fmt == "json":
         emit(render.to_json(p, "decode"), output)
-    elif p.deployment.get("microbatches_auto"):
-        _auto_output(p, fmt, output)
     elif fmt == "markdown":
         emit(render.decode_markdown(p), output)
     else:
         render.decode_table(p)
     if not p.feasible:
         raise Infeasible("infeasible deployment: " + "; ".join(p.reasons))
-
-
-def auto_summary_rows(p) -> list[tuple[str, str]]:
-    """render.decode_summary_rows with the microbatch count marked "(auto)" and the TPOT of every count."""
-    from .. import render
-    from ..units import fmt_s
-
-    mb = p.deployment["microbatches"]
-    tried = ", ".join(f"{k}: {fmt_s(v)}" for k, v in p.deployment["microbatches_auto_tpot_s"].items())
-    rows = []
-    for key, value in render.decode_summary_rows(p):
-        if key == "deployment":
-            value = value.replace(f"{mb} microbatch(es)", f"{mb} microbatch(es) (auto)")
-        rows.append((key, value))
-        if key == "deployment":
-            rows.append(("microbatches (auto: lowest TPOT)", tried))
-    return rows
-
-
-def _auto_output(p, fmt, output) -> None:
-    """Table or markdown of a prediction whose microbatch count was chosen by ``--microbatches auto``."""
-    from .. import render
-
-    rows = auto_summary_rows(p)
-    if fmt == "markdown":
-        plain = render.markdown_table(("quantity", "value"), render.decode_summary_rows(p))
-        text = render.decode_markdown(p).replace(plain, render.markdown_table(("quantity", "value"), rows), 1)
-        emit(text, output)
-        return
-    render.print_tables(
-        "cmperf decode",
-        rows,
-        [
-            ("streams per layer (per microbatch)", render.STREAM_HEADER, render.stream_rows(p)),
-            ("per-op breakdown", render.OP_HEADER, render.op_table_rows(p.ops, p.step_s)),
-        ],
-    )
 
 
 @click.command()
