@@ -141,6 +141,12 @@ class Workload:
         mean = self.output_len * (1 + c2) / 2.0
         return math.sqrt((self.prompt_cv * self.prompt_len) ** 2 + max(second - mean**2, 0.0))
 
+    @property
+    def kv_cv(self) -> float:
+        """Coefficient of variation of the sequences' KV lengths in the batch, kv_std_len / kv_mean_len (the
+        spread the slowest rank's attention sees, cmperf.decode.straggler_kv_len)."""
+        return self.kv_std_len / self.kv_mean_len
+
 
 @dataclass(frozen=True)
 class Pools:
@@ -437,7 +443,7 @@ class _DecodeCurve:
 
     The sequences' KV lengths spread (``Workload.kv_std_len``: prompt spread and output progress), and the
     data-parallel attention of every layer waits for the rank with the most KV: every step runs at the
-    expected maximum over the EP group (cmperf.decode.straggler_kv_len, kv_cv = kv_std_len / kv_mean_len).
+    expected maximum over the EP group (cmperf.decode.straggler_kv_len with ``Workload.kv_cv``).
     The p99 adds the fluctuation of the batch count only: the maximum over many ranks varies little from
     step to step."""
 
@@ -470,7 +476,7 @@ class _DecodeCurve:
             mtp_accept=p.mtp_accept,
             precision=p.precision,
             kv_capacity_len=self.kv_cap,
-            kv_cv=self.wl.kv_std_len / self.wl.kv_mean_len,
+            kv_cv=self.wl.kv_cv,
         )
         return ev if full else ev.tpot_s
 
@@ -496,8 +502,7 @@ class _DecodeCurve:
         """KV per sequence of the rank with the most KV at batch ``b`` per device (one microbatch count:
         the pool's; cmperf.decode.straggler_kv_len)."""
         seqs = max(b / self.system.ranks_per_device / self.pools.decode_microbatches, 1e-9)
-        cv = self.wl.kv_std_len / self.wl.kv_mean_len
-        return float(dec.straggler_kv_len(self.wl.kv_mean_len, cv, seqs, self.ep))
+        return float(dec.straggler_kv_len(self.wl.kv_mean_len, self.wl.kv_cv, seqs, self.ep))
 
     def quantile_point(self, b: float, q: float):
         """(b_q, kv): per-device batch b + z√(b/D) (capped at the HBM cap) at the mean KV (the KV spread
