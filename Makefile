@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/cmperf decode
 
-## make test: set up the environment, lint, and run the test suite
+## make test: set up the environment, lint, check formatting, and run the test suite
 test: $(STAMP)
 	$(BIN)/ruff check cmperf tests scripts
+	$(BIN)/ruff format --check cmperf tests scripts
 	$(BIN)/pytest
 
 lint: $(STAMP)

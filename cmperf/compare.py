@@ -1,7 +1,7 @@
 """The same DeepSeek-R1 workload on several systems, each with its own deployment, side by side.
 
 For each system: a deployment (devices, EP size, batch, precisions) from the flags, else from the
-system's baseline scenario (``scenarios/baselines/*.toml`` whose ``[options] system`` names it and whose
+system's baseline scenario (``scenarios/baselines/*.toml`` whose ``system`` names it and whose
 ``command`` is the phase; the one with the most devices, i.e. the whole unit), else from two rules:
 
 * decode unit = the one-expert-per-rank EP of CloudMatrix-Infer, R + R/8 redundant + R/8 shared-expert
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .comm import DomainDedupOp, _split_bytes, ep_plane_seconds
-from .deployment import DecodeDeployment, decode_unit_devices, default_precision, prefill_unit_devices
+from .deployment import Deployment, default_precision
 from .errors import CmperfError
 from .specs import Model, System, builtin_dirs
 from .step import binding_names
@@ -70,8 +70,8 @@ def baseline_dirs() -> list[Path]:
     return [d / "scenarios" / "baselines" for d in builtin_dirs() if (d / "scenarios" / "baselines").is_dir()]
 
 
-def baseline_options(system_name: str, phase: str, dirs: list[Path] | None = None) -> tuple[dict, str]:
-    """([options] of the baseline scenario for this system and phase, its file) or ({}, "").
+def baseline(system: System, phase: str, dirs: list[Path] | None = None) -> tuple[dict, str]:
+    """([deployment] table of the baseline scenario for this system and phase, its file) or ({}, "").
 
     Among several (DeepSeek decode EP128 and EP144), the one with the most devices: the whole unit."""
     best: tuple[dict, str] = ({}, "")
@@ -79,14 +79,44 @@ def baseline_options(system_name: str, phase: str, dirs: list[Path] | None = Non
         for path in sorted(d.rglob("*.toml")):
             try:
                 raw = tomllib.loads(path.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, OSError):
+            except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
                 continue  # a broken scenario file is reported by the command that runs it
-            opts = raw.get("options", {})
-            if raw.get("command") != phase or opts.get("system") != system_name:
+            table = raw.get("deployment", {})
+            if raw.get("command") != phase or raw.get("system") != system.name or not isinstance(table, dict):
                 continue
-            if not best[1] or opts.get("devices", 0) > best[0].get("devices", 0):
-                best = (dict(opts), str(path))
+            if not best[1] or table.get("devices", 0) > best[0].get("devices", 0):
+                best = (dict(table), str(path))
     return best
+
+
+def deployment_for(
+    system: System,
+    model: Model,
+    phase: str,
+    *,
+    weights: str | None = None,
+    experts: str | None = None,
+    kv_dtype: str | None = None,
+    use_scenarios: bool = True,
+    **given,
+) -> tuple[Deployment, str]:
+    """(deployment, where it comes from) of ``phase`` on ``system``: the ``given`` Deployment fields (None
+    = not given) over the system's baseline scenario, over the rules (module docstring). Devices given
+    drop the baseline's devices and EP size; microbatches default to 2 (the baselines' two-batch overlap)."""
+    table, src = baseline(system, phase) if use_scenarios else ({}, "")
+    given = {k: v for k, v in given.items() if v is not None}
+    if "devices" in given:
+        table = {k: v for k, v in table.items() if k not in ("devices", "ep_size")}
+    table = {k: v for k, v in table.items() if k != "precision"}
+    prec = default_precision(system, weights, experts, kv_dtype or "bf16")
+    dep = Deployment(**{"phase": phase, "microbatches": 2, "precision": prec, **table, **given})
+    rule = (
+        "rule: min(system, 320-rank one-expert-per-rank unit)"
+        if phase == "decode"
+        else "rule: EP32 prefill unit"
+    )
+    source = "flags" if "devices" in given else (src or rule)
+    return dep.resolve(system, model), source
 
 
 # ---------- binding ceiling
@@ -229,51 +259,15 @@ class Comparison:
 # ---------- decode
 
 
-def decode_row(
-    system: System,
-    model: Model,
-    *,
-    devices=None,
-    ep_size=None,
-    batch=None,
-    kv_len=4096.0,
-    mtp=1,
-    mtp_accept=0.7,
-    microbatches=None,
-    weights=None,
-    experts=None,
-    kv_dtype="bf16",
-    eplb="model",
-    kv_capacity_len=None,
-    use_scenarios=True,
-) -> CompareRow:
-    """Decode prediction for one system; None knobs come from its baseline scenario or the rules."""
+def decode_row(system: System, model: Model, **knobs) -> CompareRow:
+    """Decode prediction for one system (``knobs``: ``deployment_for``'s)."""
     from . import decode
 
-    opts, src = baseline_options(system.name, "decode") if use_scenarios else ({}, "")
-    given = devices is not None
-    devices = devices if given else int(opts.get("devices", decode_unit_devices(system, model)))
-    if ep_size is None:
-        ep_size = (
-            int(opts["ep_size"]) if (not given and "ep_size" in opts) else devices * system.ranks_per_device
-        )
-    batch = float(batch if batch is not None else opts.get("batch", DecodeDeployment.batch_per_device))
-    microbatches = int(microbatches if microbatches is not None else opts.get("microbatches", 2))
-    source = "flags" if given else (src or "rule: min(system, 320-rank one-expert-per-rank unit)")
-    prec = default_precision(system, weights or opts.get("weights"), experts, kv_dtype)
-    dep = DecodeDeployment(
-        devices=devices,
-        ep_size=ep_size,
-        batch_per_device=batch,
-        kv_len=kv_len,
-        mtp=mtp,
-        mtp_accept=mtp_accept,
-        microbatches=microbatches,
-        eplb=eplb,
-        precision=prec,
-    )
-    p = decode.predict(system, model, dep, kv_capacity_len=kv_capacity_len)
-    policy = str(system.overlap.get("decode", {"policy": "compute-comm"})["policy"])
+    dep, source = deployment_for(system, model, "decode", **knobs)
+    p = decode.predict(system, model, dep)
+    devices, ep_size, prec, batch = dep.devices, dep.ep_size, dep.precision, dep.batch_per_device
+    kv_len, mtp, mtp_accept, microbatches = dep.kv_len, dep.mtp, dep.mtp_accept, dep.microbatches
+    policy = system.overlap_for("decode").policy
     b = binding_of(system, p.ops, "moe", str(p.streams["moe"]["binding"]), policy, ep_size)
     peak = peak_8bit_flops_per_device(system)
     split = ep_traffic_split(system, ep_size)
@@ -287,7 +281,7 @@ def decode_row(
         ep_size,
         dict(prec.__dict__),
         {
-            "batch_per_device": batch,
+            "batch_per_device": float(batch),
             "kv_len": float(kv_len),
             "mtp": float(mtp),
             "mtp_accept": float(mtp_accept),
@@ -316,65 +310,15 @@ def decode_row(
 # ---------- prefill
 
 
-def prefill_available() -> bool:
-    try:
-        from . import prefill  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def prefill_row(
-    system: System,
-    model: Model,
-    *,
-    devices=None,
-    ep_size=None,
-    tokens_per_device=None,
-    prompt_len=4096.0,
-    microbatches=None,
-    weights=None,
-    experts=None,
-    kv_dtype="bf16",
-    eplb="perfect",
-    use_scenarios=True,
-) -> CompareRow:
-    """Prefill prediction for one system through cmperf.prefill (the HELPERS.md contract)."""
-    if not prefill_available():
-        raise CmperfError(
-            "--phase prefill: cmperf.prefill is not available in this build; use --phase decode"
-        )
+def prefill_row(system: System, model: Model, **knobs) -> CompareRow:
+    """Prefill prediction for one system (``knobs``: ``deployment_for``'s); no context cache here."""
     from . import decode, prefill
 
-    opts, src = baseline_options(system.name, "prefill") if use_scenarios else ({}, "")
-    given = devices is not None
-    devices = devices if given else int(opts.get("devices", prefill_unit_devices(system)))
-    if ep_size is None:
-        ep_size = (
-            int(opts["ep_size"]) if (not given and "ep_size" in opts) else devices * system.ranks_per_device
-        )
-    tpd = float(tokens_per_device if tokens_per_device is not None else opts.get("tokens_per_device", 16384))
-    microbatches = int(microbatches if microbatches is not None else opts.get("microbatches", 2))
-    source = "flags" if given else (src or "rule: EP32 prefill unit")
-    prec = default_precision(system, weights or opts.get("weights"), experts, kv_dtype)
-    ranks = devices * system.ranks_per_device
-    if devices < 1 or devices > system.num_devices:
-        raise CmperfError(f"--devices: {devices} is outside 1..{system.num_devices} ({system.name})")
-    if ep_size < 1 or ranks % ep_size:
-        raise CmperfError(
-            f"--ep: EP{ep_size} must divide the {ranks} ranks of {devices} devices on {system.name}"
-        )
-    ev = prefill.evaluate(
-        system,
-        model,
-        tokens_per_device=tpd,
-        prompt_len=prompt_len,
-        ep_size=ep_size,
-        devices=devices,
-        microbatches=microbatches,
-        eplb=eplb,
-        precision=prec,
-    )  # no context cache here: the default cache plane (ub, else the scale-out plane) only has to exist
+    dep, source = deployment_for(system, model, "prefill", **knobs)
+    dep, _ = dep.validate(system, model)
+    ev = prefill.evaluate(system, model, dep)
+    devices, ep_size, prec, microbatches = dep.devices, dep.ep_size, dep.precision, dep.microbatches
+    tpd, prompt_len, ranks = dep.tokens_per_device, dep.prompt_len, dep.devices * system.ranks_per_device
     f = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
     tps = f(ev.tokens_per_s_per_device)
     feasible = bool(np.asarray(ev.feasible).reshape(-1)[0])
@@ -387,7 +331,7 @@ def prefill_row(
         ]
     # binding: cmperf.step's verdict on the MoE-layer stage (prefill's list schedule refines the period)
     moe = next(st for st in ev.stages if st.stage.name == "moe")
-    policy = str(system.overlap.get("prefill", {"policy": "compute-comm"})["policy"])
+    policy = system.overlap_for("prefill").policy
     verdict = binding_names(policy)[int(np.asarray(moe.binding).reshape(-1)[0])]
     b = binding_of(system, decode.op_rows(ev.stages, microbatches), "moe", verdict, policy, ep_size)
     plane_s = _prefill_plane_seconds(system, moe)
@@ -429,7 +373,7 @@ def prefill_row(
 
 
 def compare(systems: list[System], model: Model, phase: str, **knobs) -> Comparison:
-    """One row per system (knobs: see ``decode_row`` / ``prefill_row``)."""
+    """One row per system (knobs: ``deployment_for``'s, the same for every system)."""
     if phase not in PHASES:
         raise CmperfError(f"--phase: {phase!r} is not one of {', '.join(PHASES)}")
     fn = decode_row if phase == "decode" else prefill_row

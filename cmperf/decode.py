@@ -37,7 +37,7 @@ import numpy as np
 
 from . import memory
 from .comm import ep_message_bytes
-from .deployment import DecodeDeployment, Precision, placement_arrays
+from .deployment import AUTO, Deployment, placement_arrays
 from .graph import Stage, dense_ffn_ops, head_ops, mla_decode_ops, moe_ops
 from .imbalance import expected_imbalance
 from .roofline import BOUNDS, OpTime
@@ -119,6 +119,18 @@ class DecodeEval:
     memory_parts: dict = field(repr=False)
     ideal_step_s: np.ndarray = field(repr=False)  # coarse composition: sum count * max(n*a, n*m, a+m, n*hbm)
     periods: dict = field(repr=False)  # list-schedule steady-state period per overlapped stage name
+    system: System = field(repr=False)
+    model: Model = field(repr=False)
+    deployment: Deployment = field(repr=False)  # resolved; its knobs broadcast to ``shape``
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return np.shape(self.tpot_s)
+
+    def at(self, i: int = 0, auto_tpot_s: dict[int, float] | None = None) -> DecodePrediction:
+        """Point ``i`` (flat index into ``shape``) with its full breakdown: ops, streams, bounds and the
+        memory verdict. ``auto_tpot_s``: the TPOT of every microbatch count ``auto`` tried."""
+        return _point_prediction(self, i, auto_tpot_s)
 
 
 def mtp_layers(model: Model, mtp):
@@ -243,56 +255,41 @@ def straggler_kv_len(kv_len, kv_cv, seqs_per_microbatch, ranks):
 def attention_cores(system: System, attention_cube_cores=None) -> np.ndarray:
     """Cube cores of the attention stream: the given array, None or NaN entries = the system's
     ``[overlap.decode] attention_cube_cores`` (16 of 24 on a 910C die, CM384 §4.2)."""
-    default = float(system.overlap.get("decode", {}).get("attention_cube_cores", 0))
+    default = float(system.overlap_for("decode").attention_cube_cores)
     if attention_cube_cores is None:
         return np.asarray(default)
     c = np.asarray(attention_cube_cores, dtype=float)
     return np.where(np.isnan(c), default, c)
 
 
-def evaluate(
-    system: System,
-    model: Model,
-    *,
-    batch_per_device,
-    kv_len,
-    ep_size,
-    microbatches=2,
-    mtp=1,
-    mtp_accept=0.7,
-    precision: Precision | None = None,
-    imbalance=None,
-    eplb: str = "model",
-    attention_cube_cores=None,
-    num_redundant=None,
-    kv_capacity_len=None,
-    kv_cv=0.0,
-) -> DecodeEval:
-    """Vectorized decode prediction; every knob may be a numpy array and they broadcast together.
+def evaluate(system: System, model: Model, dep: Deployment) -> DecodeEval:
+    """Vectorized decode prediction of ``dep`` (a decode ``Deployment``); its numeric knobs may be numpy
+    arrays and broadcast together; ``microbatches`` is a count here (``predict`` resolves "auto").
 
-    Knobs: batch_per_device, kv_len, ep_size, microbatches, mtp, mtp_accept, attention_cube_cores (None
-    or NaN entries = the system default), imbalance (None = ``eplb``), kv_capacity_len, kv_cv (spread of
-    the sequences' KV lengths: the attention runs at the slowest rank's KV, ``straggler_kv_len``; memory
-    holds the mean). Each point of the
-    broadcast gives exactly the numbers a scalar call with that point's knobs gives (tests/
-    test_decode_vector.py): a mix of MTP depths adds the MTP stage with 0 executions where MTP is off,
-    and cube-core shares broadcast through cmperf.step (share = cores / cube_cores, e.g. 16/24 on 910C).
+    Knobs read: batch_per_device, kv_len, ep_size, microbatches, mtp, mtp_accept, attention_cube_cores
+    (NaN entries = the system default), imbalance (None = ``eplb``), num_redundant, kv_capacity_len,
+    kv_cv (spread of the sequences' KV lengths: the attention runs at the slowest rank's KV,
+    ``straggler_kv_len``; memory holds the mean), precision. Each point of the broadcast gives exactly
+    the numbers a scalar call with that point's knobs gives (tests/test_decode_vector.py): a mix of MTP
+    depths adds the MTP stage with 0 executions where MTP is off, and cube-core shares broadcast through
+    cmperf.step (share = cores / cube_cores, e.g. 16/24 on 910C). ``.at(i)`` gives point i's breakdown.
     """
-    prec = precision or Precision()
-    ov = system.overlap.get("decode", {"policy": "compute-comm"})
-    policy = str(ov["policy"])
-    share = attention_cores(system, attention_cube_cores) / system.chip.cube_cores
+    dep = dep.resolve(system, model)
+    prec = dep.precision
+    assert prec is not None
+    policy = system.overlap_for("decode").policy
+    share = attention_cores(system, dep.attention_cube_cores) / system.chip.cube_cores
     share = share if policy == "split-cores" else 1.0
     rpd = system.ranks_per_device
-    b_rank = np.asarray(batch_per_device, dtype=float) / rpd
-    kv_len = np.asarray(kv_len, dtype=float)
-    ep = np.asarray(ep_size, dtype=float)
-    n = np.asarray(microbatches, dtype=float)
-    mtp_a = np.asarray(mtp, dtype=float)
+    b_rank = np.asarray(dep.batch_per_device, dtype=float) / rpd
+    kv_len = np.asarray(dep.kv_len, dtype=float)
+    ep = np.asarray(dep.ep_size, dtype=float)
+    n = np.asarray(dep.microbatches, dtype=float)
+    mtp_a = np.asarray(dep.mtp, dtype=float)
     on = mtp_a > 0
-    pl = placement_arrays(model, ep, num_redundant)
+    pl = placement_arrays(model, ep, dep.num_redundant)
     stages, head_off, imb, disp_msg, comb_msg, _ = _stages(
-        system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl, (eplb, imbalance), kv_cv
+        system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl, (dep.eplb, dep.imbalance), dep.kv_cv
     )
     # the head runs last; summing it on its own keeps the scalar path's order of additions (same bits)
     sts, ideal, lower, upper = step_time(stages[:-1], system, n, policy, share)
@@ -306,10 +303,10 @@ def evaluate(
         )
     sts = [*sts, h_st]
     step, ideal, lower, upper = chain + h_step, ideal + h_step, lower + h_lower, upper + h_upper
-    per_step = 1.0 + accepted_per_step(mtp_a, mtp_accept)
+    per_step = 1.0 + accepted_per_step(mtp_a, dep.mtp_accept)
     tpot = step / per_step
     # memory
-    kv_cap = kv_len if kv_capacity_len is None else np.asarray(kv_capacity_len, dtype=float)
+    kv_cap = kv_len if dep.kv_capacity_len is None else np.asarray(dep.kv_capacity_len, dtype=float)
     # batch-independent parts, computed once for the two batches mem_at is called with
     weights = _per_mtp(mtp_a, lambda d: memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], d))
     act = memory.activation_bytes([op for s in stages for op in s.ops], n)
@@ -339,7 +336,7 @@ def evaluate(
     return DecodeEval(
         step,
         tpot,
-        np.asarray(batch_per_device, dtype=float) / tpot,
+        np.asarray(dep.batch_per_device, dtype=float) / tpot,
         lower / per_step,
         upper / per_step,
         periods["moe"],
@@ -354,6 +351,9 @@ def evaluate(
         parts,
         ideal,
         periods,
+        system,
+        model,
+        dep,
     )
 
 
@@ -446,28 +446,7 @@ def op_rows(sts, n) -> list[OpRow]:
     return rows
 
 
-AUTO = "auto"
 AUTO_MICROBATCHES = (1, 2, 3)
-
-
-def _evaluate_deployment(system, model, dep: DecodeDeployment, kv_capacity_len, microbatches) -> DecodeEval:
-    return evaluate(
-        system,
-        model,
-        batch_per_device=dep.batch_per_device,
-        kv_len=dep.kv_len,
-        ep_size=dep.ep_size,
-        microbatches=microbatches,
-        mtp=dep.mtp,
-        mtp_accept=dep.mtp_accept,
-        precision=dep.precision,
-        imbalance=dep.imbalance,
-        eplb=dep.eplb,
-        attention_cube_cores=dep.attention_cube_cores,
-        num_redundant=dep.num_redundant,
-        kv_capacity_len=kv_capacity_len,
-        kv_cv=dep.kv_cv,
-    )
 
 
 def microbatch_candidates(system: System, batch_per_device: float) -> tuple[int, ...]:
@@ -477,77 +456,80 @@ def microbatch_candidates(system: System, batch_per_device: float) -> tuple[int,
     return tuple(n for n in AUTO_MICROBATCHES if n == 1 or n <= per_rank)
 
 
-def best_microbatches(
-    system: System, model: Model, dep: DecodeDeployment, kv_capacity_len: float | None = None
-) -> tuple[int, dict[int, float]]:
-    """(chosen microbatch count, {count: TPOT}) for ``dep`` with its ``microbatches`` set automatically.
+def best_microbatches(ev: DecodeEval, counts) -> int:
+    """Index of the best point of an evaluation over the microbatch ``counts`` (one vectorized call).
 
     Why it is a choice: the two-stream pipeline on split cores (CM384 §4.2) re-reads every weight once
     per microbatch and gives each stream only a fraction of the cube cores (16 + 8 of 24 on a 910C die).
     At large batch the overlap of attention with dispatch/experts/combine pays for that; at small batch
     the step is weight-read and latency bound, the extra reads and the smaller core share cost more than
-    the overlap saves, and an operator runs one microbatch. ``auto`` evaluates ``microbatch_candidates``
-    in one vectorized call and keeps the lowest TPOT, preferring configurations that fit in HBM
-    (activations grow with the count); ties go to fewer microbatches. The TPOTs are exactly those of
-    ``--microbatches N`` (same arithmetic per point, tests/test_decode_vector.py). Worked numbers
-    (CloudMatrix384, DeepSeek-R1, EP320, KV 4096, MTP 1 @ 0.7; spec files of this writing): batch 8 per
-    NPU gives 1: 15.20 ms, 2: 17.04 ms, 3: 23.19 ms -> 1; batch 96 gives 51.07, 49.49, 55.12 ms -> 2.
+    the overlap saves, and an operator runs one microbatch. ``auto`` keeps the lowest TPOT, preferring
+    configurations that fit in HBM (activations grow with the count); ties go to fewer microbatches. The
+    TPOTs are exactly those of ``--microbatches N`` (same arithmetic per point, tests/
+    test_decode_vector.py). Worked numbers (CloudMatrix384, DeepSeek-R1, EP320, KV 4096, MTP 1 @ 0.7;
+    spec files of this writing): batch 8 per NPU gives 1: 15.20 ms, 2: 17.04 ms, 3: 23.19 ms -> 1;
+    batch 96 gives 51.07, 49.49, 55.12 ms -> 2.
     """
-    cands = microbatch_candidates(system, dep.batch_per_device)
-    n = np.array(cands, dtype=float)
-    ev = _evaluate_deployment(system, model, dep, kv_capacity_len, n)
+    n = np.asarray(counts, dtype=float)
     tpot = np.broadcast_to(ev.tpot_s, n.shape)
     fits = np.broadcast_to(ev.feasible, n.shape)
-    best = int(np.lexsort((n, tpot, ~fits))[0])  # fits first, then TPOT, then fewer microbatches
-    return cands[best], {c: float(t) for c, t in zip(cands, tpot, strict=True)}
+    return int(np.lexsort((n, tpot, ~fits))[0])  # fits first, then TPOT, then fewer microbatches
 
 
-def predict(
-    system: System, model: Model, dep: DecodeDeployment, kv_capacity_len: float | None = None
-) -> DecodePrediction:
-    """Scalar prediction with the per-op breakdown. ``dep.microbatches`` may be ``"auto"``
-    (``best_microbatches``): the record then holds the chosen count, and its ``deployment`` adds
+def predict(system: System, model: Model, dep: Deployment) -> DecodePrediction:
+    """Scalar prediction with the per-op breakdown (validates ``dep`` first: CmperfError naming the
+    flag). ``dep.microbatches`` may be ``"auto"``: the candidate counts are one axis of one ``evaluate``
+    call (``best_microbatches``); the record then holds the chosen count, and its ``deployment`` adds
     ``microbatches_auto: True`` and ``microbatches_auto_tpot_s`` (TPOT of every count tried)."""
-    auto_tpot = None
-    if isinstance(dep.microbatches, str) and dep.microbatches == AUTO:
-        replace(dep, microbatches=1).check(system, model)
-        chosen, auto_tpot = best_microbatches(system, model, dep, kv_capacity_len)
-        dep = replace(dep, microbatches=chosen)
-    dep.check(system, model)
-    ev = _evaluate_deployment(system, model, dep, kv_capacity_len, dep.microbatches)
-    seqs_mb = dep.batch_per_device / system.ranks_per_device / dep.microbatches
-    f = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
+    dep, _ = dep.validate(system, model)
+    if dep.microbatches != AUTO:
+        return evaluate(system, model, dep).at(0)
+    cands = microbatch_candidates(system, dep.batch_per_device)
+    ev = evaluate(system, model, replace(dep, microbatches=np.array(cands)))
+    best = best_microbatches(ev, cands)
+    tpot = np.broadcast_to(ev.tpot_s, (len(cands),))
+    return ev.at(best, {c: float(t) for c, t in zip(cands, tpot, strict=True)})
+
+
+def _point_prediction(ev: DecodeEval, i: int, auto_tpot_s: dict[int, float] | None) -> DecodePrediction:
+    system, model = ev.system, ev.model
+    shape = ev.shape
+    dep = point_deployment(ev.deployment, shape, i)
+    f = lambda x: point(x, shape, i)  # noqa: E731
+    sts = [point_stage(st, shape, i) for st in ev.stages]
     reasons = []
-    if not bool(ev.feasible):
+    if not bool(point(ev.feasible, shape, i)):
         reasons.append(
             f"HBM: needs {f(ev.hbm_bytes_per_rank) / 1e9:.1f} GB per {system.chip.rank}, "
             f"{ev.hbm_capacity_bytes / 1e9:.1f} GB usable; the largest batch that fits is "
             f"{f(ev.max_batch_per_device):.0f} per device"
         )
     streams = {}
-    policy = str(system.overlap.get("decode", {"policy": "compute-comm"})["policy"])
+    policy = system.overlap_for("decode").policy
     names = binding_names(policy)
-    for st in ev.stages:
+    for st in sts:
         # overlapped stages: the list schedule's period and verdict; the head: serial (coarse = exact)
-        period = ev.periods.get(st.stage.name, st.period_s)
+        name = st.stage.name
+        period = f(ev.periods[name]) if name in ev.periods else f(st.period_s)
         binding = (
             schedule_binding(st, policy, dep.microbatches, period, rotate=True)
-            if st.stage.name in ev.periods
+            if name in ev.periods
             else st.binding
         )
-        streams[st.stage.name] = {
-            "count": st.stage.count,
+        streams[name] = {
+            "count": int(np.asarray(st.stage.count)),
             "a_s": f(st.a_s),
             "m_s": f(st.m_s),
-            "period_s": f(period),
-            "binding": names[int(np.asarray(binding).reshape(-1)[0])],
+            "period_s": period,
+            "binding": names[int(binding)],
             "ideal_period_s": f(st.period_s),
-            "ideal_binding": names[int(np.asarray(st.binding).reshape(-1)[0])],
+            "ideal_binding": names[int(st.binding)],
         }
-    dep_d = {k: (v.__dict__ if isinstance(v, Precision) else v) for k, v in dep.__dict__.items()}
-    if auto_tpot is not None:
+    dep_d = dep.phase_knobs()
+    if auto_tpot_s is not None:
         dep_d["microbatches_auto"] = True
-        dep_d["microbatches_auto_tpot_s"] = {str(k): v for k, v in auto_tpot.items()}
+        dep_d["microbatches_auto_tpot_s"] = {str(k): v for k, v in auto_tpot_s.items()}
+    seqs_mb = dep.batch_per_device / system.ranks_per_device / dep.microbatches
     return DecodePrediction(
         system.name,
         model.name,
@@ -560,7 +542,7 @@ def predict(
         dep.batch_per_device * (1 + dep.mtp),
         dep.batch_per_device,
         f(ev.imbalance),
-        bool(ev.feasible),
+        bool(point(ev.feasible, shape, i)),
         reasons,
         f(ev.hbm_bytes_per_rank),
         ev.hbm_capacity_bytes,
@@ -570,6 +552,62 @@ def predict(
         f(ev.upper_tpot_s),
         f(ev.comm_bound_tpot_s),
         streams,
-        op_rows(ev.stages, dep.microbatches),
-        f(straggler_kv_len(dep.kv_len, dep.kv_cv, seqs_mb, dep.ep_size)),
+        op_rows(sts, dep.microbatches),
+        float(straggler_kv_len(dep.kv_len, dep.kv_cv, seqs_mb, dep.ep_size)),
     )
+
+
+# ------------------------------------------------------------------------------------- point extraction
+
+
+def point(x, shape: tuple[int, ...], i: int):
+    """Element ``i`` (flat index) of ``x`` broadcast to ``shape``, as a Python float (bool for bools)."""
+    a = np.asarray(x)
+    v = np.broadcast_to(a, shape).flat[i] if shape else a.reshape(-1)[0]
+    return bool(v) if a.dtype == bool else float(v)
+
+
+_OP_ARRAYS = (
+    "flops",
+    "weight_bytes",
+    "act_in_bytes",
+    "act_out_bytes",
+    "kv_read_bytes",
+    "kv_write_bytes",
+    "comm_bytes",
+    "ep_size",
+)
+
+
+def point_stage(st: StageTime, shape: tuple[int, ...], i: int) -> StageTime:
+    """Stage timing of point ``i``: every array of the stage, its ops and their times taken at ``i``."""
+    ops = tuple(
+        replace(op, **{k: point(getattr(op, k), shape, i) for k in _OP_ARRAYS}) for op in st.stage.ops
+    )
+    count = st.stage.count
+    stage = replace(st.stage, ops=ops, count=int(point(count, shape, i)) if np.ndim(count) else count)
+    times = tuple(
+        OpTime(*(np.asarray(point(getattr(t, f.name), shape, i)) for f in fields(OpTime)))
+        for t in st.op_times
+    )
+    arrays = {
+        f.name: np.asarray(point(getattr(st, f.name), shape, i))
+        for f in fields(StageTime)
+        if f.name not in ("stage", "op_times")
+    }
+    return StageTime(stage, times, **arrays)
+
+
+def point_deployment(dep: Deployment, shape: tuple[int, ...], i: int) -> Deployment:
+    """The scalar record of point ``i`` of a (resolved) grid record: array knobs taken at ``i``, integer
+    knobs as ints."""
+    vals = {}
+    for f in fields(dep):
+        v = getattr(dep, f.name)
+        if isinstance(v, np.ndarray):
+            x = point(v, shape, i)
+            vals[f.name] = int(x) if f.name in _INT_KNOBS and x == int(x) else x
+    return replace(dep, **vals)
+
+
+_INT_KNOBS = ("devices", "ep_size", "microbatches", "mtp", "attention_cube_cores", "attn_tp", "num_redundant")

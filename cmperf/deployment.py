@@ -16,7 +16,8 @@ performance does not. Placement follows CloudMatrix-Infer (CM384 §4.2) and Deep
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -164,59 +165,277 @@ def default_precision(
     return p
 
 
+def precision_from(
+    system: System,
+    weights: str | None = None,
+    experts: str | None = None,
+    kv: str | None = None,
+    table: dict[str, str] | None = None,
+) -> Precision:
+    """Per-op-group datatypes from the flags' spelling: the system default (``default_precision``), then
+    ``table`` (a scenario's ``[deployment.precision]``: Precision fields) for the groups no flag sets
+    (--weights sets the GEMM, expert and dispatch types, --experts-dtype the experts, --kv-dtype the
+    cache)."""
+    prec = default_precision(system, weights, experts, kv or "bf16")
+    if table:
+        names = {f.name for f in fields(Precision)}
+        for k in table:
+            if k not in names:
+                raise CmperfError(
+                    f"deployment.precision.{k}: unknown op group (one of {', '.join(sorted(names))})"
+                )
+        given = ({"gemm", "experts", "dispatch"} if weights else set()) | ({"experts"} if experts else set())
+        given |= {"kv"} if kv else set()
+        prec = replace(prec, **{k: v for k, v in table.items() if k not in given})
+        prec.check(system)
+    return prec
+
+
+#: Microbatch counts ``microbatches = "auto"`` chooses from (cmperf.decode.best_microbatches).
+AUTO = "auto"
+
+#: The flag that sets each knob, for error messages (the CLI's spelling; scenario files use field names).
+FLAGS = {
+    "devices": "--devices",
+    "ep_size": "--ep",
+    "microbatches": "--microbatches",
+    "eplb": "--eplb",
+    "imbalance": "--imbalance",
+    "num_redundant": "--redundant",
+    "batch_per_device": "--batch",
+    "kv_len": "--kv-len",
+    "kv_capacity_len": "--kv-len",
+    "kv_cv": "--kv-cv",
+    "mtp": "--mtp",
+    "mtp_accept": "--mtp-accept",
+    "attention_cube_cores": "--attn-cores",
+    "tokens_per_device": "--tokens-per-device",
+    "prompt_len": "--prompt-len",
+    "cache_hit": "--cache-hit",
+    "cache_plane": "--cache-plane",
+    "attn_tp": "--attn-tp",
+}
+
+PHASES = ("decode", "prefill")
+
+#: Fields each phase reads (the others are ignored by it); the rest are common to both.
+DECODE_FIELDS = (
+    "batch_per_device",
+    "kv_len",
+    "kv_capacity_len",
+    "kv_cv",
+    "mtp",
+    "mtp_accept",
+    "attention_cube_cores",
+)
+PREFILL_FIELDS = ("tokens_per_device", "prompt_len", "cache_hit", "cache_plane", "attn_tp")
+
+
 @dataclass(frozen=True)
-class DecodeDeployment:
-    """One decode instance. ``batch_per_device`` is concurrent sequences per device (NPU or GPU)."""
+class Deployment:
+    """One serving instance of one phase: every knob a prediction reads, in one record.
 
-    devices: int = 160
-    ep_size: int = 320
-    batch_per_device: float = 96.0
-    kv_len: float = 4096.0
-    mtp: int = 1  # speculative tokens per step
-    mtp_accept: float = 0.7
-    microbatches: int = 2
-    num_redundant: int | None = None
-    imbalance: float | None = None  # max/mean routed load; None = statistical model, 1.0 = perfect
-    eplb: str = "model"  # "model" or "perfect"
-    precision: Precision = field(default_factory=Precision)
-    attention_cube_cores: int | None = None  # None: the system's [overlap.decode] default
-    kv_cv: float = 0.0  # CV of the sequences' KV lengths (cmperf.decode.straggler_kv_len)
+    One record with phase parts (``phase`` = "decode" | "prefill"): the common knobs, then the decode part
+    (``DECODE_FIELDS``), then the prefill part (``PREFILL_FIELDS``); a phase ignores the other's part.
+    Numeric knobs may be numpy arrays: the phase predictors broadcast them, so one record is a whole grid
+    (cmperf.search builds its grids with ``dataclasses.replace``). ``None`` means "the default for this
+    system and model": ``resolve`` fills it (instance sized for the system, fp8 where the chip has it,
+    the system's core split and attention TP, ...). ``check`` lists what is wrong with a scalar record
+    (each reason names the flag), ``validate`` raises the first one.
 
-    def check(self, system: System, model: Model) -> Placement:
-        """Validate against the system and model; return the expert placement."""
-        ranks = self.devices * system.ranks_per_device
-        if self.devices < 1 or self.devices > system.num_devices:
-            raise CmperfError(
-                f"--devices: {self.devices} is outside 1..{system.num_devices} ({system.name} has "
+    Units: ``batch_per_device`` is concurrent sequences per device (NPU/GPU), ``tokens_per_device``
+    prompt tokens per device per prefill batch, lengths in tokens, ``attn_tp`` in ranks.
+    """
+
+    phase: str = "decode"
+    # common
+    devices: Any = None  # None: decode_unit_devices / prefill_unit_devices
+    ep_size: Any = None  # None: every rank of the instance
+    microbatches: Any = None  # int, array or "auto" (decode); None: "auto" (decode), 2 (prefill)
+    precision: Precision | None = None  # None: default_precision(system)
+    eplb: str | None = None  # "model" | "perfect"; None: "model" (decode), "perfect" (prefill, CM384 §5)
+    imbalance: Any = None  # max/mean routed load; None = from ``eplb``
+    num_redundant: int | None = None  # redundant routed-expert copies; None: the placement rule
+    # decode
+    batch_per_device: Any = 96.0
+    kv_len: Any = 4096.0  # mean KV length per sequence
+    kv_capacity_len: Any = None  # KV length memory must hold per sequence; None: kv_len
+    kv_cv: Any = 0.0  # CV of the sequences' KV lengths (cmperf.decode.straggler_kv_len)
+    mtp: Any = 1  # speculative tokens per step
+    mtp_accept: Any = 0.7
+    attention_cube_cores: Any = None  # None: the system's [overlap.decode] split
+    # prefill
+    tokens_per_device: Any = 16384.0
+    prompt_len: Any = 4096.0
+    cache_hit: Any = 0.0  # fraction of prompt tokens whose KV is loaded from the context cache
+    cache_plane: str | None = None  # None: cmperf.deployment.default_cache_plane
+    attn_tp: Any = None  # ranks one prompt's attention spans; None: the system's attention_tp_devices
+
+    def resolve(self, system: System, model: Model) -> Deployment:
+        """The record with every ``None`` default filled for ``system`` and ``model`` (idempotent)."""
+        prefill = self.phase == "prefill"
+        devices = self.devices
+        if devices is None:
+            devices = prefill_unit_devices(system) if prefill else decode_unit_devices(system, model)
+        ep = self.ep_size if self.ep_size is not None else np.asarray(devices) * system.ranks_per_device
+        mb = self.microbatches if self.microbatches is not None else (2 if prefill else AUTO)
+        tp = self.attn_tp
+        if prefill and tp is None:
+            tp = np.minimum(attention_tp_devices(system), np.asarray(devices)) * system.ranks_per_device
+        cores = self.attention_cube_cores
+        if cores is None:
+            cores = system.overlap_for("decode").attention_cube_cores
+        return replace(
+            self,
+            devices=_int(devices),
+            ep_size=_int(ep),
+            microbatches=mb,
+            precision=self.precision or default_precision(system),
+            eplb=self.eplb or ("perfect" if prefill else "model"),
+            attention_cube_cores=_int(cores),
+            cache_plane=self.cache_plane or (default_cache_plane(system) if prefill else None),
+            attn_tp=_int(tp) if tp is not None else None,
+        )
+
+    def check(self, system: System, model: Model) -> list[str]:
+        """What is wrong with this (scalar) record on ``system`` and ``model``: one reason per problem,
+        each naming its flag and the fix; [] when it is valid."""
+        if self.phase not in PHASES:
+            return [f"phase: {self.phase!r} is not one of {', '.join(PHASES)}"]
+        d = self.resolve(system, model)
+        out: list[str] = []
+        ranks = d.devices * system.ranks_per_device
+        if not 1 <= d.devices <= system.num_devices:
+            out.append(
+                f"--devices: {d.devices} is outside 1..{system.num_devices} ({system.name} has "
                 f"{system.num_devices} devices)"
             )
-        if self.ep_size < 1 or ranks % self.ep_size:
-            raise CmperfError(
-                f"--ep: EP{self.ep_size} must divide the {ranks} ranks of {self.devices} devices "
+        if d.ep_size < 1 or ranks % d.ep_size:
+            out.append(
+                f"--ep: EP{d.ep_size} must divide the {ranks} ranks of {d.devices} devices "
                 f"({system.ranks_per_device} per device on {system.name}); try --ep {ranks}"
             )
-        if self.batch_per_device <= 0:
-            raise CmperfError(f"--batch: must be positive, got {self.batch_per_device:g}")
-        if self.kv_len < 1 or self.kv_len > model.max_position_embeddings:
-            raise CmperfError(
-                f"--kv-len: {self.kv_len:g} is outside 1..{model.max_position_embeddings} "
-                f"(the model's context)"
-            )
-        if not 0.0 <= self.kv_cv <= 10.0:
-            raise CmperfError(f"--kv-cv: must be in [0, 10], got {self.kv_cv:g}")
-        if not 0 <= self.mtp <= model.num_mtp_modules:
-            raise CmperfError(
-                f"--mtp: {model.name} has {model.num_mtp_modules} MTP module(s); use 0 to "
-                f"{model.num_mtp_modules}"
-            )
-        if not 0.0 <= self.mtp_accept <= 1.0:
-            raise CmperfError(f"--mtp-accept: must be in [0, 1], got {self.mtp_accept:g}")
-        if self.microbatches not in (1, 2, 3, 4):
-            raise CmperfError(f"--microbatches: must be 1..4, got {self.microbatches}")
-        if self.imbalance is not None and self.imbalance < 1.0:
-            raise CmperfError(f"--imbalance: max/mean load is at least 1, got {self.imbalance:g}")
-        self.precision.check(system)
-        return place_experts(model, self.ep_size, self.num_redundant)
+        mb = d.microbatches
+        allowed = "auto or 1, 2, 3, 4" if d.phase == "decode" else "1, 2, 3, 4"
+        if isinstance(mb, str) and not (mb == AUTO and d.phase == "decode"):
+            out.append(f"--microbatches: {mb!r} is not a count; give {allowed}")
+        elif not isinstance(mb, str) and mb not in (1, 2, 3, 4):
+            out.append(f"--microbatches: must be {allowed}, got {mb}")
+        if d.eplb not in ("model", "perfect"):
+            out.append(f"--eplb: {d.eplb!r} is not model or perfect")
+        if d.imbalance is not None and not d.imbalance >= 1.0:
+            out.append(f"--imbalance: max/mean load is at least 1, got {d.imbalance:g}")
+        ctx = model.max_position_embeddings
+        if d.phase == "decode":
+            if not d.batch_per_device > 0:
+                out.append(f"--batch: must be positive, got {d.batch_per_device:g}")
+            if not 1 <= d.kv_len <= ctx:
+                out.append(f"--kv-len: {d.kv_len:g} is outside 1..{ctx} (the model's context)")
+            if d.kv_capacity_len is not None and not d.kv_len <= d.kv_capacity_len <= ctx:
+                out.append(f"--kv-len: capacity {d.kv_capacity_len:g} is outside {d.kv_len:g}..{ctx}")
+            if not 0.0 <= d.kv_cv <= 10.0:
+                out.append(f"--kv-cv: must be in [0, 10], got {d.kv_cv:g}")
+            if not 0 <= d.mtp <= model.num_mtp_modules:
+                out.append(
+                    f"--mtp: {model.name} has {model.num_mtp_modules} MTP module(s); use 0 to "
+                    f"{model.num_mtp_modules}"
+                )
+            if not 0.0 <= d.mtp_accept <= 1.0:
+                out.append(f"--mtp-accept: must be in [0, 1], got {d.mtp_accept:g}")
+            split = system.overlap_for("decode").policy == "split-cores"
+            if split and not 0 < d.attention_cube_cores < system.chip.cube_cores:
+                out.append(
+                    f"--attn-cores: {d.attention_cube_cores} leaves no cube core to one stream; use 1 to "
+                    f"{system.chip.cube_cores - 1} of the {system.chip.cube_cores} on a {system.chip.rank}"
+                )
+        else:
+            if not d.tokens_per_device > 0:
+                out.append(f"--tokens-per-device: must be positive, got {d.tokens_per_device:g}")
+            if not 1 <= d.prompt_len <= ctx:
+                out.append(f"--prompt-len: {d.prompt_len:g} is outside 1..{ctx} (the model's context)")
+            elif d.tokens_per_device * d.devices < d.prompt_len:
+                out.append(
+                    f"--tokens-per-device: {d.tokens_per_device:g} x {d.devices} devices holds no "
+                    f"whole {d.prompt_len:g}-token prompt; raise it to at least "
+                    f"{math.ceil(d.prompt_len / d.devices)}"
+                )
+            if not 0.0 <= d.cache_hit <= 1.0:
+                out.append(f"--cache-hit: must be in [0, 1], got {d.cache_hit:g}")
+            if d.cache_plane not in system.planes:
+                out.append(
+                    f"--cache-plane: system {system.name} has no plane {d.cache_plane!r} "
+                    f"(it has {', '.join(system.planes)})"
+                )
+            tp = d.attn_tp
+            if tp < 1 or ranks % tp or model.num_attention_heads % tp:
+                out.append(
+                    f"--attn-tp: {tp} must divide the {ranks} ranks and the "
+                    f"{model.num_attention_heads} heads; try --attn-tp {min(16, ranks)}"
+                )
+        try:
+            assert d.precision is not None
+            d.precision.check(system)
+            if not out:
+                place_experts(model, d.ep_size, d.num_redundant)
+        except CmperfError as e:
+            out.append(str(e))
+        return out
+
+    def validate(self, system: System, model: Model) -> tuple[Deployment, Placement]:
+        """(resolved record, expert placement), or CmperfError with the first ``check`` reason."""
+        reasons = self.check(system, model)
+        if reasons:
+            raise CmperfError(reasons[0])
+        d = self.resolve(system, model)
+        return d, place_experts(model, d.ep_size, d.num_redundant)
+
+    def knobs(self) -> dict[str, Any]:
+        """The record as plain values (precision as a dict): the ``deployment`` of JSON outputs."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.__dict__ if isinstance(v, Precision) else v
+        return out
+
+    @classmethod
+    def from_knobs(cls, knobs: dict[str, Any]) -> Deployment:
+        """The record back from ``knobs()`` / a JSON ``deployment`` (keys that are not fields, such as
+        ``microbatches_auto``, are dropped)."""
+        names = {f.name for f in fields(cls)}
+        vals = {k: v for k, v in knobs.items() if k in names}
+        if isinstance(vals.get("precision"), dict):
+            vals["precision"] = Precision(**vals["precision"])
+        return cls(**vals)
+
+    def phase_knobs(self) -> dict[str, Any]:
+        """``knobs`` without the other phase's part."""
+        other = PREFILL_FIELDS if self.phase == "decode" else DECODE_FIELDS
+        return {k: v for k, v in self.knobs().items() if k not in other}
+
+
+def _int(x):
+    """Integer-valued knobs stay Python ints for scalars (JSON, messages), arrays stay arrays."""
+    a = np.asarray(x)
+    return int(a) if a.ndim == 0 and float(a) == int(a) else x
+
+
+def attention_tp_devices(system: System) -> int:
+    """Devices one prompt's prefill attention spans by default: the system's ``[overlap.prefill]
+    attention_tp_devices`` (1 = data-parallel attention, DeepSeek's and SGLang's GPU prefill), else
+    ``DEFAULT_ATTN_TP_DEVICES``."""
+    return system.overlap_for("prefill").attention_tp_devices or DEFAULT_ATTN_TP_DEVICES
+
+
+#: Attention TP degree of the SP-TP-SP layout when the system (``[overlap.prefill] attention_tp_devices``)
+#: does not set it. CM384 §4.3 names the layout but not the degree; stated assumption: one UB node,
+#: 8 NPUs = 16 dies.
+DEFAULT_ATTN_TP_DEVICES = 8
+
+
+def default_cache_plane(system: System) -> str:
+    """Plane the context cache loads over by default: "ub" (CM384's EMS pool over UB) where the system has
+    it, else the system's scale-out plane (dgx-h800: "ib"; ``System.scaleout_plane``)."""
+    return "ub" if "ub" in system.planes else system.scaleout_plane("prefill")
 
 
 #: Ranks of the default prefill unit: EP32 instances (CM384 §4.3; DeepSeek and SGLang, CM384 reference §7).

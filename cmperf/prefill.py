@@ -52,104 +52,18 @@ per-rank plane bandwidth below which a fully cached prompt takes longer than rec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
 from . import memory
 from .comm import DomainDedupOp, distinct_destinations, domain_scaleout_bytes, ep_message_bytes, transfer_s
-from .decode import OpRow, moe_load, op_rows, routed_imbalance
-from .deployment import Precision, place_experts, placement_arrays
-from .errors import CmperfError
+from .decode import OpRow, moe_load, op_rows, point, point_deployment, point_stage, routed_imbalance
+from .deployment import Deployment, placement_arrays
 from .graph import Stage, dense_ffn_ops, head_ops, kv_bytes_per_token_layer, mla_prefill_ops, moe_ops
 from .roofline import BOUNDS
 from .specs import Model, System
 from .step import StageTime, binding_names, compose, segments, step_time
-
-#: Attention TP degree of the SP-TP-SP layout when neither the deployment nor the system
-#: (``[overlap.prefill] attention_tp_devices``) sets it. CM384 §4.3 names the layout but not the degree;
-#: stated assumption: one UB node, 8 NPUs = 16 dies.
-DEFAULT_ATTN_TP_DEVICES = 8
-
-
-def attention_tp_devices(system: System) -> int:
-    """Devices one prompt's attention spans by default: the system's ``[overlap.prefill]
-    attention_tp_devices`` (1 = data-parallel attention, DeepSeek's and SGLang's GPU prefill), else
-    ``DEFAULT_ATTN_TP_DEVICES``."""
-    return int(system.overlap.get("prefill", {}).get("attention_tp_devices", DEFAULT_ATTN_TP_DEVICES))
-
-
-def default_cache_plane(system: System) -> str:
-    """Plane the context cache loads over by default: "ub" (CM384's EMS pool over UB) where the system has
-    it, else the system's scale-out plane (dgx-h800: "ib"; ``System.scaleout_plane``)."""
-    return "ub" if "ub" in system.planes else system.scaleout_plane("prefill")
-
-
-@dataclass(frozen=True)
-class PrefillDeployment:
-    """One prefill instance (defaults: CM384 §5 prefill setup, 16 NPUs, EP32, 16K tokens per NPU)."""
-
-    devices: int = 16
-    ep_size: int = 32
-    tokens_per_device: float = 16384.0
-    prompt_len: float = 4096.0
-    microbatches: int = 2
-    cache_hit: float = 0.0
-    cache_plane: str | None = None  # None: default_cache_plane(system)
-    eplb: str = "perfect"
-    imbalance: float | None = None
-    attn_tp: int | None = None  # ranks; None: DEFAULT_ATTN_TP_DEVICES devices (capped by the instance)
-    precision: Precision = field(default_factory=Precision)
-
-    def resolved_cache_plane(self, system: System) -> str:
-        return self.cache_plane if self.cache_plane is not None else default_cache_plane(system)
-
-    def resolved_tp(self, system: System) -> int:
-        if self.attn_tp is not None:
-            return self.attn_tp
-        return min(attention_tp_devices(system), self.devices) * system.ranks_per_device
-
-    def check(self, system: System, model: Model):
-        ranks = self.devices * system.ranks_per_device
-        if self.devices < 1 or self.devices > system.num_devices:
-            raise CmperfError(f"--devices: {self.devices} is outside 1..{system.num_devices} ({system.name})")
-        if self.ep_size < 1 or ranks % self.ep_size:
-            raise CmperfError(
-                f"--ep: EP{self.ep_size} must divide the {ranks} ranks of {self.devices} devices; "
-                f"try --ep {ranks}"
-            )
-        if not self.tokens_per_device > 0:
-            raise CmperfError(f"--tokens-per-device: must be positive, got {self.tokens_per_device:g}")
-        if not 1 <= self.prompt_len <= model.max_position_embeddings:
-            raise CmperfError(
-                f"--prompt-len: {self.prompt_len:g} is outside 1..{model.max_position_embeddings} "
-                f"(the model's context)"
-            )
-        if self.tokens_per_device * self.devices < self.prompt_len:
-            raise CmperfError(
-                f"--tokens-per-device: {self.tokens_per_device:g} x {self.devices} devices holds no "
-                f"whole {self.prompt_len:g}-token prompt; raise it to at least "
-                f"{np.ceil(self.prompt_len / self.devices):g}"
-            )
-        if not 0.0 <= self.cache_hit <= 1.0:
-            raise CmperfError(f"--cache-hit: must be in [0, 1], got {self.cache_hit:g}")
-        if self.resolved_cache_plane(system) not in system.planes:
-            raise CmperfError(
-                f"--cache-plane: system {system.name} has no plane {self.cache_plane!r} "
-                f"(it has {', '.join(system.planes)})"
-            )
-        if self.microbatches not in (1, 2, 3, 4):
-            raise CmperfError(f"--microbatches: must be 1..4, got {self.microbatches}")
-        if self.imbalance is not None and self.imbalance < 1.0:
-            raise CmperfError(f"--imbalance: max/mean load is at least 1, got {self.imbalance:g}")
-        tp = self.resolved_tp(system)
-        if tp < 1 or ranks % tp or model.num_attention_heads % tp:
-            raise CmperfError(
-                f"--attn-tp: {tp} must divide the {ranks} ranks and the "
-                f"{model.num_attention_heads} heads; try --attn-tp {min(16, ranks)}"
-            )
-        self.precision.check(system)
-        return place_experts(model, self.ep_size)
 
 
 @dataclass(frozen=True)
@@ -177,6 +91,18 @@ class PrefillEval:
     feasible: np.ndarray
     stages: tuple[StageTime, ...] = field(repr=False)
     memory_parts: dict = field(repr=False)
+    system: System = field(repr=False)
+    model: Model = field(repr=False)
+    deployment: Deployment = field(repr=False)  # resolved; its knobs broadcast to ``shape``
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return np.shape(self.batch_s)
+
+    def at(self, i: int = 0) -> PrefillPrediction:
+        """Point ``i`` (flat index into ``shape``) with its full breakdown: ops (the cache load among them),
+        streams, bounds, the memory verdict and the cache crossover."""
+        return _point_prediction(self, i)
 
 
 def _domain_dedup(system: System, model: Model, ops, pl, ep, tokens, msg: dict[str, float]):
@@ -198,50 +124,31 @@ def _domain_dedup(system: System, model: Model, ops, pl, ep, tokens, msg: dict[s
     return out
 
 
-def _inputs(system, model, prec, tokens_per_device, prompt_len, cache_hit, microbatches):
-    rpd = system.ranks_per_device
-    t_rank = np.asarray(tokens_per_device, dtype=float) / rpd
-    p = np.asarray(prompt_len, dtype=float)
-    h = np.asarray(cache_hit, dtype=float)
-    n = np.asarray(microbatches, dtype=float)
-    return t_rank, p, h, n
-
-
-def evaluate(
-    system: System,
-    model: Model,
-    *,
-    tokens_per_device,
-    prompt_len,
-    ep_size,
-    devices=16,
-    microbatches=2,
-    cache_hit=0.0,
-    cache_plane: str | None = None,
-    eplb: str = "perfect",
-    imbalance=None,
-    precision: Precision | None = None,
-    attn_tp=None,
-    load_cache: bool = True,
-) -> PrefillEval:
-    """Vectorized prefill prediction; every numeric knob may be a numpy array (they broadcast).
+def evaluate(system: System, model: Model, dep: Deployment, *, load_cache: bool = True) -> PrefillEval:
+    """Vectorized prefill prediction of ``dep`` (a prefill ``Deployment``); every numeric knob may be a
+    numpy array (they broadcast). ``load_cache=False`` makes context-cache loads free (the limit of an
+    infinitely fast plane, used by ``cache_crossover``).
 
     Worked point (CM384 §5 prefill, --eplb perfect): 16 NPUs, EP32, 16,384 tokens per NPU of 4,096-token
     prompts, 2 microbatches -> 8,192 tokens per die, 4,096 per microbatch (one prompt).
     """
-    prec = precision or Precision()
-    cache_plane = cache_plane if cache_plane is not None else default_cache_plane(system)
-    ov = system.overlap.get("prefill", {"policy": "compute-comm"})
-    policy = str(ov["policy"])
+    dep = dep.resolve(system, model)
+    prec = dep.precision
+    assert prec is not None and dep.cache_plane is not None
+    cache_plane = dep.cache_plane
+    ov = system.overlap_for("prefill")
+    policy = ov.policy
     cores = system.chip.cube_cores
-    share = float(ov.get("attention_cube_cores", 0)) / cores if policy == "split-cores" else 1.0
+    share = ov.attention_cube_cores / cores if policy == "split-cores" else 1.0
     # compute-comm with n > 1: SMs held by the comm kernels are taken from the compute stream (cmperf.step)
-    compute_share = (cores - float(ov.get("comm_cube_cores", 0))) / cores
-    t_rank, p, h, n = _inputs(system, model, prec, tokens_per_device, prompt_len, cache_hit, microbatches)
-    ep = np.asarray(ep_size, dtype=float)
+    compute_share = (cores - ov.comm_cube_cores) / cores
     rpd = system.ranks_per_device
-    tp_default = np.minimum(attention_tp_devices(system), np.asarray(devices)) * rpd
-    tp = np.asarray(attn_tp if attn_tp is not None else tp_default, dtype=float)
+    t_rank = np.asarray(dep.tokens_per_device, dtype=float) / rpd
+    p = np.asarray(dep.prompt_len, dtype=float)
+    h = np.asarray(dep.cache_hit, dtype=float)
+    n = np.asarray(dep.microbatches, dtype=float)
+    ep = np.asarray(dep.ep_size, dtype=float)
+    tp = np.asarray(dep.attn_tp, dtype=float)
     k, hid = model.num_experts_per_tok, model.hidden_size
     disp_msg, comb_msg = ep_message_bytes(system, hid, prec, phase="prefill")
     d = system.collective("dispatch", "prefill")
@@ -251,7 +158,7 @@ def evaluate(
     cached_len = h * p
     new_mb = t_mb * (1.0 - h)
     # routed copies over the EP group per microbatch: computed tokens only
-    imb = routed_imbalance(model, pl, ep, ep * new_mb * k, eplb, imbalance)
+    imb = routed_imbalance(model, pl, ep, ep * new_mb * k, dep.eplb, dep.imbalance)
     exp_tok, exp_read, copies = moe_load(model, pl, ep, new_mb, imb)
     if d.copies == "per-rank":
         copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
@@ -306,7 +213,7 @@ def evaluate(
         transfer_s(system, system.kv_transfer_plane(), kv_seq, where=f"{system.path}: kv_transfer_plane"),
         shape,
     )
-    tps = np.asarray(tokens_per_device, dtype=float) / batch_s
+    tps = np.asarray(dep.tokens_per_device, dtype=float) / batch_s
 
     # memory per rank
     all_ops = [op for s in stages for op in s.ops]
@@ -350,42 +257,32 @@ def evaluate(
         feasible,
         tuple(sts),
         parts,
+        system,
+        model,
+        dep,
     )
 
 
-def cache_crossover(system: System, model: Model, dep: PrefillDeployment, grid: int = 201):
+def cache_crossover(system: System, model: Model, dep: Deployment, grid: int = 201):
     """(hit rate minimizing batch time on dep.cache_plane, per-rank plane bandwidth at which loading a
     whole prompt's latents costs as much as recomputing it). Both from ``evaluate``, not assumed.
 
     Recompute time per token saved = (batch_s(h=0) - batch_s(h=1, free load)) / T; the break-even
     bandwidth = cached bytes per token (576 values x kv bytes x layers, per microbatch stream n) / that.
     """
+    dep = dep.resolve(system, model)
+    assert dep.precision is not None and dep.cache_plane is not None
     hs = np.linspace(0.0, 1.0, grid)
-    ev = evaluate(system, model, **_kwargs(system, dep), cache_hit=hs)
+    ev = evaluate(system, model, replace(dep, cache_hit=hs))
     best_h = float(hs[int(np.argmin(ev.batch_s))])
     # compute saved per cached token, with loading made free (an infinitely fast plane is the limit)
     t_rank = dep.tokens_per_device / system.ranks_per_device
     kvb = kv_bytes_per_token_layer(model, dep.precision.kv) * model.num_layers
-    ev0 = evaluate(system, model, **_kwargs(system, dep), cache_hit=np.array([0.0, 1.0]), load_cache=False)
+    ev0 = evaluate(system, model, replace(dep, cache_hit=np.array([0.0, 1.0])), load_cache=False)
     saved_per_token = (float(ev0.batch_s[0]) - float(ev0.batch_s[1])) / t_rank
-    plane = system.planes[dep.resolved_cache_plane(system)]
+    plane = system.planes[dep.cache_plane]
     bw = kvb / saved_per_token / plane.host_read_eff if saved_per_token > 0 else float("inf")
     return best_h, bw
-
-
-def _kwargs(system, dep: PrefillDeployment) -> dict:
-    return dict(
-        tokens_per_device=dep.tokens_per_device,
-        prompt_len=dep.prompt_len,
-        ep_size=dep.ep_size,
-        devices=dep.devices,
-        microbatches=dep.microbatches,
-        cache_plane=dep.resolved_cache_plane(system),
-        eplb=dep.eplb,
-        imbalance=dep.imbalance,
-        precision=dep.precision,
-        attn_tp=dep.resolved_tp(system),
-    )
 
 
 # ---------------------------------------------------------------------------------------------- scalar record
@@ -426,24 +323,30 @@ class PrefillPrediction:
     ops: list[OpRow]
 
 
-def _f(x) -> float:
-    return float(np.asarray(x).reshape(-1)[0])
+def predict(system: System, model: Model, dep: Deployment) -> PrefillPrediction:
+    """Scalar prediction with the per-op breakdown (validates ``dep`` first: CmperfError naming the flag)."""
+    dep, _ = dep.validate(system, model)
+    return evaluate(system, model, dep).at(0)
 
 
-def predict(system: System, model: Model, dep: PrefillDeployment) -> PrefillPrediction:
-    dep.check(system, model)
-    ev = evaluate(system, model, **_kwargs(system, dep), cache_hit=dep.cache_hit)
+def _point_prediction(ev: PrefillEval, i: int) -> PrefillPrediction:
+    system, model, shape = ev.system, ev.model, ev.shape
+    dep = point_deployment(ev.deployment, shape, i)
+    assert dep.precision is not None and dep.cache_plane is not None
     best_h, bw_cross = cache_crossover(system, model, dep)
+    _f = lambda x: point(x, shape, i)  # noqa: E731
+    feasible = bool(point(ev.feasible, shape, i))
     reasons = []
-    if not bool(np.asarray(ev.feasible).reshape(-1)[0]):
+    if not feasible:
         reasons.append(
             f"HBM: needs {_f(ev.hbm_bytes_per_rank) / 1e9:.1f} GB per {system.chip.rank}, "
             f"{ev.hbm_capacity_bytes / 1e9:.1f} GB usable; the largest token budget that fits is "
             f"{_f(ev.max_tokens_per_device):.0f} tokens per device"
         )
+    sts = [point_stage(st, shape, i) for st in ev.stages]
     streams = {}
-    names = binding_names(str(system.overlap.get("prefill", {"policy": "compute-comm"})["policy"]))
-    for st in ev.stages:
+    names = binding_names(system.overlap_for("prefill").policy)
+    for st in sts:
         period = {"dense": ev.dense_layer_s, "moe": ev.layer_s}.get(st.stage.name, st.period_s)
         streams[st.stage.name] = {
             "count": st.stage.count,
@@ -451,10 +354,10 @@ def predict(system: System, model: Model, dep: PrefillDeployment) -> PrefillPred
             "m_s": _f(st.m_s),
             "period_s": _f(period),
             "ideal_period_s": _f(st.period_s),
-            "ideal_binding": names[int(np.asarray(st.binding).reshape(-1)[0])],
+            "ideal_binding": names[int(st.binding)],
         }
-    ops = op_rows(ev.stages, dep.microbatches)
-    cache_plane = dep.resolved_cache_plane(system)
+    ops = op_rows(sts, dep.microbatches)
+    cache_plane = dep.cache_plane
     if dep.cache_hit > 0:
         t = transfer_s(
             system,
@@ -486,9 +389,7 @@ def predict(system: System, model: Model, dep: PrefillDeployment) -> PrefillPred
                 (float(t) - pl.latency_s) * pl.bytes_per_s_per_rank * pl.host_read_eff,
             )
         )
-    dep_d = {k: (v.__dict__ if isinstance(v, Precision) else v) for k, v in dep.__dict__.items()}
-    dep_d["attn_tp"] = dep.resolved_tp(system)
-    dep_d["cache_plane"] = cache_plane
+    dep_d = dep.phase_knobs()
     batch = _f(ev.batch_s)
     return PrefillPrediction(
         system.name,
@@ -518,7 +419,7 @@ def predict(system: System, model: Model, dep: PrefillDeployment) -> PrefillPred
         dep.tokens_per_device / _f(ev.upper_batch_s),
         dep.tokens_per_device / _f(ev.lower_batch_s),
         _f(ev.imbalance),
-        bool(np.asarray(ev.feasible).reshape(-1)[0]),
+        feasible,
         reasons,
         _f(ev.hbm_bytes_per_rank),
         ev.hbm_capacity_bytes,

@@ -53,6 +53,12 @@ def erlang_b(servers: int, offered_load):
     a = np.asarray(offered_load, dtype=float)
     if np.any(a < 0):
         raise ValueError("offered_load must be >= 0")
+    if a.ndim == 0:  # a scalar: the same recursion on Python floats (bit-identical, ~20x faster)
+        x, bs = float(a), 1.0
+        for k in range(1, c + 1):
+            ab = x * bs
+            bs = ab / (k + ab)
+        return bs
     b = np.ones_like(a)
     for k in range(1, c + 1):
         ab = a * b

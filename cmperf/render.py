@@ -2,7 +2,8 @@
 
 Display units (ms, GB, TB/s) exist only here. ``to_jsonable`` turns frozen dataclasses and numpy
 scalars into plain JSON types; floats are rounded to 12 significant digits so the same inputs give
-byte-identical output on every platform.
+byte-identical output on every platform. Every renderer returns a string (the CLI's ``emit`` prints it
+or writes it to ``-o FILE``); tables are plain text fitted to a page width (``tables``, ``page_width``).
 """
 
 from __future__ import annotations
@@ -63,10 +64,13 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
         ("system / model", f"{p.system} / {p.model}"),
         (
             "deployment",
-            f"{d['devices']} devices, EP{d['ep_size']}, "
-            f"batch {p.batch_per_device:g}/device, "
-            f"KV {d['kv_len']:g}, MTP {d['mtp']} @ {d['mtp_accept']:g}, "
-            f"{d['microbatches']} microbatch(es)" + (" (auto)" if auto else ""),
+            f"{d['devices']} devices, EP{d['ep_size']}, batch {p.batch_per_device:g}/device, "
+            f"KV {d['kv_len']:g}",
+        ),
+        (
+            "MTP, microbatches",
+            f"MTP {d['mtp']} @ {d['mtp_accept']:g}, {d['microbatches']} microbatch(es)"
+            + (" (auto)" if auto else ""),
         ),
     ]
     if auto:
@@ -84,7 +88,8 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
         ("tokens/s per device", f"{p.tokens_per_s_per_device:,.0f}"),
         ("step (all layers + heads)", fmt_s(p.step_s)),
         ("MoE layer (all microbatches)", fmt_s(p.moe_layer_s)),
-        ("TPOT bounds (speed of light .. no overlap)", f"{fmt_s(p.lower_tpot_s)} .. {fmt_s(p.upper_tpot_s)}"),
+        ("TPOT bound: speed of light", fmt_s(p.lower_tpot_s)),
+        ("TPOT bound: no overlap", fmt_s(p.upper_tpot_s)),
         ("EP all-to-all bound on TPOT", fmt_s(p.comm_bound_tpot_s)),
         ("routed load max/mean", f"{p.imbalance:.3f}"),
         (
@@ -159,52 +164,192 @@ def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def decode_markdown(p) -> str:
+def decode_markdown(p, max_ops: int | None = None) -> str:
     parts = [
         "# cmperf decode prediction\n",
         markdown_table(("quantity", "value"), decode_summary_rows(p)),
         "\n## Streams per layer (per microbatch: A = attention stream, M = MoE stream)\n",
         markdown_table(STREAM_HEADER, stream_rows(p)),
         "\n## Per-op breakdown\n",
-        markdown_table(OP_HEADER, op_table_rows(p.ops, p.step_s)),
+        op_markdown(p.ops, p.step_s, max_ops),
     ]
     return "".join(parts)
 
 
-def print_tables(
-    title: str, summary: list[tuple[str, str]], sections: list[tuple[str, tuple[str, ...], list]]
-) -> None:
-    """Rich rendering of a summary (key/value) plus titled tables. rich is imported only here."""
+PAGE_WIDTH = 100  # table width when COLUMNS is unset and stdout is not a terminal (pipes, files)
+
+
+def page_width() -> int:
+    """Width of rendered tables: $COLUMNS if set, else the terminal's width when stdout is one, else 100.
+
+    The same inputs and width give the same text; piped output does not depend on the terminal."""
     import shutil
 
+    cols = shutil.get_terminal_size((PAGE_WIDTH, 24)).columns
+    return cols if cols > 0 else PAGE_WIDTH
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One titled table. ``drop`` names the columns to leave out, first one first, while the table is
+    wider than the page; ``note`` is a line printed under the table."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    drop: tuple[str, ...] = ()
+    note: str = ""
+
+
+#: Column gap of the rendered tables (a space divider plus one space of left padding).
+_GAP = 2
+
+
+def _numeric(cells) -> bool:
+    """Right-align a column whose every cell starts like a number ("49.49 ms", "1,940", "-", "+0.3%")."""
+    return all(c[:1] in "0123456789+-." for c in cells if c)
+
+
+def _box():
+    from rich.box import Box
+
+    # no edges or vertical rules; one rule under the header (and above a footer)
+    return Box("    \n    \n────\n    \n    \n────\n    \n    \n")
+
+
+def _fit(header, rows, drop, width):
+    """(columns to show, the least width of each, columns left out) for a table on ``width`` columns.
+
+    The columns named in ``drop`` go first, in order, while the table's natural width is over the page.
+    Then numbers keep one line (a column's least width is its widest number) while headers and text fold
+    at words; when even that is too wide, columns go from the right (the caller notes which)."""
+    from rich.cells import cell_len
+
+    cells = [[str(r[i]) for r in rows] for i in range(len(header))]
+    numeric = [_numeric(c) for c in cells]
+    natural = [max([cell_len(h)] + [cell_len(x) for x in c]) for h, c in zip(header, cells, strict=True)]
+
+    def longest_word(texts):
+        return max((cell_len(w) for t in texts for w in t.split()), default=1)
+
+    least = [
+        max(longest_word([h]), max(map(cell_len, c), default=0) if num else longest_word(c))
+        for h, c, num in zip(header, cells, numeric, strict=True)
+    ]
+    keep = list(range(len(header)))
+
+    def total(ws):
+        return sum(ws[i] for i in keep) + _GAP * (len(keep) - 1)
+
+    for name in drop:
+        if total(natural) <= width:
+            break
+        if name in header and header.index(name) in keep and len(keep) > 1:
+            keep.remove(header.index(name))
+    left_out = []
+    while total(least) > width and len(keep) > 1:
+        left_out.append(header[keep.pop()])
+    mins = {i: least[i] if numeric[i] else None for i in keep}
+    return keep, mins, left_out[::-1]
+
+
+def tables(title: str, summary: list[tuple[str, str]], sections, width: int | None = None) -> str:
+    """Plain-text tables (rich, no colour): a key/value summary under ``title``, then every section
+    (a ``Section`` or a ``(title, header, rows)`` tuple), fitted to ``width`` columns [``page_width()``].
+
+    Columns a section may drop go first; whatever is still too wide is folded by rich inside the cells
+    (text columns before numbers). Deterministic for a given width; no trailing spaces."""
+    import io
+
+    from rich.cells import cell_len
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(shutil.get_terminal_size((160, 40)).columns, 150))
+    width = page_width() if width is None else width
+    out = io.StringIO()
+    console = Console(
+        file=out,
+        width=width,
+        height=24,
+        force_terminal=False,
+        force_jupyter=False,
+        force_interactive=False,
+        color_system=None,
+        no_color=True,
+        markup=False,
+        emoji=False,
+        highlight=False,
+        legacy_windows=False,
+        soft_wrap=False,
+        _environ={},
+    )
+    common = {"box": _box(), "show_edge": False, "pad_edge": False, "padding": (0, 0, 0, 1)}
     if summary:
-        t = Table(title=title, show_header=False)
-        t.add_column(style="bold")
-        t.add_column()
+        t = Table(title=title or None, show_header=False, **common)
+        # the keys stay on one line (the values wrap) unless they would take more than half the page
+        t.add_column(overflow="fold", no_wrap=max(cell_len(k) for k, _ in summary) <= width // 2)
+        t.add_column(overflow="fold")
         for k, v in summary:
             t.add_row(k, v)
         console.print(t)
-    for sec_title, header, rows in sections:
-        tt = Table(title=sec_title)
-        for h in header:
-            tt.add_column(
-                h, justify="left" if h in ("stage", "op", "stream", "bound", "binding") else "right"
-            )
-        for r in rows:
-            tt.add_row(*r)
+    for sec in sections:
+        sec = sec if isinstance(sec, Section) else Section(*sec)
+        keep, mins, left_out = _fit(sec.header, sec.rows, sec.drop, width)
+        tt = Table(title=sec.title or None, **common)
+        for i in keep:
+            justify = "left" if mins[i] is None else "right"
+            tt.add_column(sec.header[i], justify=justify, overflow="fold", min_width=mins[i])
+        for r in sec.rows:
+            tt.add_row(*(str(r[i]) for i in keep))
+        console.print()
         console.print(tt)
+        if left_out:
+            console.print(f"(left out at {width} columns: {', '.join(left_out)}; a wider COLUMNS shows them)")
+        if sec.note:
+            console.print(sec.note)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines()).lstrip("\n") + "\n"
 
 
-def decode_table(p) -> None:
-    print_tables(
+def top_ops(ops, max_ops: int | None):
+    """(ops to show, how many are left out): every op in graph order when ``max_ops`` is None, else the
+    ``max_ops`` heaviest by time per step (count x per call), heaviest first."""
+    ops = list(ops)
+    if max_ops is None or max_ops >= len(ops):
+        return ops, 0
+    heavy = sorted(ops, key=lambda r: -r.total_s)[:max_ops]
+    return heavy, len(ops) - len(heavy)
+
+
+def more_ops_note(hidden: int) -> str:
+    return f"... {hidden} more ops (--ops all)" if hidden else ""
+
+
+#: Columns the per-op and streams tables give up on a narrow page, first one first.
+OP_DROP = ("stream", "count", "per call", "fixed", "link", "memory", "compute")
+STREAM_DROP = ("ideal period", "layers")
+
+
+def op_section(ops, step_s: float, max_ops: int | None = None, title: str = "per-op breakdown") -> Section:
+    shown, hidden = top_ops(ops, max_ops)
+    if hidden:
+        title = f"{title}: the {len(shown)} heaviest of {len(shown) + hidden} ops"
+    return Section(title, OP_HEADER, op_table_rows(shown, step_s), OP_DROP, more_ops_note(hidden))
+
+
+def op_markdown(ops, step_s: float, max_ops: int | None = None) -> str:
+    shown, hidden = top_ops(ops, max_ops)
+    text = markdown_table(OP_HEADER, op_table_rows(shown, step_s))
+    return text + (f"\n{more_ops_note(hidden)}\n" if hidden else "")
+
+
+def stream_section(p) -> Section:
+    return Section("streams per layer (per microbatch)", STREAM_HEADER, stream_rows(p), STREAM_DROP)
+
+
+def decode_table(p, max_ops: int | None = None, width: int | None = None) -> str:
+    return tables(
         "cmperf decode",
         decode_summary_rows(p),
-        [
-            ("streams per layer (per microbatch)", STREAM_HEADER, stream_rows(p)),
-            ("per-op breakdown", OP_HEADER, op_table_rows(p.ops, p.step_s)),
-        ],
+        [stream_section(p), op_section(p.ops, p.step_s, max_ops)],
+        width,
     )

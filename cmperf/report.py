@@ -20,33 +20,15 @@ from .units import fmt_bytes, fmt_s
 SWEEP_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384)
 
 
-def decode_knobs(dep: dict) -> dict:
-    """decode.evaluate keyword arguments from the resolved ``deployment`` of a decode JSON."""
-    from .deployment import Precision
+def batch_sweep(system, model, dep) -> dict[str, np.ndarray]:
+    """TPOT and tokens/s per device over SWEEP_BATCHES (+ the deployment's batch), in one vectorized call
+    (``dep``: a decode Deployment with a microbatch count)."""
+    from dataclasses import replace
 
-    return {
-        "batch_per_device": float(dep["batch_per_device"]),
-        "kv_len": float(dep["kv_len"]),
-        "ep_size": dep["ep_size"],
-        "microbatches": dep["microbatches"],
-        "mtp": dep["mtp"],
-        "mtp_accept": dep["mtp_accept"],
-        "precision": Precision(**dep["precision"]),
-        "imbalance": dep.get("imbalance"),
-        "eplb": dep.get("eplb", "model"),
-        "attention_cube_cores": dep.get("attention_cube_cores"),
-        "num_redundant": dep.get("num_redundant"),
-    }
-
-
-def batch_sweep(system, model, dep: dict) -> dict[str, np.ndarray]:
-    """TPOT and tokens/s per device over SWEEP_BATCHES (+ the scenario's batch), in one vectorized call."""
     from . import decode
 
-    kw = decode_knobs(dep)
-    batches = np.array(sorted(set(SWEEP_BATCHES) | {kw["batch_per_device"]}), dtype=float)
-    kw["batch_per_device"] = batches
-    ev = decode.evaluate(system, model, **kw)
+    batches = np.array(sorted(set(SWEEP_BATCHES) | {float(dep.batch_per_device)}), dtype=float)
+    ev = decode.evaluate(system, model, replace(dep, batch_per_device=batches))
     return {
         "batch": batches,
         "tpot_s": np.broadcast_to(ev.tpot_s, batches.shape),

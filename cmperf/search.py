@@ -23,25 +23,25 @@ Search spaces, each derived from the system and model files, not typed in:
 * MTP depth 0 .. ``num_mtp_modules``.
 
 Objectives: decode tokens/s per device; prefill tokens/s per device (``prefill.evaluate``); serving
-goodput per device and the fewest devices for a target request rate (``serving_split``).
+goodput per device and the fewest devices for a target request rate (``optimize``: ``serving.size``, the
+serving model's split, on the searched knobs).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import decode
-from .deployment import DecodeDeployment, Precision, kv_lengths, place_experts
+from . import decode, serving
+from .deployment import Deployment, Precision, kv_lengths, place_experts
 from .errors import CmperfError
 from .specs import Model, System
 
 # Reasons in the order they are tested: a candidate is counted once, under the first it fails.
 DECODE_REASONS = ("device total", "placement invalid", "HBM fit", "TPOT SLO")
 PREFILL_REASONS = ("device total", "placement invalid", "HBM fit", "TTFT SLO")
-SERVING_REASONS = ("device total", "TTFT SLO", "rate target")
 
 
 # ---------------------------------------------------------------------------------------- spaces
@@ -72,14 +72,14 @@ def placement_ok(model: Model, ep_sizes) -> np.ndarray:
 
 def core_splits(system: System) -> tuple[int, ...]:
     """Attention-stream cube cores to try with >1 microbatch on split-cores systems (() otherwise)."""
-    ov = system.overlap.get("decode", {})
-    if ov.get("policy") != "split-cores":
+    ov = system.overlap_for("decode")
+    if ov.policy != "split-cores":
         return ()
     c = int(system.chip.cube_cores)
     step = max(c // 12, 1)
     vals = set(range(step, c, step))
-    if ov.get("attention_cube_cores"):
-        vals.add(int(ov["attention_cube_cores"]))
+    if ov.attention_cube_cores:
+        vals.add(ov.attention_cube_cores)
     return tuple(sorted(v for v in vals if 0 < v < c))
 
 
@@ -105,32 +105,29 @@ class DecodeSpace:
 def decode_space(
     system: System,
     model: Model,
+    base: Deployment,
     *,
-    kv_len: float,
-    kv_capacity_len: float | None = None,
-    precision: Precision | None = None,
     mtp: tuple[int, ...] | None = None,
     microbatches: tuple[int, ...] = (1, 2, 3),
     max_batch: float | None = None,
 ) -> DecodeSpace:
-    """Axes for the decode grid; the batch axis ends at the largest HBM limit over all instance sizes."""
+    """Axes for the decode grid around ``base`` (its KV, precision, ... knobs); the batch axis ends at
+    the largest HBM limit over all instance sizes."""
     sizes = instance_sizes(system)
     ok = placement_ok(model, sizes * system.ranks_per_device)
     rpd = system.ranks_per_device
     if mtp is None:
         mtp = tuple(range(0, max(model.num_mtp_modules, 0) + 1))
     if max_batch is None:
-        ev = decode.evaluate(
-            system,
-            model,
+        probe = replace(
+            base,
             batch_per_device=float(rpd),
-            kv_len=kv_len,
+            devices=sizes[ok],
             ep_size=sizes[ok] * rpd,
             microbatches=1,
             mtp=max(mtp),
-            precision=precision,
-            kv_capacity_len=kv_capacity_len,
         )
+        ev = decode.evaluate(system, model, probe)
         max_batch = float(np.max(ev.max_batch_per_device)) if ok.any() else float(rpd)
     batches = np.arange(rpd, max(max_batch, rpd) + 0.5, rpd, dtype=float)
     splits = core_splits(system) if any(mb > 1 for mb in microbatches) else ()
@@ -201,17 +198,14 @@ def evaluate_decode_grid(
     system: System,
     model: Model,
     space: DecodeSpace,
+    base: Deployment,
     *,
-    kv_len: float,
-    kv_capacity_len: float | None = None,
-    mtp_accept: float = 0.7,
-    precision: Precision | None = None,
-    eplb: str = "model",
     progress=None,
     max_points: int = MAX_POINTS_PER_CALL,
 ) -> DecodeGrid:
-    """Evaluate the whole space as one open mesh MTP x mode x instance size x batch (``decode.evaluate``
-    broadcasts every knob), split over instance sizes only when it exceeds ``max_points`` points.
+    """Evaluate the whole space around ``base`` as one open mesh MTP x mode x instance size x batch
+    (``decode.evaluate`` broadcasts every knob), split over instance sizes only when it exceeds
+    ``max_points`` points.
 
     Sizes the experts cannot be placed on are not evaluated: their rows carry NaN predictions and
     ``placement_ok`` False, so they are counted under that reason.
@@ -229,20 +223,16 @@ def evaluate_decode_grid(
     calls = -(-good.size * shape[0] * shape[1] * shape[3] // max(int(max_points), 1))  # ceil
     parts = np.array_split(good, min(calls, good.size)) if good.size else []
     for i, idx in enumerate(parts):
-        ev = decode.evaluate(
-            system,
-            model,
+        grid = replace(
+            base,
             batch_per_device=b,
-            kv_len=kv_len,
+            devices=dev[:, :, idx],
             ep_size=dev[:, :, idx] * rpd,
             microbatches=mb,
             mtp=mtp,
-            mtp_accept=mtp_accept,
-            precision=precision,
-            eplb=eplb,
             attention_cube_cores=np.where(cores < 0, np.nan, cores),  # NaN: system default (unused)
-            kv_capacity_len=kv_capacity_len,
         )
+        ev = decode.evaluate(system, model, grid)
         sub = (shape[0], shape[1], idx.size, shape[3])
         for k in _PREDICTIONS:
             out[k][:, :, idx] = np.broadcast_to(getattr(ev, k), sub)
@@ -381,62 +371,21 @@ def _tie_keys(g: DecodeGrid):
     return (g.tpot_s, g.devices, g.batch_per_device, g.microbatches, g.attention_cube_cores, g.mtp)
 
 
-def _deployment(c: DecodeConfig, kv_len: float, mtp_accept: float, precision, eplb: str) -> DecodeDeployment:
-    return DecodeDeployment(
+def config_deployment(base: Deployment, c: DecodeConfig, batch_per_device: float | None = None) -> Deployment:
+    """The record of configuration ``c`` (its EP, batch, microbatches, MTP, attention cores) on ``base``."""
+    return replace(
+        base,
         devices=c.devices,
         ep_size=c.ep_size,
-        batch_per_device=c.batch_per_device,
-        kv_len=kv_len,
-        mtp=c.mtp,
-        mtp_accept=mtp_accept,
-        microbatches=c.microbatches,
-        precision=precision or Precision(),
-        eplb=eplb,
-        attention_cube_cores=c.attention_cube_cores,
-    )
-
-
-def config_tpot_s(
-    system: System,
-    model: Model,
-    c: DecodeConfig,
-    batch_per_device: float,
-    *,
-    kv_len: float,
-    kv_capacity_len: float | None,
-    mtp_accept: float,
-    precision,
-    eplb: str,
-) -> float:
-    """TPOT of configuration ``c``'s knobs (EP, microbatches, MTP, attention cores) at another batch."""
-    ev = decode.evaluate(
-        system,
-        model,
-        batch_per_device=batch_per_device,
-        kv_len=kv_len,
-        ep_size=c.ep_size,
+        batch_per_device=c.batch_per_device if batch_per_device is None else batch_per_device,
         microbatches=c.microbatches,
         mtp=c.mtp,
-        mtp_accept=mtp_accept,
-        precision=precision,
-        eplb=eplb,
         attention_cube_cores=c.attention_cube_cores,
-        kv_capacity_len=kv_capacity_len,
     )
-    return float(ev.tpot_s)
 
 
 def largest_batch_under_slo(
-    system: System,
-    model: Model,
-    c: DecodeConfig,
-    *,
-    tpot_slo_s: float,
-    kv_len: float,
-    kv_capacity_len: float | None,
-    mtp_accept: float,
-    precision,
-    eplb: str,
+    system: System, model: Model, base: Deployment, c: DecodeConfig, tpot_slo_s: float
 ) -> float:
     """Largest continuous batch per device with TPOT <= SLO for the knobs of ``c`` (Brent's method).
 
@@ -445,20 +394,7 @@ def largest_batch_under_slo(
     """
 
     def f(b):
-        return (
-            config_tpot_s(
-                system,
-                model,
-                c,
-                b,
-                kv_len=kv_len,
-                kv_capacity_len=kv_capacity_len,
-                mtp_accept=mtp_accept,
-                precision=precision,
-                eplb=eplb,
-            )
-            - tpot_slo_s
-        )
+        return float(decode.evaluate(system, model, config_deployment(base, c, b)).tpot_s) - tpot_slo_s
 
     hi = max(c.max_batch_per_device, 1.0)
     if f(1.0) > 0:
@@ -471,17 +407,7 @@ def largest_batch_under_slo(
 
 
 def explain_decode(
-    system: System,
-    model: Model,
-    c: DecodeConfig,
-    g: DecodeGrid,
-    *,
-    tpot_slo_s: float | None,
-    kv_len: float,
-    kv_capacity_len: float | None,
-    mtp_accept: float,
-    precision,
-    eplb: str,
+    system: System, model: Model, base: Deployment, c: DecodeConfig, tpot_slo_s: float | None
 ) -> Binding:
     """Binding constraint (what stops the next batch step) and the binding stream/ops from decode.predict."""
     step = float(system.ranks_per_device)
@@ -502,17 +428,7 @@ def explain_decode(
             (f"batch {nxt:g} would exceed the HBM limit of {c.max_batch_per_device:g} sequences per device"),
         )
     elif tpot_slo_s is not None:
-        t = config_tpot_s(
-            system,
-            model,
-            c,
-            nxt,
-            kv_len=kv_len,
-            kv_capacity_len=kv_capacity_len,
-            mtp_accept=mtp_accept,
-            precision=precision,
-            eplb=eplb,
-        )
+        t = float(decode.evaluate(system, model, config_deployment(base, c, nxt)).tpot_s)
         if t > tpot_slo_s:
             constraint, detail = (
                 "TPOT SLO",
@@ -522,9 +438,7 @@ def explain_decode(
             constraint, detail = "batch axis end", f"batch {nxt:g} is outside the searched axis"
     else:
         constraint, detail = "none", "no TPOT SLO: the largest batch that fits wins"
-    p = decode.predict(
-        system, model, _deployment(c, kv_len, mtp_accept, precision, eplb), kv_capacity_len=kv_capacity_len
-    )
+    p = decode.predict(system, model, config_deployment(base, c))
     ops = sorted(p.ops, key=lambda r: (-r.total_s, r.stage, r.name))[:5]
     top_ops = [
         {
@@ -538,17 +452,7 @@ def explain_decode(
     ]
     mb = None
     if tpot_slo_s is not None:
-        mb = largest_batch_under_slo(
-            system,
-            model,
-            c,
-            tpot_slo_s=tpot_slo_s,
-            kv_len=kv_len,
-            kv_capacity_len=kv_capacity_len,
-            mtp_accept=mtp_accept,
-            precision=precision,
-            eplb=eplb,
-        )
+        mb = largest_batch_under_slo(system, model, base, c, tpot_slo_s)
     moe = p.streams.get("moe", {})
     return Binding(constraint, detail, str(moe.get("binding", "")), top_ops, mb)
 
@@ -561,32 +465,28 @@ def search_decode(
     output_len: float,
     devices: int | None = None,
     tpot_slo_s: float | None = None,
-    mtp_accept: float = 0.7,
-    precision: Precision | None = None,
-    eplb: str = "model",
+    base: Deployment | None = None,
     mtp: tuple[int, ...] | None = None,
     top_k: int = 10,
     pareto_max: int = 40,
     progress=None,
     explain: bool = True,
 ) -> tuple[DecodeSearch, DecodeGrid]:
-    """Best decode configuration for tokens/s per device under a TPOT SLO (KV = prompt + output/2)."""
-    kv_len, kv_cap, _ = kv_lengths(model, prompt_len, output_len)
+    """Best decode configuration for tokens/s per device under a TPOT SLO.
+
+    ``base`` holds the knobs the search does not vary (MTP acceptance, precision, EPLB, ...); its KV
+    knobs are set from the workload (``deployment.kv_lengths``: KV = prompt + output/2, capacity prompt +
+    output, the spread of the sequences' positions as ``kv_cv``), as ``cmperf decode --prompt-len
+    --output-len`` sets them, so a configuration here and there gives the same TPOT."""
+    kv_len, kv_cap, kv_cv = kv_lengths(model, prompt_len, output_len)
+    base = replace(base or Deployment(), kv_len=kv_len, kv_capacity_len=kv_cap, kv_cv=kv_cv).resolve(
+        system, model
+    )
     total = system.num_devices if devices is None else int(devices)
     if total < 1 or total > system.num_devices:
         raise CmperfError(f"--devices: {total} is outside 1..{system.num_devices} ({system.name})")
-    space = decode_space(system, model, kv_len=kv_len, kv_capacity_len=kv_cap, precision=precision, mtp=mtp)
-    g = evaluate_decode_grid(
-        system,
-        model,
-        space,
-        kv_len=kv_len,
-        kv_capacity_len=kv_cap,
-        mtp_accept=mtp_accept,
-        precision=precision,
-        eplb=eplb,
-        progress=progress,
-    )
+    space = decode_space(system, model, base, mtp=mtp)
+    g = evaluate_decode_grid(system, model, space, base, progress=progress)
     slo_ok = np.ones(g.size, dtype=bool) if tpot_slo_s is None else (g.tpot_s <= tpot_slo_s)
     ok, rejected = first_reason(
         [
@@ -628,18 +528,7 @@ def search_decode(
     subject = best or (closest[0] if closest else None)
     binding = None
     if explain and subject is not None:
-        binding = explain_decode(
-            system,
-            model,
-            subject,
-            g,
-            tpot_slo_s=tpot_slo_s,
-            kv_len=kv_len,
-            kv_capacity_len=kv_cap,
-            mtp_accept=mtp_accept,
-            precision=precision,
-            eplb=eplb,
-        )
+        binding = explain_decode(system, model, base, subject, tpot_slo_s)
     space_d = {
         "devices": space.devices.tolist(),
         "batch_per_device": [float(space.batch_per_device[0]), float(space.batch_per_device[-1])],
@@ -655,8 +544,9 @@ def search_decode(
         "prompt_len": prompt_len,
         "output_len": output_len,
         "kv_len": kv_len,
-        "mtp_accept": mtp_accept,
-        "eplb": eplb,
+        "kv_cv": kv_cv,
+        "mtp_accept": base.mtp_accept,
+        "eplb": base.eplb,
     }
     res = DecodeSearch(
         "decode tokens/s per device",
@@ -714,8 +604,7 @@ def search_prefill(
     prompt_len: float,
     devices: int | None = None,
     ttft_slo_s: float | None = None,
-    precision: Precision | None = None,
-    eplb: str = "perfect",
+    base: Deployment | None = None,
     microbatches: tuple[int, ...] = (1, 2),
     top_k: int = 10,
     pareto_max: int = 40,
@@ -723,10 +612,12 @@ def search_prefill(
 ) -> PrefillSearch:
     """Best prefill configuration (tokens/s per device) with the batch + KV-transfer TTFT under the SLO.
 
-    One ``prefill.evaluate`` per instance size (the contract takes ``devices`` as a scalar) over
-    tokens per device x microbatches; EP = devices x ranks_per_device.
+    One ``prefill.evaluate`` per instance size over tokens per device x microbatches, around ``base``
+    (the knobs the search does not vary: precision, EPLB, cache...); EP = devices x ranks_per_device.
     """
-    from . import prefill  # the prefill model (cmperf/prefill.py); optional until it lands
+    from . import prefill
+
+    base = replace(base or Deployment(phase="prefill"), prompt_len=prompt_len)
 
     total = system.num_devices if devices is None else int(devices)
     sizes = instance_sizes(system)
@@ -744,17 +635,14 @@ def search_prefill(
         cols["tok"].append(np.broadcast_to(toks[:, None], shape).ravel())
         cols["mb"].append(np.broadcast_to(mbs[None, :], shape).ravel())
         if ok_place[i]:
-            ev = prefill.evaluate(
-                system,
-                model,
+            grid = replace(
+                base,
                 tokens_per_device=toks[:, None],
-                prompt_len=prompt_len,
-                ep_size=d * rpd,
+                ep_size=int(d * rpd),
                 devices=int(d),
                 microbatches=mbs[None, :],
-                eplb=eplb,
-                precision=precision,
             )
+            ev = prefill.evaluate(system, model, grid)
 
             def f(x):
                 return np.broadcast_to(np.asarray(x, dtype=float), shape).ravel()
@@ -812,7 +700,12 @@ def search_prefill(
     }
     return PrefillSearch(
         "prefill tokens/s per device",
-        {"ttft_slo_s": ttft_slo_s, "devices": total, "prompt_len": prompt_len, "eplb": eplb},
+        {
+            "ttft_slo_s": ttft_slo_s,
+            "devices": total,
+            "prompt_len": prompt_len,
+            "eplb": base.eplb or "perfect",
+        },
         space,
         int(g["tps"].size),
         int(ok.sum()),
@@ -823,132 +716,6 @@ def search_prefill(
     )
 
 
-# ---------------------------------------------------------------------------------------- serving split
-
-
-@dataclass(frozen=True)
-class ServingSplit:
-    prefill_devices: int
-    decode_devices: int
-    total_devices: int
-    prefill_instances: int
-    decode_instances: int
-    rate_per_s: float  # requests/s served with TTFT p90 and TPOT within their SLOs
-    ttft_p90_s: float
-    goodput_tokens_per_s_per_device: float  # output tokens/s per device of the split
-
-
-@dataclass(frozen=True)
-class ServingSearch:
-    method: str
-    devices: int
-    evaluated: int
-    rejected: dict[str, int]
-    best: ServingSplit | None
-    fewest: ServingSplit | None  # fewest devices serving the target rate (None without --rate)
-    top: list[ServingSplit]
-
-
-def _prefill_rate_under_ttft(
-    p: PrefillConfig, instances: int, prompt_len: float, ttft_slo_s: float | None
-) -> float:
-    """Largest Poisson request rate whose p90 TTFT (M/D/c wait + batch + KV transfer) meets the SLO.
-
-    Each prefill instance is a server taking a batch of devices x tokens_per_device / prompt_len requests
-    in ``batch_s``, so c = instances x requests-per-batch servers of service ``batch_s`` (deterministic,
-    SCV 0; queueing.mgc_wait, Allen-Cunneen). Brent's method on the rate; no SLO: 95% utilization.
-    """
-    from .queueing import mgc_wait
-
-    per_batch = max(int(p.devices * p.tokens_per_device // prompt_len), 1)
-    servers = instances * per_batch
-    cap = servers / p.batch_s
-    if ttft_slo_s is None:
-        return 0.95 * cap
-    extra = p.ttft_s
-
-    def slack(lam):
-        w = mgc_wait(lam, p.batch_s, servers, service_scv=0.0)
-        return (w.wait_quantile_s(0.9) if not w.overloaded else math.inf) + extra - ttft_slo_s
-
-    if slack(cap * 1e-6) > 0:
-        return 0.0
-    hi = cap * (1 - 1e-9)
-    if slack(hi) <= 0:
-        return hi
-    from scipy.optimize import brentq
-
-    return float(brentq(slack, cap * 1e-6, hi, xtol=cap * 1e-6))
-
-
-def serving_split(
-    p: PrefillConfig,
-    d: DecodeConfig,
-    *,
-    devices: int,
-    prompt_len: float,
-    output_len: float,
-    ttft_slo_s: float | None,
-    rate_per_s: float | None = None,
-    top_k: int = 10,
-) -> ServingSearch:
-    """Exact enumeration of (prefill instances, decode instances) with P + D <= devices (Little's law).
-
-    Decode capacity: D x tokens_per_s_per_device / output_len requests/s (each request holds a decode slot
-    for output_len x TPOT; Little's law). Prefill capacity under the TTFT SLO: per prefill instance count,
-    ``_prefill_rate_under_ttft`` (one queueing solve per count: tens, not configurations). Served rate =
-    min of the two; goodput = rate x output_len / (P + D).
-    """
-    n_p = np.arange(1, devices // p.devices + 1)
-    n_d = np.arange(1, devices // d.devices + 1)
-    if n_p.size == 0 or n_d.size == 0:
-        return ServingSearch("enumeration + Little's law", devices, 0, {"device total": 1}, None, None, [])
-    lam_p = np.array([_prefill_rate_under_ttft(p, int(k), prompt_len, ttft_slo_s) for k in n_p])
-    lam_d = n_d * d.devices * d.tokens_per_s_per_device / output_len
-    P = (n_p * p.devices)[:, None] + 0 * n_d[None, :]
-    D = (n_d * d.devices)[None, :] + 0 * n_p[:, None]
-    rate = np.minimum(lam_p[:, None], lam_d[None, :])
-    tot = P + D
-    masks = [("device total", tot <= devices), ("TTFT SLO", rate > 0)]
-    if rate_per_s is not None:
-        masks.append(("rate target", rate >= rate_per_s))
-    ok, rejected = first_reason([(k, v.ravel()) for k, v in masks])
-    ok_serv = ((tot <= devices) & (rate > 0)).ravel()
-    good = (rate * output_len / tot).ravel()
-    P, D, rate, tot = P.ravel(), D.ravel(), rate.ravel(), tot.ravel()
-
-    def row(i):
-        k_p = int(P[i] // p.devices)
-        ttft = p.ttft_s
-        if ttft_slo_s is not None:
-            from .queueing import mgc_wait
-
-            servers = k_p * max(int(p.devices * p.tokens_per_device // prompt_len), 1)
-            w = mgc_wait(float(rate[i]), p.batch_s, servers, service_scv=0.0)
-            ttft = (w.wait_quantile_s(0.9) if not w.overloaded else math.inf) + p.ttft_s
-        return ServingSplit(
-            int(P[i]),
-            int(D[i]),
-            int(tot[i]),
-            k_p,
-            int(D[i] // d.devices),
-            float(rate[i]),
-            float(ttft),
-            float(good[i]),
-        )
-
-    order = rank(good, tot, P)
-    top = [row(int(i)) for i in order[ok_serv[order]][:top_k]]
-    fewest = None
-    if rate_per_s is not None and ok.any():
-        j = np.lexsort((P, -rate, tot))
-        j = j[ok[j]]
-        fewest = row(int(j[0]))
-    return ServingSearch(
-        "enumeration + Little's law", devices, int(P.size), rejected, top[0] if top else None, fewest, top
-    )
-
-
 # ---------------------------------------------------------------------------------------- optimize
 
 
@@ -956,8 +723,39 @@ def serving_split(
 class OptimizeResult:
     decode: DecodeSearch
     prefill: PrefillSearch | None
-    serving: ServingSearch | None
+    serving: serving.SizeResult | None  # the split, by cmperf.serving.size (as `cmperf serve --size`)
     notes: list[str]
+    slo_percentile: float = serving.DEFAULT_SLO_PERCENTILE  # the percentile the split's SLOs are on
+
+
+def serving_pools(
+    system: System,
+    model: Model,
+    dec: DecodeConfig,
+    pre: PrefillConfig,
+    *,
+    mtp_accept: float = 0.7,
+    precision: Precision | None = None,
+) -> serving.Pools:
+    """The serving pools of the searched configurations, for ``serving.size``: prefill instances of the best
+    prefill configuration's size and microbatches (EP = its ranks), decode with the best decode
+    configuration's microbatches and MTP. The rest is the serving model's: decode EP over all ranks of the
+    pool, the scheduler's prefill batch, the system's attention core split, the routing model's imbalance.
+    CloudMatrix384 at 4K/256: 16-device EP32 instances, 2 microbatches in both phases, MTP 1, the knobs
+    ``cmperf serve`` defaults to, so ``serve --size`` prints the same split."""
+    from dataclasses import replace
+
+    from .deployment import default_precision
+
+    return replace(
+        serving.default_pools(system, model),
+        prefill_instance_devices=int(pre.devices),
+        prefill_microbatches=int(pre.microbatches),
+        decode_microbatches=int(dec.microbatches),
+        mtp=int(dec.mtp),
+        mtp_accept=float(mtp_accept),
+        precision=precision or default_precision(system),
+    )
 
 
 def optimize(
@@ -970,14 +768,26 @@ def optimize(
     tpot_slo_s: float | None,
     ttft_slo_s: float | None,
     rate_per_s: float | None = None,
+    slo_percentile: float | None = None,
     mtp_accept: float = 0.7,
     precision: Precision | None = None,
     eplb: str = "model",
     top_k: int = 10,
     progress=None,
 ) -> OptimizeResult:
-    """Decode search, prefill search, then the prefill/decode split of the device total."""
+    """Decode search, prefill search, then the prefill/decode split of the device total.
+
+    The split is the serving model's, ``serving.size`` (the sizing ``cmperf serve --size`` runs), on the
+    pools of the searched configurations (``serving_pools``): the most goodput per device, or with
+    ``rate_per_s`` the fewest devices serving it, under TTFT and TPOT SLOs on ``slo_percentile``
+    (``serving.DEFAULT_SLO_PERCENTILE``, p99, by default). The searches hold each configuration's own
+    TPOT at its batch and TTFT of one batch (no queueing) to the same SLO values. An SLO of None is no
+    limit: that pool serves up to its capacity.
+    """
     total = system.num_devices if devices is None else int(devices)
+    pct = serving.DEFAULT_SLO_PERCENTILE if slo_percentile is None else float(slo_percentile)
+    if not 50.0 <= pct < 100.0:
+        raise CmperfError(f"--slo-percentile: must be in [50, 100), got {pct:g}")
     dec, _ = search_decode(
         system,
         model,
@@ -985,66 +795,55 @@ def optimize(
         output_len=output_len,
         devices=total,
         tpot_slo_s=tpot_slo_s,
-        mtp_accept=mtp_accept,
-        precision=precision,
-        eplb=eplb,
+        base=Deployment(mtp_accept=mtp_accept, precision=precision, eplb=eplb),
         top_k=top_k,
         progress=progress,
     )
     notes: list[str] = []
-    pre = serv = None
-    try:
-        from . import prefill as _prefill  # noqa: F401
-    except ImportError:
-        notes.append("prefill model (cmperf.prefill) not available: prefill search and serving split skipped")
-    else:
-        pre = search_prefill(
-            system,
-            model,
-            prompt_len=prompt_len,
-            devices=total,
-            ttft_slo_s=ttft_slo_s,
-            precision=precision,
-            top_k=top_k,
+    serv = None
+    pre = search_prefill(
+        system,
+        model,
+        prompt_len=prompt_len,
+        devices=total,
+        ttft_slo_s=ttft_slo_s,
+        base=Deployment(phase="prefill", precision=precision),
+        top_k=top_k,
+    )
+    if pre.best is not None and dec.best is not None:
+        slo = serving.SLO(
+            ttft_s=math.inf if ttft_slo_s is None else ttft_slo_s,
+            tpot_s=math.inf if tpot_slo_s is None else tpot_slo_s,
+            quantile=pct / 100.0,
         )
-        if pre.top and dec.best is not None:
-            # every top prefill configuration: the largest prefill batch maximises tokens/s per device but
-            # leaves no TTFT room for queueing, so the split is chosen over all of them
-            cands = [
-                serving_split(
-                    p,
-                    dec.best,
-                    devices=total,
-                    prompt_len=prompt_len,
-                    output_len=output_len,
-                    ttft_slo_s=ttft_slo_s,
-                    rate_per_s=rate_per_s,
-                    top_k=top_k,
-                )
-                for p in pre.top
-            ]
-            scored = [c for c in cands if c.best is not None]
-            if scored:
-                serv = min(
-                    scored, key=lambda c: (-c.best.goodput_tokens_per_s_per_device, c.best.total_devices)
-                )
-            notes.append(
-                "serving split: exact enumeration of prefill/decode instance counts, decode capacity by "
-                "Little's law, prefill TTFT p90 by M/D/c queueing (cmperf.queueing)"
-            )
-    return OptimizeResult(dec, pre, serv, notes)
+        wl = serving.Workload(rate_per_s=rate_per_s, prompt_len=prompt_len, output_len=output_len)
+        pools = serving_pools(system, model, dec.best, pre.best, mtp_accept=mtp_accept, precision=precision)
+        serv = serving.size(system, model, wl, pools, slo, total_devices=total)
+        q, inst = slo.percentile_label, pools.prefill_instance_devices
+        notes += [
+            f"serving split: cmperf.serving.size, as `cmperf serve --size`, on {inst}-device prefill "
+            f"instances ({pools.prefill_microbatches} microbatches) and a decode pool with EP over all its "
+            f"ranks ({pools.decode_microbatches} microbatches, MTP {pools.mtp}); TTFT {q} by Allen-Cunneen "
+            f"M/G/c over prefill batch slots, TPOT {q} at the decode pool's Little's-law batch",
+            "decode and prefill searches: a configuration's TPOT at its batch and the TTFT of one prefill "
+            "batch (no queueing) against the SLO values",
+        ]
+    else:
+        notes.append("serving split skipped: no decode or prefill configuration meets the SLOs")
+    return OptimizeResult(dec, pre, serv, notes, pct)
 
 
 def optimize_json(res: OptimizeResult) -> dict:
-    """The JSON body of ``cmperf optimize``: best knobs + predictions, top, pareto, rejected counts."""
+    """The JSON body of ``cmperf optimize``: best knobs + predictions, top, pareto, rejected counts, and
+    the serving split (``serving``: a ``serving.SizeResult``; ``slo_percentile``: its SLOs' percentile)."""
     d = res.decode
+    s = res.serving.best if res.serving is not None else None
     best = None
     if d.best is not None:
         best = dict(d.best.__dict__)
         best["decode_instance_devices"] = best["devices"]
-        s = res.serving.best if res.serving is not None else None
-        best["prefill_devices"] = s.prefill_devices if s else None
-        best["decode_devices"] = s.decode_devices if s else None
+        best["prefill_devices"] = s["prefill_devices"] if s else None
+        best["decode_devices"] = s["decode_devices"] if s else None
         p = res.prefill.best if res.prefill is not None else None
         best["prefill"] = p
         best["serving"] = s
@@ -1062,5 +861,6 @@ def optimize_json(res: OptimizeResult) -> dict:
         "objective": d.objective,
         "prefill": res.prefill,
         "serving": res.serving,
+        "slo_percentile": res.slo_percentile,
         "notes": res.notes,
     }

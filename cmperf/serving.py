@@ -39,13 +39,15 @@ caching pool over UB) are modelled separately and meet only through the arrival 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
+from statistics import NormalDist
 
 import numpy as np
 
 from . import decode as dec
-from .deployment import Precision
+from .deployment import Deployment, Precision
 from .errors import CmperfError
 from .graph import kv_bytes_per_token_layer
 from .queueing import che_lru_hit_rate, mgc_wait, response_quantiles_s, zipf_popularity
@@ -69,10 +71,11 @@ __all__ = [
 PREFILL_BATCH_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
+@functools.lru_cache(maxsize=64)
 def _z(p: float) -> float:
-    from scipy import stats
-
-    return float(stats.norm.ppf(p))
+    """Standard normal quantile z_p (z_0.99 = 2.3263); stdlib and cached: the sizing calls it for every
+    grid batch of every decode pool, and scipy.stats alone takes ~0.9 s to import."""
+    return NormalDist().inv_cdf(p)
 
 
 @dataclass(frozen=True)
@@ -165,9 +168,31 @@ class Pools:
     prefill_microbatches: int = 2
     precision: Precision = field(default_factory=Precision)
 
+    def decode_deployment(self) -> Deployment:
+        """The decode pool as one instance (its devices, EP, microbatches, MTP, precision)."""
+        return Deployment(
+            devices=self.decode_devices,
+            ep_size=self.decode_ep_size,
+            microbatches=self.decode_microbatches,
+            mtp=self.mtp,
+            mtp_accept=self.mtp_accept,
+            precision=self.precision,
+        )
+
+    def prefill_deployment(self) -> Deployment:
+        """One prefill instance of the pool."""
+        return Deployment(
+            phase="prefill",
+            devices=self.prefill_instance_devices,
+            ep_size=self.prefill_ep_size,
+            microbatches=self.prefill_microbatches,
+            cache_plane=self.cache_plane,
+            precision=self.precision,
+        )
+
     def plane(self, system: System) -> str:
-        """The cache plane by name (cmperf.prefill.default_cache_plane when unset)."""
-        from .prefill import default_cache_plane
+        """The cache plane by name (cmperf.deployment.default_cache_plane when unset)."""
+        from .deployment import default_cache_plane
 
         return self.cache_plane or default_cache_plane(system)
 
@@ -227,11 +252,20 @@ def default_pools(system: System, model: Model) -> Pools:
     return Pools(prefill_devices=prefill, decode_devices=decode, prefill_instance_devices=inst)
 
 
+#: Percentile the TTFT and TPOT SLOs are on unless stated (``cmperf serve`` and ``cmperf optimize`` alike).
+DEFAULT_SLO_PERCENTILE = 99.0
+
+
 @dataclass(frozen=True)
 class SLO:
     ttft_s: float = 2.0
     tpot_s: float = 0.05
-    quantile: float = 0.99
+    quantile: float = DEFAULT_SLO_PERCENTILE / 100.0
+
+    @property
+    def percentile_label(self) -> str:
+        """The percentile as output names it: "p99" for quantile 0.99."""
+        return f"p{100 * self.quantile:g}"
 
 
 # ---------------------------------------------------------------------------------------------- cache pool
@@ -288,20 +322,9 @@ def prefill_grid(system: System, model: Model, wl: Workload, pools: Pools, token
     from . import prefill as pre
 
     inst = pools.prefill_instance_devices
-    ep = pools.prefill_ep_size or inst * system.ranks_per_device
     b = np.asarray(PREFILL_BATCH_GRID, dtype=float)
-    ev = pre.evaluate(
-        system,
-        model,
-        tokens_per_device=b * wl.prompt_len / inst,
-        prompt_len=wl.prompt_len,
-        ep_size=ep,
-        devices=inst,
-        microbatches=pools.prefill_microbatches,
-        cache_hit=token_hit,
-        cache_plane=pools.plane(system),
-        precision=pools.precision,
-    )
+    dep = replace(pools.prefill_deployment(), tokens_per_device=b * wl.prompt_len / inst, cache_hit=token_hit)
+    ev = pre.evaluate(system, model, dep)
     batch_s = np.broadcast_to(np.asarray(ev.batch_s, dtype=float), b.shape)
     kv_s = np.broadcast_to(np.asarray(ev.kv_transfer_s, dtype=float), b.shape)
     ok = np.broadcast_to(np.asarray(ev.feasible, dtype=bool), b.shape) & np.isfinite(batch_s) & (batch_s > 0)
@@ -464,20 +487,16 @@ class _DecodeCurve:
         self.grid_tpot = np.asarray(self.tpot(self.grid_b, wl.kv_mean_len), dtype=float)
 
     def tpot(self, b, kv, full=False):
-        p = self.pools
-        ev = dec.evaluate(
-            self.system,
-            self.model,
+        dep = replace(
+            self.pools.decode_deployment(),
+            devices=self.devices,
+            ep_size=self.ep,
             batch_per_device=b,
             kv_len=kv,
-            ep_size=self.ep,
-            microbatches=p.decode_microbatches,
-            mtp=p.mtp,
-            mtp_accept=p.mtp_accept,
-            precision=p.precision,
             kv_capacity_len=self.kv_cap,
             kv_cv=self.wl.kv_cv,
         )
+        ev = dec.evaluate(self.system, self.model, dep)
         return ev if full else ev.tpot_s
 
     def capacity_rps(self) -> float:
@@ -808,6 +827,7 @@ def slo_limits(system: System, model: Model, wl: Workload, pools: Pools, slo: SL
     return {
         "ttft_slo_rps": lt,
         "tpot_slo_rps": ld,
+        "slo_percentile": 100 * svc.slo.quantile,
         "binding": "prefill" if lt <= ld else "decode",
         "prefill_capacity_rps": svc.grid.capacity_rps,
         "decode_capacity_rps": svc.curve.capacity_rps(),
@@ -819,14 +839,26 @@ def slo_limits(system: System, model: Model, wl: Workload, pools: Pools, slo: SL
 
 @dataclass(frozen=True)
 class SizeResult:
+    """A P/D/cache split: ``best`` and the ``candidates`` ranked by goodput per device (or devices for a
+    rate), every rate a limit of the SLO on ``slo_percentile`` (TTFT and TPOT alike)."""
+
     system: str
     model: str
     mode: str  # "total" (max goodput/device at a device total) | "rate" (fewest devices for a rate)
     total_devices: int
     rate_rps: float | None
+    slo: dict  # {"ttft_s", "tpot_s", "quantile": "p99"}, as ServeResult.slo
+    slo_percentile: float  # 99.0: the percentile of TTFT and of TPOT that must meet the SLO
+    inputs: dict  # the workload and pool knobs the split was sized with
     best: dict
     candidates: list[dict]
     approximations: list[str]
+
+
+def _with_instances(grid: PrefillGrid, n: int) -> PrefillGrid:
+    """The prefill grid of ``n`` instances from that of one: an instance's batch service does not depend on
+    how many instances run (the grid's capacity is the instances x the best batch rate)."""
+    return replace(grid, instances=int(n), capacity_rps=float(np.max(n * grid.batch_prompts / grid.batch_s)))
 
 
 def size(
@@ -847,6 +879,13 @@ def size(
     with the fewest devices whose limits both reach the rate. Decode devices step by ``decode_step``
     (a node); cache DRAM is a fraction of the DRAM of the nodes in use, the smallest that is within
     0.5% of the best goodput is reported.
+
+    The limits are those of ``evaluate`` (``ttft_limit_rps``: Allen-Cunneen M/G/c TTFT tail;
+    ``tpot_limit_rps``: the decode fixed point), both on ``slo.quantile`` (p99 by default,
+    ``DEFAULT_SLO_PERCENTILE``). This is the one sizing model: ``cmperf serve --size`` and
+    ``cmperf optimize`` (``cmperf.search.optimize``, with the knobs its searches found) both call it.
+    Worked number: CloudMatrix384, 384 NPUs, 4K/256, TTFT p99 <= 2 s, TPOT p99 <= 50 ms -> 304 prefill
+    (19 x 16) + 72 decode at 523.9 req/s, the decode pool binding.
     """
     slo = slo or SLO()
     total = int(total_devices or system.num_devices)
@@ -857,6 +896,10 @@ def size(
     wl0.check(model)
     if not slo.ttft_s > 0 or not slo.tpot_s > 0:
         raise CmperfError("--ttft-slo and --tpot-slo must be positive times")
+    if not 0.5 <= slo.quantile < 1.0:
+        raise CmperfError(f"--slo-percentile: must be in [50, 100), got {100 * slo.quantile:g}")
+    if inst < 1:
+        raise CmperfError("--prefill-instance-devices: must be at least 1")
     ps = np.arange(inst, total, inst)
     ds = np.arange(decode_step, total, decode_step)
     if ps.size == 0 or ds.size == 0:
@@ -874,21 +917,20 @@ def size(
             continue  # the lengths do not fit this decode pool's HBM
         tpot_lim[j] = tpot_limit_rps(curve, slo)
     dram_node = system.cpu_dram_per_node_bytes
+    dram_total = dram_node * math.ceil(total / system.devices_per_node)
     fr = np.asarray(cache_fractions, dtype=float)
     ttft_lim = np.zeros((fr.size, ps.size))
-    for i, pp in enumerate(ps):
-        for k, f in enumerate(fr):
-            # cache DRAM: a fraction of the DRAM of the nodes the whole split occupies
-            pk = replace(
-                pools,
-                prefill_devices=int(pp),
-                decode_devices=1,
-                cache_dram_bytes=f * dram_node * math.ceil(total / system.devices_per_node),
-            )
-            cache = cache_pool(system, model, wl0, pk)
-            ttft_lim[k, i] = ttft_limit_rps(
-                prefill_grid(system, model, wl0, pk, cache.token_hit_rate), wl0, slo
-            )
+    by_hit: dict[float, np.ndarray] = {}
+    for k, f in enumerate(fr):
+        # cache DRAM: a fraction of the DRAM of the nodes the whole split occupies. It acts only through the
+        # token hit rate, and one instance's prefill service does not depend on the instance count: one
+        # prefill evaluation per distinct hit rate (a single one without a cache model), each P from it.
+        pk = replace(pools, prefill_devices=inst, decode_devices=1, cache_dram_bytes=f * dram_total)
+        hit = cache_pool(system, model, wl0, pk).token_hit_rate
+        if hit not in by_hit:
+            one = prefill_grid(system, model, wl0, pk, hit)
+            by_hit[hit] = np.array([ttft_limit_rps(_with_instances(one, pp // inst), wl0, slo) for pp in ps])
+        ttft_lim[k] = by_hit[hit]
     P, D = np.meshgrid(ps, ds, indexing="ij")
     valid = total >= (P + D)
     rate_ok = np.minimum(ttft_lim[:, :, None], tpot_lim[None, None, :])  # [cache, P, D]
@@ -928,7 +970,7 @@ def size(
         "prefill_instances": int(ps[i]) // inst,
         "decode_devices": int(ds[j]),
         "devices": int(ps[i] + ds[j]),
-        "cache_dram_bytes": float(fr[k] * dram_node * math.ceil(total / system.devices_per_node)),
+        "cache_dram_bytes": float(fr[k] * dram_total),
         "ttft_slo_rps": float(ttft_lim[k, i]),
         "tpot_slo_rps": float(tpot_lim[j]),
         "goodput_rps": float(rate_ok[k, i, j]) if mode == "total" else float(wl.rate_per_s or 0.0),
@@ -936,18 +978,40 @@ def size(
         "binding": "prefill (TTFT)" if ttft_lim[k, i] <= tpot_lim[j] else "decode (TPOT)",
         "feasible": best_score > 0,
     }
+    inputs = {
+        "prompt_len": wl.prompt_len,
+        "output_len": wl.output_len,
+        "prompt_cv": wl.prompt_cv,
+        "output_cv": wl.output_cv,
+        "cache_hit": wl.cache_hit,
+        "num_prefixes": wl.num_prefixes,
+        "prefix_skew": wl.prefix_skew,
+        "prefix_len": wl.prefix_len,
+        "prefill_instance_devices": inst,
+        "prefill_ep_size": pools.prefill_ep_size or inst * system.ranks_per_device,
+        "prefill_microbatches": pools.prefill_microbatches,
+        "decode_step_devices": decode_step,
+        "decode_microbatches": pools.decode_microbatches,
+        "mtp": pools.mtp,
+        "mtp_accept": pools.mtp_accept,
+        "cache_plane": pools.plane(system),
+        "precision": pools.precision.__dict__,
+    }
     return SizeResult(
         system.name,
         model.name,
         mode,
         total,
         wl.rate_per_s,
+        {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s, "quantile": slo.percentile_label},
+        100 * slo.quantile,
+        inputs,
         best,
         cands,
         [
             *APPROXIMATIONS[:6],
             f"sizing: prefill in {inst}-device instances, decode in steps of {decode_step} devices "
             "(EP = all decode ranks), cache DRAM as a fraction of the nodes' DRAM; the SLO "
-            f"quantile is p{100 * slo.quantile:g}",
+            f"quantile is {slo.percentile_label}",
         ],
     )

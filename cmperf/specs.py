@@ -18,6 +18,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import units
 from .errors import CmperfError
@@ -113,6 +114,23 @@ class Collective:
 
 
 @dataclass(frozen=True)
+class Overlap:
+    """How one phase overlaps its microbatches (``[overlap.<phase>]`` of a system spec).
+
+    ``policy``: "split-cores" (CM384 decode: the attention stream owns ``attention_cube_cores`` of the
+    cube cores, the MoE stream the rest, §4.2) or "compute-comm" (GPUs: compute and communication
+    kernels overlap, DeepSeek two-batch overlap). ``comm_cube_cores``: cube cores (SMs) the comm kernels
+    hold while the other microbatch computes (DeepEP normal: 20 of 132 H800 SMs). ``attention_tp_devices``:
+    devices one prompt's attention spans in prefill (None: cmperf.prefill's default; 1 = data parallel)."""
+
+    policy: str = "compute-comm"
+    attention_cube_cores: int = 0
+    attention_vector_cores: int = 0
+    comm_cube_cores: int = 0
+    attention_tp_devices: int | None = None
+
+
+@dataclass(frozen=True)
 class System:
     name: str
     description: str
@@ -124,7 +142,7 @@ class System:
     cpu_dram_per_node_bytes: float
     planes: dict[str, Plane]
     collectives: dict[str, Collective]
-    overlap: dict[str, dict[str, object]]
+    overlap: dict[str, Overlap]
     sources: dict[str, str] = field(repr=False)
     # per-phase EP kernels that replace ``collectives`` in that phase: {"prefill": {"dispatch": ...}}
     phase_collectives: dict[str, dict[str, Collective]] = field(default_factory=dict)
@@ -157,6 +175,10 @@ class System:
         """Plane that moves prefill's KV cache to the decode instances: key ``kv_transfer_plane``, else the
         scale-out plane (CM384 §4: "KV moves prefill->decode over the RDMA plane")."""
         return self.kv_plane or self.scaleout_plane("prefill")
+
+    def overlap_for(self, phase: str) -> Overlap:
+        """The phase's overlap policy; a spec without ``[overlap.<phase>]`` overlaps compute and comm."""
+        return self.overlap.get(phase) or Overlap()
 
     def plane(self, name: str, where: str = "plane") -> Plane:
         if name not in self.planes:
@@ -499,28 +521,28 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Syste
             raise CmperfError(f"{coll_t.where(cname)}: unknown collective ({', '.join(allowed)})")
     coll_t.done()
     kv_plane = t.string("kv_transfer_plane", tuple(planes), required=False, default="")
-    overlap: dict[str, dict[str, object]] = {}
+    overlap: dict[str, Overlap] = {}
     ov_t = t.sub("overlap", required=False)
     for phase in ov_t.raw:
         if phase not in ("decode", "prefill"):
             raise CmperfError(f"{ov_t.where(phase)}: unknown phase (decode, prefill)")
         o = ov_t.sub(phase)
         policy = o.string("policy", ("split-cores", "compute-comm"))
-        rec: dict[str, object] = {"policy": policy}
+        rec: dict[str, Any] = {"policy": policy}
         if policy == "split-cores":
             rec["attention_cube_cores"] = o.integer("attention_cube_cores", hi=chip.cube_cores - 1)
             rec["attention_vector_cores"] = o.integer("attention_vector_cores", hi=chip.vector_cores - 1)
         elif phase == "prefill":
             # cube cores (SMs) the comm kernels hold while the other microbatch computes (DeepEP normal
             # kernels: 20 of 132 H800 SMs); the compute stream gets the rest when microbatches > 1
-            held = o.integer("comm_cube_cores", lo=0, hi=chip.cube_cores - 1, required=False, default=0)
-            if "comm_cube_cores" in o.raw:
-                rec["comm_cube_cores"] = held
+            rec["comm_cube_cores"] = o.integer(
+                "comm_cube_cores", lo=0, hi=chip.cube_cores - 1, required=False, default=0
+            )
         if phase == "prefill" and "attention_tp_devices" in o.raw:
             # devices one prompt's attention is spread over (CM384 SP-TP-SP; 1 = data-parallel attention)
             rec["attention_tp_devices"] = o.integer("attention_tp_devices", lo=1, hi=num_devices)
         o.done()
-        overlap[phase] = rec
+        overlap[phase] = Overlap(**rec)
     ov_t.done()
     t.done()
     return System(

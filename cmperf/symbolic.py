@@ -136,9 +136,9 @@ def decode_forms(
     dn, dr, dc, dv, q = m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank, m.v_head_dim, m.q_lora_rank
     k = m.num_experts_per_tok
     n, r, d = int(microbatches), system.ranks_per_device, int(mtp)
-    ov = system.overlap.get("decode", {"policy": "compute-comm"})
-    policy = str(ov["policy"])
-    cores = attention_cube_cores if attention_cube_cores is not None else ov.get("attention_cube_cores", 0)
+    ov = system.overlap_for("decode")
+    policy = ov.policy
+    cores = attention_cube_cores if attention_cube_cores is not None else ov.attention_cube_cores
     split = policy == "split-cores" and n > 1
     s_a = sp.Rational(int(cores), system.chip.cube_cores) if split else sp.Integer(1)
     s_m = 1 - s_a if split else sp.Integer(1)

@@ -2,7 +2,8 @@
 
 ``reference/*.toml`` (beside the package in a checkout, ``cmperf/data/reference`` in a wheel) lists points:
 
-* ``kind = "scenario"``: a scenario run through its command; ``metric`` names a field of its JSON.
+* ``kind = "scenario"``: a decode or prefill scenario run through the library (``cmperf.scenario.predict``,
+  the numbers its command prints); ``metric`` names a field of its prediction record.
 * ``kind = "comm"``: one EP collective on a system (``cmperf.comm.ep_collective_time``, as ``cmperf comm``).
 
 error = predicted / published - 1; a point passes when |error| <= tolerance (10% unless stated).
@@ -11,7 +12,6 @@ Worked number: Table 7 dispatch EP256 predicts 154 us against 152 us published: 
 
 from __future__ import annotations
 
-import importlib.util
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,6 @@ POINT_KEYS = {
     "unit",
     "tolerance",
     "source",
-    "requires",
     "system",
     "model",
     "op",
@@ -48,7 +47,6 @@ class RefPoint:
     tolerance: float
     source: str
     spec: dict  # the remaining keys (scenario/metric or system/op/ep_size/...)
-    requires: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,7 +86,7 @@ def load_reference(paths: list[Path] | None = None) -> list[RefPoint]:
             spec = {
                 k: v
                 for k, v in p.items()
-                if k not in ("id", "kind", "published", "unit", "tolerance", "source", "requires")
+                if k not in ("id", "kind", "published", "unit", "tolerance", "source")
             }
             points.append(
                 RefPoint(
@@ -99,17 +97,30 @@ def load_reference(paths: list[Path] | None = None) -> list[RefPoint]:
                     float(p.get("tolerance", 0.10)),
                     str(p["source"]),
                     spec,
-                    str(p.get("requires", "")),
                 )
             )
     return points
 
 
-def missing_requirement(point: RefPoint) -> str:
-    """'' when the point can run, else the module it needs."""
-    if point.requires and importlib.util.find_spec(point.requires) is None:
-        return point.requires
-    return ""
+def rows(spec_dirs=(), points: list[RefPoint] | None = None) -> list[Row]:
+    """Predicted vs published for every reference point (scenario points through ``scenario.predict``)."""
+    from . import scenario
+
+    out = []
+    for pt in points if points is not None else load_reference():
+        if pt.kind == "comm":
+            out.append(compare(pt, comm_value(pt, spec_dirs)))
+            continue
+        sc = scenario.load(pt.spec["scenario"], spec_dirs)
+        system, model = scenario.specs_of(sc, spec_dirs)
+        pred = scenario.predict(sc, system, model)
+        val = getattr(pred, pt.spec["metric"], None)
+        if not isinstance(val, int | float) or isinstance(val, bool):
+            raise CmperfError(
+                f"reference point {pt.id}: `cmperf {sc.command}` has no number {pt.spec['metric']!r}"
+            )
+        out.append(compare(pt, float(val)))
+    return out
 
 
 def comm_value(point: RefPoint, spec_dirs=()) -> float:

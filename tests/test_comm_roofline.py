@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import ddep
 
 from cmperf import comm, deployment, graph, roofline
 from cmperf.deployment import Precision
@@ -103,7 +104,7 @@ def test_pipeline_compute_scales_compute_ceilings_only(cm384, r1):
 
     def tpot(system, batch, n):
         ev = decode.evaluate(
-            system, r1, batch_per_device=batch, kv_len=4096, ep_size=320, microbatches=n, precision=prec
+            system, r1, ddep(batch_per_device=batch, kv_len=4096, ep_size=320, microbatches=n, precision=prec)
         )
         return float(np.asarray(ev.tpot_s).reshape(-1)[0])
 

@@ -3,26 +3,26 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import ddep
 
 from cmperf import decode
 from cmperf.cli import main
-from cmperf.deployment import DecodeDeployment
 
 PAPER = {96: (1943.0, 49.4e-3), 8: (538.0, 14.9e-3)}  # CM384 §5: tokens/s per NPU, TPOT
 
 
 def test_vectorized_matches_scalar(cm384, r1):
     b = np.array([8.0, 32.0, 96.0])
-    ev = decode.evaluate(cm384, r1, batch_per_device=b, kv_len=4096, ep_size=320)
+    ev = decode.evaluate(cm384, r1, ddep(batch_per_device=b, kv_len=4096, ep_size=320))
     for i, bi in enumerate(b):
-        p = decode.predict(cm384, r1, DecodeDeployment(batch_per_device=float(bi)))
+        p = decode.predict(cm384, r1, ddep(batch_per_device=float(bi)))
         assert p.tpot_s == pytest.approx(float(ev.tpot_s[i]), rel=1e-12)
 
 
 def test_tpot_monotone_in_batch_and_kv(cm384, r1):
     b = np.arange(1, 257, dtype=float)[:, None]
     kv = np.array([512.0, 1024, 2048, 4096, 8192, 16384, 32768])[None, :]
-    ev = decode.evaluate(cm384, r1, batch_per_device=b, kv_len=kv, ep_size=320)
+    ev = decode.evaluate(cm384, r1, ddep(batch_per_device=b, kv_len=kv, ep_size=320))
     assert np.all(np.diff(ev.tpot_s, axis=0) >= -1e-12), "TPOT falls as batch grows"
     assert np.all(np.diff(ev.tpot_s, axis=1) >= -1e-12), "TPOT falls as KV grows"
     thr = np.where(ev.feasible, ev.tokens_per_s_per_device, np.inf)
@@ -31,33 +31,33 @@ def test_tpot_monotone_in_batch_and_kv(cm384, r1):
 
 
 def test_memory_limit_and_infeasible(cm384, r1):
-    p = decode.predict(cm384, r1, DecodeDeployment(batch_per_device=96, kv_len=4096))
+    p = decode.predict(cm384, r1, ddep(batch_per_device=96, kv_len=4096))
     assert p.feasible and 150 < p.max_batch_per_device < 400
-    big = decode.predict(cm384, r1, DecodeDeployment(batch_per_device=96, kv_len=32768))
+    big = decode.predict(cm384, r1, ddep(batch_per_device=96, kv_len=32768))
     assert not big.feasible and "largest batch that fits" in big.reasons[0]
     assert big.max_batch_per_device < 96
 
 
 def test_microbatching_and_mtp_effects(cm384, r1):
-    base = decode.predict(cm384, r1, DecodeDeployment())
-    no_mtp = decode.predict(cm384, r1, DecodeDeployment(mtp=0))
+    base = decode.predict(cm384, r1, ddep())
+    no_mtp = decode.predict(cm384, r1, ddep(mtp=0))
     # MTP: the step grows (verifying 2 tokens) but TPOT falls, since 1.7 tokens are emitted per step
     assert no_mtp.step_s < base.step_s and no_mtp.tpot_s > base.tpot_s
-    one = decode.predict(cm384, r1, DecodeDeployment(microbatches=1))
+    one = decode.predict(cm384, r1, ddep(microbatches=1))
     assert one.step_s > base.step_s  # overlap of the two streams helps at batch 96
-    perfect = decode.predict(cm384, r1, DecodeDeployment(eplb="perfect"))
+    perfect = decode.predict(cm384, r1, ddep(eplb="perfect"))
     assert perfect.imbalance == 1.0 and base.imbalance > 1.0
     assert perfect.tpot_s <= base.tpot_s
 
 
 def test_bounds_bracket_prediction(cm384, r1):
     for b in (1, 8, 96, 200):
-        p = decode.predict(cm384, r1, DecodeDeployment(batch_per_device=b))
+        p = decode.predict(cm384, r1, ddep(batch_per_device=b))
         assert p.lower_tpot_s < p.tpot_s < p.upper_tpot_s
 
 
 def test_breakdown_names_and_bounds(cm384, r1):
-    p = decode.predict(cm384, r1, DecodeDeployment())
+    p = decode.predict(cm384, r1, ddep())
     names = {r.name for r in p.ops}
     for n in (
         "mla.q_down",
@@ -80,7 +80,7 @@ def test_breakdown_names_and_bounds(cm384, r1):
         assert n in names
     att = next(r for r in p.ops if r.stage == "moe" and r.name == "mla.attention")
     assert att.bound == "compute"  # 2 query tokens x 128 heads over 4K latent KV at batch 48 per die
-    small = decode.predict(cm384, r1, DecodeDeployment(batch_per_device=8))
+    small = decode.predict(cm384, r1, ddep(batch_per_device=8))
     disp = next(r for r in small.ops if r.stage == "moe" and r.name == "moe.dispatch")
     assert disp.bound == "latency"
 
@@ -90,11 +90,9 @@ def test_breakdown_names_and_bounds(cm384, r1):
 
 @pytest.mark.parametrize("batch", [2, 4, 8, 32, 96, 200])
 def test_auto_microbatches_is_the_min_over_explicit(cm384, r1, batch):
-    auto = decode.predict(cm384, r1, DecodeDeployment(batch_per_device=batch, microbatches="auto"))
+    auto = decode.predict(cm384, r1, ddep(batch_per_device=batch, microbatches="auto"))
     cands = decode.microbatch_candidates(cm384, batch)
-    explicit = {
-        n: decode.predict(cm384, r1, DecodeDeployment(batch_per_device=batch, microbatches=n)) for n in cands
-    }
+    explicit = {n: decode.predict(cm384, r1, ddep(batch_per_device=batch, microbatches=n)) for n in cands}
     tried = auto.deployment["microbatches_auto_tpot_s"]
     assert auto.deployment["microbatches_auto"] is True
     assert {int(k): v for k, v in tried.items()} == {n: p.tpot_s for n, p in explicit.items()}  # exact
@@ -116,14 +114,16 @@ def test_auto_prefers_configurations_that_fit(cm384, r1, monkeypatch):
     """If the lowest-TPOT count does not fit in HBM but another does, auto takes the one that fits."""
     real = decode.evaluate
 
-    def fake(*a, **kw):
-        ev = real(*a, **kw)
-        n = np.asarray(kw["microbatches"], dtype=float)
+    def fake(system, model, dep):
+        ev = real(system, model, dep)
+        n = np.asarray(dep.microbatches, dtype=float)
         tpot = np.where(n == 3, 1e-6, ev.tpot_s)  # 3 microbatches "fastest" but does not fit
         return decode.DecodeEval(**{**ev.__dict__, "tpot_s": tpot, "feasible": n < 3})
 
     monkeypatch.setattr(decode, "evaluate", fake)
-    n, tried = decode.best_microbatches(cm384, r1, DecodeDeployment(batch_per_device=96))
+    p = decode.predict(cm384, r1, ddep(batch_per_device=96, microbatches="auto"))
+    tried = {int(k): v for k, v in p.deployment["microbatches_auto_tpot_s"].items()}
+    n = p.deployment["microbatches"]
     assert tried[3] == 1e-6 and n == min((1, 2), key=lambda k: (tried[k], k))
 
 
@@ -191,7 +191,7 @@ def test_streams_report_list_schedule_and_ideal_periods(cm384, r1):
     from cmperf import specs
     from cmperf.deployment import default_precision
 
-    p = decode.predict(cm384, r1, DecodeDeployment(microbatches=2))
+    p = decode.predict(cm384, r1, ddep(microbatches=2))
     moe = p.streams["moe"]
     # split cores, [attention][MoE] per layer: the list schedule's steady state is the coarse period
     assert moe["period_s"] == pytest.approx(moe["ideal_period_s"], rel=1e-12)
@@ -201,7 +201,7 @@ def test_streams_report_list_schedule_and_ideal_periods(cm384, r1):
     ideal = sum(s["count"] * s["ideal_period_s"] for s in p.streams.values())
     assert p.step_s == pytest.approx(ideal, rel=0.01) and p.step_s > ideal
     h800 = specs.load_system("dgx-h800")
-    dep = DecodeDeployment(
+    dep = ddep(
         devices=144, ep_size=144, batch_per_device=128, microbatches=2, precision=default_precision(h800)
     )
     g = decode.predict(h800, r1, dep)
@@ -225,7 +225,7 @@ def test_straggler_kv_len_worked_number_and_limits():
 
 def test_kv_spread_slows_attention_bound_decode(cm384, r1):
     cv = np.array([0.0, 0.1, 0.3, 1.0])
-    ev = decode.evaluate(cm384, r1, batch_per_device=96, kv_len=4096, ep_size=320, kv_cv=cv)
+    ev = decode.evaluate(cm384, r1, ddep(batch_per_device=96, kv_len=4096, ep_size=320, kv_cv=cv))
     t = np.asarray(ev.tpot_s)
     assert np.all(np.diff(t) > 0)
     # memory holds the mean KV: the spread changes time, not capacity

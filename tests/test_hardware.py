@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import ddep
 
 from cmperf import comm, compare, decode, specs
 from cmperf.cli import main
-from cmperf.deployment import DecodeDeployment, Precision
+from cmperf.deployment import Precision
 from cmperf.errors import CmperfError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def _insights(system_name, ep=320):
     # 32 tokens per microbatch per rank: 64 sequences, no MTP, 2 microbatches; EP320 > 256 routed experts puts
     # the shared expert on its own ranks, so each token goes to 8 routed + 1 shared = 9 experts.
     return decode.evaluate(
-        s, m, batch_per_device=64, kv_len=4096, ep_size=ep, microbatches=2, mtp=0, precision=prec
+        s, m, ddep(batch_per_device=64, kv_len=4096, ep_size=ep, microbatches=2, mtp=0, precision=prec)
     )
 
 
@@ -70,7 +71,7 @@ def test_local_copy_stays_home_without_send(tmp_path):
     s = specs.load_system("skip-local", [str(tmp_path)])
     m = specs.load_model("insights-7000", INSIGHTS)
     prec = Precision(gemm="fp8", experts="fp8", dispatch="fp8", combine="bf16")
-    ev = decode.evaluate(s, m, batch_per_device=64, kv_len=4096, ep_size=320, mtp=0, precision=prec)
+    ev = decode.evaluate(s, m, ddep(batch_per_device=64, kv_len=4096, ep_size=320, mtp=0, precision=prec))
     assert float(ev.comm_bound_tpot_s) == pytest.approx(14.75712e-3 * 319 / 320, rel=1e-12)
 
 
@@ -171,8 +172,8 @@ def test_native_experts_use_fp4_where_the_chip_has_it(system, experts):
 
 def test_fp4_experts_speed_up_blackwell_compute(r1):
     s = specs.load_system("gb200-nvl72")
-    fp8 = compare.decode_row(s, r1, batch=128)
-    fp4 = compare.decode_row(s, r1, batch=128, experts="native")
+    fp8 = compare.decode_row(s, r1, batch_per_device=128)
+    fp4 = compare.decode_row(s, r1, batch_per_device=128, experts="native")
     assert fp4.precision["experts"] == "fp4"
     assert fp4.tpot_s < fp8.tpot_s  # half the expert weight bytes and twice the peak
     assert fp4.hbm_bytes_per_rank < fp8.hbm_bytes_per_rank
@@ -214,24 +215,10 @@ def test_baseline_scenarios_are_valid(path, r1):
 
     sc = scenario.load(str(path))
     assert sc.source.strip() and "§" in sc.source
-    s = specs.load_system(sc.options["system"])
-    o = sc.options
-    if sc.command == "decode":
-        scenario.check_options(sc, [p.name for p in main.commands["decode"].params], "decode")
-        dep = DecodeDeployment(
-            devices=o["devices"],
-            ep_size=o["ep_size"],
-            batch_per_device=o["batch"],
-            kv_len=o["kv_len"],
-            mtp=o["mtp"],
-            microbatches=o["microbatches"],
-        )
-        dep.check(s, r1)
-    else:
-        assert sc.command == "prefill"
-        if "prefill" in main.commands:
-            scenario.check_options(sc, [p.name for p in main.commands["prefill"].params], "prefill")
-        assert o["devices"] * s.ranks_per_device % o["ep_size"] == 0
+    s = specs.load_system(sc.system)
+    cmd = main.commands[sc.command]
+    scenario.check_options(sc, [p.name for p in cmd.params], sc.command)
+    assert scenario.records(sc, s, r1).check(s, r1) == []
 
 
 def test_baseline_files_expected():
@@ -243,7 +230,7 @@ def test_baseline_files_expected():
         "sglang-h100-decode-ep72",
     }
     raw = tomllib.loads((ROOT / "scenarios/baselines/deepseek-h800-decode-ep144.toml").read_text())
-    assert raw["options"]["ep_size"] == 144 and raw["options"]["batch"] == 128
+    assert raw["deployment"]["ep_size"] == 144 and raw["deployment"]["batch_per_device"] == 128
 
 
 def test_deepseek_ep144_placement_is_2_routed_plus_shared(r1):
@@ -304,7 +291,9 @@ def test_more_scaleout_bandwidth_never_slower(r1, tmp_path):
     text = (ROOT / "hardware/dgx-h800.toml").read_text().replace('name = "dgx-h800"', 'name = "fast-ib"')
     text = text.replace('bandwidth = { value = "400 Gb/s"', 'bandwidth = { value = "800 Gb/s"')
     (tmp_path / "fast-ib.toml").write_text(text)
-    fast = compare.decode_row(specs.load_system("fast-ib", [str(tmp_path)]), r1, devices=144, batch=128)
+    fast = compare.decode_row(
+        specs.load_system("fast-ib", [str(tmp_path)]), r1, devices=144, batch_per_device=128
+    )
     # the EP bound falls; TPOT never rises (at batch 128 the compute stream binds, so it may stay put)
     assert fast.comm_bound_tpot_s < 0.9 * base.comm_bound_tpot_s and fast.tpot_s <= base.tpot_s
 
@@ -346,7 +335,9 @@ def test_binding_names_the_slower_plane(r1, tmp_path):
     text = (ROOT / "hardware/dgx-h800.toml").read_text().replace('name = "dgx-h800"', 'name = "slow-ib"')
     text = text.replace('bandwidth = { value = "400 Gb/s"', 'bandwidth = { value = "200 Gb/s"')
     (tmp_path / "slow-ib.toml").write_text(text)
-    row = compare.decode_row(specs.load_system("slow-ib", [str(tmp_path)]), r1, devices=144, batch=128)
+    row = compare.decode_row(
+        specs.load_system("slow-ib", [str(tmp_path)]), r1, devices=144, batch_per_device=128
+    )
     assert row.binding_stream == "comm stream" and row.binding_ceiling == "link" and row.binding_plane == "ib"
     secs = row.binding_seconds_by_ceiling
     assert max(secs, key=secs.get) == "link" and secs["link"] > secs.get("latency", 0.0)

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import pdep
 
 from cmperf import prefill
 from cmperf.cli import main
@@ -12,7 +13,7 @@ PAPER_TPS = 6688.0  # CM384 §5 prefill, 16K tokens per NPU of 4K prompts, EP32,
 
 
 def test_paper_point_perfect_eplb(cm384, r1):
-    p = prefill.predict(cm384, r1, prefill.PrefillDeployment())
+    p = prefill.predict(cm384, r1, pdep())
     # 7,173 tokens/s per NPU (pinned to 1%), +7.3% vs the paper's 6,688: an out-of-sample check, since the
     # 910C's pipeline_compute is calibrated on decode batch 96 only (scripts/fit_pipeline.py).
     assert p.tokens_per_s_per_device == pytest.approx(7173.0, rel=0.01)
@@ -25,16 +26,16 @@ def test_throughput_falls_with_prompt_length(cm384, r1):
     ev = prefill.evaluate(
         cm384,
         r1,
-        tokens_per_device=16384,
-        prompt_len=np.array([512.0, 1024, 2048, 4096, 8192, 16384]),
-        ep_size=32,
+        pdep(
+            tokens_per_device=16384, prompt_len=np.array([512.0, 1024, 2048, 4096, 8192, 16384]), ep_size=32
+        ),
     )
     assert np.all(np.diff(ev.tokens_per_s_per_device) < 0), "attention is quadratic in the prompt"
 
 
 def test_cache_hit_on_ub_never_hurts(cm384, r1):
     hs = np.linspace(0.0, 1.0, 21)
-    ev = prefill.evaluate(cm384, r1, tokens_per_device=16384, prompt_len=4096, ep_size=32, cache_hit=hs)
+    ev = prefill.evaluate(cm384, r1, pdep(tokens_per_device=16384, prompt_len=4096, ep_size=32, cache_hit=hs))
     assert np.all(np.diff(ev.tokens_per_s_per_device) >= -1e-9)
     assert np.all(np.diff(ev.ttft_s) <= 1e-12)
     assert ev.tokens_per_s_per_device[-1] > 5 * ev.tokens_per_s_per_device[0]
@@ -43,38 +44,38 @@ def test_cache_hit_on_ub_never_hurts(cm384, r1):
 
 def test_ub_beats_vpc(cm384, r1):
     kw = dict(tokens_per_device=16384, prompt_len=4096, ep_size=32, cache_hit=np.array([0.5, 0.9, 1.0]))
-    ub = prefill.evaluate(cm384, r1, cache_plane="ub", **kw)
-    vpc = prefill.evaluate(cm384, r1, cache_plane="vpc", **kw)
+    ub = prefill.evaluate(cm384, r1, pdep(cache_plane="ub", **kw))
+    vpc = prefill.evaluate(cm384, r1, pdep(cache_plane="vpc", **kw))
     assert np.all(ub.ttft_s < vpc.ttft_s) and np.all(ub.cache_load_s < vpc.cache_load_s)
     assert ub.tokens_per_s_per_device[-1] > 1.3 * vpc.tokens_per_s_per_device[-1]
 
 
 def test_cache_crossover_is_computed(cm384, r1):
-    dep = prefill.PrefillDeployment(cache_hit=0.5)
+    dep = pdep(cache_hit=0.5)
     best_h, bw = prefill.cache_crossover(cm384, r1, dep)
     assert best_h == 1.0 and 0.2e9 < bw < 1.0e9  # UB (137 GB/s) is far above the break-even bandwidth
     # a plane slower than the break-even: full hit is slower than none, and the best hit rate is interior
     slow = dataclasses.replace(cm384.planes["vpc"], bytes_per_s_per_rank=0.5 * bw)
     sysm = dataclasses.replace(cm384, planes={**cm384.planes, "vpc": slow})
     dep_v = dataclasses.replace(dep, cache_plane="vpc")
-    ev = prefill.evaluate(sysm, r1, **prefill._kwargs(sysm, dep_v), cache_hit=np.array([0.0, 1.0]))
+    ev = prefill.evaluate(sysm, r1, dataclasses.replace(dep_v, cache_hit=np.array([0.0, 1.0])))
     assert ev.batch_s[1] > ev.batch_s[0]
     best_slow, _ = prefill.cache_crossover(sysm, r1, dep_v)
     assert 0.0 < best_slow < 1.0
 
 
 def test_default_imbalance_lowers_throughput(cm384, r1):
-    perfect = prefill.predict(cm384, r1, prefill.PrefillDeployment())
-    model = prefill.predict(cm384, r1, prefill.PrefillDeployment(eplb="model"))
+    perfect = prefill.predict(cm384, r1, pdep())
+    model = prefill.predict(cm384, r1, pdep(eplb="model"))
     assert 1.01 < model.imbalance < 1.1
     assert model.tokens_per_s_per_device < perfect.tokens_per_s_per_device
-    forced = prefill.predict(cm384, r1, prefill.PrefillDeployment(imbalance=1.5))
+    forced = prefill.predict(cm384, r1, pdep(imbalance=1.5))
     assert forced.imbalance == 1.5 and forced.tokens_per_s_per_device < model.tokens_per_s_per_device
 
 
 def test_microbatching_helps(cm384, r1):
-    one = prefill.predict(cm384, r1, prefill.PrefillDeployment(microbatches=1))
-    two = prefill.predict(cm384, r1, prefill.PrefillDeployment())
+    one = prefill.predict(cm384, r1, pdep(microbatches=1))
+    two = prefill.predict(cm384, r1, pdep())
     assert two.tokens_per_s_per_device > 1.2 * one.tokens_per_s_per_device
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import pdep
 
-from cmperf import comm, compare, prefill, specs
+from cmperf import comm, compare, deployment, prefill, specs
 from cmperf.cli import main
 from cmperf.deployment import default_precision
 from cmperf.errors import CmperfError
@@ -35,7 +36,7 @@ def h800():
 def _prefill_h800(system, r1, **kw):
     args = dict(tokens_per_device=16384, prompt_len=4096, ep_size=32, devices=32, eplb="perfect")
     args.update(kw)
-    return prefill.evaluate(system, r1, precision=default_precision(system, None, None, "bf16"), **args)
+    return prefill.evaluate(system, r1, pdep(precision=default_precision(system, None, None, "bf16"), **args))
 
 
 def _op(ev, stage, name):
@@ -131,8 +132,8 @@ def test_decode_kernels_unchanged_by_prefill_override(h800):
 
 
 def test_sm_reservation_lowers_gpu_compute_share(h800, r1):
-    assert h800.overlap["prefill"]["comm_cube_cores"] == 20 and h800.chip.cube_cores == 132
-    free = dataclasses.replace(h800, overlap={**h800.overlap, "prefill": {"policy": "compute-comm"}})
+    assert h800.overlap_for("prefill").comm_cube_cores == 20 and h800.chip.cube_cores == 132
+    free = dataclasses.replace(h800, overlap={**h800.overlap, "prefill": specs.Overlap()})
     for name in ("moe.experts.up", "mla.attention", "mla.o_proj"):
         _, t = _op(_prefill_h800(h800, r1), "moe", name)
         _, t0 = _op(_prefill_h800(free, r1), "moe", name)
@@ -151,8 +152,8 @@ def test_sm_reservation_lowers_gpu_compute_share(h800, r1):
 def test_sm_reservation_leaves_cm384_prefill_alone(cm384, r1):
     """CM384 prefill keeps the whole AIC for compute (dispatch/combine on AIV + SDMA): the expert GEMM's
     compute ceiling is flops / (peak x eff x pipeline) with share 1."""
-    assert cm384.overlap["prefill"] == {"policy": "compute-comm"}  # no comm_cube_cores
-    ev = prefill.evaluate(cm384, r1, tokens_per_device=16384, prompt_len=4096, ep_size=32)
+    assert cm384.overlap_for("prefill") == specs.Overlap()  # no comm_cube_cores
+    ev = prefill.evaluate(cm384, r1, pdep(tokens_per_device=16384, prompt_len=4096, ep_size=32))
     op, t = _op(ev, "moe", "moe.experts.up")
     chip = cm384.chip
     expect = op.flops / (chip.peak(op.dtype) * chip.eff["gemm_compute"] * chip.eff["pipeline_compute"])
@@ -174,7 +175,7 @@ def test_kv_transfer_rides_infiniband_on_h800(h800, r1):
 
 def test_kv_transfer_cm384_stays_on_rdma(cm384, r1):
     assert cm384.kv_transfer_plane() == "rdma" and cm384.kv_plane == ""
-    ev = prefill.evaluate(cm384, r1, tokens_per_device=16384, prompt_len=4096, ep_size=32)
+    ev = prefill.evaluate(cm384, r1, pdep(tokens_per_device=16384, prompt_len=4096, ep_size=32))
     kv = 4096 * kv_bytes_per_token_layer(r1, "bf16") * r1.num_layers
     assert float(ev.kv_transfer_s) == pytest.approx(5e-6 + kv / (25e9 * 0.8), rel=1e-12)  # 14.4 ms
 
@@ -191,9 +192,9 @@ def test_kv_transfer_plane_default_rule(h800):
 
 
 def test_default_cache_plane(h800, cm384):
-    assert prefill.default_cache_plane(cm384) == "ub"
-    assert prefill.default_cache_plane(h800) == "ib"
-    assert prefill.PrefillDeployment().resolved_cache_plane(h800) == "ib"
+    assert deployment.default_cache_plane(cm384) == "ub"
+    assert deployment.default_cache_plane(h800) == "ib"
+    assert pdep().resolve(h800, specs.load_model("deepseek-r1")).cache_plane == "ib"
 
 
 def test_cli_prefill_on_h800_with_default_cache_plane():
@@ -287,8 +288,8 @@ def test_gpu_prefill_attention_is_data_parallel_by_default():
     collectives; CloudMatrix384 keeps its 8-NPU (16-die) attention TP."""
     h800, cm = specs.load_system("dgx-h800"), specs.load_system("cloudmatrix384")
     r1 = specs.load_model("deepseek-r1")
-    g = prefill.predict(h800, r1, prefill.PrefillDeployment(devices=32, ep_size=32))
-    c = prefill.predict(cm, r1, prefill.PrefillDeployment())
+    g = prefill.predict(h800, r1, pdep(devices=32, ep_size=32))
+    c = prefill.predict(cm, r1, pdep())
     assert g.deployment["attn_tp"] == 1 and c.deployment["attn_tp"] == 16
     tp_ops = [o for o in g.ops if o.name.startswith("mla.tp_")]
     assert all(o.time_s == 0.0 for o in tp_ops)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import ddep
 
 from cmperf import decode, search, specs
 from cmperf.cli import main
@@ -83,13 +84,16 @@ def test_grid_matches_scalar_predictor(cm, res50):
         ev = decode.evaluate(
             s,
             m,
-            batch_per_device=c.batch_per_device,
-            kv_len=4224.0,
-            ep_size=c.ep_size,
-            microbatches=c.microbatches,
-            mtp=c.mtp,
-            attention_cube_cores=c.attention_cube_cores,
-            kv_capacity_len=4352.0,
+            ddep(
+                batch_per_device=c.batch_per_device,
+                kv_len=4224.0,
+                ep_size=c.ep_size,
+                microbatches=c.microbatches,
+                mtp=c.mtp,
+                attention_cube_cores=c.attention_cube_cores,
+                kv_capacity_len=4352.0,
+                kv_cv=256 / 12**0.5 / 4224.0,  # the workload's spread (deployment.kv_lengths), as decode
+            ),
         )
         assert float(ev.tpot_s) == pytest.approx(c.tpot_s, rel=1e-12)
 
@@ -155,19 +159,17 @@ def test_pareto_command_markdown():
 
 def test_grid_is_one_call_and_splitting_changes_nothing(cm):
     s, m = cm
-    space = search.decode_space(s, m, kv_len=4224.0, kv_capacity_len=4352.0)
+    base = ddep(kv_len=4224.0, kv_capacity_len=4352.0)
+    space = search.decode_space(s, m, base)
     calls = []
-    one = search.evaluate_decode_grid(
-        s, m, space, kv_len=4224.0, kv_capacity_len=4352.0, progress=lambda i, n: calls.append((i, n))
-    )
+    one = search.evaluate_decode_grid(s, m, space, base, progress=lambda i, n: calls.append((i, n)))
     assert calls == [(1, 1)] and one.size == space.size
     calls.clear()
     split = search.evaluate_decode_grid(
         s,
         m,
         space,
-        kv_len=4224.0,
-        kv_capacity_len=4352.0,
+        base,
         max_points=space.size // 7,
         progress=lambda i, n: calls.append((i, n)),
     )

@@ -297,3 +297,66 @@ def test_default_pools_fit_the_system(cm384, r1):
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)["inputs"]
     assert d["prefill_devices"] + d["decode_devices"] <= 72
+
+
+# ---------------------------------------------------------------------------------------- one serving model
+
+ONE_SPLIT = ("--prompt-len", "4096", "--output-len", "256", "--ttft-slo", "2s", "--tpot-slo", "50ms")
+
+
+def test_optimize_and_serve_size_give_one_split(cm384, r1):
+    """Issue 11 item 3: `cmperf optimize` and `cmperf serve --size` split 384 NPUs (4K/256, TTFT 2 s, TPOT
+    50 ms) with one sizing model (serving.size) on one percentile (p99): 304 prefill + 72 decode at 524
+    req/s, where the optimizer's own M/D/c p90 model said 288 + 88 at 501 req/s."""
+    from dataclasses import replace
+
+    from cmperf import search
+    from cmperf.deployment import default_precision
+
+    opt = search.optimize(
+        cm384, r1, devices=384, prompt_len=4096, output_len=256, tpot_slo_s=0.05, ttft_slo_s=2.0
+    )
+    # the pools `cmperf serve --size` builds from its defaults
+    pools = replace(serving.default_pools(cm384, r1), precision=default_precision(cm384))
+    wl = serving.Workload(rate_per_s=None, prompt_len=4096, output_len=256)
+    size = serving.size(cm384, r1, wl, pools, serving.SLO(ttft_s=2.0, tpot_s=0.05), total_devices=384)
+    keys = ("prefill_devices", "decode_devices", "devices", "goodput_rps", "ttft_slo_rps", "tpot_slo_rps")
+    assert {k: opt.serving.best[k] for k in keys} == {k: size.best[k] for k in keys}
+    assert opt.serving.inputs == size.inputs  # the searched knobs are serve's defaults here
+    assert (size.best["prefill_devices"], size.best["decode_devices"]) == (304, 72)
+    assert size.best["goodput_rps"] == pytest.approx(523.85, abs=0.01)
+    assert opt.slo_percentile == size.slo_percentile == serving.DEFAULT_SLO_PERCENTILE == 99.0
+    # the sizing's per-P shortcut (one prefill evaluation, instance count set on the grid) is the
+    # limit `cmperf serve` computes for that pool
+    p304 = replace(pools, prefill_devices=304, decode_devices=72)
+    grid = serving.prefill_grid(cm384, r1, wl, p304, 0.0)
+    assert serving.ttft_limit_rps(grid, wl, serving.SLO()) == size.best["ttft_slo_rps"]
+
+
+def test_optimize_and_serve_size_json_name_the_percentile():
+    runner = CliRunner()
+    opt = runner.invoke(main, ["optimize", "--devices", "384", *ONE_SPLIT, "--top", "2", "--format", "json"])
+    size = runner.invoke(main, ["serve", "--size", "--devices-total", "384", *ONE_SPLIT, "--format", "json"])
+    assert opt.exit_code == 0, opt.output
+    assert size.exit_code == 0, size.output
+    o, s = json.loads(opt.output), json.loads(size.output)
+    assert o["slo_percentile"] == o["serving"]["slo_percentile"] == s["slo_percentile"] == 99.0
+    assert o["serving"]["slo"] == s["slo"] == {"ttft_s": 2.0, "tpot_s": 0.05, "quantile": "p99"}
+    split = ("prefill_devices", "decode_devices", "goodput_rps")
+    assert {k: o["serving"]["best"][k] for k in split} == {k: s["best"][k] for k in split}
+    assert (o["best"]["prefill_devices"], o["best"]["decode_devices"]) == (304, 72)
+    # a stated percentile reaches the split, and the tables name it
+    args = ["serve", "--size", *ONE_SPLIT, "--slo-percentile", "90", "--format", "markdown"]
+    p90 = runner.invoke(main, args)
+    assert p90.exit_code == 0, p90.output
+    assert "TTFT p90 <= 2.000 s, TPOT p90 <= 50.00 ms" in p90.output and "TTFT p90 limit" in p90.output
+
+
+def test_slo_percentile_default_is_one_constant():
+    """Both commands' --slo-percentile help states the serving model's default; optimize's TTFT SLO is
+    no longer documented as a p90."""
+    runner = CliRunner()
+    for cmd in ("serve", "optimize"):
+        h = runner.invoke(main, [cmd, "--help"], terminal_width=200).output
+        assert f"[default: {serving.DEFAULT_SLO_PERCENTILE:g}]" in " ".join(h.split()), cmd
+        assert "(p90)" not in h

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import ddep
 
 from cmperf import decode, specs, step
 
@@ -96,8 +97,8 @@ def test_arrays_equal_points_and_extrapolation_equals_full_simulation():
 
 
 def _check_step_is_the_makespan(system, model, **knobs):
-    ev = decode.evaluate(system, model, **knobs)
-    policy = str(system.overlap["decode"]["policy"])
+    ev = decode.evaluate(system, model, ddep(**knobs))
+    policy = system.overlap_for("decode").policy
     chain_sts = [st for st in ev.stages if st.stage.name != "head"]
     head = next(st for st in ev.stages if st.stage.name == "head")
     chain, periods = step.compose(chain_sts, knobs.get("microbatches", 2), policy, rotate=True)
@@ -155,9 +156,9 @@ def test_decode_extrapolation_equals_all_layers(cm384, r1, monkeypatch):
             mtp=rng.choice([0.0, 1.0], 300),
             imbalance=rng.choice([1.0, 1.3, 2.0], 300),
         )
-        ev = decode.evaluate(system, r1, **knobs)
+        ev = decode.evaluate(system, r1, ddep(**knobs))
         monkeypatch.setattr(decode, "compose", all_layers)
-        full = decode.evaluate(system, r1, **knobs)
+        full = decode.evaluate(system, r1, ddep(**knobs))
         monkeypatch.setattr(decode, "compose", real)
         np.testing.assert_allclose(ev.step_s, full.step_s, rtol=1e-12)
         np.testing.assert_allclose(ev.moe_layer_s, full.moe_layer_s, rtol=1e-12)
@@ -165,7 +166,7 @@ def test_decode_extrapolation_equals_all_layers(cm384, r1, monkeypatch):
 
 def test_schedule_binding(r1):
     h800 = specs.load_system("dgx-h800")
-    ev = decode.evaluate(h800, r1, batch_per_device=128, kv_len=4096, ep_size=144, microbatches=1)
+    ev = decode.evaluate(h800, r1, ddep(batch_per_device=128, kv_len=4096, ep_size=144, microbatches=1))
     moe = next(st for st in ev.stages if st.stage.name == "moe")
     assert step.schedule_binding(moe, "compute-comm", 1, ev.periods["moe"], rotate=True) == 2  # serial
     assert step.schedule_binding(moe, "compute-comm", 1, 0.5 * float(moe.hbm_s)) == 3  # the HBM floor
@@ -175,6 +176,6 @@ def test_schedule_binding(r1):
     on_path = step._critical_path_s([(A, 2.0), (M, 1.0), (A, 1.0), (M, 2.0)], 2)
     assert on_path == {A: 20.0, M: 15.0}
     # the dgx-h800 decode MoE layer at 2 microbatches: the compute stream holds more of the critical path
-    ev2 = decode.evaluate(h800, r1, batch_per_device=128, kv_len=4096, ep_size=144, microbatches=2)
+    ev2 = decode.evaluate(h800, r1, ddep(batch_per_device=128, kv_len=4096, ep_size=144, microbatches=2))
     moe2 = next(st for st in ev2.stages if st.stage.name == "moe")
     assert step.schedule_binding(moe2, "compute-comm", 2, ev2.periods["moe"], rotate=True) == 0

@@ -4,15 +4,16 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ddep
 
 from cmperf import decode, symbolic
-from cmperf.deployment import DecodeDeployment, Precision
+from cmperf.deployment import Precision
 
 PREC = Precision(gemm="int8", experts="int8", dispatch="int8")
 
 
 def _pair(cm384, r1, batch, kv_len=4096.0):
-    dep = DecodeDeployment(
+    dep = ddep(
         devices=160,
         ep_size=320,
         batch_per_device=batch,

@@ -46,6 +46,12 @@ class LazyGroup(click.Group):
                 return cmd
         return None
 
+    def resolve_command(self, ctx, args):
+        # the subcommand's raw arguments, for --scenario to find --spec-dir before click parses it
+        name, cmd, rest = super().resolve_command(ctx, args)
+        ctx.meta["cmperf.args"] = list(rest)
+        return name, cmd, rest
+
     @property
     def commands(self):  # every command, for documentation checks
         return {name: self.get_command(None, name) for name in COMMAND_MODULES}

@@ -83,19 +83,82 @@ def format_option(choices=("table", "json", "markdown")):
     return deco
 
 
+#: Ops shown by default in the per-op tables of decode and prefill (table and markdown; JSON has all).
+DEFAULT_OPS = 12
+
+
+def ops_limit(value) -> int | None:
+    """An ``--ops`` value as a count, None for all (also from a scenario file: 12 or "all")."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        text = str(value).strip().lower()
+        if text == "all":
+            return None
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+    if n < 1:
+        raise CmperfError(f"--ops: {value!r} is not a count; give a number >= 1 or all")
+    return n
+
+
+class _Ops(click.ParamType):
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        try:
+            return ops_limit(value)
+        except CmperfError as e:
+            self.fail(str(e).removeprefix("--ops: "), param, ctx)
+
+
+def ops_option(fn):
+    """--ops N|all: the N heaviest ops by time per step (heaviest first), or every op in graph order."""
+    return click.option(
+        "--ops",
+        "ops",
+        type=_Ops(),
+        default=str(DEFAULT_OPS),
+        show_default=True,
+        help="Per-op rows in table and markdown output: the N heaviest by time per step, or all "
+        "(JSON always has every op).",
+    )(fn)
+
+
+def _new_file_mode() -> int:
+    """0666 less the umask: the mode open() would give a new file (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The file gets the mode a plain write would: an existing file keeps its mode, a new one gets 0666 less
+    the umask (mkstemp's 0600 is replaced before the rename). On any error the temporary file is removed
+    and the target is untouched."""
     target = Path(path)
     if not target.parent.exists():
         raise CmperfError(
             f"--output: folder {target.parent} does not exist; create it or choose another path"
         )
+    import stat
     import tempfile  # only when writing a file (keeps the stdout path light)
 
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = _new_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -103,6 +166,7 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def emit(text: str, output: str | None) -> None:
+    """The one output path of every command and format: ``text`` to stdout, or atomically to ``output``."""
     if output:
         write_atomic(output, text)
     else:

@@ -146,10 +146,16 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
     help="Prefill: prompt tokens per device per batch [default: baseline, else 16384].",
 )
 @click.option(
-    "--mtp", type=int, default=1, show_default=True, help="Decode: speculative MTP tokens per step."
+    "--mtp",
+    type=int,
+    default=None,
+    help="Decode: speculative MTP tokens per step [default: baseline, else 1].",
 )
 @click.option(
-    "--mtp-accept", type=float, default=0.7, show_default=True, help="Decode: draft acceptance rate."
+    "--mtp-accept",
+    type=float,
+    default=None,
+    help="Decode: draft acceptance rate [default: baseline, else 0.7].",
 )
 @click.option("--microbatches", type=int, default=None, help="Microbatches [default: baseline, else 2].")
 @click.option(
@@ -171,7 +177,7 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
     help="Expert datatype; 'native' = fp4 where the chip has it (Blackwell) [default: --weights].",
 )
 @click.option(
-    "--kv-dtype", type=click.Choice(DTYPES), default="bf16", show_default=True, help="KV-cache datatype."
+    "--kv-dtype", type=click.Choice(DTYPES), default=None, help="KV-cache datatype [default: bf16]."
 )
 @format_option()
 @guarded
@@ -211,59 +217,33 @@ def compare(
     sys_objs = [specs.load_system(n, spec_dirs) for n in names]
     mod = specs.load_model(model, spec_dirs)
     dev_map, ep_map = _per_system(devices, names, "--devices"), _per_system(ep, names, "--ep")
-    rows = []
-    for s in sys_objs:
-        common = dict(
-            devices=dev_map.get(s.name),
-            ep_size=ep_map.get(s.name),
-            microbatches=microbatches,
-            weights=weights,
-            experts=experts_dtype,
-            kv_dtype=kv_dtype,
-        )
-        if phase == "decode":
-            if tokens_per_device is not None:
-                raise CmperfError("--tokens-per-device applies to --phase prefill; use --batch for decode")
-            kv, kv_cap = kv_len, None
-            if (prompt_len is None) != (output_len is None):
-                raise CmperfError(
-                    "--phase decode: --prompt-len and --output-len go together; give both, or --kv-len"
-                )
-            if prompt_len is not None:
-                if kv_len is not None:
-                    raise CmperfError(
-                        "--kv-len conflicts with --prompt-len/--output-len; give one or the other"
-                    )
-                kv, kv_cap = prompt_len + output_len / 2.0, prompt_len + output_len
-            rows.append(
-                cmp.decode_row(
-                    s,
-                    mod,
-                    batch=batch,
-                    kv_len=4096.0 if kv is None else kv,
-                    mtp=mtp,
-                    mtp_accept=mtp_accept,
-                    eplb=eplb or "model",
-                    kv_capacity_len=kv_cap,
-                    **common,
-                )
+    knobs = dict(
+        microbatches=microbatches, eplb=eplb, weights=weights, experts=experts_dtype, kv_dtype=kv_dtype
+    )
+    if phase == "decode":
+        if tokens_per_device is not None:
+            raise CmperfError("--tokens-per-device applies to --phase prefill; use --batch for decode")
+        if (prompt_len is None) != (output_len is None):
+            raise CmperfError(
+                "--phase decode: --prompt-len and --output-len go together; give both, or --kv-len"
             )
-        else:
-            if batch is not None or kv_len is not None or output_len is not None:
-                raise CmperfError(
-                    "--batch/--kv-len/--output-len apply to --phase decode; use --tokens-per-device "
-                    "and --prompt-len for prefill"
-                )
-            rows.append(
-                cmp.prefill_row(
-                    s,
-                    mod,
-                    tokens_per_device=tokens_per_device,
-                    prompt_len=4096.0 if prompt_len is None else prompt_len,
-                    eplb=eplb or "perfect",
-                    **common,
-                )
+        knobs.update(batch_per_device=batch, kv_len=kv_len, mtp=mtp, mtp_accept=mtp_accept)
+        if prompt_len is not None:
+            if kv_len is not None:
+                raise CmperfError("--kv-len conflicts with --prompt-len/--output-len; give one or the other")
+            from ..deployment import kv_lengths
+
+            kv, cap, cv = kv_lengths(mod, prompt_len, output_len)
+            knobs.update(kv_len=kv, kv_capacity_len=cap, kv_cv=cv)
+    else:
+        if any(x is not None for x in (batch, kv_len, output_len, mtp, mtp_accept)):
+            raise CmperfError(
+                "--batch/--kv-len/--output-len/--mtp/--mtp-accept apply to --phase decode; use "
+                "--tokens-per-device and --prompt-len for prefill"
             )
+        knobs.update(tokens_per_device=tokens_per_device, prompt_len=prompt_len)
+    row = cmp.decode_row if phase == "decode" else cmp.prefill_row
+    rows = [row(s, mod, devices=dev_map.get(s.name), ep_size=ep_map.get(s.name), **knobs) for s in sys_objs]
     result = cmp.Comparison(phase, mod.name, rows)
     if fmt == "json":
         emit(render.to_json(result, "compare"), output)
@@ -273,7 +253,7 @@ def compare(
         if fmt == "markdown":
             emit(f"# cmperf compare: {phase}, {mod.name}\n\n" + render.markdown_table(header, table), output)
         else:
-            render.print_tables("", [], [(f"cmperf compare: {phase}, {mod.name}", header, table)])
+            emit(render.tables("", [], [(f"cmperf compare: {phase}, {mod.name}", header, table)]), output)
     bad = [r for r in rows if not r.feasible]
     if bad:
         raise Infeasible(

@@ -4,74 +4,26 @@ from __future__ import annotations
 
 import click
 
-from .common import Infeasible, emit, format_option, guarded, system_model_options
+from . import knobs
+from .common import Infeasible, emit, format_option, guarded, ops_limit, ops_option, system_model_options
+from .knobs import DTYPES, MICROBATCHES, common_options, experts_dtype_option, knob, precision_options
 from .scenario_opt import scenario_option
-
-DTYPES = click.Choice(["int8", "bf16", "fp16", "fp8", "fp4"])
-
-
-def precision_options(fn):
-    fn = click.option(
-        "--kv-dtype", type=DTYPES, default="bf16", show_default=True, help="KV-cache datatype."
-    )(fn)
-    fn = click.option(
-        "--weights",
-        type=DTYPES,
-        default=None,
-        help="GEMM and expert datatype [default: fp8 where the chip has it, else int8].",
-    )(fn)
-    return fn
-
-
-class _Microbatches(click.ParamType):
-    """``auto`` or a count (from the command line, or an int or "auto" from a scenario file)."""
-
-    name = "auto|N"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text == "auto":
-            return "auto"
-        try:
-            return int(text)
-        except ValueError:
-            return str(value)  # the command reports it (one line, exit 2)
-
-
-MICROBATCHES = _Microbatches()
-
-
-def make_precision(system, weights: str | None, kv_dtype: str, experts: str | None = None):
-    from ..deployment import default_precision
-
-    return default_precision(system, weights, experts, kv_dtype)
 
 
 @click.command()
 @scenario_option
 @system_model_options
-@click.option(
-    "--experts-dtype",
-    type=click.Choice(["int8", "bf16", "fp8", "fp4", "native"]),
-    default=None,
-    help="Expert datatype [default: as --weights; native = fp4 where the chip has it].",
-)
-@click.option(
+@experts_dtype_option
+@knob(
     "--devices",
+    "devices",
     type=int,
-    default=None,
     help="Devices (NPUs/GPUs) in the instance [default: one expert per rank, 320 ranks, capped by the "
     "system: 160 NPUs on CloudMatrix384, 144 GPUs on dgx-h800].",
 )
-@click.option(
-    "--ep", "ep_size", type=int, default=None, help="EP size in ranks [default: all ranks of --devices]."
-)
-@click.option(
-    "--batch", "batch", type=float, default=96, show_default=True, help="Concurrent sequences per device."
-)
-@click.option("--kv-len", type=float, default=None, help="KV length per sequence [default 4096].")
+@common_options
+@knob("--batch", "batch_per_device", type=float, help="Concurrent sequences per device [default: 96].")
+@knob("--kv-len", "kv_len", type=float, help="KV length per sequence [default: 4096].")
 @click.option(
     "--prompt-len",
     type=float,
@@ -79,119 +31,62 @@ def make_precision(system, weights: str | None, kv_dtype: str, experts: str | No
     help="With --output-len, replaces --kv-len: KV = prompt + output/2.",
 )
 @click.option("--output-len", type=float, default=None, help="Output tokens per request (see --prompt-len).")
-@click.option(
+@knob(
     "--kv-cv",
+    "kv_cv",
     type=float,
-    default=None,
     help="Coefficient of variation of the sequences' KV lengths: data-parallel attention runs at the pace "
     "of the rank with the most KV [default: 0 with --kv-len; with --prompt-len/--output-len, sequences "
     "spread uniformly over their output: output/sqrt(12)/KV].",
 )
-@click.option(
-    "--mtp", type=int, default=1, show_default=True, help="Speculative MTP tokens per step (0 = off)."
-)
-@click.option(
-    "--mtp-accept", type=float, default=0.7, show_default=True, help="Acceptance rate of a draft token."
-)
-@click.option(
+@knob("--mtp", "mtp", type=int, help="Speculative MTP tokens per step (0 = off) [default: 1].")
+@knob("--mtp-accept", "mtp_accept", type=float, help="Acceptance rate of a draft token [default: 0.7].")
+@knob(
     "--microbatches",
+    "microbatches",
     type=MICROBATCHES,
-    default="auto",
-    show_default=True,
-    help="1 = no pipelining; 2-4 overlap streams; auto = the lowest TPOT of 1, 2, 3 (ties: fewer). "
-    "The two-stream pipeline on split cores re-reads every weight once per microbatch and gives each "
-    "stream a fraction of the cores: at small batch that costs more than the overlap saves, and "
-    "operators turn it off.",
+    help="1 = no pipelining; 2-4 overlap streams; auto = the lowest TPOT of 1, 2, 3 (ties: fewer) "
+    "[default: auto]. The two-stream pipeline on split cores re-reads every weight once per microbatch "
+    "and gives each stream a fraction of the cores: at small batch that costs more than the overlap "
+    "saves, and operators turn it off.",
 )
-@click.option(
-    "--eplb",
-    type=click.Choice(["model", "perfect"]),
-    default="model",
-    show_default=True,
-    help="Expert load: statistical routing model, or perfect balance.",
-)
-@click.option(
-    "--imbalance", type=float, default=None, help="Set max/mean routed load directly (overrides --eplb)."
-)
-@click.option(
-    "--redundant", "num_redundant", type=int, default=None, help="Redundant expert copies over the EP group."
-)
-@click.option(
-    "--attn-cores", type=int, default=None, help="Cube cores of the attention stream [system default]."
+@knob("--redundant", "num_redundant", type=int, help="Redundant expert copies over the EP group.")
+@knob(
+    "--attn-cores",
+    "attention_cube_cores",
+    type=int,
+    help="Cube cores of the attention stream [system default].",
 )
 @precision_options
 @format_option()
+@ops_option
 @guarded
-def decode(
-    system,
-    model,
-    spec_dirs,
-    devices,
-    ep_size,
-    batch,
-    kv_len,
-    prompt_len,
-    output_len,
-    kv_cv,
-    mtp,
-    mtp_accept,
-    microbatches,
-    eplb,
-    imbalance,
-    num_redundant,
-    attn_cores,
-    weights,
-    kv_dtype,
-    experts_dtype,
-    fmt,
-    output,
-):
+def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, **params):
     """Predict decode TPOT and tokens/s per device (defaults: the paper's 50 ms CloudMatrix384 setup)."""
     from .. import decode as dec
     from .. import render, specs
-    from ..deployment import DecodeDeployment, kv_lengths
+    from ..deployment import kv_lengths
     from ..errors import CmperfError
 
     sysm = specs.load_system(system, spec_dirs)
     mod = specs.load_model(model, spec_dirs)
-    kv_cap, spread = None, 0.0
     if (prompt_len is None) != (output_len is None):
         raise CmperfError("--prompt-len and --output-len go together; give both, or --kv-len")
     if prompt_len is not None:
-        if kv_len is not None:
+        if params["kv_len"] is not None:
             raise CmperfError("--kv-len conflicts with --prompt-len/--output-len; give one or the other")
         kv_len, kv_cap, spread = kv_lengths(mod, prompt_len, output_len)
-    kv_len = 4096.0 if kv_len is None else kv_len
-    kv_cv = spread if kv_cv is None else kv_cv
-    if isinstance(microbatches, str) and microbatches != dec.AUTO:
-        raise CmperfError(f"--microbatches: {microbatches!r} is not a count; give auto or 1, 2, 3, 4")
-    if devices is None:
-        from ..deployment import decode_unit_devices
-
-        devices = decode_unit_devices(sysm, mod)
-    ep_size = ep_size if ep_size is not None else devices * sysm.ranks_per_device
-    dep = DecodeDeployment(
-        devices=devices,
-        ep_size=ep_size,
-        batch_per_device=batch,
-        kv_len=kv_len,
-        mtp=mtp,
-        mtp_accept=mtp_accept,
-        microbatches=microbatches,
-        num_redundant=num_redundant,
-        imbalance=imbalance,
-        eplb=eplb,
-        precision=make_precision(sysm, weights, kv_dtype, experts_dtype),
-        attention_cube_cores=attn_cores,
-        kv_cv=kv_cv,
-    )
-    p = dec.predict(sysm, mod, dep, kv_capacity_len=kv_cap)
+        params.update(kv_len=kv_len, kv_capacity_len=kv_cap)
+        params["kv_cv"] = spread if params["kv_cv"] is None else params["kv_cv"]
+    dep = knobs.deployment("decode", sysm, params, knobs.scenario_precision())
+    p = dec.predict(sysm, mod, dep)
     if fmt == "json":
-        emit(render.to_json(p, "decode"), output)
+        text = render.to_json(p, "decode")
     elif fmt == "markdown":
-        emit(render.decode_markdown(p), output)
+        text = render.decode_markdown(p, ops_limit(ops))
     else:
-        render.decode_table(p)
+        text = render.decode_table(p, ops_limit(ops))
+    emit(text, output)
     if not p.feasible:
         raise Infeasible("infeasible deployment: " + "; ".join(p.reasons))
 
@@ -274,7 +169,7 @@ def comm(system, model, spec_dirs, op, ep_size, tokens_per_rank, top_k, dtype, p
         if fmt == "markdown":
             emit(render.markdown_table(("quantity", "value"), rows), output)
         else:
-            render.print_tables("cmperf comm", rows, [])
+            emit(render.tables("cmperf comm", rows, []), output)
 
 
 COMMANDS = [decode, comm]

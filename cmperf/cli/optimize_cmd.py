@@ -7,8 +7,9 @@ import time
 import click
 
 from .common import CheckFailed, emit, format_option, guarded, parse_quantity, system_model_options
-from .decode_cmd import make_precision, precision_options
+from .knobs import make_precision, precision_options
 from .scenario_opt import scenario_option
+from .serve_cmd import slo_percentile_option
 
 
 class _Progress:
@@ -139,6 +140,11 @@ def _summary(res) -> list[tuple[str, str]]:
             ("  TPOT / tokens/s per device", f"{_ms(c.tpot_s)} / {c.tokens_per_s_per_device:,.0f}"),
         ]
     rows += _binding_rows(d.binding)
+    if res.serving is not None:
+        from .serve_cmd import size_rows
+
+        # the rows of `cmperf serve --size`: one sizing model, one way to print it
+        rows += [(f"serving {k}", v) for k, v in size_rows(res.serving)[0] if k != "system / model"]
     for line in res.notes:
         rows.append(("note", line))
     return rows
@@ -176,24 +182,14 @@ def _extra_sections(res):
                 ],
             )
         )
-    if res.serving is not None and res.serving.top:
-        h = ("#", "prefill devices", "decode devices", "total", "rate req/s", "TTFT p90", "goodput tok/s/dev")
+    if res.serving is not None and res.serving.candidates:
+        from .serve_cmd import cand_header, size_rows, slo_text
+
         secs.append(
             (
-                "serving splits (prefill + decode devices)",
-                h,
-                [
-                    (
-                        str(i + 1),
-                        str(s.prefill_devices),
-                        str(s.decode_devices),
-                        str(s.total_devices),
-                        f"{s.rate_per_s:,.1f}",
-                        _ms(s.ttft_p90_s),
-                        f"{s.goodput_tokens_per_s_per_device:,.0f}",
-                    )
-                    for i, s in enumerate(res.serving.top)
-                ],
+                f"serving splits ({slo_text(res.serving.slo)})",
+                cand_header(res.serving),
+                size_rows(res.serving)[1],
             )
         )
     return secs
@@ -208,13 +204,24 @@ def _extra_sections(res):
 @click.option("--prompt-len", type=float, default=4096, show_default=True, help="Prompt tokens per request.")
 @click.option("--output-len", type=float, default=256, show_default=True, help="Output tokens per request.")
 @click.option(
-    "--tpot-slo", default="50ms", show_default=True, help='TPOT SLO, e.g. "50ms"; "none" for no limit.'
+    "--tpot-slo",
+    default="50ms",
+    show_default=True,
+    help='TPOT SLO, e.g. "50ms": the TPOT of a decode configuration at its batch, and of the serving split '
+    'at --slo-percentile; "none" for no limit.',
 )
 @click.option(
-    "--ttft-slo", default="2s", show_default=True, help='TTFT SLO (p90), e.g. "2s"; "none" for no limit.'
+    "--ttft-slo",
+    default="2s",
+    show_default=True,
+    help='TTFT SLO, e.g. "2s": one batch + KV transfer of a prefill configuration, and the TTFT of the '
+    'serving split (queueing included) at --slo-percentile; "none" for no limit.',
 )
+@slo_percentile_option
 @click.option(
-    "--rate", default=None, help="Target request rate (req/s): report the fewest devices that serve it."
+    "--rate",
+    default=None,
+    help="Target request rate (req/s): the serving split with the fewest devices that serve it.",
 )
 @click.option(
     "--mtp-accept", type=float, default=0.7, show_default=True, help="Acceptance rate of a draft token."
@@ -233,6 +240,7 @@ def optimize(
     output_len,
     tpot_slo,
     ttft_slo,
+    slo_percentile,
     rate,
     mtp_accept,
     eplb,
@@ -269,6 +277,7 @@ def optimize(
             tpot_slo_s=tpot,
             ttft_slo_s=ttft,
             rate_per_s=rate_v,
+            slo_percentile=slo_percentile,
             mtp_accept=mtp_accept,
             precision=make_precision(sysm, weights, kv_dtype),
             eplb=eplb,
@@ -289,7 +298,7 @@ def optimize(
     elif fmt == "markdown":
         emit(_markdown("cmperf optimize", _summary(res), secs), output)
     else:
-        render.print_tables("cmperf optimize", _summary(res), secs)
+        emit(render.tables("cmperf optimize", _summary(res), secs), output)
     if d.best is None:
         c = d.closest[0] if d.closest else None
         where = (
@@ -311,9 +320,12 @@ def optimize(
             )
         )
         raise CheckFailed(f"no configuration meets --tpot-slo {_ms(tpot)}{where}{binds}; relax the SLO")
-    if res.serving is not None and rate_v is not None and res.serving.fewest is None:
+    if res.serving is not None and rate_v is not None and not res.serving.best["feasible"]:
+        from .serve_cmd import slo_text
+
         raise CheckFailed(
-            f"no split of {res.serving.devices} devices serves --rate {rate_v:g} req/s under the SLOs"
+            f"no split of {res.serving.total_devices} devices serves --rate {rate_v:g} req/s with "
+            f"{slo_text(res.serving.slo)}"
         )
 
 
@@ -348,6 +360,7 @@ def pareto(
 ):
     """Pareto frontier of tokens/s per device against TPOT (decode) or TTFT (prefill)."""
     from .. import render, search, specs
+    from ..deployment import Deployment
 
     sysm = specs.load_system(system, spec_dirs)
     mod = specs.load_model(model, spec_dirs)
@@ -361,9 +374,7 @@ def pareto(
                 prompt_len=prompt_len,
                 output_len=output_len,
                 devices=devices,
-                mtp_accept=mtp_accept,
-                precision=prec,
-                eplb=eplb,
+                base=Deployment(mtp_accept=mtp_accept, precision=prec, eplb=eplb),
                 progress=prog,
                 explain=False,
             )
@@ -378,8 +389,9 @@ def pareto(
                 "constraints": r.constraints,
             }
         else:
+            base = Deployment(phase="prefill", eplb=eplb, precision=prec)
             r = search.search_prefill(
-                sysm, mod, prompt_len=prompt_len, devices=devices, eplb=eplb, precision=prec, progress=prog
+                sysm, mod, prompt_len=prompt_len, devices=devices, base=base, progress=prog
             )
             header = ("#", "devices", "EP", "tokens/dev", "ubatch", "TTFT", "tokens/s/dev")
             rows = [
@@ -416,7 +428,7 @@ def pareto(
     elif fmt == "markdown":
         emit(_markdown(title, summary, [("frontier", header, rows)]), output)
     else:
-        render.print_tables(title, summary, [("frontier", header, rows)])
+        emit(render.tables(title, summary, [("frontier", header, rows)]), output)
 
 
 COMMANDS = [optimize, pareto]

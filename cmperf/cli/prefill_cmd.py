@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from .common import Infeasible, emit, format_option, guarded, system_model_options
-from .decode_cmd import make_precision, precision_options
+from . import knobs
+from .common import Infeasible, emit, format_option, guarded, ops_limit, ops_option, system_model_options
+from .knobs import common_options, knob, precision_options
 from .scenario_opt import scenario_option
 
 
@@ -57,127 +58,76 @@ def _summary_rows(p) -> list[tuple[str, str]]:
 @click.command()
 @scenario_option
 @system_model_options
-@click.option(
+@knob(
     "--devices",
+    "devices",
     type=int,
-    default=None,
     help="Devices (NPUs/GPUs) in the instance [default: 32 ranks, the paper's EP32 unit: 16 NPUs on "
     "CloudMatrix384, 32 GPUs on DGX/HGX].",
 )
-@click.option("--ep", "ep_size", type=int, default=None, help="EP size in ranks [default: all ranks].")
-@click.option(
+@common_options
+@knob(
     "--tokens-per-device",
+    "tokens_per_device",
     type=float,
-    default=16384,
-    show_default=True,
-    help="Prompt tokens per device in one batch (cache hits included).",
+    help="Prompt tokens per device in one batch (cache hits included) [default: 16384].",
 )
-@click.option("--prompt-len", type=float, default=4096, show_default=True, help="Tokens per prompt.")
-@click.option(
-    "--microbatches", type=int, default=2, show_default=True, help="1 = serial; 2-4 overlap compute and comm."
+@knob("--prompt-len", "prompt_len", type=float, help="Tokens per prompt [default: 4096].")
+@knob(
+    "--microbatches", "microbatches", type=int, help="1 = serial; 2-4 overlap compute and comm [default: 2]."
 )
-@click.option(
-    "--eplb",
-    type=click.Choice(["model", "perfect"]),
-    default="perfect",
-    show_default=True,
-    help="Expert load: perfect balance (paper's assumption), or the statistical routing model.",
-)
-@click.option(
-    "--imbalance", type=float, default=None, help="Set max/mean routed load directly (overrides --eplb)."
-)
-@click.option(
+@knob(
     "--cache-hit",
+    "cache_hit",
     type=float,
-    default=0.0,
-    show_default=True,
-    help="Fraction of prompt tokens whose KV is loaded from the EMS context cache.",
+    help="Fraction of prompt tokens whose KV is loaded from the EMS context cache [default: 0].",
 )
-@click.option(
+@knob(
     "--cache-plane",
-    default=None,
+    "cache_plane",
     help="Plane the cached KV is loaded over, a plane of the system (CM384: ub, vpc) "
     "[default: ub if the system has it, else its scale-out plane].",
 )
-@click.option(
+@knob(
     "--attn-tp",
+    "attn_tp",
     type=int,
-    default=None,
-    help="Attention TP degree (ranks) of the SP-TP-SP layout [default: the ranks of 8 devices].",
+    help="Attention TP degree (ranks) of the SP-TP-SP layout [default: the system's attention_tp_devices "
+    "(CloudMatrix384: 8 NPUs = 16 dies; 1 on the NVIDIA systems: data-parallel attention)].",
 )
 @precision_options
 @format_option()
+@ops_option
 @guarded
-def prefill(
-    system,
-    model,
-    spec_dirs,
-    devices,
-    ep_size,
-    tokens_per_device,
-    prompt_len,
-    microbatches,
-    eplb,
-    imbalance,
-    cache_hit,
-    cache_plane,
-    attn_tp,
-    weights,
-    kv_dtype,
-    fmt,
-    output,
-):
+def prefill(system, model, spec_dirs, fmt, output, ops, **params):
     """Predict prefill input tokens/s per device and TTFT (defaults: the paper's CM384 prefill setup)."""
     from .. import prefill as pf
     from .. import render, specs
 
     sysm = specs.load_system(system, spec_dirs)
     mod = specs.load_model(model, spec_dirs)
-    if devices is None:
-        from ..deployment import prefill_unit_devices
-
-        devices = prefill_unit_devices(sysm)
-    ep_size = ep_size if ep_size is not None else devices * sysm.ranks_per_device
-    dep = pf.PrefillDeployment(
-        devices=devices,
-        ep_size=ep_size,
-        tokens_per_device=tokens_per_device,
-        prompt_len=prompt_len,
-        microbatches=microbatches,
-        cache_hit=cache_hit,
-        cache_plane=cache_plane,
-        eplb=eplb,
-        imbalance=imbalance,
-        attn_tp=attn_tp,
-        precision=make_precision(sysm, weights, kv_dtype),
-    )
+    dep = knobs.deployment("prefill", sysm, params, knobs.scenario_precision())
     p = pf.predict(sysm, mod, dep)
-    ops = render.op_table_rows(p.ops, p.batch_s)
     if fmt == "json":
-        emit(render.to_json(p, "prefill"), output)
+        text = render.to_json(p, "prefill")
     elif fmt == "markdown":
-        emit(
-            "".join(
-                [
-                    "# cmperf prefill prediction\n",
-                    render.markdown_table(("quantity", "value"), _summary_rows(p)),
-                    "\n## Streams per layer (per microbatch)\n",
-                    render.markdown_table(render.STREAM_HEADER, render.stream_rows(p)),
-                    "\n## Per-op breakdown\n",
-                    render.markdown_table(render.OP_HEADER, ops),
-                ]
-            ),
-            output,
+        text = "".join(
+            [
+                "# cmperf prefill prediction\n",
+                render.markdown_table(("quantity", "value"), _summary_rows(p)),
+                "\n## Streams per layer (per microbatch)\n",
+                render.markdown_table(render.STREAM_HEADER, render.stream_rows(p)),
+                "\n## Per-op breakdown\n",
+                render.op_markdown(p.ops, p.batch_s, ops_limit(ops)),
+            ]
         )
     else:
-        render.print_tables(
+        text = render.tables(
             "cmperf prefill",
             _summary_rows(p),
-            [
-                ("streams per layer (per microbatch)", render.STREAM_HEADER, render.stream_rows(p)),
-                ("per-op breakdown", render.OP_HEADER, ops),
-            ],
+            [render.stream_section(p), render.op_section(p.ops, p.batch_s, ops_limit(ops))],
         )
+    emit(text, output)
     if not p.feasible:
         raise Infeasible("infeasible deployment: " + "; ".join(p.reasons))
 

@@ -1,15 +1,13 @@
 """`cmperf report`, `explain`, `validate`, `snapshot`, `diff`: reports, closed forms, checks, CI regression.
 
-A scenario is run through its own command (``cmperf decode --scenario X --format json``) in-process, so
-every number in a report, snapshot or validation row is exactly what that command prints.
+A scenario runs through the library (``cmperf.scenario.predict``: the scenario's records into the phase
+predictor), the same path its own command takes, so every number in a report, snapshot or validation row
+is what ``cmperf decode --scenario X`` prints; no command is invoked from here.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -26,82 +24,13 @@ SPEC_DIR = click.option(
 )
 
 
-def _command(name: str, where: str) -> click.Command:
-    from ..errors import CmperfError
-    from . import main
+def run_scenario(sc, spec_dirs=()) -> tuple[dict, object, object]:
+    """(the scenario's prediction as its command's JSON body, system, model), through the library."""
+    from .. import render, scenario
 
-    cmd = main.commands.get(name)
-    if cmd is None:
-        raise CmperfError(f"{where}: needs `cmperf {name}`, which this build does not have")
-    return cmd
-
-
-def _args(spec_dirs) -> list[str]:
-    args = []
-    for d in spec_dirs:
-        args += ["--spec-dir", str(d)]
-    return args
-
-
-def resolve(sc, spec_dirs=()) -> tuple[click.Command, dict]:
-    """The scenario's command and all its resolved parameters (scenario options, flags, defaults)."""
-    from .. import scenario
-
-    cmd = _command(sc.command, sc.path)
-    scenario.check_options(sc, [p.name for p in cmd.params])
-    try:
-        with cmd.make_context(f"cmperf {sc.command}", _args(spec_dirs), default_map=dict(sc.options)) as ctx:
-            return cmd, dict(ctx.params)
-    except click.ClickException as e:
-        from ..errors import CmperfError
-
-        raise CmperfError(f"{sc.path}: {e.format_message()}") from None
-
-
-def run_json(cmd: click.Command, args: list[str], where: str, default_map: dict | None = None) -> dict:
-    """Run a command with ``--format json -o tmp`` in-process and return its JSON (infeasible is fine)."""
-    from ..errors import CmperfError
-
-    if "fmt" not in {p.name for p in cmd.params}:
-        raise CmperfError(f"{where}: `cmperf {cmd.name}` has no --format json")
-    fd, tmp = tempfile.mkstemp(prefix="cmperf-", suffix=".json")
-    os.close(fd)
-    try:
-        try:
-            rc = cmd.main(
-                [*args, "--format", "json", "-o", tmp],
-                prog_name=f"cmperf {cmd.name}",
-                standalone_mode=False,
-                default_map=default_map,
-            )
-        except SystemExit as e:
-            rc = e.code
-        except click.ClickException as e:
-            raise CmperfError(f"{where}: {e.format_message()}") from None
-        if rc not in (0, None, 3):
-            sys.exit(rc)  # the command already printed its one-line error
-        text = Path(tmp).read_text(encoding="utf-8")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    if not text.strip():
-        raise CmperfError(f"{where}: `cmperf {cmd.name}` produced no JSON")
-    return json.loads(text)
-
-
-def run_scenario(sc, spec_dirs=()) -> tuple[dict, dict]:
-    """(JSON of the scenario's command, its resolved parameters)."""
-    cmd, params = resolve(sc, spec_dirs)
-    return run_json(cmd, _args(spec_dirs), sc.path, dict(sc.options)), params
-
-
-def load_specs(params: dict):
-    from .. import specs
-
-    dirs = tuple(params.get("spec_dirs") or ())
-    return (
-        specs.load_system(params.get("system", "cloudmatrix384"), dirs),
-        specs.load_model(params.get("model", "deepseek-r1"), dirs),
-    )
+    system, model = scenario.specs_of(sc, spec_dirs)
+    doc = render.to_jsonable(scenario.predict(sc, system, model))
+    return doc, system, model
 
 
 def spec_hash(sc, system, model) -> str:
@@ -111,41 +40,6 @@ def spec_hash(sc, system, model) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- validate
-
-
-def validation_rows(spec_dirs=()):
-    """Rows of the reference set: run every point (scenario points through their command)."""
-    from .. import scenario, validate
-
-    rows = []
-    for pt in validate.load_reference():
-        missing = validate.missing_requirement(pt)
-        if missing:
-            rows.append(validate.compare(pt, None, f"{missing} not built yet"))
-            continue
-        if pt.kind == "comm":
-            rows.append(validate.compare(pt, validate.comm_value(pt, spec_dirs)))
-            continue
-        sc = scenario.load(pt.spec["scenario"], spec_dirs)
-        if sc.command not in _main_commands():
-            rows.append(validate.compare(pt, None, f"cmperf {sc.command} not built yet"))
-            continue
-        doc, _ = run_scenario(sc, spec_dirs)
-        val = doc.get(pt.spec["metric"])
-        if not isinstance(val, int | float):
-            from ..errors import CmperfError
-
-            raise CmperfError(
-                f"reference point {pt.id}: `cmperf {sc.command}` JSON has no number {pt.spec['metric']!r}"
-            )
-        rows.append(validate.compare(pt, float(val)))
-    return rows
-
-
-def _main_commands():
-    from . import main
-
-    return main.commands
 
 
 @click.command()
@@ -160,15 +54,14 @@ def validate(spec_dirs, fmt, output):
     from .. import render
     from .. import validate as val
 
-    rows = validation_rows(spec_dirs)
+    rows = val.rows(spec_dirs)
     if fmt == "json":
         emit(render.to_json({"points": rows}, "validate"), output)
     elif fmt == "markdown":
         emit(render.markdown_table(val.TABLE_HEADER, val.table_rows(rows)), output)
     else:
-        render.print_tables(
-            "", [], [("cmperf validate: predicted vs published", val.TABLE_HEADER, val.table_rows(rows))]
-        )
+        section = ("cmperf validate: predicted vs published", val.TABLE_HEADER, val.table_rows(rows))
+        emit(render.tables("", [], [section]), output)
     bad = [r.id for r in rows if r.status == "FAIL"]
     n_ok = sum(r.status == "pass" for r in rows)
     n_skip = sum(r.status == "skipped" for r in rows)
@@ -193,21 +86,21 @@ def _decode_only(sc):
 
 def _forms(system, model, doc):
     from .. import symbolic
-    from ..report import decode_knobs
+    from ..deployment import Deployment
 
-    kw = decode_knobs(doc["deployment"])
+    d = Deployment.from_knobs(doc["deployment"])
     return symbolic.decode_forms(
         system,
         model,
-        batch_per_device=kw["batch_per_device"],
-        kv_len=kw["kv_len"],
-        ep_size=kw["ep_size"],
-        microbatches=kw["microbatches"],
-        mtp=kw["mtp"],
-        mtp_accept=kw["mtp_accept"],
-        precision=kw["precision"],
+        batch_per_device=float(d.batch_per_device),
+        kv_len=float(d.kv_len),
+        ep_size=d.ep_size,
+        microbatches=d.microbatches,
+        mtp=d.mtp,
+        mtp_accept=d.mtp_accept,
+        precision=d.precision,
         imbalance=float(doc["imbalance"]),
-        attention_cube_cores=kw["attention_cube_cores"],
+        attention_cube_cores=d.attention_cube_cores,
     )
 
 
@@ -293,13 +186,13 @@ def elasticities(system, model, doc, forms, h=0.01):
     import numpy as np
 
     from .. import decode, symbolic
-    from ..report import decode_knobs
+    from ..deployment import Deployment
 
-    kw = decode_knobs(doc["deployment"])
+    dep = Deployment.from_knobs(doc["deployment"])
     rows = []
-    for label, sym, fn in _perturbations(system, kw["precision"]):
-        lo = decode.evaluate(fn(system, 1 - h), model, **kw).tokens_per_s_per_device
-        hi = decode.evaluate(fn(system, 1 + h), model, **kw).tokens_per_s_per_device
+    for label, sym, fn in _perturbations(system, dep.precision):
+        lo = decode.evaluate(fn(system, 1 - h), model, dep).tokens_per_s_per_device
+        hi = decode.evaluate(fn(system, 1 + h), model, dep).tokens_per_s_per_device
         num = float((np.log(hi) - np.log(lo)).reshape(-1)[0]) / (math.log(1 + h) - math.log(1 - h))
         s_val = symbolic.elasticity(forms.tokens_per_s, forms.symbols[sym], forms.values) if sym else None
         agree = (
@@ -330,8 +223,7 @@ def explain(scenario_name, spec_dirs, fmt, output):
 
     sc = scenario.load(scenario_name, spec_dirs)
     _decode_only(sc)
-    doc, params = run_scenario(sc, spec_dirs)
-    system, model = load_specs(params)
+    doc, system, model = run_scenario(sc, spec_dirs)
     forms = _forms(system, model, doc)
     rows = elasticities(system, model, doc, forms)
     checks = {
@@ -396,12 +288,13 @@ def explain(scenario_name, spec_dirs, fmt, output):
         emit("".join(text), output)
         return
     text = [f"{t}:\n    {x}\n" for (t, _), x in zip(tex, _pretty(forms), strict=True)]
-    click.echo("cmperf explain: closed forms (sympy; model constants folded in)\n\n" + "\n".join(text))
-    render.print_tables(
+    head_text = "cmperf explain: closed forms (sympy; model constants folded in)\n\n" + "\n".join(text) + "\n"
+    tables = render.tables(
         f"cmperf explain: {sc.name}",
         summary,
         [("elasticity d ln(tokens/s per device) / d ln(parameter)", head, el_rows)],
     )
+    emit(head_text + tables, output)
 
 
 def _pretty(forms) -> list[str]:
@@ -423,23 +316,15 @@ def _pretty(forms) -> list[str]:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _optimizer(params) -> tuple[dict | None, str]:
-    import importlib.util
+def _optimizer(system, model) -> tuple[dict | None, str]:
+    """The optimizer (``search.optimize`` with ``cmperf optimize``'s defaults: 4K/256, TPOT 50 ms, TTFT
+    2 s) on the scenario's system and model: (its JSON body, note)."""
+    from .. import render, search
 
-    if importlib.util.find_spec("cmperf.search") is None:
-        return None, "`cmperf.search` is not part of this build; no optimizer results."
-    cmd = _main_commands().get("optimize")
-    if cmd is None:
-        return None, "`cmperf optimize` is not part of this build; no optimizer results."
-    names = {p.name for p in cmd.params}
-    args = []
-    for key, flag in (("system", "--system"), ("model", "--model")):
-        if key in names and params.get(key):
-            args += [flag, str(params[key])]
-    if "spec_dirs" in names:
-        for d in params.get("spec_dirs") or ():
-            args += ["--spec-dir", str(d)]
-    return run_json(cmd, args, "cmperf optimize"), ""
+    res = search.optimize(
+        system, model, devices=None, prompt_len=4096.0, output_len=256.0, tpot_slo_s=0.05, ttft_slo_s=2.0
+    )
+    return render.to_jsonable(search.optimize_json(res)), ""
 
 
 @click.command()
@@ -459,13 +344,13 @@ def report(scenario_name, spec_dirs, output):
     from .. import __version__, scenario, symbolic
     from .. import report as rep
     from .. import validate as val
+    from ..deployment import Deployment
 
     sc = scenario.load(scenario_name, spec_dirs)
-    doc, params = run_scenario(sc, spec_dirs)
-    system, model = load_specs(params)
+    doc, system, model = run_scenario(sc, spec_dirs)
     sweep, forms, note = None, None, "Closed forms exist for decode scenarios only."
     if sc.command == "decode":
-        sweep = rep.batch_sweep(system, model, doc["deployment"])
+        sweep = rep.batch_sweep(system, model, Deployment.from_knobs(doc["deployment"]))
         f = _forms(system, model, doc)
         forms = symbolic.latex_forms(f)
         note = (
@@ -477,7 +362,7 @@ def report(scenario_name, spec_dirs, output):
             "device, L KV length, P peaks per rank, B bandwidths per rank, e efficiencies, c fixed costs per "
             "kernel, alpha collective latencies."
         )
-    rows = validation_rows(spec_dirs)
+    rows = val.rows(spec_dirs)
     text = rep.build(
         scenario=sc,
         system=system,
@@ -486,7 +371,7 @@ def report(scenario_name, spec_dirs, output):
         version=__version__,
         doc=doc,
         sweep=sweep,
-        optimizer=_optimizer(params),
+        optimizer=_optimizer(system, model),
         validation=(val.TABLE_HEADER, val.table_rows(rows)),
         forms=forms,
         forms_note=note,
@@ -512,8 +397,7 @@ def snapshot(scenarios, spec_dirs, output):
         sc = scenario.load(name, spec_dirs, flag="SCENARIO")
         if sc.name in out:
             raise CmperfError(f"SCENARIO: {sc.name} is given twice")
-        doc, params = run_scenario(sc, spec_dirs)
-        system, model = load_specs(params)
+        doc, system, model = run_scenario(sc, spec_dirs)
         out[sc.name] = {
             "command": sc.command,
             "spec_hash": spec_hash(sc, system, model),
@@ -616,9 +500,8 @@ def diff(old, new, rtol, metric_rtol, fail_on, fmt, output):
         md.append(render.markdown_table(regress.HEADER, rows) if rows else "No change beyond tolerance.\n")
         emit("".join(md), output)
     else:
-        render.print_tables(
-            "cmperf diff", info, [("changes beyond tolerance", regress.HEADER, rows)] if rows else []
-        )
+        sections = [("changes beyond tolerance", regress.HEADER, rows)] if rows else []
+        emit(render.tables("cmperf diff", info, sections), output)
     if regress.failed(changes, fail_on):
         raise CheckFailed(f"diff: {summary} (--fail-on {fail_on})")
 

@@ -1,10 +1,13 @@
 """``@scenario_option``: ``--scenario FILE-or-name`` fills a command's defaults from a scenario file.
 
 The option is eager, so its callback runs before the other parameters are resolved; it sets
-``ctx.default_map`` from the file's ``[options]`` table, and click then uses those values wherever the
-user gave no flag (explicit flags override the file). Unknown keys, or a scenario written for another
-command, are one error line naming the file and the key, exit 2. The loaded scenario is kept in
-``ctx.meta["cmperf.scenario"]``.
+``ctx.default_map`` from the file's ``[deployment]`` table (the deployment flags are named after the record's
+fields, cmperf.cli.knobs), ``system``, ``model`` and ``[options]``, and click then uses those values wherever
+the user gave no flag (explicit flags override the file). The file is looked up with the command line's
+``--spec-dir`` folders (read from the arguments the group kept in ``ctx.meta["cmperf.args"]``, since the
+eager callback runs before ``--spec-dir`` is parsed) and ``$CMPERF_PATH``. Unknown keys, or a scenario
+written for another command, are one error line naming the file and the key, exit 2. The loaded scenario
+is kept in ``ctx.meta["cmperf.scenario"]``.
 
 Usage: put ``@scenario_option`` directly under ``@click.command()``.
 """
@@ -16,16 +19,27 @@ import click
 from ..errors import CmperfError
 
 
+def spec_dirs_in(args: list[str]) -> tuple[str, ...]:
+    """The ``--spec-dir`` values among raw command-line arguments (``--spec-dir X`` or ``--spec-dir=X``)."""
+    out = []
+    for i, a in enumerate(args):
+        if a == "--spec-dir" and i + 1 < len(args):
+            out.append(args[i + 1])
+        elif a.startswith("--spec-dir="):
+            out.append(a.split("=", 1)[1])
+    return tuple(out)
+
+
 def apply_scenario(ctx: click.Context, name: str) -> None:
     from .. import scenario
 
     try:
-        sc = scenario.load(name)
+        sc = scenario.load(name, spec_dirs_in(ctx.meta.get("cmperf.args", [])))
         scenario.check_options(sc, [p.name for p in ctx.command.params], ctx.command.name)
     except CmperfError as e:
         click.echo(f"cmperf: error: {e}", err=True)
         ctx.exit(e.exit_code)
-    ctx.default_map = {**sc.options, **(ctx.default_map or {})}
+    ctx.default_map = {**sc.defaults(), **(ctx.default_map or {})}
     ctx.meta["cmperf.scenario"] = sc
 
 

@@ -7,7 +7,7 @@ import math
 import click
 
 from .common import emit, format_option, guarded, parse_quantity, system_model_options
-from .decode_cmd import make_precision, precision_options
+from .knobs import make_precision, precision_options
 from .scenario_opt import scenario_option
 
 
@@ -93,14 +93,38 @@ def serve_rows(r) -> list[tuple[str, str]]:
     return rows
 
 
+def slo_percentile_option(fn):
+    """``--slo-percentile`` of ``serve`` and ``optimize``: None is the serving model's default (p99,
+    ``cmperf.serving.DEFAULT_SLO_PERCENTILE``; a test holds the help text to it)."""
+    return click.option(
+        "--slo-percentile",
+        type=float,
+        default=None,
+        help="Percentile of TTFT and of TPOT that must meet the SLOs, in [50, 100) [default: 99].",
+    )(fn)
+
+
+def slo_text(slo: dict) -> str:
+    """The SLO a result is on, percentile named: "TTFT p99 <= 2 s, TPOT p99 <= 50 ms" (from ``slo`` of a
+    ``serving.SizeResult``: ttft_s, tpot_s, quantile; an infinite one is "no TTFT SLO")."""
+    q = slo["quantile"]
+
+    def one(name, x):
+        return f"no {name} SLO" if not math.isfinite(x) else f"{name} {q} <= {_s(x)}"
+
+    return f"{one('TTFT', slo['ttft_s'])}, {one('TPOT', slo['tpot_s'])}"
+
+
 def size_rows(s) -> tuple[list[tuple[str, str]], list[tuple[str, ...]]]:
     from ..units import fmt_bytes
 
     b = s.best
+    q = s.slo["quantile"]
     head = "max goodput per device" if s.mode == "total" else f"fewest devices for {s.rate_rps:g} req/s"
     rows = [
         ("system / model", f"{s.system} / {s.model}"),
         ("objective", f"{head} (of {s.total_devices} devices)"),
+        ("SLO", slo_text(s.slo)),
         (
             "best split",
             f"prefill {b['prefill_devices']} ({b['prefill_instances']} instances), decode "
@@ -109,9 +133,10 @@ def size_rows(s) -> tuple[list[tuple[str, str]], list[tuple[str, ...]]]:
         ("goodput", f"{b['goodput_rps']:.4g} req/s, {b['goodput_rps_per_device']:.4g} req/s per device"),
         (
             "SLO limits",
-            f"TTFT {_fmt_rate(b['ttft_slo_rps'])}, TPOT {_fmt_rate(b['tpot_slo_rps'])}; {b['binding']} binds",
+            f"TTFT {q} {_fmt_rate(b['ttft_slo_rps'])}, TPOT {q} {_fmt_rate(b['tpot_slo_rps'])}; "
+            f"{b['binding']} binds",
         ),
-        ("feasible", "yes" if b["feasible"] else "NO: no split meets the SLOs"),
+        ("feasible", "yes" if b["feasible"] else f"NO: no split meets {slo_text(s.slo)}"),
     ]
     cands = [
         (
@@ -127,7 +152,10 @@ def size_rows(s) -> tuple[list[tuple[str, str]], list[tuple[str, ...]]]:
     return rows, cands
 
 
-CAND_HEADER = ("prefill", "decode", "TTFT limit", "TPOT limit", "max rate in SLO", "goodput/device")
+def cand_header(s) -> tuple[str, ...]:
+    """Header of the split candidates of a ``serving.SizeResult``, the limits' percentile named."""
+    q = s.slo["quantile"]
+    return ("prefill", "decode", f"TTFT {q} limit", f"TPOT {q} limit", "max rate in SLO", "goodput/device")
 
 
 @click.command()
@@ -188,9 +216,7 @@ CAND_HEADER = ("prefill", "decode", "TTFT limit", "TPOT limit", "max rate in SLO
 )
 @click.option("--ttft-slo", default="2s", show_default=True, help="TTFT SLO, e.g. 2s.")
 @click.option("--tpot-slo", default="50ms", show_default=True, help="TPOT SLO, e.g. 50ms.")
-@click.option(
-    "--slo-percentile", type=float, default=99, show_default=True, help="SLO percentile (90 or 99)."
-)
+@slo_percentile_option
 @click.option("--mtp", type=int, default=1, show_default=True, help="Speculative MTP tokens per step.")
 @click.option("--mtp-accept", type=float, default=0.7, show_default=True, help="Acceptance of a draft token.")
 @click.option(
@@ -243,7 +269,7 @@ def serve(
     slo = serving.SLO(
         ttft_s=parse_quantity(ttft_slo, "s", "--ttft-slo"),
         tpot_s=parse_quantity(tpot_slo, "s", "--tpot-slo"),
-        quantile=slo_percentile / 100.0,
+        quantile=(serving.DEFAULT_SLO_PERCENTILE if slo_percentile is None else slo_percentile) / 100.0,
     )
     dram = parse_quantity(cache_dram, "bytes", "--cache-dram") if cache_dram is not None else None
     if rate_v is None and concurrency is None and not do_size:
@@ -278,18 +304,19 @@ def serve(
             raise CmperfError("--size works from --rate or a device total, not --concurrency")
         res = serving.size(sysm, mod, wl, pools, slo, total_devices=devices_total)
         rows, cands = size_rows(res)
+        title = f"best splits ({slo_text(res.slo)})"
         if fmt == "json":
             emit(render.to_json(res, "serve-size"), output)
         elif fmt == "markdown":
             emit(
                 "# cmperf serve --size\n\n"
                 + render.markdown_table(("quantity", "value"), rows)
-                + "\n## Best splits\n\n"
-                + render.markdown_table(CAND_HEADER, cands),
+                + f"\n## {title[0].upper()}{title[1:]}\n\n"
+                + render.markdown_table(cand_header(res), cands),
                 output,
             )
         else:
-            render.print_tables("cmperf serve --size", rows, [("best splits", CAND_HEADER, cands)])
+            emit(render.tables("cmperf serve --size", rows, [(title, cand_header(res), cands)]), output)
         return
     res = serving.evaluate(sysm, mod, wl, pools, slo)
     if fmt == "json":
@@ -297,7 +324,7 @@ def serve(
     elif fmt == "markdown":
         emit("# cmperf serve\n\n" + render.markdown_table(("quantity", "value"), serve_rows(res)), output)
     else:
-        render.print_tables("cmperf serve", serve_rows(res), [])
+        emit(render.tables("cmperf serve", serve_rows(res), []), output)
 
 
 COMMANDS = [serve]

@@ -29,7 +29,7 @@ def list_(spec_dirs, fmt, output):
     if fmt == "markdown":
         emit(render.markdown_table(("kind", "name", "description", "path"), table), output)
     else:
-        render.print_tables("cmperf specs", [], [("specs", ("kind", "name", "description", "path"), table)])
+        emit(render.tables("", [], [("specs", ("kind", "name", "description", "path"), table)]), output)
 
 
 @specs.command("show")
@@ -74,7 +74,7 @@ def show(name, spec_dirs, fmt, output):
     if fmt == "markdown":
         emit(f"# {kind} {spec.name}\n\n" + render.markdown_table(header, flat), output)
     else:
-        render.print_tables(f"{kind} {spec.name}", [], [(spec.path, header, flat)])
+        emit(render.tables("", [], [(f"{kind} {spec.name}: {spec.path}", header, flat)]), output)
 
 
 def _source_for(key: str, sources: dict) -> str:

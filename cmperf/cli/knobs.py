@@ -1,0 +1,110 @@
+"""Deployment flags: parse -> ``Deployment`` record, one spelling for flags, scenario files and the record.
+
+Each deployment flag's click parameter is named after the ``cmperf.deployment.Deployment`` field it sets
+(``--batch`` -> ``batch_per_device``, ``--ep`` -> ``ep_size``), so a scenario's ``[deployment]`` table
+(field names) fills the flags' defaults through click's ``default_map`` and a flag the user gives
+overrides it. A flag left out is ``None`` and the record's default applies (``Deployment.resolve``).
+Adding a knob: a field on the record, the code that reads it, and one ``knob(...)`` option here or in
+the command: nothing else passes it along.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import click
+
+DTYPES = click.Choice(["int8", "bf16", "fp16", "fp8", "fp4"])
+
+
+def knob(flag: str, field: str, **kw):
+    """``click.option(flag, field, default=None, ...)``: a flag that sets ``Deployment.<field>``."""
+    return click.option(flag, field, default=None, **kw)
+
+
+class _Microbatches(click.ParamType):
+    """``auto`` or a count (from the command line, or an int or "auto" from a scenario file)."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            return int(text)
+        except ValueError:
+            return str(value)  # Deployment.check reports it (one line naming the flag, exit 2)
+
+
+MICROBATCHES = _Microbatches()
+
+
+def precision_options(fn):
+    fn = knob("--kv-dtype", "kv_dtype", type=DTYPES, help="KV-cache datatype [default: bf16].")(fn)
+    fn = knob(
+        "--weights",
+        "weights",
+        type=DTYPES,
+        help="GEMM and expert datatype [default: fp8 where the chip has it, else int8].",
+    )(fn)
+    return fn
+
+
+def experts_dtype_option(fn):
+    return knob(
+        "--experts-dtype",
+        "experts_dtype",
+        type=click.Choice(["int8", "bf16", "fp8", "fp4", "native"]),
+        help="Expert datatype [default: as --weights; native = fp4 where the chip has it].",
+    )(fn)
+
+
+def common_options(fn):
+    """Knobs both phases read: instance, EP, expert balance."""
+    fn = knob(
+        "--imbalance", "imbalance", type=float, help="Set max/mean routed load directly (overrides --eplb)."
+    )(fn)
+    fn = knob(
+        "--eplb",
+        "eplb",
+        type=click.Choice(["model", "perfect"]),
+        help="Expert load: statistical routing model, or perfect balance [default: model in decode, "
+        "perfect in prefill (the paper's prefill headline assumes it)].",
+    )(fn)
+    fn = knob("--ep", "ep_size", type=int, help="EP size in ranks [default: all ranks of --devices].")(fn)
+    return fn
+
+
+def precision(system, params: dict, table: dict | None = None):
+    """``deployment.precision_from`` the --weights / --experts-dtype / --kv-dtype parameters."""
+    from ..deployment import precision_from
+
+    return precision_from(
+        system, params.get("weights"), params.get("experts_dtype"), params.get("kv_dtype"), table
+    )
+
+
+def deployment(phase: str, system, params: dict, precision_table: dict | None = None):
+    """The ``Deployment`` of ``phase`` from a command's parameters (every field-named one not None)."""
+    from ..deployment import Deployment
+
+    names = {f.name for f in fields(Deployment)} - {"phase", "precision"}
+    given = {k: v for k, v in params.items() if k in names and v is not None}
+    return Deployment(phase=phase, precision=precision(system, params, precision_table), **given)
+
+
+def scenario_precision() -> dict | None:
+    """The ``[deployment.precision]`` table of the scenario the current command runs, if any."""
+    ctx = click.get_current_context(silent=True)
+    sc = ctx.meta.get("cmperf.scenario") if ctx is not None else None
+    return sc.precision if sc is not None else None
+
+
+def make_precision(system, weights: str | None, kv_dtype: str | None, experts: str | None = None):
+    """``deployment.precision_from`` the --weights / --kv-dtype / --experts-dtype flags."""
+    from ..deployment import precision_from
+
+    return precision_from(system, weights, experts, kv_dtype)
