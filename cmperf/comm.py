@@ -43,7 +43,7 @@ import numpy as np
 from .errors import CmperfError
 from .graph import ZERO, Array, Op
 from .roofline import LATENCY, LINK, OpTime
-from .specs import DTYPE_BYTES, System
+from .specs import DTYPE_BYTES, Model, System
 
 
 @dataclass(frozen=True)
@@ -237,6 +237,91 @@ def ep_collective_time(
     link_s = np.where(e > 1, link_s, 0.0)
     ideal = _ideal_link_s(system, c.plane, c.scaleout_plane, up_b, out_b)
     return _comm_optime(link_s, alpha_s, ideal)
+
+
+@dataclass(frozen=True)
+class EPCollectiveEstimate:
+    """One rank's EP dispatch or combine, every term of ``ep_collective_estimate`` (SI units)."""
+
+    op: str  # dispatch | combine
+    phase: str  # whose kernel: decode | prefill
+    ep_size: int
+    tokens_per_rank: float
+    top_k: int  # expert copies per token
+    copies_per_token: float  # messages per token: top_k, or distinct destination ranks (per-domain kernels)
+    scaleout_bytes: float | None  # per-rank bytes over the scale-out plane (per-domain kernels only)
+    dtype: str
+    message_bytes: float  # one token's message
+    payload_bytes: float  # tokens_per_rank x copies_per_token x message_bytes
+    time_s: float  # latency_s + link_s
+    latency_s: float
+    link_s: float
+    bandwidth_bytes_per_s: float  # payload_bytes / time_s (0 for a zero time)
+    bound: str  # link | latency
+
+
+def ep_collective_estimate(
+    system: System,
+    model: Model,
+    op: str,
+    ep_size: int,
+    tokens_per_rank: float,
+    top_k: int | None = None,
+    dtype: str | None = None,
+    phase: str = "decode",
+) -> EPCollectiveEstimate:
+    """Payload and time of one rank's ``op`` (dispatch or combine) of ``tokens_per_rank`` tokens over an
+    EP group of ``ep_size`` ranks, with the kernel ``phase`` uses (``System.collective``).
+
+    payload = tokens x copies x message, message = ``message_bytes`` of the model's hidden size in
+    ``dtype`` (default int8 dispatch, bf16 combine), copies = ``top_k`` (default the model's) or, for a
+    ``copies = "per-domain"`` kernel, the distinct destination ranks under the model's group-limited routing
+    (``distinct_destinations``, with ``domain_scaleout_bytes`` over the scale-out plane); time =
+    ``ep_collective_time``. Worked number (CM384 Table 7 conditions, EP32, 128 tokens, top-8, INT8 7,680 B):
+    128 x 8 x 7,680 B = 7.86 MB in 36.6 us latency + 99.4 us link = 136 us (Table 7: 133 us).
+
+    Inputs a user can get wrong raise CmperfError naming the ``cmperf comm`` flag."""
+    t_in = float(tokens_per_rank)
+    if not math.isfinite(t_in) or t_in < 0:
+        raise CmperfError(f"--tokens-per-rank: must be a finite number >= 0, got {tokens_per_rank!r}")
+    if float(ep_size) < 1 or not float(ep_size).is_integer():
+        raise CmperfError(f"--ep: EP size must be a whole number of ranks >= 1, got {ep_size!r}")
+    if top_k is not None and (float(top_k) < 1 or not float(top_k).is_integer()):
+        raise CmperfError(f"--top-k: copies per token must be a whole number >= 1, got {top_k!r}")
+    if op not in system.collectives:
+        raise CmperfError(f"--op: system {system.name} defines no {op} collective")
+    dtype = dtype or ("int8" if op == "dispatch" else "bf16")
+    if dtype not in DTYPE_BYTES:
+        raise CmperfError(f"--dtype: unknown datatype {dtype!r} (one of {', '.join(DTYPE_BYTES)})")
+    ep = int(ep_size)
+    c = system.collective(op, phase)
+    k = model.num_experts_per_tok if top_k is None else int(top_k)
+    msg = message_bytes(model.hidden_size, dtype, c.scale_bytes, c.message_align_bytes)
+    out_b = domain_scaleout_bytes(system, op, phase, ep, t_in, k, msg, model)
+    copies = float(k)
+    if out_b is not None:  # per-domain kernels send one copy per distinct destination rank
+        routing = (model.n_group, model.topk_group, model.n_routed_experts)
+        copies = float(distinct_destinations(ep, k, *routing))
+    payload = t_in * copies * msg
+    t = ep_collective_time(system, op, payload, ep, phase, out_b)
+    time_s = float(t.time_s)
+    return EPCollectiveEstimate(
+        op=op,
+        phase=phase,
+        ep_size=ep,
+        tokens_per_rank=t_in,
+        top_k=k,
+        copies_per_token=copies,
+        scaleout_bytes=None if out_b is None else float(out_b),
+        dtype=dtype,
+        message_bytes=msg,
+        payload_bytes=payload,
+        time_s=time_s,
+        latency_s=float(t.fixed_s),
+        link_s=float(t.link_s),
+        bandwidth_bytes_per_s=payload / time_s if time_s > 0 else 0.0,
+        bound=("compute", "memory", "link", "latency")[int(t.bound)],
+    )
 
 
 def _ideal_link_s(system, up_plane, out_plane, up_b, out_b):

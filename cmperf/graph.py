@@ -21,7 +21,7 @@ import numpy as np
 
 from .specs import DTYPE_BYTES, Model
 
-Array = np.ndarray
+Array = np.ndarray | np.float64
 ZERO = np.float64(0.0)
 
 

@@ -23,6 +23,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @lru_cache(maxsize=256)
@@ -60,7 +61,9 @@ def _expected_max_normal(n: int) -> float:
     return a - (math.log(math.log(n)) + math.log(4 * math.pi)) / (2 * a) if n > 2 else 0.5642
 
 
-def expected_imbalance(copies_total, n_experts: int, redundant: int, ranks: int, slots: int, zipf: float):
+def expected_imbalance(
+    copies_total: ArrayLike, n_experts: int, redundant: int, ranks: int, slots: int, zipf: float
+) -> np.ndarray:
     """E[max rank load] / mean rank load for ``copies_total`` routed copies (array) over ``ranks`` ranks.
 
     >>> round(float(expected_imbalance(1e9, 256, 0, 32, 8, 0.0)), 3)

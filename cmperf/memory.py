@@ -12,13 +12,22 @@ Worked number (CM384 decode, EP320, 48 sequences per die at 4K, BF16 KV): weight
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from .graph import kv_bytes_per_token_layer, weight_params
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .graph import Op, kv_bytes_per_token_layer, weight_params
 from .specs import DTYPE_BYTES, Model
 
+if TYPE_CHECKING:
+    from .deployment import Precision
 
-def weight_bytes_per_rank(m: Model, prec, experts_per_rank, mtp: int) -> dict[str, np.ndarray]:
+
+def weight_bytes_per_rank(
+    m: Model, prec: Precision, experts_per_rank: ArrayLike, mtp: int
+) -> dict[str, np.ndarray]:
     """Weight bytes held by one rank, by group (attention and dense layers are replicated on every rank)."""
     w = weight_params(m)
     b = DTYPE_BYTES
@@ -38,18 +47,27 @@ def weight_bytes_per_rank(m: Model, prec, experts_per_rank, mtp: int) -> dict[st
     }
 
 
-def kv_bytes(m: Model, kv_dtype: str, seqs, kv_capacity_len, mtp: int):
+def kv_bytes(
+    m: Model, kv_dtype: str, seqs: ArrayLike, kv_capacity_len: float | np.ndarray, mtp: int
+) -> np.ndarray:
     layers = m.num_layers + (min(mtp, m.num_mtp_modules) if mtp else 0)
     return np.asarray(seqs, dtype=float) * kv_capacity_len * layers * kv_bytes_per_token_layer(m, kv_dtype)
 
 
-def buffer_bytes(ep, tokens_per_rank, top_k: int, experts_per_rank, dispatch_msg, combine_msg):
-    max_tokens = np.asarray(tokens_per_rank, dtype=float) * np.minimum(top_k, experts_per_rank)
+def buffer_bytes(
+    ep: ArrayLike,
+    tokens_per_rank: ArrayLike,
+    top_k: int,
+    experts_per_rank: ArrayLike,
+    dispatch_msg: float | np.ndarray,
+    combine_msg: float | np.ndarray,
+) -> np.ndarray:
+    max_tokens: np.ndarray = np.asarray(tokens_per_rank, dtype=float) * np.minimum(top_k, experts_per_rank)
     return np.asarray(ep, dtype=float) * max_tokens * (dispatch_msg + combine_msg)
 
 
-def activation_bytes(ops, microbatches):
-    peak = 0.0
+def activation_bytes(ops: Iterable[Op], microbatches: ArrayLike) -> np.ndarray:
+    peak: float | np.ndarray = 0.0
     for op in ops:
         peak = np.maximum(peak, op.act_in_bytes + op.act_out_bytes)
     return np.asarray(microbatches, dtype=float) * peak

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "QueueWait",
@@ -44,7 +46,7 @@ def _check_servers(servers: int) -> int:
     return c
 
 
-def erlang_b(servers: int, offered_load):
+def erlang_b(servers: int, offered_load: ArrayLike) -> float | np.ndarray:
     """Erlang B blocking probability by the recursion B(k) = a·B(k-1) / (k + a·B(k-1)), B(0) = 1.
 
     Gross & Harris §2.5. Never forms a^c/c!, so it is stable for c in the thousands. Vectorized over a.
@@ -66,7 +68,7 @@ def erlang_b(servers: int, offered_load):
     return b if b.ndim else float(b)
 
 
-def erlang_c(servers: int, offered_load):
+def erlang_c(servers: int, offered_load: ArrayLike) -> float | np.ndarray:
     """Erlang C, P(wait > 0) in M/M/c: C(c, a) = c·B / (c - a·(1 - B)) with B = Erlang B(c, a).
 
     Gross & Harris §2.3 / Kleinrock §3.5. a = λ/μ in Erlangs; C = 1 when a >= c (unstable queue).
@@ -107,7 +109,7 @@ class QueueWait:
         """Mean wait plus mean service: T = W_q + S."""
         return self.mean_wait_s + self.service_s
 
-    def wait_quantile_s(self, p):
+    def wait_quantile_s(self, p: ArrayLike) -> float | np.ndarray:
         """p-quantile of the wait: max(0, ln(C / (1 - p)) / θ) with θ = cμ - λ (M/M/c) or C / W_q (M/G/c)."""
         p = np.asarray(p, dtype=float)
         if np.any((p < 0) | (p >= 1)):
@@ -120,7 +122,7 @@ class QueueWait:
             q = np.maximum(0.0, np.log(self.p_wait / (1.0 - p)) / self.tail_rate_per_s)
         return q if q.ndim else float(q)
 
-    def wait_tail(self, t_s):
+    def wait_tail(self, t_s: ArrayLike) -> float | np.ndarray:
         """P(W > t) = C · exp(-θ t) for t >= 0 (1 for t < 0)."""
         t = np.asarray(t_s, dtype=float)
         if self.overloaded:
@@ -151,7 +153,7 @@ def mgc_wait(
         raise ValueError("need rate_per_s >= 0, service_s > 0 and non-negative SCVs")
     a = lam * s
     rho = a / c
-    common = dict(
+    common: dict[str, Any] = dict(  # the fields every outcome shares
         rate_per_s=lam,
         service_s=s,
         servers=c,
@@ -201,10 +203,12 @@ def response_tail(t: float, wait: QueueWait, shape: float, rate: float) -> float
 
     dist = stats.gamma(shape, scale=1.0 / rate)
     val, _ = integrate.quad(lambda x: dist.pdf(x) * math.exp(-th * (t - x)), 0.0, t, limit=200)
-    return surv + c * val
+    return surv + c * float(val)
 
 
-def response_quantiles_s(wait: QueueWait, service_s: float, ps, *, service_scv: float = 0.0):
+def response_quantiles_s(
+    wait: QueueWait, service_s: float, ps: ArrayLike, *, service_scv: float = 0.0
+) -> float | np.ndarray:
     """p-quantiles of the response time R = W + S (e.g. TTFT = queueing + prefill).
 
     ``service_scv`` = 0 (default): deterministic service, R_p = W_p + S exactly. ``service_scv`` > 0:
@@ -250,10 +254,11 @@ def zipf_popularity(n_items: int, skew: float) -> np.ndarray:
     if n < 1:
         raise ValueError("n_items must be >= 1")
     w = np.arange(1, n + 1, dtype=float) ** (-float(skew))
-    return w / w.sum()
+    w /= w.sum()
+    return w
 
 
-def che_lru_hit_rate(cache_items: float, popularity) -> float:
+def che_lru_hit_rate(cache_items: float, popularity: ArrayLike) -> float:
     """LRU hit rate under the independent reference model by Che's approximation (Che et al. 2002).
 
     Solve Σ_i (1 - e^{-p_i T}) = C for the characteristic time T (brentq), then h = Σ_i p_i (1 - e^{-p_i T}).

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from typing import TypeGuard
 
 CATEGORIES = ("regression", "improvement", "drift", "added", "removed")
 SKIP_KEYS = ("deployment", "schema_version", "kind", "reasons", "ops")
@@ -40,7 +41,7 @@ def direction(metric: str) -> int:
     return 0
 
 
-def flatten(doc: dict, prefix: str = "") -> dict[str, object]:
+def flatten(doc: dict[str, object], prefix: str = "") -> dict[str, object]:
     """Scalar leaves of a prediction JSON (dotted names), skipping inputs echoed back and per-op lists."""
     out: dict[str, object] = {}
     for k in sorted(doc):
@@ -65,7 +66,7 @@ class Change:
     rtol: float
 
 
-def _is_num(v) -> bool:
+def _is_num(v: object) -> TypeGuard[int | float]:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
@@ -78,7 +79,7 @@ def rtol_for(metric: str, rtol: float, per_metric: dict[str, float]) -> float:
     return rtol
 
 
-def classify(metric: str, old, new, rtol: float) -> Change:
+def classify(metric: str, old: object, new: object, rtol: float) -> Change:
     if _is_num(old) and _is_num(new):
         rel = (new / old - 1.0) if old != 0 else (float("inf") if new != 0 else 0.0)
         moved = abs(new - old) > rtol * abs(old) if old != 0 else abs(new) > rtol
@@ -119,7 +120,7 @@ def counts(changes: list[Change]) -> dict[str, int]:
     return {c: sum(1 for x in changes if x.category == c) for c in (*CATEGORIES, "unchanged")}
 
 
-def _val(v) -> str:
+def _val(v: object) -> str:
     if v is None:
         return "-"
     if _is_num(v):

@@ -20,8 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .graph import Op
+from .graph import Array, Op
 from .specs import Chip
 
 BOUNDS = ("compute", "memory", "link", "latency")
@@ -42,16 +43,17 @@ class OpTime:
     serial_s: np.ndarray  # no overlap inside the op: compute + memory + link + fixed
 
 
-def _bound(compute_s, memory_s, link_s, fixed_s) -> np.ndarray:
+def _bound(compute_s: ArrayLike, memory_s: ArrayLike, link_s: ArrayLike, fixed_s: ArrayLike) -> np.ndarray:
     stacked = np.stack(np.broadcast_arrays(compute_s, memory_s, link_s, fixed_s))
     return np.argmax(stacked, axis=0).astype(np.int8)
 
 
-def compute_op_time(op: Op, chip: Chip, cube_share=1.0, vector_share=1.0) -> OpTime:
+def compute_op_time(op: Op, chip: Chip, cube_share: ArrayLike = 1.0, vector_share: ArrayLike = 1.0) -> OpTime:
     kind = op.kind
     zero = np.zeros(())
     if kind == "vector":
-        compute_s, peak_s = zero, zero
+        compute_s: Array = zero
+        peak_s: Array = zero
         mem_eff = chip.eff["vector_memory"]
     else:
         peak = chip.peak(op.dtype)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import decode, serving
-from .deployment import Deployment, Precision, kv_lengths, place_experts
+from .deployment import Deployment, kv_lengths, place_experts
 from .errors import CmperfError
 from .specs import Model, System
 
@@ -733,104 +733,87 @@ def serving_pools(
     model: Model,
     dec: DecodeConfig,
     pre: PrefillConfig,
-    *,
-    mtp_accept: float = 0.7,
-    precision: Precision | None = None,
+    decode: Deployment,
+    prefill: Deployment,
 ) -> serving.Pools:
     """The serving pools of the searched configurations, for ``serving.size``: prefill instances of the best
     prefill configuration's size and microbatches (EP = its ranks), decode with the best decode
-    configuration's microbatches and MTP. The rest is the serving model's: decode EP over all ranks of the
-    pool, the scheduler's prefill batch, the system's attention core split, the routing model's imbalance.
-    CloudMatrix384 at 4K/256: 16-device EP32 instances, 2 microbatches in both phases, MTP 1, the knobs
-    ``cmperf serve`` defaults to, so ``serve --size`` prints the same split."""
-    from dataclasses import replace
-
-    from .deployment import default_precision
-
-    return replace(
-        serving.default_pools(system, model),
-        prefill_instance_devices=int(pre.devices),
-        prefill_microbatches=int(pre.microbatches),
-        decode_microbatches=int(dec.microbatches),
-        mtp=int(dec.mtp),
-        mtp_accept=float(mtp_accept),
-        precision=precision or default_precision(system),
+    configuration's microbatches and MTP, on the ``decode`` / ``prefill`` records the searches started
+    from. The rest is the serving model's: decode EP over all ranks of the pool, the scheduler's prefill
+    batch, the system's attention core split. CloudMatrix384 at 4K/256: 16-device EP32 instances, 2
+    microbatches in both phases, MTP 1, the knobs ``cmperf serve`` defaults to, so ``serve --size`` prints
+    the same split."""
+    base = serving.default_pools(system, model)
+    dec_dep = replace(
+        decode, devices=base.decode_devices, ep_size=None, microbatches=dec.microbatches, mtp=dec.mtp
     )
+    pre_dep = replace(prefill, devices=int(pre.devices), ep_size=None, microbatches=int(pre.microbatches))
+    return replace(base, decode=dec_dep, prefill=pre_dep).resolve(system, model)
 
 
 def optimize(
     system: System,
     model: Model,
     *,
-    devices: int | None,
-    prompt_len: float,
-    output_len: float,
-    tpot_slo_s: float | None,
-    ttft_slo_s: float | None,
-    rate_per_s: float | None = None,
-    slo_percentile: float | None = None,
-    mtp_accept: float = 0.7,
-    precision: Precision | None = None,
-    eplb: str = "model",
+    devices: int | None = None,
+    workload: serving.Workload | None = None,
+    slo: serving.SLO | None = None,
+    decode: Deployment | None = None,
+    prefill: Deployment | None = None,
     top_k: int = 10,
     progress=None,
 ) -> OptimizeResult:
     """Decode search, prefill search, then the prefill/decode split of the device total.
 
+    ``workload``: prompt and output lengths, and ``rate_per_s`` (None: the most goodput per device, else
+    the fewest devices serving that rate); ``slo``: TTFT and TPOT on ``slo.quantile`` (an infinite time is
+    no limit: that pool serves up to its capacity); ``decode`` / ``prefill``: the knobs the searches do not
+    vary (MTP acceptance, precision, EPLB, ...).
+
     The split is the serving model's, ``serving.size`` (the sizing ``cmperf serve --size`` runs), on the
-    pools of the searched configurations (``serving_pools``): the most goodput per device, or with
-    ``rate_per_s`` the fewest devices serving it, under TTFT and TPOT SLOs on ``slo_percentile``
-    (``serving.DEFAULT_SLO_PERCENTILE``, p99, by default). The searches hold each configuration's own
-    TPOT at its batch and TTFT of one batch (no queueing) to the same SLO values. An SLO of None is no
-    limit: that pool serves up to its capacity.
+    pools of the searched configurations (``serving_pools``). The searches hold each configuration's own
+    TPOT at its batch and TTFT of one batch (no queueing) to the same SLO values.
     """
     total = system.num_devices if devices is None else int(devices)
-    pct = serving.DEFAULT_SLO_PERCENTILE if slo_percentile is None else float(slo_percentile)
-    if not 50.0 <= pct < 100.0:
-        raise CmperfError(f"--slo-percentile: must be in [50, 100), got {pct:g}")
+    wl = workload or serving.Workload(rate_per_s=None)
+    slo = slo or serving.SLO()
+    if not 0.5 <= slo.quantile < 1.0:
+        raise CmperfError(f"--slo-percentile: must be in [50, 100), got {100 * slo.quantile:g}")
+    decode = decode or Deployment()
+    prefill = prefill or Deployment(phase="prefill")
+    tpot = None if math.isinf(slo.tpot_s) else slo.tpot_s
+    ttft = None if math.isinf(slo.ttft_s) else slo.ttft_s
     dec, _ = search_decode(
         system,
         model,
-        prompt_len=prompt_len,
-        output_len=output_len,
+        prompt_len=wl.prompt_len,
+        output_len=wl.output_len,
         devices=total,
-        tpot_slo_s=tpot_slo_s,
-        base=Deployment(mtp_accept=mtp_accept, precision=precision, eplb=eplb),
+        tpot_slo_s=tpot,
+        base=decode,
         top_k=top_k,
         progress=progress,
     )
     notes: list[str] = []
     serv = None
     pre = search_prefill(
-        system,
-        model,
-        prompt_len=prompt_len,
-        devices=total,
-        ttft_slo_s=ttft_slo_s,
-        base=Deployment(phase="prefill", precision=precision),
-        top_k=top_k,
+        system, model, prompt_len=wl.prompt_len, devices=total, ttft_slo_s=ttft, base=prefill, top_k=top_k
     )
     if pre.best is not None and dec.best is not None:
-        slo = serving.SLO(
-            ttft_s=math.inf if ttft_slo_s is None else ttft_slo_s,
-            tpot_s=math.inf if tpot_slo_s is None else tpot_slo_s,
-            quantile=pct / 100.0,
-        )
-        wl = serving.Workload(rate_per_s=rate_per_s, prompt_len=prompt_len, output_len=output_len)
-        pools = serving_pools(system, model, dec.best, pre.best, mtp_accept=mtp_accept, precision=precision)
+        pools = serving_pools(system, model, dec.best, pre.best, decode, prefill)
         serv = serving.size(system, model, wl, pools, slo, total_devices=total)
         q, inst = slo.percentile_label, pools.prefill_instance_devices
         notes += [
             f"serving split: cmperf.serving.size, as `cmperf serve --size`, on {inst}-device prefill "
-            f"instances ({pools.prefill_microbatches} microbatches) and a decode pool with EP over all its "
-            f"ranks ({pools.decode_microbatches} microbatches, MTP {pools.mtp}); TTFT {q} by Allen-Cunneen "
-            f"M/G/c over prefill batch slots, TPOT {q} at the decode pool's Little's-law batch",
+            f"instances ({pools.prefill.microbatches} microbatches) and a decode pool with EP over all its "
+            f"ranks ({pools.decode.microbatches} microbatches, MTP {pools.decode.mtp}); TTFT {q} by "
+            f"Allen-Cunneen M/G/c over prefill batch slots, TPOT {q} at the decode pool's Little's-law batch",
             "decode and prefill searches: a configuration's TPOT at its batch and the TTFT of one prefill "
             "batch (no queueing) against the SLO values",
         ]
     else:
         notes.append("serving split skipped: no decode or prefill configuration meets the SLOs")
-    return OptimizeResult(dec, pre, serv, notes, pct)
+    return OptimizeResult(dec, pre, serv, notes, 100.0 * slo.quantile)
 
 
 def optimize_json(res: OptimizeResult) -> dict:

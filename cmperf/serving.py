@@ -47,7 +47,7 @@ from statistics import NormalDist
 import numpy as np
 
 from . import decode as dec
-from .deployment import Deployment, Precision
+from .deployment import Deployment
 from .errors import CmperfError
 from .graph import kv_bytes_per_token_layer
 from .queueing import che_lru_hit_rate, mgc_wait, response_quantiles_s, zipf_popularity
@@ -153,54 +153,59 @@ class Workload:
 
 @dataclass(frozen=True)
 class Pools:
-    """Devices of the prefill and decode pools, cache DRAM, and the phase knobs."""
+    """The serving deployment: a decode pool run as one instance (``decode``, a decode ``Deployment`` whose
+    ``devices`` is the pool), ``prefill_devices`` split into prefill instances (``prefill``, a prefill
+    ``Deployment`` whose ``devices`` is one instance), and the context cache's DRAM. The scheduler sets
+    the per-step knobs (decode batch from Little's law, prefill tokens from the batch grid), so those
+    fields of the records are not read here."""
 
     prefill_devices: int = 96
-    decode_devices: int = 160
-    prefill_instance_devices: int = 16
+    decode: Deployment = field(default_factory=lambda: Deployment(devices=160, microbatches=2))
+    prefill: Deployment = field(
+        default_factory=lambda: Deployment(phase="prefill", devices=16, microbatches=2)
+    )
     cache_dram_bytes: float | None = None  # None: cpu_dram_per_node x nodes of the system
-    cache_plane: str | None = None  # None: "ub" where the system has it, else its scale-out plane
-    decode_ep_size: int | None = None  # None: all ranks of the decode pool (EP320 for 160 NPUs)
-    prefill_ep_size: int | None = None  # None: all ranks of one instance (EP32)
-    mtp: int = 1
-    mtp_accept: float = 0.7
-    decode_microbatches: int = 2
-    prefill_microbatches: int = 2
-    precision: Precision = field(default_factory=Precision)
 
-    def decode_deployment(self) -> Deployment:
-        """The decode pool as one instance (its devices, EP, microbatches, MTP, precision)."""
-        return Deployment(
-            devices=self.decode_devices,
-            ep_size=self.decode_ep_size,
-            microbatches=self.decode_microbatches,
-            mtp=self.mtp,
-            mtp_accept=self.mtp_accept,
-            precision=self.precision,
+    @property
+    def decode_devices(self) -> int:
+        return int(self.decode.devices)
+
+    @property
+    def prefill_instance_devices(self) -> int:
+        return int(self.prefill.devices)
+
+    def resolve(self, system: System, model: Model) -> Pools:
+        """Both records with their defaults for ``system`` filled (``Deployment.resolve``)."""
+        return replace(
+            self, decode=self.decode.resolve(system, model), prefill=self.prefill.resolve(system, model)
         )
 
-    def prefill_deployment(self) -> Deployment:
-        """One prefill instance of the pool."""
-        return Deployment(
-            phase="prefill",
-            devices=self.prefill_instance_devices,
-            ep_size=self.prefill_ep_size,
-            microbatches=self.prefill_microbatches,
-            cache_plane=self.cache_plane,
-            precision=self.precision,
+    def with_instance(self, devices: int) -> Pools:
+        """The same pools with prefill instances of ``devices`` (EP over all their ranks)."""
+        return replace(self, prefill=replace(self.prefill, devices=devices, ep_size=None))
+
+    def split(self, prefill_devices: int, decode_devices: int) -> Pools:
+        """The same pools with other device counts (decode EP over all ranks of the new pool)."""
+        return replace(
+            self,
+            prefill_devices=prefill_devices,
+            decode=replace(self.decode, devices=decode_devices, ep_size=None),
         )
 
     def plane(self, system: System) -> str:
         """The cache plane by name (cmperf.deployment.default_cache_plane when unset)."""
         from .deployment import default_cache_plane
 
-        return self.cache_plane or default_cache_plane(system)
+        return self.prefill.cache_plane or default_cache_plane(system)
 
     @property
     def num_prefill_instances(self) -> int:
         return self.prefill_devices // self.prefill_instance_devices
 
-    def check(self, system: System) -> None:
+    def check(self, system: System, model: Model, wl: Workload) -> None:
+        """CmperfError (naming the flag) when the pools do not fit the system or a record is invalid for the
+        workload (``Deployment.check`` on the decode record at the workload's KV, on the prefill record at
+        one prompt: ``--mtp 2`` on a one-MTP-module model is refused as ``cmperf decode`` refuses it)."""
         n = system.num_devices
         if self.prefill_instance_devices < 1:
             raise CmperfError("--prefill-instance-devices: must be at least 1")
@@ -220,13 +225,18 @@ class Pools:
                 f"--prefill-devices + --decode-devices = {self.prefill_devices + self.decode_devices} "
                 f"exceeds the {n} devices of {system.name}"
             )
-        if self.cache_dram_bytes is not None and self.cache_dram_bytes < 0:
+        if self.cache_dram_bytes is not None and not self.cache_dram_bytes >= 0:
             raise CmperfError("--cache-dram: must be >= 0 bytes")
         system.plane(self.plane(system), where="--cache-plane")
-        ranks = self.decode_devices * system.ranks_per_device
-        ep = self.decode_ep_size or ranks
-        if ranks % ep:
-            raise CmperfError(f"--decode-ep: EP{ep} must divide the {ranks} decode ranks")
+        kv = float(wl.prompt_len + wl.output_len)
+        reasons = replace(self.decode, batch_per_device=1.0, kv_len=kv, kv_capacity_len=None).check(
+            system, model
+        )
+        reasons += replace(
+            self.prefill, tokens_per_device=wl.prompt_len, prompt_len=wl.prompt_len, cache_hit=0.0
+        ).check(system, model)
+        if reasons:
+            raise CmperfError(reasons[0])
 
     def cache_bytes(self, system: System) -> float:
         if self.cache_dram_bytes is not None:
@@ -249,7 +259,7 @@ def default_pools(system: System, model: Model) -> Pools:
     inst = prefill_unit_devices(system)
     decode = max(min(decode_unit_devices(system, model), system.num_devices - inst), 1)
     prefill = min(PAPER_PREFILL_INSTANCES, max((system.num_devices - decode) // inst, 1)) * inst
-    return Pools(prefill_devices=prefill, decode_devices=decode, prefill_instance_devices=inst)
+    return Pools().split(prefill, decode).with_instance(inst)
 
 
 #: Percentile the TTFT and TPOT SLOs are on unless stated (``cmperf serve`` and ``cmperf optimize`` alike).
@@ -291,7 +301,7 @@ def cache_pool(system: System, model: Model, wl: Workload, pools: Pools) -> Cach
     """Hit rate of the EMS prefix cache. Example: 2 TB, 10,000 prefixes of 2,048 tokens, Zipf 1.0 →
     13,900 fit, everything resident → h = 1; 100,000 prefixes → Che gives h ≈ 0.80."""
     cap = pools.cache_bytes(system)
-    per_tok = kv_bytes_per_token(model, pools.precision.kv)
+    per_tok = kv_bytes_per_token(model, pools.resolve(system, model).prefill.precision.kv)
     plen = wl.prefix_len if wl.prefix_len is not None else wl.prompt_len / 2.0
     pbytes = plen * per_tok
     items = cap / pbytes if pbytes > 0 else 0.0
@@ -323,7 +333,7 @@ def prefill_grid(system: System, model: Model, wl: Workload, pools: Pools, token
 
     inst = pools.prefill_instance_devices
     b = np.asarray(PREFILL_BATCH_GRID, dtype=float)
-    dep = replace(pools.prefill_deployment(), tokens_per_device=b * wl.prompt_len / inst, cache_hit=token_hit)
+    dep = replace(pools.prefill, tokens_per_device=b * wl.prompt_len / inst, cache_hit=token_hit)
     ev = pre.evaluate(system, model, dep)
     batch_s = np.broadcast_to(np.asarray(ev.batch_s, dtype=float), b.shape)
     kv_s = np.broadcast_to(np.asarray(ev.kv_transfer_s, dtype=float), b.shape)
@@ -471,9 +481,12 @@ class _DecodeCurve:
     step to step."""
 
     def __init__(self, system, model, wl: Workload, pools: Pools, devices: int | None = None):
+        pools = pools.resolve(system, model)
         self.system, self.model, self.wl, self.pools = system, model, wl, pools
         self.devices = devices or pools.decode_devices
-        self.ep = pools.decode_ep_size or self.devices * system.ranks_per_device
+        self.ep = (pools.decode.ep_size if self.devices == pools.decode_devices else None) or (
+            self.devices * system.ranks_per_device
+        )
         self.kv_cap = wl.prompt_len + wl.output_len
         probe = self.tpot(np.asarray([1.0]), wl.kv_mean_len, full=True)
         cap = float(probe.max_batch_per_device[0])
@@ -488,7 +501,7 @@ class _DecodeCurve:
 
     def tpot(self, b, kv, full=False):
         dep = replace(
-            self.pools.decode_deployment(),
+            self.pools.decode,
             devices=self.devices,
             ep_size=self.ep,
             batch_per_device=b,
@@ -520,7 +533,7 @@ class _DecodeCurve:
     def slowest_kv_len(self, b: float) -> float:
         """KV per sequence of the rank with the most KV at batch ``b`` per device (one microbatch count:
         the pool's; cmperf.decode.straggler_kv_len)."""
-        seqs = max(b / self.system.ranks_per_device / self.pools.decode_microbatches, 1e-9)
+        seqs = max(b / self.system.ranks_per_device / self.pools.decode.microbatches, 1e-9)
         return float(dec.straggler_kv_len(self.wl.kv_mean_len, self.wl.kv_cv, seqs, self.ep))
 
     def quantile_point(self, b: float, q: float):
@@ -677,7 +690,8 @@ class _Service:
 
     def __init__(self, system: System, model: Model, wl: Workload, pools: Pools, slo: SLO):
         wl.check(model)
-        pools.check(system)
+        pools = pools.resolve(system, model)
+        pools.check(system, model, wl)
         if not slo.ttft_s > 0 or not slo.tpot_s > 0:
             raise CmperfError("--ttft-slo and --tpot-slo must be positive times")
         if not 0.5 <= slo.quantile < 1.0:
@@ -727,6 +741,7 @@ def evaluate(
     """TTFT/TPOT percentiles, goodput, utilization and bottleneck of one service at one load."""
     slo = slo or SLO()
     svc = _Service(system, model, wl, pools, slo)
+    pools = svc.pools
     rate = wl.rate_per_s if wl.rate_per_s is not None else _concurrency_rate(svc, float(wl.concurrency))
     p, d = svc.at(rate)
     traffic = svc.cache_traffic(rate)
@@ -776,10 +791,10 @@ def evaluate(
         "prefill_instance_devices": pools.prefill_instance_devices,
         "cache_dram_bytes": svc.cache.capacity_bytes,
         "cache_plane": pools.plane(svc.system),
-        "mtp": pools.mtp,
-        "mtp_accept": pools.mtp_accept,
+        "mtp": pools.decode.mtp,
+        "mtp_accept": pools.decode.mtp_accept,
         "decode_ep_size": d.ep_size,
-        "precision": pools.precision.__dict__,
+        "precision": pools.decode.precision.__dict__,
     }
     c = svc.cache
     cache = {
@@ -888,12 +903,14 @@ def size(
     (19 x 16) + 72 decode at 523.9 req/s, the decode pool binding.
     """
     slo = slo or SLO()
+    pools = pools.resolve(system, model)
     total = int(total_devices or system.num_devices)
     if total < 1 or total > system.num_devices:
         raise CmperfError(f"--devices-total: {total} is outside 1..{system.num_devices} ({system.name})")
     inst = pools.prefill_instance_devices
     wl0 = replace(wl, rate_per_s=wl.rate_per_s or 1.0, concurrency=None)
     wl0.check(model)
+    pools.split(inst, 1).check(system, model, wl0)
     if not slo.ttft_s > 0 or not slo.tpot_s > 0:
         raise CmperfError("--ttft-slo and --tpot-slo must be positive times")
     if not 0.5 <= slo.quantile < 1.0:
@@ -910,7 +927,7 @@ def size(
     # TPOT-limited rate per decode size
     tpot_lim = np.zeros(ds.size)
     for j, dd in enumerate(ds):
-        pj = replace(pools, decode_devices=int(dd), prefill_devices=inst, decode_ep_size=None)
+        pj = pools.split(inst, int(dd))
         try:
             curve = _DecodeCurve(system, model, wl0, pj)
         except CmperfError:
@@ -925,7 +942,7 @@ def size(
         # cache DRAM: a fraction of the DRAM of the nodes the whole split occupies. It acts only through the
         # token hit rate, and one instance's prefill service does not depend on the instance count: one
         # prefill evaluation per distinct hit rate (a single one without a cache model), each P from it.
-        pk = replace(pools, prefill_devices=inst, decode_devices=1, cache_dram_bytes=f * dram_total)
+        pk = replace(pools.split(inst, 1), cache_dram_bytes=f * dram_total)
         hit = cache_pool(system, model, wl0, pk).token_hit_rate
         if hit not in by_hit:
             one = prefill_grid(system, model, wl0, pk, hit)
@@ -988,14 +1005,14 @@ def size(
         "prefix_skew": wl.prefix_skew,
         "prefix_len": wl.prefix_len,
         "prefill_instance_devices": inst,
-        "prefill_ep_size": pools.prefill_ep_size or inst * system.ranks_per_device,
-        "prefill_microbatches": pools.prefill_microbatches,
+        "prefill_ep_size": pools.prefill.ep_size or inst * system.ranks_per_device,
+        "prefill_microbatches": pools.prefill.microbatches,
         "decode_step_devices": decode_step,
-        "decode_microbatches": pools.decode_microbatches,
-        "mtp": pools.mtp,
-        "mtp_accept": pools.mtp_accept,
+        "decode_microbatches": pools.decode.microbatches,
+        "mtp": pools.decode.mtp,
+        "mtp_accept": pools.decode.mtp_accept,
         "cache_plane": pools.plane(system),
-        "precision": pools.precision.__dict__,
+        "precision": pools.decode.precision.__dict__,
     }
     return SizeResult(
         system.name,

@@ -18,7 +18,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from . import units
 from .errors import CmperfError
@@ -201,7 +201,7 @@ class Model:
     sources: dict[str, str] = field(repr=False)
 
     def __getattr__(self, key: str) -> int:
-        arch = self.__dict__.get("arch", {})
+        arch: dict[str, int] = self.__dict__.get("arch", {})
         if key in arch:
             return arch[key]
         raise AttributeError(key)
@@ -236,7 +236,7 @@ def _candidate_files(dirs: list[Path]) -> list[Path]:
     return files
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
@@ -251,7 +251,7 @@ _HEAD_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*=")
 _HEAD_STRING = re.compile(r'^([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*"([^"\\]*)"\s*(?:#.*)?$')
 
 
-def _head(path: Path) -> dict:
+def _head(path: Path) -> dict[str, Any]:
     """The top-level keys a lookup needs (name, kind, description, aliases): each parsed from its own line
     before the first table header, so that finding a spec by name does not parse every file on the
     search path; a header these lines do not parse goes through tomllib whole."""
@@ -259,7 +259,9 @@ def _head(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise CmperfError(f"{path}: cannot read ({e}); fix the file") from None
-    lines, head = [], {}
+    lines: list[str] = []
+    head: dict[str, Any] = {}
+    whole = False  # a header line tomllib alone cannot parse: parse the header whole
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("["):
@@ -274,9 +276,9 @@ def _head(path: Path) -> dict:
             try:
                 head.update(tomllib.loads(stripped))
             except tomllib.TOMLDecodeError:
-                head = None
+                whole = True
                 break
-    if head is not None:
+    if not whole:
         return head
     try:
         return tomllib.loads("\n".join(lines))
@@ -325,14 +327,14 @@ def find(name: str, kind: str, spec_dirs: tuple[str, ...] | list[str] = (), flag
 class _Table:
     """Reads one TOML table, tracking which keys were used so unknown keys can be reported."""
 
-    def __init__(self, raw: dict, path: Path, prefix: str, sources: dict[str, str]):
+    def __init__(self, raw: dict[str, Any], path: Path, prefix: str, sources: dict[str, str]) -> None:
         self.raw, self.path, self.prefix, self.sources = raw, path, prefix, sources
         self.used: set[str] = set()
 
     def where(self, key: str) -> str:
         return f"{self.path}: key {self.prefix}{key}"
 
-    def _entry(self, key: str, required: bool):
+    def _entry(self, key: str, required: bool) -> dict[str, Any] | None:
         self.used.add(key)
         if key not in self.raw:
             if required:
@@ -366,7 +368,8 @@ class _Table:
     ) -> float:
         entry = self._entry(key, required)
         if entry is None:
-            return default  # type: ignore[return-value]
+            assert default is not None, f"{key}: an optional quantity needs a default"
+            return default
         v = units.parse(entry["value"], kind, where=self.where(key))
         if not (lo <= v <= hi):
             raise CmperfError(f"{self.where(key)}: {entry['value']!r} is out of range [{lo:g}, {hi:g}]")
@@ -381,7 +384,13 @@ class _Table:
             raise CmperfError(f"{self.where(key)}: expected a whole number in [{lo}, {hi}], got {v!r}")
         return v
 
-    def fraction(self, key: str, required: bool = True, default: float = 1.0, lo: float = 0.0) -> float:
+    @overload
+    def fraction(self, key: str, required: bool = ..., default: float = ..., lo: float = ...) -> float: ...
+    @overload
+    def fraction(self, key: str, required: bool = ..., *, default: None, lo: float = ...) -> float | None: ...
+    def fraction(
+        self, key: str, required: bool = True, default: float | None = 1.0, lo: float = 0.0
+    ) -> float | None:
         entry = self._entry(key, required)
         if entry is None:
             return default

@@ -124,17 +124,20 @@ def rows(spec_dirs=(), points: list[RefPoint] | None = None) -> list[Row]:
 
 
 def comm_value(point: RefPoint, spec_dirs=()) -> float:
-    """Predicted time (s) of a Table-7-style collective point."""
+    """Predicted time (s) of a Table-7-style collective point: ``comm.ep_collective_estimate`` with the
+    decode kernel, the numbers ``cmperf comm`` prints for the same flags."""
     from . import comm, specs
 
     s = point.spec
     system = specs.load_system(s.get("system", "cloudmatrix384"), spec_dirs)
     model = specs.load_model(s.get("model", "deepseek-r1"), spec_dirs)
-    c = system.collectives[s["op"]]
-    dtype = s.get("dtype", "int8" if s["op"] == "dispatch" else "bf16")
-    msg = comm.message_bytes(model.hidden_size, dtype, c.scale_bytes, c.message_align_bytes)
-    payload = float(s["tokens_per_rank"]) * int(s.get("top_k", model.num_experts_per_tok)) * msg
-    return float(comm.ep_collective_time(system, s["op"], payload, float(s["ep_size"])).time_s)
+    try:
+        est = comm.ep_collective_estimate(
+            system, model, s["op"], s["ep_size"], s["tokens_per_rank"], s.get("top_k"), s.get("dtype")
+        )
+    except CmperfError as e:  # the message names the `cmperf comm` flag; say which point it came from
+        raise CmperfError(f"reference point {point.id}: {e}") from None
+    return est.time_s
 
 
 def compare(point: RefPoint, predicted: float | None, note: str = "") -> Row:

@@ -156,6 +156,7 @@ def test_import_direction():
         "serving",
         "search compare",
         "symbolic regress scenario validate",
+        "sensitivity",
         "render report",
         "cli",
     ]

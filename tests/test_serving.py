@@ -226,7 +226,7 @@ def test_real_pools_monotone_in_rate_and_prefill_devices(cm384, r1):
             cm384,
             r1,
             serving.Workload(rate_per_s=rate),
-            serving.Pools(prefill_devices=128),
+            serving.Pools().split(128, 160),
             slo,
             limits=False,
         )
@@ -308,18 +308,14 @@ def test_optimize_and_serve_size_give_one_split(cm384, r1):
     """Issue 11 item 3: `cmperf optimize` and `cmperf serve --size` split 384 NPUs (4K/256, TTFT 2 s, TPOT
     50 ms) with one sizing model (serving.size) on one percentile (p99): 304 prefill + 72 decode at 524
     req/s, where the optimizer's own M/D/c p90 model said 288 + 88 at 501 req/s."""
-    from dataclasses import replace
 
     from cmperf import search
-    from cmperf.deployment import default_precision
 
-    opt = search.optimize(
-        cm384, r1, devices=384, prompt_len=4096, output_len=256, tpot_slo_s=0.05, ttft_slo_s=2.0
-    )
-    # the pools `cmperf serve --size` builds from its defaults
-    pools = replace(serving.default_pools(cm384, r1), precision=default_precision(cm384))
     wl = serving.Workload(rate_per_s=None, prompt_len=4096, output_len=256)
-    size = serving.size(cm384, r1, wl, pools, serving.SLO(ttft_s=2.0, tpot_s=0.05), total_devices=384)
+    slo = serving.SLO(ttft_s=2.0, tpot_s=0.05)
+    opt = search.optimize(cm384, r1, devices=384, workload=wl, slo=slo)
+    # the pools `cmperf serve --size` builds from its defaults
+    size = serving.size(cm384, r1, wl, serving.default_pools(cm384, r1), slo, total_devices=384)
     keys = ("prefill_devices", "decode_devices", "devices", "goodput_rps", "ttft_slo_rps", "tpot_slo_rps")
     assert {k: opt.serving.best[k] for k in keys} == {k: size.best[k] for k in keys}
     assert opt.serving.inputs == size.inputs  # the searched knobs are serve's defaults here
@@ -328,7 +324,7 @@ def test_optimize_and_serve_size_give_one_split(cm384, r1):
     assert opt.slo_percentile == size.slo_percentile == serving.DEFAULT_SLO_PERCENTILE == 99.0
     # the sizing's per-P shortcut (one prefill evaluation, instance count set on the grid) is the
     # limit `cmperf serve` computes for that pool
-    p304 = replace(pools, prefill_devices=304, decode_devices=72)
+    p304 = serving.default_pools(cm384, r1).split(304, 72)
     grid = serving.prefill_grid(cm384, r1, wl, p304, 0.0)
     assert serving.ttft_limit_rps(grid, wl, serving.SLO()) == size.best["ttft_slo_rps"]
 

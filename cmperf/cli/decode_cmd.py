@@ -113,63 +113,32 @@ def comm(system, model, spec_dirs, op, ep_size, tokens_per_rank, top_k, dtype, p
     """Time of one EP dispatch or combine (alpha-beta model; CM384 Table 7 conditions by default)."""
     from .. import comm as cm
     from .. import render, specs
-    from ..errors import CmperfError
+    from ..units import fmt_bytes, fmt_rate, fmt_s
 
     sysm = specs.load_system(system, spec_dirs)
     mod = specs.load_model(model, spec_dirs)
-    if ep_size < 1 or tokens_per_rank < 0:
-        raise CmperfError("--ep must be >= 1 and --tokens-per-rank >= 0")
-    if op not in sysm.collectives:
-        raise CmperfError(f"--op: system {sysm.name} defines no {op} collective")
-    c = sysm.collective(op, phase)
-    dtype = dtype or ("int8" if op == "dispatch" else "bf16")
-    k = top_k or mod.num_experts_per_tok
-    msg = cm.message_bytes(mod.hidden_size, dtype, c.scale_bytes, c.message_align_bytes)
-    out_b = cm.domain_scaleout_bytes(sysm, op, phase, ep_size, tokens_per_rank, k, msg, mod)
-    copies = float(k)
-    if out_b is not None:  # per-domain kernels send one copy per distinct destination rank
-        routing = (mod.n_group, mod.topk_group, mod.n_routed_experts)
-        copies = float(cm.distinct_destinations(ep_size, k, *routing))
-    payload = tokens_per_rank * copies * msg
-    t = cm.ep_collective_time(sysm, op, payload, ep_size, phase, out_b)
-    res = {
-        "system": sysm.name,
-        "phase": phase,
-        "op": op,
-        "ep_size": ep_size,
-        "tokens_per_rank": tokens_per_rank,
-        "top_k": k,
-        "copies_per_token": copies,
-        "scaleout_bytes": None if out_b is None else float(out_b),
-        "dtype": dtype,
-        "message_bytes": msg,
-        "payload_bytes": payload,
-        "time_s": float(t.time_s),
-        "latency_s": float(t.fixed_s),
-        "link_s": float(t.link_s),
-        "bandwidth_bytes_per_s": payload / float(t.time_s) if float(t.time_s) > 0 else 0.0,
-        "bound": ("compute", "memory", "link", "latency")[int(t.bound)],
-    }
+    e = cm.ep_collective_estimate(sysm, mod, op, ep_size, tokens_per_rank, top_k, dtype, phase)
     if fmt == "json":
-        emit(render.to_json(res, "comm"), output)
+        emit(render.to_json({"system": sysm.name, **render.to_jsonable(e)}, "comm"), output)
+        return
+    rows = [
+        ("op", f"{e.op} on {sysm.name}, EP{e.ep_size}"),
+        (
+            "tokens per rank x copies",
+            f"{e.tokens_per_rank:g} x {e.copies_per_token:.3g} (top-{e.top_k}, {e.phase} kernel)",
+        ),
+        ("message", f"{fmt_bytes(e.message_bytes)} ({e.dtype})"),
+        ("payload per rank", fmt_bytes(e.payload_bytes)),
+        ("time", fmt_s(e.time_s)),
+        ("  latency term", fmt_s(e.latency_s)),
+        ("  link term", fmt_s(e.link_s)),
+        ("bandwidth per rank", fmt_rate(e.bandwidth_bytes_per_s)),
+        ("bound", e.bound),
+    ]
+    if fmt == "markdown":
+        emit(render.markdown_table(("quantity", "value"), rows), output)
     else:
-        from ..units import fmt_bytes, fmt_rate, fmt_s
-
-        rows = [
-            ("op", f"{op} on {sysm.name}, EP{ep_size}"),
-            ("tokens per rank x copies", f"{tokens_per_rank:g} x {copies:.3g} (top-{k}, {phase} kernel)"),
-            ("message", f"{fmt_bytes(msg)} ({dtype})"),
-            ("payload per rank", fmt_bytes(payload)),
-            ("time", fmt_s(res["time_s"])),
-            ("  latency term", fmt_s(res["latency_s"])),
-            ("  link term", fmt_s(res["link_s"])),
-            ("bandwidth per rank", fmt_rate(res["bandwidth_bytes_per_s"])),
-            ("bound", res["bound"]),
-        ]
-        if fmt == "markdown":
-            emit(render.markdown_table(("quantity", "value"), rows), output)
-        else:
-            emit(render.tables("cmperf comm", rows, []), output)
+        emit(render.tables("cmperf comm", rows, []), output)
 
 
 COMMANDS = [decode, comm]

@@ -251,7 +251,10 @@ def optimize(
     output,
 ):
     """Search EP size, batch, microbatches, core split, MTP and the prefill/decode split under SLOs."""
-    from .. import render, search, specs
+    import math
+
+    from .. import render, search, serving, specs
+    from ..deployment import Deployment
     from ..errors import CmperfError
 
     sysm = specs.load_system(system, spec_dirs)
@@ -268,19 +271,20 @@ def optimize(
         raise CmperfError(f"--mtp-accept: must be in [0, 1], got {mtp_accept:g}")
     prog = _Progress("searching deployments")
     try:
+        prec = make_precision(sysm, weights, kv_dtype)
+        pct = serving.DEFAULT_SLO_PERCENTILE if slo_percentile is None else slo_percentile
         res = search.optimize(
             sysm,
             mod,
             devices=devices,
-            prompt_len=prompt_len,
-            output_len=output_len,
-            tpot_slo_s=tpot,
-            ttft_slo_s=ttft,
-            rate_per_s=rate_v,
-            slo_percentile=slo_percentile,
-            mtp_accept=mtp_accept,
-            precision=make_precision(sysm, weights, kv_dtype),
-            eplb=eplb,
+            workload=serving.Workload(rate_per_s=rate_v, prompt_len=prompt_len, output_len=output_len),
+            slo=serving.SLO(
+                ttft_s=math.inf if ttft is None else ttft,
+                tpot_s=math.inf if tpot is None else tpot,
+                quantile=pct / 100,
+            ),
+            decode=Deployment(mtp_accept=mtp_accept, precision=prec, eplb=eplb),
+            prefill=Deployment(phase="prefill", precision=prec),
             top_k=top_k,
             progress=prog,
         )

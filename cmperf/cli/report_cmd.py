@@ -84,122 +84,11 @@ def _decode_only(sc):
         )
 
 
-def _forms(system, model, doc):
-    from .. import symbolic
+def _decode_record(doc) -> tuple[object, float]:
+    """(the Deployment record, the experts' imbalance max/mean) of a decode prediction's JSON body."""
     from ..deployment import Deployment
 
-    d = Deployment.from_knobs(doc["deployment"])
-    return symbolic.decode_forms(
-        system,
-        model,
-        batch_per_device=float(d.batch_per_device),
-        kv_len=float(d.kv_len),
-        ep_size=d.ep_size,
-        microbatches=d.microbatches,
-        mtp=d.mtp,
-        mtp_accept=d.mtp_accept,
-        precision=d.precision,
-        imbalance=float(doc["imbalance"]),
-        attention_cube_cores=d.attention_cube_cores,
-    )
-
-
-def _perturbations(system, prec):
-    """(label, symbol or '', function(system, factor) -> system) for every hardware parameter."""
-    from dataclasses import replace
-
-    chip = system.chip
-    out = []
-
-    def chip_dict(attr, key):
-        return lambda s, f: replace(
-            s, chip=replace(s.chip, **{attr: {**getattr(s.chip, attr), key: getattr(s.chip, attr)[key] * f}})
-        )
-
-    for dt in sorted(chip.peak_flops):
-        sym = "P_g" if dt == prec.gemm else ("P_a" if dt == prec.attention else "")
-        out.append((f"peak {dt}", sym, chip_dict("peak_flops", dt)))
-    out.append(
-        (
-            "HBM bandwidth",
-            "B_HBM",
-            lambda s, f: replace(s, chip=replace(s.chip, hbm_bytes_per_s=s.chip.hbm_bytes_per_s * f)),
-        )
-    )
-    ep_planes = sorted(
-        {c.plane for c in system.collectives.values()}
-        | {c.scaleout_plane for c in system.collectives.values() if c.scaleout_plane}
-    )
-    disp_plane = system.collectives["dispatch"].plane if "dispatch" in system.collectives else ""
-    for pn in ep_planes:
-        for attr, label, sym in (
-            ("bytes_per_s_per_rank", "bandwidth", "B_EP"),
-            ("efficiency", "efficiency", "e_EP"),
-            ("latency_s", "latency", ""),
-        ):
-
-            def fn(s, f, pn=pn, attr=attr):
-                p = s.planes[pn]
-                return replace(s, planes={**s.planes, pn: replace(p, **{attr: getattr(p, attr) * f})})
-
-            out.append((f"{pn} plane {label}", sym if pn == disp_plane else "", fn))
-    eff_sym = {
-        "gemm_compute": "e_gc",
-        "gemm_memory": "e_gm",
-        "attention_compute": "e_ac",
-        "attention_memory": "e_am",
-        "pipeline_compute": "e_p",
-    }
-    for k in sorted(chip.eff):
-        out.append((f"efficiency {k}", eff_sym.get(k, ""), chip_dict("eff", k)))
-    ov_sym = {"gemm": "c_g", "attention": "c_a"}
-    for k in sorted(chip.overhead_s):
-        out.append((f"fixed cost {k}", ov_sym.get(k, ""), chip_dict("overhead_s", k)))
-    for cn in sorted(system.collectives):
-        for attr, sym in (
-            ("alpha_s", {"dispatch": "alpha_d", "combine": "alpha_c"}.get(cn, "")),
-            ("alpha_per_log2_ep_s", ""),
-        ):
-
-            def fn(s, f, cn=cn, attr=attr):
-                c = s.collectives[cn]
-                return replace(
-                    s, collectives={**s.collectives, cn: replace(c, **{attr: getattr(c, attr) * f})}
-                )
-
-            out.append((f"{cn} {attr.removesuffix('_s')}", sym, fn))
-    return out
-
-
-# |numeric - symbolic| allowed before a row is flagged: max(0.05, 20% of numeric). The closed form drops
-# vector ops, the A+M / shared-HBM terms and the MTP layer (TPOT within ~10% of the numeric model).
-ELASTICITY_ATOL, ELASTICITY_RTOL = 0.05, 0.20
-
-
-def elasticities(system, model, doc, forms, h=0.01):
-    """Rows (parameter, numeric, symbolic or None, agree): d ln(tokens/s per device) / d ln(parameter).
-
-    Numeric: central differences of decode.evaluate with the spec dataclass scaled by 1 ± h
-    (dataclasses.replace); symbolic: sympy derivative of b / TPOT(b, L) at the scenario."""
-    import math
-
-    import numpy as np
-
-    from .. import decode, symbolic
-    from ..deployment import Deployment
-
-    dep = Deployment.from_knobs(doc["deployment"])
-    rows = []
-    for label, sym, fn in _perturbations(system, dep.precision):
-        lo = decode.evaluate(fn(system, 1 - h), model, dep).tokens_per_s_per_device
-        hi = decode.evaluate(fn(system, 1 + h), model, dep).tokens_per_s_per_device
-        num = float((np.log(hi) - np.log(lo)).reshape(-1)[0]) / (math.log(1 + h) - math.log(1 - h))
-        s_val = symbolic.elasticity(forms.tokens_per_s, forms.symbols[sym], forms.values) if sym else None
-        agree = (
-            None if s_val is None else abs(num - s_val) <= max(ELASTICITY_ATOL, ELASTICITY_RTOL * abs(num))
-        )
-        rows.append((label, sym, num, s_val, agree))
-    return rows
+    return Deployment.from_knobs(doc["deployment"]), float(doc["imbalance"])
 
 
 @click.command()
@@ -219,32 +108,23 @@ def elasticities(system, model, doc, forms, h=0.01):
 @guarded
 def explain(scenario_name, spec_dirs, fmt, output):
     """Closed forms (sympy) and elasticities d ln(tokens/s per device) / d ln(hardware parameter)."""
-    from .. import render, scenario, symbolic
+    from .. import render, scenario, sensitivity, symbolic
 
     sc = scenario.load(scenario_name, spec_dirs)
     _decode_only(sc)
     doc, system, model = run_scenario(sc, spec_dirs)
-    forms = _forms(system, model, doc)
-    rows = elasticities(system, model, doc, forms)
+    dep, imbalance = _decode_record(doc)
+    forms = sensitivity.decode_forms(system, model, dep, imbalance)
+    rows = sensitivity.elasticities(system, model, dep, forms)
     checks = {
         "numeric_tokens_per_s_per_device": doc["tokens_per_s_per_device"],
-        "symbolic_tokens_per_s_per_device": symbolic.evaluate(forms.tokens_per_s, forms.values),
-        "ridge_batch_per_device": symbolic.evaluate(forms.ridge_batch, forms.values),
-        "core_compute_bound_queries_per_sequence": symbolic.evaluate(forms.core_queries, forms.values),
+        **sensitivity.closed_form_values(forms),
     }
     tex = symbolic.latex_forms(forms)
     if fmt == "json":
         emit(
             render.to_json(
-                {
-                    "scenario": sc.name,
-                    "forms_latex": dict(tex),
-                    "values": checks,
-                    "elasticities": [
-                        {"parameter": r[0], "symbol": r[1], "numeric": r[2], "symbolic": r[3], "agree": r[4]}
-                        for r in rows
-                    ],
-                },
+                {"scenario": sc.name, "forms_latex": dict(tex), "values": checks, "elasticities": rows},
                 "explain",
             ),
             output,
@@ -252,14 +132,14 @@ def explain(scenario_name, spec_dirs, fmt, output):
         return
     el_rows = [
         (
-            label,
-            sym or "-",
-            f"{num:+.3f}",
-            "-" if s is None else f"{s:+.3f}",
-            "-" if ok is None else ("ok" if ok else "differs"),
-            f"{10 * num:+.2f}%",
+            r.parameter,
+            r.symbol or "-",
+            f"{r.numeric:+.3f}",
+            "-" if r.symbolic is None else f"{r.symbolic:+.3f}",
+            "-" if r.agree is None else ("ok" if r.agree else "differs"),
+            f"{10 * r.numeric:+.2f}%",
         )
-        for label, sym, num, s, ok in rows
+        for r in rows
     ]
     head = ("parameter", "symbol", "numeric", "symbolic", "agree (max(0.05, 20%))", "+10% buys")
     summary = [
@@ -287,7 +167,7 @@ def explain(scenario_name, spec_dirs, fmt, output):
         )
         emit("".join(text), output)
         return
-    text = [f"{t}:\n    {x}\n" for (t, _), x in zip(tex, _pretty(forms), strict=True)]
+    text = [f"{t}:\n    {x}\n" for (t, _), x in zip(tex, sensitivity.plain_forms(forms), strict=True)]
     head_text = "cmperf explain: closed forms (sympy; model constants folded in)\n\n" + "\n".join(text) + "\n"
     tables = render.tables(
         f"cmperf explain: {sc.name}",
@@ -297,33 +177,16 @@ def explain(scenario_name, spec_dirs, fmt, output):
     emit(head_text + tables, output)
 
 
-def _pretty(forms) -> list[str]:
-    import sympy as sp
-
-    exprs = [
-        forms.t_core,
-        forms.attn_stream,
-        forms.moe_stream,
-        forms.tpot,
-        sp.Symbol("b") / sp.Symbol("TPOT"),
-        forms.ridge_tokens,
-        forms.ridge_batch,
-        forms.core_queries,
-    ]
-    return [sp.sstr(sp.N(e, 4)) for e in exprs]
-
-
 # ---------------------------------------------------------------------------------------------- report
 
 
 def _optimizer(system, model) -> tuple[dict | None, str]:
     """The optimizer (``search.optimize`` with ``cmperf optimize``'s defaults: 4K/256, TPOT 50 ms, TTFT
     2 s) on the scenario's system and model: (its JSON body, note)."""
-    from .. import render, search
+    from .. import render, search, serving
 
-    res = search.optimize(
-        system, model, devices=None, prompt_len=4096.0, output_len=256.0, tpot_slo_s=0.05, ttft_slo_s=2.0
-    )
+    wl = serving.Workload(rate_per_s=None, prompt_len=4096.0, output_len=256.0)
+    res = search.optimize(system, model, workload=wl, slo=serving.SLO(ttft_s=2.0, tpot_s=0.05))
     return render.to_jsonable(search.optimize_json(res)), ""
 
 
@@ -341,22 +204,23 @@ def _optimizer(system, model) -> tuple[dict | None, str]:
 @guarded
 def report(scenario_name, spec_dirs, output):
     """One markdown report: inputs, predictions, per-op breakdown, chart, validation, closed forms."""
-    from .. import __version__, scenario, symbolic
+    from .. import __version__, scenario, sensitivity, symbolic
     from .. import report as rep
     from .. import validate as val
-    from ..deployment import Deployment
 
     sc = scenario.load(scenario_name, spec_dirs)
     doc, system, model = run_scenario(sc, spec_dirs)
     sweep, forms, note = None, None, "Closed forms exist for decode scenarios only."
     if sc.command == "decode":
-        sweep = rep.batch_sweep(system, model, Deployment.from_knobs(doc["deployment"]))
-        f = _forms(system, model, doc)
+        dep, imbalance = _decode_record(doc)
+        sweep = rep.batch_sweep(system, model, dep)
+        f = sensitivity.decode_forms(system, model, dep, imbalance)
         forms = symbolic.latex_forms(f)
+        tokens_s = symbolic.evaluate(f.tokens_per_s, f.values)
         note = (
             "Simplified closed forms of the decode model (cmperf.symbolic), model constants folded in; "
             f"at this "
-            f"scenario the closed form gives {symbolic.evaluate(f.tokens_per_s, f.values):,.0f} tokens/s per "
+            f"scenario the closed form gives {tokens_s:,.0f} tokens/s per "
             f"device against {doc['tokens_per_s_per_device']:,.0f} from the numeric model. "
             "Symbols: b batch per "
             "device, L KV length, P peaks per rank, B bandwidths per rank, e efficiencies, c fixed costs per "

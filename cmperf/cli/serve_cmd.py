@@ -258,6 +258,8 @@ def serve(
     output,
 ):
     """Serve a load on prefill/decode/cache pools: TTFT p50/p90/p99, TPOT mean/p99, goodput, bottleneck."""
+    from dataclasses import replace
+
     from .. import render, serving, specs
     from ..errors import CmperfError
 
@@ -286,18 +288,19 @@ def serve(
         prefix_skew=prefix_skew,
         prefix_len=prefix_len,
     )
-    dflt = serving.default_pools(sysm, mod)
-    pools = serving.Pools(
-        prefill_devices=dflt.prefill_devices if prefill_devices is None else prefill_devices,
-        decode_devices=dflt.decode_devices if decode_devices is None else decode_devices,
-        prefill_instance_devices=(
-            dflt.prefill_instance_devices if prefill_instance_devices is None else prefill_instance_devices
-        ),
+    prec = make_precision(sysm, weights, kv_dtype)
+    pools = serving.default_pools(sysm, mod)
+    if prefill_instance_devices is not None:
+        pools = pools.with_instance(prefill_instance_devices)
+    pools = pools.split(
+        pools.prefill_devices if prefill_devices is None else prefill_devices,
+        pools.decode_devices if decode_devices is None else decode_devices,
+    )
+    pools = replace(
+        pools,
         cache_dram_bytes=dram,
-        cache_plane=cache_plane,
-        mtp=mtp,
-        mtp_accept=mtp_accept,
-        precision=make_precision(sysm, weights, kv_dtype),
+        decode=replace(pools.decode, mtp=mtp, mtp_accept=mtp_accept, precision=prec),
+        prefill=replace(pools.prefill, cache_plane=cache_plane, precision=prec),
     )
     if do_size:
         if concurrency is not None:
