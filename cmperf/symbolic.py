@@ -33,8 +33,10 @@ step exceed q* = kv P_a e_ac s_a / (2 H (2 d_c + d_r) B_HBM e_am) (0.35 on a 910
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .comm import message_bytes
 from .deployment import Precision, placement_arrays
@@ -64,7 +66,7 @@ HW_SYMBOLS = {
 class Forms:
     """sympy expressions and the numeric values of every symbol at the scenario."""
 
-    symbols: dict  # name -> sympy Symbol
+    symbols: dict[str, Any]  # name -> sympy Symbol (sympy ships no type hints)
     t_core: object
     attn_stream: object
     moe_stream: object
@@ -73,11 +75,11 @@ class Forms:
     ridge_tokens: object  # T* of the MLA projections
     ridge_batch: object  # b* per device
     core_queries: object  # q* queries per sequence per step where the MLA core turns compute-bound
-    values: dict  # Symbol -> float at the scenario
+    values: dict[Any, float]  # Symbol -> float at the scenario
     policy: str
 
 
-def _f(x) -> float:
+def _f(x: ArrayLike) -> float:
     return float(np.asarray(x).reshape(-1)[0])
 
 
@@ -117,7 +119,7 @@ def decode_forms(
     mtp_accept: float = 0.7,
     precision: Precision | None = None,
     imbalance: float = 1.0,
-    attention_cube_cores=None,
+    attention_cube_cores: int | None = None,
 ) -> Forms:
     """Build the closed forms for a decode deployment; ``values`` evaluates them at that deployment."""
     import sympy as sp
@@ -160,6 +162,7 @@ def decode_forms(
     E = float(ep_size)
     pl = placement_arrays(m, np.asarray(E), None)
     dedicated = bool(pl["dedicated"])
+    n_read: float
     routed_mean = E * T * k / _f(pl["routed_ranks"])
     if dedicated:
         shared = E * T * m.n_shared_experts / max(_f(pl["shared_ranks"]), 1.0)
@@ -206,11 +209,11 @@ def decode_forms(
     return Forms(sy, t_core, A, M, tpot, tps, ridge_T, ridge_b, core_q, vals, policy)
 
 
-def evaluate(expr, values: dict) -> float:
+def evaluate(expr: Any, values: dict[Any, float]) -> float:
     return float(expr.subs(values).evalf())
 
 
-def elasticity(expr, symbol, values: dict) -> float:
+def elasticity(expr: Any, symbol: Any, values: dict[Any, float]) -> float:
     """d ln(expr) / d ln(symbol) at ``values``: symbol/expr * d expr/d symbol (0 on a flat max branch)."""
     import sympy as sp
 
@@ -229,8 +232,8 @@ def latex_forms(f: Forms) -> list[tuple[str, str]]:
         f.symbols["e_EP"]: r"e_{\mathrm{EP}}",
     }
 
-    def tex(e):
-        return sp.latex(sp.N(e, 6), symbol_names=names)
+    def tex(e: object) -> str:
+        return str(sp.latex(sp.N(e, 6), symbol_names=names))
 
     return [
         ("MLA attention core per microbatch, t_core(b, L)", tex(f.t_core)),

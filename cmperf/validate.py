@@ -15,6 +15,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import CmperfError
 from .specs import builtin_dirs
@@ -46,7 +47,7 @@ class RefPoint:
     unit: str
     tolerance: float
     source: str
-    spec: dict  # the remaining keys (scenario/metric or system/op/ep_size/...)
+    spec: dict[str, Any]  # the remaining keys (scenario/metric or system/op/ep_size/...)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def load_reference(paths: list[Path] | None = None) -> list[RefPoint]:
     return points
 
 
-def rows(spec_dirs=(), points: list[RefPoint] | None = None) -> list[Row]:
+def rows(spec_dirs: tuple[str, ...] | list[str] = (), points: list[RefPoint] | None = None) -> list[Row]:
     """Predicted vs published for every reference point (scenario points through ``scenario.predict``)."""
     from . import scenario
 
@@ -123,7 +124,7 @@ def rows(spec_dirs=(), points: list[RefPoint] | None = None) -> list[Row]:
     return out
 
 
-def comm_value(point: RefPoint, spec_dirs=()) -> float:
+def comm_value(point: RefPoint, spec_dirs: tuple[str, ...] | list[str] = ()) -> float:
     """Predicted time (s) of a Table-7-style collective point: ``comm.ep_collective_estimate`` with the
     decode kernel, the numbers ``cmperf comm`` prints for the same flags."""
     from . import comm, specs

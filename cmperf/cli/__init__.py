@@ -46,6 +46,16 @@ class LazyGroup(click.Group):
                 return cmd
         return None
 
+    def invoke(self, ctx):
+        # a user error raised while a subcommand's parameters are converted (before its body's guard runs)
+        from ..errors import CmperfError
+
+        try:
+            return super().invoke(ctx)
+        except CmperfError as e:
+            click.echo(f"cmperf: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
     def resolve_command(self, ctx, args):
         # the subcommand's raw arguments, for --scenario to find --spec-dir before click parses it
         name, cmd, rest = super().resolve_command(ctx, args)

@@ -42,6 +42,30 @@ class _Microbatches(click.ParamType):
 MICROBATCHES = _Microbatches()
 
 
+class _Seconds(click.ParamType):
+    """A time with its unit on the command line ("0.7ms", "2 s"); a scenario file's number is seconds (the
+    field is named ``*_s``). A bare number on the command line is refused: 50 could be ms or s."""
+
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        from ..errors import CmperfError
+        from ..units import parse
+
+        flag = param.opts[0] if param is not None else "value"
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        text = str(value).strip()
+        try:
+            float(text)
+        except ValueError:
+            return parse(text, "s", where=flag)
+        raise CmperfError(f"{flag}: {text!r} has no unit; write e.g. {text}ms or {text}s")
+
+
+SECONDS = _Seconds()
+
+
 def precision_options(fn):
     fn = knob("--kv-dtype", "kv_dtype", type=DTYPES, help="KV-cache datatype [default: bf16].")(fn)
     fn = knob(
