@@ -6,6 +6,7 @@ microbatch. The step runs the dense layers, the MoE layers and the MTP module as
 then embedding, LM heads and sampling once on the whole batch (serial):
 
     step_s = makespan of the list schedule over dense, MoE, MTP layers (cmperf.step.compose) + head_s
+             + step_overhead_s (the deployment's host time per step: graph launch, sampling, scheduling)
     TPOT   = step_s / (1 + sum_{i=1..d} accept^i)         (CM384 §4.2.4: 1.7 tokens per step at 70%)
     tokens_per_s_per_device = batch_per_device / TPOT
 
@@ -302,7 +303,10 @@ def evaluate(system: System, model: Model, dep: Deployment) -> DecodeEval:
             np.where(on, x, y) for x, y in ((h_step, o_step), (h_lower, o_lower), (h_upper, o_upper))
         )
     sts = [*sts, h_st]
-    step, ideal, lower, upper = chain + h_step, ideal + h_step, lower + h_lower, upper + h_upper
+    # host time per step outside the layers (graph launch, sampling, scheduling): serial, in every bound
+    over = np.asarray(dep.step_overhead_s, dtype=float)
+    step, ideal = chain + h_step + over, ideal + h_step + over
+    lower, upper = lower + h_lower + over, upper + h_upper + over
     per_step = 1.0 + accepted_per_step(mtp_a, dep.mtp_accept)
     tpot = step / per_step
     # memory
@@ -525,6 +529,12 @@ def _point_prediction(ev: DecodeEval, i: int, auto_tpot_s: dict[int, float] | No
             "ideal_period_s": f(st.period_s),
             "ideal_binding": names[int(st.binding)],
         }
+    ops = op_rows(sts, dep.microbatches)
+    if dep.step_overhead_s > 0:  # the deployment's per-step host time, a serial latency of its own
+        t = float(dep.step_overhead_s)
+        ops.append(
+            OpRow("step", "step.overhead", "serial", 1, t, t, "latency", 0.0, 0.0, 0.0, t, 0.0, 0.0, 0.0)
+        )
     dep_d = dep.phase_knobs()
     if auto_tpot_s is not None:
         dep_d["microbatches_auto"] = True
@@ -552,7 +562,7 @@ def _point_prediction(ev: DecodeEval, i: int, auto_tpot_s: dict[int, float] | No
         f(ev.upper_tpot_s),
         f(ev.comm_bound_tpot_s),
         streams,
-        op_rows(sts, dep.microbatches),
+        ops,
         float(straggler_kv_len(dep.kv_len, dep.kv_cv, seqs_mb, dep.ep_size)),
     )
 

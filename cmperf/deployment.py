@@ -209,6 +209,7 @@ FLAGS = {
     "mtp": "--mtp",
     "mtp_accept": "--mtp-accept",
     "attention_cube_cores": "--attn-cores",
+    "step_overhead_s": "--step-overhead",
     "tokens_per_device": "--tokens-per-device",
     "prompt_len": "--prompt-len",
     "cache_hit": "--cache-hit",
@@ -227,6 +228,7 @@ DECODE_FIELDS = (
     "mtp",
     "mtp_accept",
     "attention_cube_cores",
+    "step_overhead_s",
 )
 PREFILL_FIELDS = ("tokens_per_device", "prompt_len", "cache_hit", "cache_plane", "attn_tp")
 
@@ -264,6 +266,7 @@ class Deployment:
     mtp: Any = 1  # speculative tokens per step
     mtp_accept: Any = 0.7
     attention_cube_cores: Any = None  # None: the system's [overlap.decode] split
+    step_overhead_s: Any = 0.0  # host time per step outside the layers (graph launch, sampling, scheduling)
     # prefill
     tokens_per_device: Any = 16384.0
     prompt_len: Any = 4096.0
@@ -342,6 +345,8 @@ class Deployment:
                 )
             if not 0.0 <= d.mtp_accept <= 1.0:
                 out.append(f"--mtp-accept: must be in [0, 1], got {d.mtp_accept:g}")
+            if not 0.0 <= d.step_overhead_s < 1.0:
+                out.append(f"--step-overhead: must be a time in [0, 1 s), got {d.step_overhead_s:g} s")
             split = system.overlap_for("decode").policy == "split-cores"
             if split and not 0 < d.attention_cube_cores < system.chip.cube_cores:
                 out.append(

@@ -236,3 +236,60 @@ def test_kv_spread_slows_attention_bound_decode(cm384, r1):
     d = json.loads(r.output)
     assert d["deployment"]["kv_cv"] == pytest.approx(1024 / 12**0.5 / 4608, rel=1e-9)
     assert d["straggler_kv_len"] > d["deployment"]["kv_len"] == 4608
+
+
+def test_step_overhead_knob_reaches_every_caller(cm384, r1, tmp_path):
+    """A knob is a record field, the code that reads it and its flag: the scenario file, the search grid and
+    the serving pools get it through the record. 0.7 ms per step (CM384 §5.4.2 names graph dispatch at
+    0.6-0.8 ms) adds 0.7/1.7 = 0.41 ms to TPOT at MTP 1 @ 0.7."""
+    import json
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+
+    from cmperf import search
+    from cmperf.cli import main
+
+    base = decode.predict(cm384, r1, ddep())
+    slow = decode.predict(cm384, r1, ddep(step_overhead_s=0.7e-3))
+    assert slow.tpot_s - base.tpot_s == pytest.approx(0.7e-3 / 1.7, rel=1e-9)
+    assert slow.lower_tpot_s - base.lower_tpot_s == pytest.approx(0.7e-3 / 1.7, rel=1e-9)
+    assert [r.name for r in slow.ops if r.stage == "step"] == ["step.overhead"]
+    # the flag (a unit is required) and a scenario's [deployment] field give the same number
+    run = CliRunner().invoke
+    flag = json.loads(
+        run(main, ["decode", "--microbatches", "2", "--step-overhead", "0.7ms", "--format", "json"]).stdout
+    )
+    sc = tmp_path / "slow.toml"
+    sc.write_text(
+        'name = "slow"\ncommand = "decode"\n[deployment]\nmicrobatches = 2\nstep_overhead_s = 0.0007\n'
+    )
+    file = json.loads(run(main, ["decode", "--scenario", str(sc), "--format", "json"]).stdout)
+    assert flag["tpot_s"] == file["tpot_s"] == pytest.approx(slow.tpot_s, rel=1e-11)
+    bad = run(main, ["decode", "--step-overhead", "0.7"])
+    assert bad.exit_code == 2 and "--step-overhead: '0.7' has no unit" in bad.stderr
+    # the search evaluates the base record's knob on every grid point
+    res, _ = search.search_decode(
+        cm384,
+        r1,
+        prompt_len=4096,
+        output_len=256,
+        tpot_slo_s=0.05,
+        base=ddep(step_overhead_s=0.7e-3),
+        top_k=1,
+    )
+    c = res.best
+    one = decode.evaluate(
+        cm384, r1, replace(search.config_deployment(res_base(r1, cm384), c), step_overhead_s=0.7e-3)
+    )
+    assert float(one.tpot_s) == pytest.approx(c.tpot_s, rel=1e-12)
+
+
+def res_base(r1, cm384):
+    """The base record search_decode builds from a workload of 4096 + 256 tokens."""
+    from dataclasses import replace
+
+    from cmperf.deployment import kv_lengths
+
+    kv, cap, cv = kv_lengths(r1, 4096, 256)
+    return replace(ddep(), kv_len=kv, kv_capacity_len=cap, kv_cv=cv)

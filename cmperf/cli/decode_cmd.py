@@ -6,7 +6,15 @@ import click
 
 from . import knobs
 from .common import Infeasible, emit, format_option, guarded, ops_limit, ops_option, system_model_options
-from .knobs import DTYPES, MICROBATCHES, common_options, experts_dtype_option, knob, precision_options
+from .knobs import (
+    DTYPES,
+    MICROBATCHES,
+    SECONDS,
+    common_options,
+    experts_dtype_option,
+    knob,
+    precision_options,
+)
 from .scenario_opt import scenario_option
 
 
@@ -51,6 +59,13 @@ from .scenario_opt import scenario_option
     "saves, and operators turn it off.",
 )
 @knob("--redundant", "num_redundant", type=int, help="Redundant expert copies over the EP group.")
+@knob(
+    "--step-overhead",
+    "step_overhead_s",
+    type=SECONDS,
+    help="Host time per decode step outside the layers (graph launch, sampling, scheduling), e.g. 0.7ms "
+    "[default: 0].",
+)
 @knob(
     "--attn-cores",
     "attention_cube_cores",
