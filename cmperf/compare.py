@@ -153,7 +153,7 @@ def binding_of(system: System, ops, stage: str, stage_binding: str, policy: str,
     by: dict[str, float] = {}
     for r in sel:
         by[r.bound] = by.get(r.bound, 0.0) + r.time_s
-    ceiling = max(by, key=by.get) if by else "none"
+    ceiling = max(by, key=by.__getitem__) if by else "none"
     plane = "hbm" if ceiling == "memory" else ("cores" if ceiling == "compute" else "")
     if ceiling in ("link", "latency") and comm_ep is not None:
         plane = _slower_plane(system, [r for r in sel if _is_comm(r) and r.comm_bytes > 0], comm_ep)
@@ -336,7 +336,7 @@ def prefill_row(system: System, model: Model, **knobs) -> CompareRow:
     b = binding_of(system, decode.op_rows(ev.stages, microbatches), "moe", verdict, policy, ep_size)
     plane_s = _prefill_plane_seconds(system, moe)
     if b["ceiling"] in ("link", "latency") and plane_s:
-        b["plane"] = max(plane_s, key=plane_s.get)
+        b["plane"] = max(plane_s, key=plane_s.__getitem__)
     peak = peak_8bit_flops_per_device(system)
     split = ep_traffic_split(system, ep_size)
     return CompareRow(

@@ -279,7 +279,7 @@ def evaluate(system: System, model: Model, dep: Deployment) -> DecodeEval:
     prec = dep.precision
     assert prec is not None
     policy = system.overlap_for("decode").policy
-    share = attention_cores(system, dep.attention_cube_cores) / system.chip.cube_cores
+    share: float | np.ndarray = attention_cores(system, dep.attention_cube_cores) / system.chip.cube_cores
     share = share if policy == "split-cores" else 1.0
     rpd = system.ranks_per_device
     b_rank = np.asarray(dep.batch_per_device, dtype=float) / rpd
@@ -366,7 +366,7 @@ def _comm_bound_s(moe_st: StageTime, n):
 
     Times num_layers and divided by tokens per step it bounds TPOT: 2 * 61 * 120.96 us = 14.76 ms for
     32 tokens x 9 copies x 7,000 B x (1 + 2) over 50 GB/s."""
-    total = 0.0
+    total: float | np.ndarray = 0.0
     for op, t in zip(moe_st.stage.ops, moe_st.op_times, strict=True):
         if op.collective in ("dispatch", "combine"):
             total = total + t.time_s

@@ -134,7 +134,7 @@ def evaluate(system: System, model: Model, dep: Deployment, *, load_cache: bool 
     """
     dep = dep.resolve(system, model)
     prec = dep.precision
-    assert prec is not None and dep.cache_plane is not None
+    assert prec is not None and dep.cache_plane is not None and dep.eplb is not None
     cache_plane = dep.cache_plane
     ov = system.overlap_for("prefill")
     policy = ov.policy

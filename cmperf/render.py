@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -158,7 +159,7 @@ def op_table_rows(ops, step_s: float) -> list[tuple[str, ...]]:
     ]
 
 
-def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def markdown_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out) + "\n"
@@ -297,7 +298,7 @@ def tables(title: str, summary: list[tuple[str, str]], sections, width: int | No
         keep, mins, left_out = _fit(sec.header, sec.rows, sec.drop, width)
         tt = Table(title=sec.title or None, **common)
         for i in keep:
-            justify = "left" if mins[i] is None else "right"
+            justify: Literal["left", "right"] = "left" if mins[i] is None else "right"
             tt.add_column(sec.header[i], justify=justify, overflow="fold", min_width=mins[i])
         for r in sec.rows:
             tt.add_row(*(str(r[i]) for i in keep))

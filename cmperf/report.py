@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .render import OP_HEADER, markdown_table
+from .specs import Model, System
 from .units import fmt_bytes, fmt_s
 
 SWEEP_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384)
@@ -54,8 +55,8 @@ def _name(path: str) -> str:
     return Path(path).name
 
 
-def sources_rows(system, model) -> list[tuple[str, ...]]:
-    rows = []
+def sources_rows(system: System, model: Model) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
     for label, spec in (("chip " + system.chip.name, system.chip), ("system " + system.name, system)):
         for k in sorted(spec.sources):
             rows.append((label, k, spec.sources[k].replace("|", "/")))

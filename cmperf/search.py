@@ -23,7 +23,7 @@ Search spaces, each derived from the system and model files, not typed in:
 * MTP depth 0 .. ``num_mtp_modules``.
 
 Objectives: decode tokens/s per device; prefill tokens/s per device (``prefill.evaluate``); serving
-goodput per device and the fewest devices for a target request rate (``optimize``: ``serving.size``, the
+goodput per device and the fewest devices for a target request rate (``optimize``: ``sizing.size``, the
 serving model's split, on the searched knobs).
 """
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import decode, serving
+from . import decode, serving, sizing
 from .deployment import Deployment, kv_lengths, place_experts
 from .errors import CmperfError
 from .specs import Model, System
@@ -723,7 +723,7 @@ def search_prefill(
 class OptimizeResult:
     decode: DecodeSearch
     prefill: PrefillSearch | None
-    serving: serving.SizeResult | None  # the split, by cmperf.serving.size (as `cmperf serve --size`)
+    serving: sizing.SizeResult | None  # the split, by cmperf.sizing.size (as `cmperf serve --size`)
     notes: list[str]
     slo_percentile: float = serving.DEFAULT_SLO_PERCENTILE  # the percentile the split's SLOs are on
 
@@ -736,7 +736,7 @@ def serving_pools(
     decode: Deployment,
     prefill: Deployment,
 ) -> serving.Pools:
-    """The serving pools of the searched configurations, for ``serving.size``: prefill instances of the best
+    """The serving pools of the searched configurations, for ``sizing.size``: prefill instances of the best
     prefill configuration's size and microbatches (EP = its ranks), decode with the best decode
     configuration's microbatches and MTP, on the ``decode`` / ``prefill`` records the searches started
     from. The rest is the serving model's: decode EP over all ranks of the pool, the scheduler's prefill
@@ -770,7 +770,7 @@ def optimize(
     no limit: that pool serves up to its capacity); ``decode`` / ``prefill``: the knobs the searches do not
     vary (MTP acceptance, precision, EPLB, ...).
 
-    The split is the serving model's, ``serving.size`` (the sizing ``cmperf serve --size`` runs), on the
+    The split is the serving model's, ``sizing.size`` (the sizing ``cmperf serve --size`` runs), on the
     pools of the searched configurations (``serving_pools``). The searches hold each configuration's own
     TPOT at its batch and TTFT of one batch (no queueing) to the same SLO values.
     """
@@ -801,10 +801,10 @@ def optimize(
     )
     if pre.best is not None and dec.best is not None:
         pools = serving_pools(system, model, dec.best, pre.best, decode, prefill)
-        serv = serving.size(system, model, wl, pools, slo, total_devices=total)
+        serv = sizing.size(system, model, wl, pools, slo, total_devices=total)
         q, inst = slo.percentile_label, pools.prefill_instance_devices
         notes += [
-            f"serving split: cmperf.serving.size, as `cmperf serve --size`, on {inst}-device prefill "
+            f"serving split: cmperf.sizing.size, as `cmperf serve --size`, on {inst}-device prefill "
             f"instances ({pools.prefill.microbatches} microbatches) and a decode pool with EP over all its "
             f"ranks ({pools.decode.microbatches} microbatches, MTP {pools.decode.mtp}); TTFT {q} by "
             f"Allen-Cunneen M/G/c over prefill batch slots, TPOT {q} at the decode pool's Little's-law batch",
@@ -818,7 +818,7 @@ def optimize(
 
 def optimize_json(res: OptimizeResult) -> dict:
     """The JSON body of ``cmperf optimize``: best knobs + predictions, top, pareto, rejected counts, and
-    the serving split (``serving``: a ``serving.SizeResult``; ``slo_percentile``: its SLOs' percentile)."""
+    the serving split (``serving``: a ``sizing.SizeResult``; ``slo_percentile``: its SLOs' percentile)."""
     d = res.decode
     s = res.serving.best if res.serving is not None else None
     best = None

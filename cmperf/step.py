@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .comm import DomainDedupOp, ep_collective_time, plane_collective_time
-from .graph import Op, Stage
+from .graph import Array, Op, Stage
 from .roofline import OpTime, compute_op_time
 from .specs import System
 
@@ -68,7 +68,7 @@ class StageTime:
     lower_s: np.ndarray
     upper_s: np.ndarray
     binding: np.ndarray  # coarse verdict: 0: stream A, 1: stream M, 2: A + M serial, 3: shared HBM
-    hbm_s: np.ndarray  # HBM time of all ops of one microbatch (the shared-HBM floor is n * hbm_s)
+    hbm_s: float | np.ndarray  # HBM time of all ops of one microbatch (the shared-HBM floor is n * hbm_s)
 
 
 def op_time(op: Op, system: System, cube_share=1.0, phase: str = "decode") -> OpTime:
@@ -105,7 +105,13 @@ def stage_time(
         n = np.ones_like(n)
     split = (n > 1) & (policy == "split-cores")
     reserve = policy == "compute-comm" and compute_share != 1.0
-    times, a, m, hbm, lo_a, lo_m, serial = [], 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    times: list[OpTime] = []
+    a: float | np.ndarray = 0.0  # sums over the ops: arrays (broadcast over the points) after the first
+    m: float | np.ndarray = 0.0
+    hbm: float | np.ndarray = 0.0
+    lo_a: float | np.ndarray = 0.0
+    lo_m: float | np.ndarray = 0.0
+    serial: float | np.ndarray = 0.0
     for op in stage.ops:
         in_a = _in_a(op, policy)
         share = np.where(split, attn_cube_share if in_a else 1.0 - attn_cube_share, 1.0)
@@ -224,7 +230,7 @@ def _periodic_stage(segs, done: list, free: dict, count: int):
     used = sorted({in_m for in_m, _ in segs})
     out_done: list = []
     out_free: dict = {}
-    period = None
+    period = np.empty(0)  # set at the first check, before idx (below) is set
     idx = None  # flat indices of the points still simulated (None: all)
     w_segs, w_done, w_free = segs, list(done), dict(free)
     last = None
@@ -277,7 +283,7 @@ def _periodic_stage(segs, done: list, free: dict, count: int):
 
 
 def pipeline_s(
-    layers: list[tuple[str, list, object]],
+    layers: list[tuple[str, list, int | Array]],
     n,
     shape=None,
     extrapolate: bool = False,

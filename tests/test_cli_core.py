@@ -154,6 +154,7 @@ def test_import_direction():
         "prefill",
         "queueing",
         "serving",
+        "sizing",
         "search compare",
         "symbolic regress scenario validate",
         "sensitivity",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cmperf import serving
+from cmperf import serving, sizing
 from cmperf.cli import main
 
 
@@ -306,7 +306,7 @@ ONE_SPLIT = ("--prompt-len", "4096", "--output-len", "256", "--ttft-slo", "2s", 
 
 def test_optimize_and_serve_size_give_one_split(cm384, r1):
     """Issue 11 item 3: `cmperf optimize` and `cmperf serve --size` split 384 NPUs (4K/256, TTFT 2 s, TPOT
-    50 ms) with one sizing model (serving.size) on one percentile (p99): 304 prefill + 72 decode at 524
+    50 ms) with one sizing model (sizing.size) on one percentile (p99): 304 prefill + 72 decode at 524
     req/s, where the optimizer's own M/D/c p90 model said 288 + 88 at 501 req/s."""
 
     from cmperf import search
@@ -315,7 +315,7 @@ def test_optimize_and_serve_size_give_one_split(cm384, r1):
     slo = serving.SLO(ttft_s=2.0, tpot_s=0.05)
     opt = search.optimize(cm384, r1, devices=384, workload=wl, slo=slo)
     # the pools `cmperf serve --size` builds from its defaults
-    size = serving.size(cm384, r1, wl, serving.default_pools(cm384, r1), slo, total_devices=384)
+    size = sizing.size(cm384, r1, wl, serving.default_pools(cm384, r1), slo, total_devices=384)
     keys = ("prefill_devices", "decode_devices", "devices", "goodput_rps", "ttft_slo_rps", "tpot_slo_rps")
     assert {k: opt.serving.best[k] for k in keys} == {k: size.best[k] for k in keys}
     assert opt.serving.inputs == size.inputs  # the searched knobs are serve's defaults here

@@ -106,7 +106,7 @@ def slo_percentile_option(fn):
 
 def slo_text(slo: dict) -> str:
     """The SLO a result is on, percentile named: "TTFT p99 <= 2 s, TPOT p99 <= 50 ms" (from ``slo`` of a
-    ``serving.SizeResult``: ttft_s, tpot_s, quantile; an infinite one is "no TTFT SLO")."""
+    ``sizing.SizeResult``: ttft_s, tpot_s, quantile; an infinite one is "no TTFT SLO")."""
     q = slo["quantile"]
 
     def one(name, x):
@@ -153,7 +153,7 @@ def size_rows(s) -> tuple[list[tuple[str, str]], list[tuple[str, ...]]]:
 
 
 def cand_header(s) -> tuple[str, ...]:
-    """Header of the split candidates of a ``serving.SizeResult``, the limits' percentile named."""
+    """Header of the split candidates of a ``sizing.SizeResult``, the limits' percentile named."""
     q = s.slo["quantile"]
     return ("prefill", "decode", f"TTFT {q} limit", f"TPOT {q} limit", "max rate in SLO", "goodput/device")
 
@@ -260,7 +260,7 @@ def serve(
     """Serve a load on prefill/decode/cache pools: TTFT p50/p90/p99, TPOT mean/p99, goodput, bottleneck."""
     from dataclasses import replace
 
-    from .. import render, serving, specs
+    from .. import render, serving, sizing, specs
     from ..errors import CmperfError
 
     sysm = specs.load_system(system, spec_dirs)
@@ -305,7 +305,7 @@ def serve(
     if do_size:
         if concurrency is not None:
             raise CmperfError("--size works from --rate or a device total, not --concurrency")
-        res = serving.size(sysm, mod, wl, pools, slo, total_devices=devices_total)
+        res = sizing.size(sysm, mod, wl, pools, slo, total_devices=devices_total)
         rows, cands = size_rows(res)
         title = f"best splits ({slo_text(res.slo)})"
         if fmt == "json":
