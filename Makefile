@@ -15,18 +15,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/cmperf decode
 
-## make test: set up the environment, lint, check formatting, and run the test suite
+## make test: set up the environment, lint, check formatting, type-check the core, and run the test suite
 test: $(STAMP)
 	$(BIN)/ruff check cmperf tests scripts
 	$(BIN)/ruff format --check cmperf tests scripts
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check cmperf tests scripts
 	$(BIN)/ruff format --check cmperf tests scripts
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache
