@@ -57,6 +57,7 @@ def best_of(fn, repeats: int = 5) -> float:
 
 def main() -> int:
     from cmperf import decode, search, specs
+    from cmperf.deployment import Deployment
 
     sysm = specs.load_system("cloudmatrix384")
     mod = specs.load_model("deepseek-r1")
@@ -82,17 +83,19 @@ def main() -> int:
     b = rng.integers(1, 129, n).astype(float)
     kv = rng.integers(512, 32_769, n).astype(float)
     ep = rng.choice(ep_choices, n)
-    t_pts = best_of(lambda: decode.evaluate(sysm, mod, batch_per_device=b, kv_len=kv, ep_size=ep))
+    pts = Deployment(batch_per_device=b, kv_len=kv, ep_size=ep, microbatches=2)
+    t_pts = best_of(lambda: decode.evaluate(sysm, mod, pts))
     rows.append(
         ("decode.evaluate, 100,000 points (batch, KV, EP arrays)", f"{t_pts:.3f} s", "< 1 s", t_pts < 1.0)
     )
 
     # 3. decode search grid throughput (the grid of `cmperf optimize`: MTP x pipeline modes x sizes x batches)
-    space = search.decode_space(sysm, mod, kv_len=4224.0, kv_capacity_len=4352.0)
+    grid_base = Deployment(kv_len=4224.0, kv_capacity_len=4352.0).resolve(sysm, mod)
+    space = search.decode_space(sysm, mod, grid_base)
     calls = []
     t_grid = best_of(
         lambda: search.evaluate_decode_grid(
-            sysm, mod, space, kv_len=4224.0, kv_capacity_len=4352.0, progress=lambda i, n: calls.append(n)
+            sysm, mod, space, grid_base, progress=lambda i, n: calls.append(n)
         ),
         repeats=5,
     )

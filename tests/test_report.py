@@ -137,3 +137,34 @@ def test_explain_elasticities_numeric_and_symbolic():
     assert "TPOT(b, L)" in d["forms_latex"]
     t = run("explain")
     assert t.exit_code == 0 and "closed forms" in t.output and "HBM bandwidth" in t.output
+
+
+@pytest.mark.parametrize("where", ["flag-after", "flag-before", "env"])
+def test_scenario_by_name_honours_spec_dir_and_cmperf_path(tmp_path, monkeypatch, where):
+    """Issue 11 item 4: `--scenario NAME` finds a scenario in a --spec-dir folder (either order on the
+    command line) or on CMPERF_PATH, for the prediction commands and for snapshot alike."""
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "scenarios" / "mine.toml").write_text(
+        'name = "mine"\ncommand = "decode"\n[deployment]\nbatch_per_device = 24\nmicrobatches = 1\n'
+    )
+    args = {"flag-after": ["--spec-dir", tmp_path], "flag-before": ["--spec-dir", tmp_path], "env": []}[where]
+    if where == "env":
+        monkeypatch.setenv("CMPERF_PATH", str(tmp_path))
+    cmd = (
+        ["decode", *args, "--scenario", "mine"]
+        if where == "flag-before"
+        else ["decode", "--scenario", "mine", *args]
+    )
+    r = run(*cmd, "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["batch_per_device"] == 24
+    snap = run("snapshot", "mine", *args)
+    assert snap.exit_code == 0, snap.output
+    assert json.loads(snap.stdout)["scenarios"]["mine"]["metrics"]["batch_per_device"] == 24
+
+
+def test_serve_refuses_what_decode_refuses():
+    """One record, one check: `serve --mtp 2` on a one-MTP-module model fails as `decode --mtp 2` does."""
+    for cmd in (["decode"], ["serve", "--rate", "40"]):
+        r = run(*cmd, "--mtp", "2")
+        assert r.exit_code == 2 and "--mtp: deepseek-r1 has 1 MTP module(s)" in r.stderr, r.output
