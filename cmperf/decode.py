@@ -33,6 +33,7 @@ call; the scalar ``predict`` adds the per-op breakdown and the memory verdict, a
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -611,7 +612,7 @@ def point_stage(st: StageTime, shape: tuple[int, ...], i: int) -> StageTime:
 def point_deployment(dep: Deployment, shape: tuple[int, ...], i: int) -> Deployment:
     """The scalar record of point ``i`` of a (resolved) grid record: array knobs taken at ``i``, integer
     knobs as ints."""
-    vals = {}
+    vals: dict[str, Any] = {}
     for f in fields(dep):
         v = getattr(dep, f.name)
         if isinstance(v, np.ndarray):

@@ -37,6 +37,7 @@ import numpy as np
 from . import decode, serving, sizing
 from .deployment import Deployment, kv_lengths, place_experts
 from .errors import CmperfError
+from .serving import DEFAULT_SLO_PERCENTILE
 from .specs import Model, System
 
 # Reasons in the order they are tested: a candidate is counted once, under the first it fails.
@@ -725,7 +726,7 @@ class OptimizeResult:
     prefill: PrefillSearch | None
     serving: sizing.SizeResult | None  # the split, by cmperf.sizing.size (as `cmperf serve --size`)
     notes: list[str]
-    slo_percentile: float = serving.DEFAULT_SLO_PERCENTILE  # the percentile the split's SLOs are on
+    slo_percentile: float = DEFAULT_SLO_PERCENTILE  # the percentile the split's SLOs are on
 
 
 def serving_pools(

@@ -145,6 +145,8 @@ def elasticities(
     ``dep``: numeric (central differences of decode.evaluate at 1 +- h) and, where the parameter has a
     symbol, symbolic (the derivative of ``forms.tokens_per_s`` at ``forms.values``)."""
     rows = []
+    dep = dep.resolve(system, model)
+    assert dep.precision is not None  # resolve fills it
     for label, sym, fn in perturbations(system, dep.precision):
         lo = decode.evaluate(fn(system, 1 - h), model, dep).tokens_per_s_per_device
         hi = decode.evaluate(fn(system, 1 + h), model, dep).tokens_per_s_per_device

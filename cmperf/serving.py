@@ -300,7 +300,9 @@ def cache_pool(system: System, model: Model, wl: Workload, pools: Pools) -> Cach
     """Hit rate of the EMS prefix cache. Example: 2 TB, 10,000 prefixes of 2,048 tokens, Zipf 1.0 →
     13,900 fit, everything resident → h = 1; 100,000 prefixes → Che gives h ≈ 0.80."""
     cap = pools.cache_bytes(system)
-    per_tok = kv_bytes_per_token(model, pools.resolve(system, model).prefill.precision.kv)
+    prec = pools.resolve(system, model).prefill.precision
+    assert prec is not None  # resolve fills it
+    per_tok = kv_bytes_per_token(model, prec.kv)
     plen = wl.prefix_len if wl.prefix_len is not None else wl.prompt_len / 2.0
     pbytes = plen * per_tok
     items = cap / pbytes if pbytes > 0 else 0.0
@@ -654,7 +656,7 @@ class ServeResult:
     rate_rps: float
     ttft_s: dict[str, float]
     tpot_s: dict[str, float]
-    slo: dict[str, float]
+    slo: dict[str, float | str]
     slo_met: bool
     slo_attainment: float
     goodput_rps: float
@@ -741,7 +743,11 @@ def evaluate(
     slo = slo or SLO()
     svc = _Service(system, model, wl, pools, slo)
     pools = svc.pools
-    rate = wl.rate_per_s if wl.rate_per_s is not None else _concurrency_rate(svc, float(wl.concurrency))
+    if wl.rate_per_s is not None:
+        rate = wl.rate_per_s
+    else:
+        assert wl.concurrency is not None  # Workload.check: a rate or a concurrency
+        rate = _concurrency_rate(svc, float(wl.concurrency))
     p, d = svc.at(rate)
     traffic = svc.cache_traffic(rate)
     util = {"prefill": p.utilization, "decode": d.utilization, "cache_link": traffic / svc.cache_bw}
@@ -796,7 +802,7 @@ def evaluate(
         "precision": pools.decode.precision.__dict__,
     }
     c = svc.cache
-    cache = {
+    cache: dict[str, float | str] = {
         "model": c.model,
         "capacity_bytes": c.capacity_bytes,
         "prefix_bytes": c.prefix_bytes,

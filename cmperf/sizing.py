@@ -123,7 +123,9 @@ def size(
         hit = cache_pool(system, model, wl0, pk).token_hit_rate
         if hit not in by_hit:
             one = prefill_grid(system, model, wl0, pk, hit)
-            by_hit[hit] = np.array([ttft_limit_rps(_with_instances(one, pp // inst), wl0, slo) for pp in ps])
+            by_hit[hit] = np.array(
+                [ttft_limit_rps(_with_instances(one, int(pp // inst)), wl0, slo) for pp in ps]
+            )
         ttft_lim[k] = by_hit[hit]
     P, D = np.meshgrid(ps, ds, indexing="ij")
     valid = total >= (P + D)
@@ -142,7 +144,7 @@ def size(
     else:
         # smallest cache fraction within 0.5% of the best, then the best split at it
         k = int(np.argmax(score.reshape(fr.size, -1).max(axis=1) >= best_score * 0.995))
-        i, j = np.unravel_index(int(np.argmax(score[k])), score[k].shape)
+        i, j = map(int, np.unravel_index(int(np.argmax(score[k])), score[k].shape))
     cands = []
     order = np.argsort(-score[k].ravel(), kind="stable")[:10]
     for flat in order:
