@@ -72,7 +72,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """PEP 562: ``cmperf.Deployment`` (and ``from cmperf import Deployment``) imports its module on first use."""
+    """PEP 562: ``cmperf.Deployment`` (or ``from cmperf import Deployment``) loads its module on first use."""
     try:
         module, attr = _LAZY[name]
     except KeyError:
@@ -86,17 +86,10 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def _phase_module(dep: Deployment):
-    """``cmperf.decode`` or ``cmperf.prefill`` by ``dep.phase``; CmperfError naming the field otherwise."""
-    if dep.phase == "decode":
-        from . import decode
-
-        return decode
-    if dep.phase == "prefill":
-        from . import prefill
-
-        return prefill
-    raise CmperfError(f"Deployment.phase: {dep.phase!r} is not one of decode, prefill")
+def _check_phase(dep: Deployment) -> None:
+    """CmperfError naming the field unless ``dep.phase`` is decode or prefill."""
+    if dep.phase not in ("decode", "prefill"):
+        raise CmperfError(f"Deployment.phase: {dep.phase!r} is not one of decode, prefill")
 
 
 def predict(system: System, model: Model, dep: Deployment) -> DecodePrediction | PrefillPrediction:
@@ -104,7 +97,14 @@ def predict(system: System, model: Model, dep: Deployment) -> DecodePrediction |
     ``cmperf.decode.predict`` (TPOT, tokens/s per device; ``microbatches="auto"`` picks the count) or
     ``cmperf.prefill.predict`` (batch time, TTFT, input tokens/s per device) by ``dep.phase``.
     CmperfError naming the flag when ``dep`` is invalid (``Deployment.check``)."""
-    return _phase_module(dep).predict(system, model, dep)
+    _check_phase(dep)
+    if dep.phase == "prefill":
+        from . import prefill
+
+        return prefill.predict(system, model, dep)
+    from . import decode
+
+    return decode.predict(system, model, dep)
 
 
 def evaluate(system: System, model: Model, dep: Deployment) -> DecodeEval | PrefillEval:
@@ -113,7 +113,20 @@ def evaluate(system: System, model: Model, dep: Deployment) -> DecodeEval | Pref
     whole grid; the record's fields are arrays over the grid and ``.at(i)`` is point i's full prediction.
     No validation (a grid may hold infeasible points: see ``feasible``); decode ``microbatches`` is a count
     here, not ``"auto"``."""
-    return _phase_module(dep).evaluate(system, model, dep)
+    _check_phase(dep)
+    if dep.phase == "prefill":
+        from . import prefill
+
+        return prefill.evaluate(system, model, dep)
+    if dep.microbatches is None or isinstance(dep.microbatches, str):
+        raise CmperfError(
+            f"Deployment.microbatches: evaluate takes a count or an array of counts, got "
+            f"{dep.microbatches or 'the default auto'}; give e.g. microbatches=np.array([1, 2, 3]) "
+            f"(the auto choice is predict's)"
+        )
+    from . import decode
+
+    return decode.evaluate(system, model, dep)
 
 
 def serve(

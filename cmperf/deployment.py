@@ -305,8 +305,12 @@ class Deployment:
         each naming its flag and the fix; [] when it is valid."""
         if self.phase not in PHASES:
             return [f"phase: {self.phase!r} is not one of {', '.join(PHASES)}"]
-        d = self.resolve(system, model)
-        out: list[str] = []
+        bad = self._domain_reasons()
+        # a knob outside its domain (NaN, inf, a string, half a device) is reported once, and the checks
+        # below run with its default in its place (they would fail on it, or repeat the reason)
+        rec = replace(self, **{k: _FIELD_DEFAULTS[k] for k in bad}) if bad else self
+        d = rec.resolve(system, model)
+        out: list[str] = list(bad.values())
         ranks = d.devices * system.ranks_per_device
         if not 1 <= d.devices <= system.num_devices:
             out.append(
@@ -348,6 +352,12 @@ class Deployment:
             if not 0.0 <= d.step_overhead_s < 1.0:
                 out.append(f"--step-overhead: must be a time in [0, 1 s), got {d.step_overhead_s:g} s")
             split = system.overlap_for("decode").policy == "split-cores"
+            if not split and self.attention_cube_cores not in (None, 0):
+                out.append(
+                    f"--attn-cores: {system.name} does not split the cube cores between streams "
+                    f'([overlap.decode] policy = "{system.overlap_for("decode").policy}"): the flag would '
+                    "have no effect; leave it out"
+                )
             if split and not 0 < d.attention_cube_cores < system.chip.cube_cores:
                 out.append(
                     f"--attn-cores: {d.attention_cube_cores} leaves no cube core to one stream; use 1 to "
@@ -373,10 +383,18 @@ class Deployment:
                 )
             tp = d.attn_tp
             if tp < 1 or ranks % tp or model.num_attention_heads % tp:
-                out.append(
-                    f"--attn-tp: {tp} must divide the {ranks} ranks and the "
-                    f"{model.num_attention_heads} heads; try --attn-tp {min(16, ranks)}"
-                )
+                fits = math.gcd(ranks, model.num_attention_heads)  # the largest TP that divides both
+                if self.attn_tp is None:  # the system's default TP: the device count is what does not fit
+                    out.append(
+                        f"--devices: {d.devices} devices ({ranks} ranks) do not split into the default "
+                        f"attention TP of {tp} ranks ({system.name}); use a multiple of "
+                        f"{tp // system.ranks_per_device or 1} devices, or --attn-tp {fits}"
+                    )
+                else:
+                    out.append(
+                        f"--attn-tp: {tp} must divide the {ranks} ranks and the "
+                        f"{model.num_attention_heads} heads; try --attn-tp {fits}"
+                    )
         try:
             assert d.precision is not None
             d.precision.check(system)
@@ -384,6 +402,29 @@ class Deployment:
                 place_experts(model, d.ep_size, d.num_redundant)
         except CmperfError as e:
             out.append(str(e))
+        return out
+
+    def _domain_reasons(self) -> dict[str, str]:
+        """{field: reason} for each scalar knob the phase reads that is outside its static domain
+        (``cmperf.domains.DEPLOYMENT``: finite, in range, whole where it counts; a name is a string), the
+        reason naming the knob's flag."""
+        from .domains import DEPLOYMENT
+
+        other = PREFILL_FIELDS if self.phase == "decode" else DECODE_FIELDS
+        out: dict[str, str] = {}
+        for name, dom in DEPLOYMENT.items():
+            v = getattr(self, name)
+            if name in other or v is None or (isinstance(v, np.ndarray) and v.ndim > 0):
+                continue
+            try:
+                dom.check(v.item() if isinstance(v, np.generic | np.ndarray) else v, FLAGS[name], text=False)
+            except CmperfError as e:
+                out[name] = str(e)
+        names = ("eplb", "cache_plane") if self.phase == "prefill" else ("eplb",)
+        for name in names:
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                out[name] = f"{FLAGS[name]}: {v!r} is not a name; give one of the choices (see --help)"
         return out
 
     def validate(self, system: System, model: Model) -> tuple[Deployment, Placement]:
@@ -416,6 +457,10 @@ class Deployment:
         """``knobs`` without the other phase's part."""
         other = PREFILL_FIELDS if self.phase == "decode" else DECODE_FIELDS
         return {k: v for k, v in self.knobs().items() if k not in other}
+
+
+#: Each field's default (what ``check`` puts in place of a knob outside its domain while it checks the rest).
+_FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Deployment)}
 
 
 def _int(x):

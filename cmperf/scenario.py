@@ -27,7 +27,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .deployment import Deployment, Precision, kv_lengths, precision_from
+from .deployment import AUTO, DECODE_FIELDS, PREFILL_FIELDS, Deployment, Precision, kv_lengths, precision_from
+from .domains import DEPLOYMENT, WORKLOAD, Domain, whole
+from .domains import SLO as SLO_DOMAINS
 from .errors import CmperfError
 from .serving import SLO, Workload
 from .specs import Model, System, builtin_dirs, load_model, load_system, search_dirs
@@ -137,6 +139,31 @@ def _table(path: Path, raw: dict, key: str, record=None) -> dict[str, Any]:
     return dict(t)
 
 
+#: Fields of the records that hold a name (a string), not a number.
+STRING_FIELDS = ("eplb", "cache_plane", "weights", "experts_dtype", "kv_dtype", "system", "model")
+
+
+def _values(path: Path, table: str, values: dict[str, Any], numeric: dict[str, Domain]) -> dict[str, Any]:
+    """``[table]``'s values checked by file and key: a number in its domain (``cmperf.domains``: finite, in
+    range, whole where it counts; a string is not a number), a string where a name belongs, ``microbatches``
+    a count or "auto". Returns the values converted (a whole number read as an int)."""
+    out = dict(values)
+    for k, v in values.items():
+        where = f"{path}: key {table}.{k}"
+        if k in numeric:
+            out[k] = numeric[k].check(v, where, text=False)
+        elif k in STRING_FIELDS and not isinstance(v, str):
+            raise CmperfError(f'{where}: {v!r} is not a name; write {k} = "..."')
+        elif k == "microbatches" and table == "deployment":
+            if isinstance(v, str):
+                if v.strip().lower() != AUTO:
+                    raise CmperfError(f'{where}: {v!r} is not a count; give 1, 2, 3, 4 or "auto"')
+                out[k] = AUTO
+            else:
+                out[k] = whole(1, 4).check(v, where, text=False)
+    return out
+
+
 def load(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--scenario") -> Scenario:
     """Read and check a scenario file (top-level keys, name = file stem, known command, record fields)."""
     path = find(name, spec_dirs, flag)
@@ -160,6 +187,13 @@ def load(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--
     if raw["command"] not in COMMANDS:
         raise CmperfError(f"{path}: key command: {raw['command']!r} is not one of {', '.join(COMMANDS)}")
     dep = _table(path, raw, "deployment", Deployment)
+    other = {"decode": PREFILL_FIELDS, "prefill": DECODE_FIELDS}.get(raw["command"], ())
+    for k in sorted(dep):
+        if k in other:
+            raise CmperfError(
+                f"{path}: key deployment.{k} is a {'prefill' if raw['command'] == 'decode' else 'decode'} "
+                f"knob; a {raw['command']} scenario does not read it"
+            )
     opts = _table(path, raw, "options")
     for k in sorted(opts) if raw["command"] in PHASE_OPTIONS else ():
         if k not in PHASE_OPTIONS[raw["command"]]:
@@ -172,6 +206,9 @@ def load(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--
                 f"{path}: key options.{k} is not an option of `cmperf {raw['command']}` here{hint}; "
                 f"[options] takes {', '.join(PHASE_OPTIONS[raw['command']])}"
             )
+    dep = _values(path, "deployment", dep, DEPLOYMENT)
+    if raw["command"] in PHASE_OPTIONS:
+        opts = _values(path, "options", opts, {k: v for k, v in WORKLOAD.items() if k in opts})
     prec = dep.pop("precision", {})
     names = {f.name for f in fields(Precision)}
     for k, v in prec.items():
@@ -189,8 +226,8 @@ def load(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--
         raw.get("model"),
         dep,
         dict(prec),
-        _table(path, raw, "workload", Workload),
-        _table(path, raw, "slo", SLO),
+        _values(path, "workload", _table(path, raw, "workload", Workload), WORKLOAD),
+        _values(path, "slo", _table(path, raw, "slo", SLO), SLO_DOMAINS),
         opts,
         str(path),
     )

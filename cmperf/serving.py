@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ from . import decode as dec
 from .deployment import Deployment
 from .errors import CmperfError
 from .graph import kv_bytes_per_token_layer
-from .queueing import che_lru_hit_rate, mgc_wait, response_quantiles_s, zipf_popularity
+from .queueing import QueueWait, che_lru_hit_rate_zipf, mgc_wait, response_quantiles_s
 from .specs import Model, System
 
 __all__ = [
@@ -77,6 +78,21 @@ def _z(p: float) -> float:
     return NormalDist().inv_cdf(p)
 
 
+#: The flag that sets each ``Workload`` field (``cmperf serve``), for error messages.
+WORKLOAD_FLAGS = {
+    "rate_per_s": "--rate",
+    "concurrency": "--concurrency",
+    "prompt_len": "--prompt-len",
+    "output_len": "--output-len",
+    "prompt_cv": "--prompt-cv",
+    "output_cv": "--output-cv",
+    "cache_hit": "--cache-hit",
+    "num_prefixes": "--prefixes",
+    "prefix_skew": "--prefix-skew",
+    "prefix_len": "--prefix-len",
+}
+
+
 @dataclass(frozen=True)
 class Workload:
     """Traffic: Poisson ``rate_per_s`` or a closed loop of ``concurrency`` requests; lengths mean and CV;
@@ -94,6 +110,14 @@ class Workload:
     prefix_len: float | None = None  # default: half the prompt
 
     def check(self, model: Model) -> None:
+        """CmperfError naming the flag: every number in its domain (``cmperf.domains.WORKLOAD``: finite, in
+        range, whole where it counts), then the relations between the fields and the model's context."""
+        from .domains import WORKLOAD
+
+        for name, dom in WORKLOAD.items():
+            v = getattr(self, name)
+            if v is not None:
+                dom.check(v, WORKLOAD_FLAGS[name], text=False)
         if self.rate_per_s is None and self.concurrency is None:
             raise CmperfError(
                 "--rate or --concurrency: give the arrival rate (requests/s) or the concurrency"
@@ -201,10 +225,29 @@ class Pools:
     def num_prefill_instances(self) -> int:
         return self.prefill_devices // self.prefill_instance_devices
 
+    def check_numbers(self) -> None:
+        """CmperfError naming the flag unless every device count and the cache DRAM are in their domains
+        (``cmperf.domains.POOLS``); safe before ``resolve`` (which would fail on a NaN device count)."""
+        from .domains import POOLS
+
+        for flag, name, v in (
+            ("--prefill-devices", "prefill_devices", self.prefill_devices),
+            ("--decode-devices", "decode_devices", self.decode.devices),
+            ("--prefill-instance-devices", "prefill_instance_devices", self.prefill.devices),
+        ):
+            POOLS[name].check(v, flag, text=False)
+        if self.cache_dram_bytes is not None:
+            POOLS["cache_dram_bytes"].check(self.cache_dram_bytes, "--cache-dram", text=False)
+        for rec in (self.decode, self.prefill):
+            reasons = rec._domain_reasons()
+            if reasons:
+                raise CmperfError(next(iter(reasons.values())))
+
     def check(self, system: System, model: Model, wl: Workload) -> None:
         """CmperfError (naming the flag) when the pools do not fit the system or a record is invalid for the
         workload (``Deployment.check`` on the decode record at the workload's KV, on the prefill record at
         one prompt: ``--mtp 2`` on a one-MTP-module model is refused as ``cmperf decode`` refuses it)."""
+        self.check_numbers()
         n = system.num_devices
         if self.prefill_instance_devices < 1:
             raise CmperfError("--prefill-instance-devices: must be at least 1")
@@ -310,7 +353,9 @@ def cache_pool(system: System, model: Model, wl: Workload, pools: Pools) -> Cach
         return CacheResult(cap, per_tok, pbytes, items, math.nan, float(wl.cache_hit), "direct")
     if wl.num_prefixes is None:
         return CacheResult(cap, per_tok, pbytes, items, 0.0, 0.0, "none")
-    h = che_lru_hit_rate(math.floor(items), zipf_popularity(wl.num_prefixes, wl.prefix_skew))
+    # O(1) memory in the number of prefixes (10^9 is as cheap as 10^4): exact sums over the head of the
+    # Zipf law, the Euler-Maclaurin tail above (cmperf.queueing.che_lru_hit_rate_zipf)
+    h = che_lru_hit_rate_zipf(math.floor(items), wl.num_prefixes, wl.prefix_skew)
     tok = min(h * plen / wl.prompt_len, 0.999)
     return CacheResult(cap, per_tok, pbytes, items, h, tok, "zipf-lru")
 
@@ -368,6 +413,8 @@ class PrefillPoolResult:
     capacity_rps: float
     overloaded: bool
     service_scv: float
+    # the batch size each TTFT value is the lowest at ({"p50": 2.0, ..., "mean": 1.0}); {} when overloaded
+    ttft_batch_prompts: dict[str, float] = field(default_factory=dict)
 
 
 def _ttft_for(grid: PrefillGrid, i: int, rate: float, scv: float, qs):
@@ -379,19 +426,63 @@ def _ttft_for(grid: PrefillGrid, i: int, rate: float, scv: float, qs):
     return w, r + float(grid.kv_transfer_s[i])
 
 
+#: TTFT percentiles ``cmperf serve`` reports (p50, p90, p99) besides the SLO's and the mean.
+REPORTED_TTFT_QUANTILES = (0.5, 0.9, 0.99)
+
+
+def _ttft_quantiles(grid: PrefillGrid, i: int, rate: float, scv: float, qs, bound: np.ndarray) -> np.ndarray:
+    """TTFT quantiles ``qs`` at batch index ``i`` (``_ttft_for``), except where the quantile cannot beat
+    ``bound`` (then inf): a response quantile is at least the service's own (the wait is >= 0), so with a
+    gamma service law (SCV > 0) the exact inversion (brentq over a convolution) is skipped wherever the
+    service quantile plus the KV transfer already reaches the best TTFT so far. Exact for the envelope."""
+    if scv <= 0:
+        return _ttft_for(grid, i, rate, scv, qs)[1]
+    from scipy import special
+
+    s, kv = float(grid.batch_s[i]), float(grid.kv_transfer_s[i])
+    shape = 1.0 / scv
+    w = mgc_wait(rate, s, int(grid.instances * grid.batch_prompts[i]), service_scv=scv)
+    out = np.full(len(qs), math.inf)
+    done: dict[float, float] = {}
+    for j, q in enumerate(qs):
+        if q in done:
+            out[j] = done[q]
+            continue
+        if float(special.gammaincinv(shape, q)) * s / shape + kv >= bound[j]:
+            continue  # cannot be lower than the envelope: the service alone takes that long
+        out[j] = done[q] = float(response_quantiles_s(w, s, q, service_scv=scv)) + kv
+    return out
+
+
 def prefill_pool(grid: PrefillGrid, rate: float, wl: Workload, slo: SLO) -> PrefillPoolResult:
-    """Choose the batch B minimizing the SLO-quantile TTFT, then report TTFT p50/p90/p99 at that B."""
+    """TTFT mean and percentiles of the prefill pool at ``rate``: each the lowest over the batch sizes B the
+    pool is stable at; the scheduler's batch (``batch_prompts``: wait, slots, SLO attainment) is the B with
+    the lowest SLO-quantile TTFT (ties: the smaller B).
+
+    Why a lower envelope (stated model): the scheduler adapts its batch to the load, and the per-B M/G/c
+    queues are a family of fixed-batch policies, one of which the scheduler follows at each load. Each
+    member's TTFT quantile rises with λ (Erlang C and the Allen-Cunneen wait rise with λ, the exponential
+    tail's rate C/W_q = (cμ - λ)/((ca² + cs²)/2) falls, and the response convolves that wait with a fixed
+    service law), and B leaves the family as λ passes its capacity; a minimum of rising functions over a
+    shrinking set rises, so every reported percentile and the mean are monotone in λ. Picking one B by the
+    SLO quantile and reporting its p50 (the previous policy) is not: on hgx-h20 the p99-best B falls from 2
+    to 1 between 1.01 and 2.02 req/s and the p50 fell from 0.211 s to 0.112 s. The B each value comes from
+    is reported (``ttft_batch_prompts``), so the policy's switch points are explicit."""
     scv = wl.prompt_cv**2
-    best, best_q = None, math.inf
+    qs = (*REPORTED_TTFT_QUANTILES, slo.quantile)
+    rows: list[tuple[int, QueueWait, np.ndarray]] = []
+    lowest = np.full(len(qs), math.inf)  # the envelope so far, per quantile (B ascending)
     for i in range(grid.batch_prompts.size):
         c = grid.instances * grid.batch_prompts[i]
         if rate * grid.batch_s[i] / c >= 1.0:
             continue
-        _, r = _ttft_for(grid, i, rate, scv, (slo.quantile,))
-        if r[0] < best_q:
-            best, best_q = i, float(r[0])
+        r = _ttft_quantiles(grid, i, rate, scv, qs, lowest)
+        w = mgc_wait(rate, float(grid.batch_s[i]), int(c), service_scv=scv)
+        mean = w.mean_wait_s + float(grid.batch_s[i]) + float(grid.kv_transfer_s[i])
+        lowest = np.minimum(lowest, r)
+        rows.append((i, w, np.append(r, mean)))
     util = rate / grid.capacity_rps
-    if best is None:
+    if not rows:
         i = int(np.argmax(grid.batch_prompts / grid.batch_s))
         inf = math.inf
         return PrefillPoolResult(
@@ -413,9 +504,14 @@ def prefill_pool(grid: PrefillGrid, rate: float, wl: Workload, slo: SLO) -> Pref
             True,
             scv,
         )
-    w, r = _ttft_for(grid, best, rate, scv, (0.5, 0.9, 0.99))
+    table = np.array([r for _, _, r in rows])  # [stable B, (p50, p90, p99, SLO quantile, mean)]
+    arg = np.argmin(table, axis=0)  # first minimum: the smaller B on ties
+    env = table[arg, np.arange(table.shape[1])]
+    best, w, _ = rows[int(arg[3])]
     s, kv = float(grid.batch_s[best]), float(grid.kv_transfer_s[best])
     p_ok = _p_response_within(w, s, scv, slo.ttft_s - kv)
+    labels = ("p50", "p90", "p99", slo.percentile_label, "mean")
+    from_b = {k: float(grid.batch_prompts[rows[int(j)][0]]) for k, j in zip(labels, arg, strict=True)}
     return PrefillPoolResult(
         grid.instances,
         float(grid.batch_prompts[best]),
@@ -423,17 +519,18 @@ def prefill_pool(grid: PrefillGrid, rate: float, wl: Workload, slo: SLO) -> Pref
         kv,
         w.servers,
         w.mean_wait_s,
-        w.mean_wait_s + s + kv,
-        float(r[0]),
-        float(r[1]),
-        float(r[2]),
-        best_q,
+        float(env[4]),
+        float(env[0]),
+        float(env[1]),
+        float(env[2]),
+        float(env[3]),
         p_ok,
         util,
         w.utilization,
         grid.capacity_rps,
         False,
         scv,
+        from_b,
     )
 
 
@@ -672,6 +769,22 @@ class ServeResult:
     approximations: list[str]
 
 
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` (dataclasses, dicts, lists, floats) with every non-finite float replaced by None, dataclasses
+    as dicts of their fields: the JSON form of a serving result, where "no finite value" (an overloaded
+    pool's TTFT and TPOT, a hit rate with no popularity model) is an explicit null, never NaN or a string
+    "inf" passed off as a number (the keys that may be null, and when: docs/json.md)."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: finite_or_none(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, float | np.floating) and not math.isfinite(float(obj)):
+        return None
+    return obj
+
+
 APPROXIMATIONS = [
     "prefill pool: M/G/c over c = instances x batch slots, each slot busy batch_s(B) per request "
     "(Allen-Cunneen mean wait, exponential wait tail); batch size B chosen to minimize the SLO-quantile TTFT",
@@ -691,6 +804,7 @@ class _Service:
 
     def __init__(self, system: System, model: Model, wl: Workload, pools: Pools, slo: SLO):
         wl.check(model)
+        pools.check_numbers()
         pools = pools.resolve(system, model)
         pools.check(system, model, wl)
         if not slo.ttft_s > 0 or not slo.tpot_s > 0:

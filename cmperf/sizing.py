@@ -79,9 +79,16 @@ def size(
     Worked number: CloudMatrix384, 384 NPUs, 4K/256, TTFT p99 <= 2 s, TPOT p99 <= 50 ms -> 304 prefill
     (19 x 16) + 72 decode at 523.9 req/s, the decode pool binding.
     """
+    from .domains import POOLS
+
     slo = slo or SLO()
+    pools.check_numbers()
     pools = pools.resolve(system, model)
-    total = int(total_devices or system.num_devices)
+    total = (
+        system.num_devices
+        if total_devices is None
+        else int(POOLS["devices_total"].check(total_devices, "--devices-total", text=False))
+    )
     if total < 1 or total > system.num_devices:
         raise CmperfError(f"--devices-total: {total} is outside 1..{system.num_devices} ({system.name})")
     inst = pools.prefill_instance_devices

@@ -13,6 +13,7 @@ wheel). Each folder is searched itself and in its ``hardware/`` and ``models/`` 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from . import units
+from .domains import MAX_DEVICES
 from .errors import CmperfError
 
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5, "int4": 0.5}
@@ -92,6 +94,11 @@ COPIES = ("per-expert", "per-rank", "per-domain")
 #: The decode kernels are [collectives.dispatch] / [collectives.combine] and are every phase's fallback.
 PHASE_COLLECTIVES = ("prefill",)
 EP_COLLECTIVES = ("dispatch", "combine")
+#: The kinds of spec file (a TOML file of another ``kind``, or none, is no spec: scenarios share folders).
+SPEC_KINDS = ("chip", "system", "model")
+#: Upper bound of a spec quantity when its reader gives none (finite, and far beyond any real part: an
+#: infinity or 1e300 in a spec file is a typo, and products of such numbers overflow to inf and NaN).
+MAX_QUANTITY = {"bytes": 1e18, "bytes_per_s": 1e18, "flops": 1e21, "s": 3600.0, "per_s": 1e12}
 
 
 @dataclass(frozen=True)
@@ -242,6 +249,8 @@ def _read(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise CmperfError(f"{path}: not valid TOML ({e}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise CmperfError(f"{path}: not UTF-8 text (a binary file?); a spec file is UTF-8 TOML") from None
     except OSError as e:
         raise CmperfError(f"{path}: cannot read ({e.strerror})") from None
 
@@ -257,8 +266,10 @@ def _head(path: Path) -> dict[str, Any]:
     search path; a header these lines do not parse goes through tomllib whole."""
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise CmperfError(f"{path}: cannot read ({e}); fix the file") from None
+    except UnicodeDecodeError:
+        raise CmperfError(f"{path}: not UTF-8 text (a binary file?); a spec file is UTF-8 TOML") from None
+    except OSError as e:
+        raise CmperfError(f"{path}: cannot read ({e.strerror}); fix the file") from None
     lines: list[str] = []
     head: dict[str, Any] = {}
     whole = False  # a header line tomllib alone cannot parse: parse the header whole
@@ -305,17 +316,34 @@ def catalog(spec_dirs: tuple[str, ...] | list[str] = ()) -> list[dict[str, str]]
     return sorted(seen.values(), key=lambda r: (r["kind"], r["name"]))
 
 
+def _aliases(path: Path, head: dict[str, Any]) -> list[str]:
+    """A spec header's ``aliases``: a list of names, or CmperfError naming the file and the key."""
+    aliases = head.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise CmperfError(f'{path}: key aliases: expected a list of names, e.g. ["r1"], got {aliases!r}')
+    return aliases
+
+
 def find(name: str, kind: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "") -> Path:
     """Path of the spec ``name`` (or a model alias) of ``kind``; the error lists what exists."""
     flag = flag or f"--{'system' if kind == 'system' else kind}"
     p = Path(name)
     if p.suffix == ".toml" and p.is_file():
+        _aliases(p, _head(p))
         return p
     for path in _candidate_files(search_dirs(spec_dirs)):
         raw = _head(path)
-        if raw.get("kind") != kind:
+        found = raw.get("kind")
+        aliases = _aliases(path, raw) if found in SPEC_KINDS else []
+        if found != kind:
+            if path.stem == name:  # a file named like the spec asked for: never skip it silently
+                what = f"has kind = {found!r}" if found is not None else "has no kind (empty or unfinished?)"
+                raise CmperfError(
+                    f'{path}: named like the {kind} {name!r} but {what}; write kind = "{kind}" or rename '
+                    f"the file"
+                )
             continue
-        if raw.get("name") == name or name in raw.get("aliases", []) or path.stem == name:
+        if raw.get("name") == name or name in aliases or path.stem == name:
             return path
     have = ", ".join(r["name"] for r in catalog(spec_dirs) if r["kind"] == kind) or "none"
     raise CmperfError(f"{flag}: unknown {kind} {name!r}; available: {have} (or add a folder with --spec-dir)")
@@ -370,9 +398,16 @@ class _Table:
         if entry is None:
             assert default is not None, f"{key}: an optional quantity needs a default"
             return default
-        v = units.parse(entry["value"], kind, where=self.where(key))
-        if not (lo <= v <= hi):
-            raise CmperfError(f"{self.where(key)}: {entry['value']!r} is out of range [{lo:g}, {hi:g}]")
+        value = entry["value"]
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise CmperfError(
+                f"{self.where(key)}: {value!r} is not a quantity; write a number or a string with its unit, "
+                f'e.g. value = "1.6 TB/s"'
+            )
+        v = units.parse(value, kind, where=self.where(key))
+        hi = min(hi, MAX_QUANTITY.get(kind, math.inf))
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise CmperfError(f"{self.where(key)}: {value!r} is out of range [{lo:g}, {hi:g}] (finite)")
         return v
 
     def integer(self, key: str, lo: int = 1, hi: int = 10**9, required: bool = True, default: int = 0) -> int:
@@ -476,13 +511,13 @@ def load_chip(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str 
     return Chip(name, desc, str(path), rank, peaks, cube, vector, cap, bw, reserved, eff, overhead, sources)
 
 
-def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> System:
-    path = find(name, "system", spec_dirs, "--system")
+def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--system") -> System:
+    path = find(name, "system", spec_dirs, flag)
     sources: dict[str, str] = {}
     t = _Table(_read(path), path, "", sources)
     name, desc = _header(t, "system")
     chip = load_chip(t.string("chip"), spec_dirs, flag=f"{path}: key chip")
-    num_devices = t.integer("num_devices")
+    num_devices = t.integer("num_devices", hi=MAX_DEVICES)
     ranks_per_device = t.integer("ranks_per_device", hi=16)
     devices_per_node = t.integer("devices_per_node", hi=num_devices)
     dram = t.quantity("cpu_dram_per_node", "bytes", required=False, default=0.0)
@@ -496,7 +531,7 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Syste
             else "rank"
         )
         ranks_per = {"rank": 1, "device": ranks_per_device, "node": ranks_per_device * devices_per_node}
-        if per not in ranks_per:
+        if not isinstance(per, str) or per not in ranks_per:
             raise CmperfError(f"{p.where('bandwidth')}: per must be rank, device or node, got {per!r}")
         bw = p.quantity("bandwidth", "bytes_per_s", lo=1e6) / ranks_per[per]
         planes[pname] = Plane(
@@ -538,6 +573,14 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Syste
         o = ov_t.sub(phase)
         policy = o.string("policy", ("split-cores", "compute-comm"))
         rec: dict[str, Any] = {"policy": policy}
+        if policy == "split-cores" and min(chip.cube_cores, chip.vector_cores) < 2:
+            # the chip cannot be split (the system file is right; the chip lacks the cores)
+            raise CmperfError(
+                f"{chip.path}: key cores: chip {chip.name} has {chip.cube_cores} cube and "
+                f"{chip.vector_cores} vector core(s), but {path} splits them between two streams "
+                f'([overlap.{phase}] policy = "split-cores"): it needs at least 2 of each; fix the chip, '
+                f'or use policy = "compute-comm"'
+            )
         if policy == "split-cores":
             rec["attention_cube_cores"] = o.integer("attention_cube_cores", hi=chip.cube_cores - 1)
             rec["attention_vector_cores"] = o.integer("attention_vector_cores", hi=chip.vector_cores - 1)

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from cmperf.cli import main
+from cmperf.errors import CmperfError
 
 # command -> (cheap arguments, formats it offers, bad input that must write nothing and exit 2)
 COMMANDS = {
@@ -108,7 +109,8 @@ def test_write_error_leaves_nothing_behind(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(common.os, "replace", boom)
-    with pytest.raises(OSError):
+    # a write error is the user's to fix (a full disk, a read-only folder): one line naming --output, exit 2
+    with pytest.raises(CmperfError, match=r"--output: cannot write .*disk full"):
         common.write_atomic(str(target), "after")
     assert target.read_text() == "before" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
 

@@ -168,3 +168,24 @@ def test_serve_refuses_what_decode_refuses():
     for cmd in (["decode"], ["serve", "--rate", "40"]):
         r = run(*cmd, "--mtp", "2")
         assert r.exit_code == 2 and "--mtp: deepseek-r1 has 1 MTP module(s)" in r.stderr, r.output
+
+
+def test_serve_scenario_workload_and_slo_tables_apply(tmp_path):
+    """[workload] and [slo] map onto the records serve reads; a flag still overrides the file."""
+    p = tmp_path / "sv.toml"
+    p.write_text(
+        'name = "sv"\ncommand = "serve"\n[workload]\nrate_per_s = 60\nprompt_len = 2048\n'
+        "[slo]\nttft_s = 1.5\ntpot_s = 0.04\nquantile = 0.9\n"
+    )
+    d = json.loads(run("serve", "--scenario", p, "--format", "json").stdout)
+    assert d["rate_rps"] == 60 and d["inputs"]["prompt_len"] == 2048
+    assert d["slo"] == {"quantile": "p90", "tpot_s": 0.04, "ttft_s": 1.5}
+    d2 = json.loads(run("serve", "--scenario", p, "--rate", "30", "--format", "json").stdout)
+    assert d2["rate_rps"] == 30
+
+
+def test_decode_scenario_refuses_prefill_knobs(tmp_path):
+    p = tmp_path / "mixed.toml"
+    p.write_text('name = "mixed"\ncommand = "decode"\n[deployment]\nprompt_len = 4096\n')
+    r = run("decode", "--scenario", p)
+    assert r.exit_code == 2 and "deployment.prompt_len is a prefill knob" in r.stderr

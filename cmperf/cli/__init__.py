@@ -55,6 +55,11 @@ class LazyGroup(click.Group):
         except CmperfError as e:
             click.echo(f"cmperf: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except click.UsageError as e:
+            # click's own parse errors (an unknown flag, a value outside a Choice): one line too, exit 2
+            where = e.ctx.command_path if e.ctx is not None else "cmperf"
+            click.echo(f"cmperf: error: {e.format_message()} (see `{where} --help`)", err=True)
+            ctx.exit(e.exit_code)
 
     def resolve_command(self, ctx, args):
         # the subcommand's raw arguments, for --scenario to find --spec-dir before click parses it

@@ -154,12 +154,22 @@ def write_atomic(path: str, text: str) -> None:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
         mode = _new_file_mode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as e:
+        raise CmperfError(f"--output: cannot write {path} ({e.strerror or e}); choose another path") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as e:  # a read-only or virtual folder (/proc), no permission
+        raise CmperfError(
+            f"--output: cannot write in {target.parent} ({e.strerror or e}); choose another path"
+        ) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, mode)
         os.replace(tmp, target)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CmperfError(f"--output: cannot write {path} ({e.strerror or e}); choose another path") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -6,30 +6,34 @@ import click
 
 from .common import Infeasible, emit, format_option, guarded
 from .scenario_opt import scenario_option
+from .types import PREFILL_MICROBATCHES, dep, workload
 
 DTYPES = ["int8", "bf16", "fp16", "fp8", "fp4"]
 
 
-def _per_system(value: str | None, names: list[str], flag: str) -> dict[str, int]:
-    """'144' -> every system; 'dgx-h800=128,cloudmatrix384=160' -> per system (others default)."""
+def _per_system(value: str | None, names: list[str], flag: str, field: str) -> dict[str, int]:
+    """'144' -> every system; 'dgx-h800=128,cloudmatrix384=160' -> per system (others default). Each N is a
+    whole number in the ``Deployment`` field's domain (``cmperf.domains.DEPLOYMENT[field]``)."""
+    from ..domains import DEPLOYMENT
     from ..errors import CmperfError
 
     if value is None:
         return {}
+    dom = DEPLOYMENT[field]
+    if "=" not in value:
+        n = int(dom.check(value, flag))
+        return {name: n for name in names}
     out: dict[str, int] = {}
-    try:
-        if "=" not in value:
-            return {n: int(value) for n in names}
-        for part in value.split(","):
-            name, _, num = part.partition("=")
-            name = name.strip()
-            if name not in names:
-                raise CmperfError(f"{flag}: {name!r} is not in --systems ({', '.join(names)})")
-            out[name] = int(num)
-    except ValueError:
-        raise CmperfError(
-            f"{flag}: expected a whole number or SYSTEM=N[,SYSTEM=N...], got {value!r}"
-        ) from None
+    for part in value.split(","):
+        name, eq, num = part.partition("=")
+        name = name.strip()
+        if not eq:
+            raise CmperfError(f"{flag}: expected a whole number or SYSTEM=N[,SYSTEM=N...], got {value!r}")
+        if name not in names:
+            raise CmperfError(f"{flag}: {name!r} is not in --systems ({', '.join(names)})")
+        if name in out:
+            raise CmperfError(f"{flag}: {name} is given twice in {value!r}")
+        out[name] = int(dom.check(num, f"{flag} {name}"))
     return out
 
 
@@ -125,39 +129,49 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
 )
 @click.option(
     "--batch",
-    type=float,
+    type=dep("batch_per_device"),
     default=None,
     help="Decode: sequences per device for every system [default: each system's baseline, else 96].",
 )
-@click.option("--kv-len", type=float, default=None, help="Decode: KV length per sequence [default 4096].")
+@click.option(
+    "--kv-len", type=dep("kv_len"), default=None, help="Decode: KV length per sequence [default 4096]."
+)
 @click.option(
     "--prompt-len",
-    type=float,
+    type=workload("prompt_len"),
     default=None,
     help="Prefill: prompt length [4096]. Decode: with --output-len, KV = prompt + output/2.",
 )
 @click.option(
-    "--output-len", type=float, default=None, help="Decode: output tokens per request (see --prompt-len)."
+    "--output-len",
+    type=workload("output_len"),
+    default=None,
+    help="Decode: output tokens per request (see --prompt-len).",
 )
 @click.option(
     "--tokens-per-device",
-    type=float,
+    type=dep("tokens_per_device"),
     default=None,
     help="Prefill: prompt tokens per device per batch [default: baseline, else 16384].",
 )
 @click.option(
     "--mtp",
-    type=int,
+    type=dep("mtp"),
     default=None,
     help="Decode: speculative MTP tokens per step [default: baseline, else 1].",
 )
 @click.option(
     "--mtp-accept",
-    type=float,
+    type=dep("mtp_accept"),
     default=None,
     help="Decode: draft acceptance rate [default: baseline, else 0.7].",
 )
-@click.option("--microbatches", type=int, default=None, help="Microbatches [default: baseline, else 2].")
+@click.option(
+    "--microbatches",
+    type=PREFILL_MICROBATCHES,
+    default=None,
+    help="Microbatches [default: baseline, else 2].",
+)
 @click.option(
     "--eplb",
     type=click.Choice(["model", "perfect"]),
@@ -214,9 +228,12 @@ def compare(
         raise CmperfError("--systems: give at least one system name, e.g. cloudmatrix384,dgx-h800")
     if len(set(names)) != len(names):
         raise CmperfError(f"--systems: {systems!r} names a system twice")
-    sys_objs = [specs.load_system(n, spec_dirs) for n in names]
+    sys_objs = [specs.load_system(n, spec_dirs, flag="--systems") for n in names]
     mod = specs.load_model(model, spec_dirs)
-    dev_map, ep_map = _per_system(devices, names, "--devices"), _per_system(ep, names, "--ep")
+    dev_map, ep_map = (
+        _per_system(devices, names, "--devices", "devices"),
+        _per_system(ep, names, "--ep", "ep_size"),
+    )
     knobs = dict(
         microbatches=microbatches, eplb=eplb, weights=weights, experts=experts_dtype, kv_dtype=kv_dtype
     )

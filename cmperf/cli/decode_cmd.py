@@ -16,6 +16,7 @@ from .knobs import (
     precision_options,
 )
 from .scenario_opt import scenario_option
+from .types import dep, option, workload
 
 
 @click.command()
@@ -25,30 +26,51 @@ from .scenario_opt import scenario_option
 @knob(
     "--devices",
     "devices",
-    type=int,
+    type=dep("devices"),
     help="Devices (NPUs/GPUs) in the instance [default: one expert per rank, 320 ranks, capped by the "
     "system: 160 NPUs on CloudMatrix384, 144 GPUs on dgx-h800].",
 )
 @common_options
-@knob("--batch", "batch_per_device", type=float, help="Concurrent sequences per device [default: 96].")
-@knob("--kv-len", "kv_len", type=float, help="KV length per sequence [default: 4096].")
+@knob(
+    "--batch",
+    "batch_per_device",
+    type=dep("batch_per_device"),
+    help="Concurrent sequences per device [default: 96].",
+)
+@knob("--kv-len", "kv_len", type=dep("kv_len"), help="KV length per sequence [default: 4096].")
+@knob(
+    "--kv-capacity-len",
+    "kv_capacity_len",
+    type=float,
+    help="KV length per sequence the HBM must hold [default: --kv-len; prompt + output with --prompt-len].",
+)
 @click.option(
     "--prompt-len",
-    type=float,
+    type=workload("prompt_len"),
     default=None,
     help="With --output-len, replaces --kv-len: KV = prompt + output/2.",
 )
-@click.option("--output-len", type=float, default=None, help="Output tokens per request (see --prompt-len).")
+@click.option(
+    "--output-len",
+    type=workload("output_len"),
+    default=None,
+    help="Output tokens per request (see --prompt-len).",
+)
 @knob(
     "--kv-cv",
     "kv_cv",
-    type=float,
+    type=dep("kv_cv"),
     help="Coefficient of variation of the sequences' KV lengths: data-parallel attention runs at the pace "
     "of the rank with the most KV [default: 0 with --kv-len; with --prompt-len/--output-len, sequences "
     "spread uniformly over their output: output/sqrt(12)/KV].",
 )
-@knob("--mtp", "mtp", type=int, help="Speculative MTP tokens per step (0 = off) [default: 1].")
-@knob("--mtp-accept", "mtp_accept", type=float, help="Acceptance rate of a draft token [default: 0.7].")
+@knob("--mtp", "mtp", type=dep("mtp"), help="Speculative MTP tokens per step (0 = off) [default: 1].")
+@knob(
+    "--mtp-accept",
+    "mtp_accept",
+    type=dep("mtp_accept"),
+    help="Acceptance rate of a draft token [default: 0.7].",
+)
 @knob(
     "--microbatches",
     "microbatches",
@@ -58,7 +80,12 @@ from .scenario_opt import scenario_option
     "and gives each stream a fraction of the cores: at small batch that costs more than the overlap "
     "saves, and operators turn it off.",
 )
-@knob("--redundant", "num_redundant", type=int, help="Redundant expert copies over the EP group.")
+@knob(
+    "--redundant",
+    "num_redundant",
+    type=dep("num_redundant"),
+    help="Redundant expert copies over the EP group.",
+)
 @knob(
     "--step-overhead",
     "step_overhead_s",
@@ -69,7 +96,7 @@ from .scenario_opt import scenario_option
 @knob(
     "--attn-cores",
     "attention_cube_cores",
-    type=int,
+    type=dep("attention_cube_cores"),
     help="Cube cores of the attention stream [system default].",
 )
 @precision_options
@@ -109,9 +136,13 @@ def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, *
 @click.command()
 @system_model_options
 @click.option("--op", type=click.Choice(["dispatch", "combine"]), default="dispatch", show_default=True)
-@click.option("--ep", "ep_size", type=int, default=32, show_default=True, help="EP size (ranks).")
-@click.option("--tokens-per-rank", type=float, default=128, show_default=True)
-@click.option("--top-k", type=int, default=None, help="Copies per token [default: the model's top-k].")
+@click.option(
+    "--ep", "ep_size", type=option("ep_size"), default=32, show_default=True, help="EP size (ranks)."
+)
+@click.option("--tokens-per-rank", type=option("tokens_per_rank"), default=128, show_default=True)
+@click.option(
+    "--top-k", type=option("top_k"), default=None, help="Copies per token [default: the model's top-k]."
+)
 @click.option(
     "--dtype", type=DTYPES, default=None, help="Message datatype [default: int8 dispatch, bf16 combine]."
 )

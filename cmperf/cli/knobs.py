@@ -14,6 +14,9 @@ from dataclasses import fields
 
 import click
 
+from ..domains import DEPLOYMENT
+from .types import dep, where
+
 DTYPES = click.Choice(["int8", "bf16", "fp16", "fp8", "fp4"])
 
 
@@ -52,17 +55,19 @@ class _Seconds(click.ParamType):
         from ..errors import CmperfError
         from ..units import parse
 
-        flag = param.opts[0] if param is not None else "value"
+        flag = where(param, ctx)
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            return FINITE.check(value, flag)
         text = str(value).strip()
         try:
             float(text)
         except ValueError:
-            return parse(text, "s", where=flag)
+            return FINITE.check(parse(text, "s", where=flag), flag)
         raise CmperfError(f"{flag}: {text!r} has no unit; write e.g. {text}ms or {text}s")
 
 
+#: The step overhead's domain in seconds (the record's, ``cmperf.domains.DEPLOYMENT``).
+FINITE = DEPLOYMENT["step_overhead_s"]
 SECONDS = _Seconds()
 
 
@@ -89,7 +94,10 @@ def experts_dtype_option(fn):
 def common_options(fn):
     """Knobs both phases read: instance, EP, expert balance."""
     fn = knob(
-        "--imbalance", "imbalance", type=float, help="Set max/mean routed load directly (overrides --eplb)."
+        "--imbalance",
+        "imbalance",
+        type=dep("imbalance"),
+        help="Set max/mean routed load directly (overrides --eplb).",
     )(fn)
     fn = knob(
         "--eplb",
@@ -98,7 +106,9 @@ def common_options(fn):
         help="Expert load: statistical routing model, or perfect balance [default: model in decode, "
         "perfect in prefill (the paper's prefill headline assumes it)].",
     )(fn)
-    fn = knob("--ep", "ep_size", type=int, help="EP size in ranks [default: all ranks of --devices].")(fn)
+    fn = knob(
+        "--ep", "ep_size", type=dep("ep_size"), help="EP size in ranks [default: all ranks of --devices]."
+    )(fn)
     return fn
 
 

@@ -6,10 +6,19 @@ import time
 
 import click
 
-from .common import CheckFailed, emit, format_option, guarded, parse_quantity, system_model_options
+from .common import (
+    CheckFailed,
+    Infeasible,
+    emit,
+    format_option,
+    guarded,
+    parse_quantity,
+    system_model_options,
+)
 from .knobs import make_precision, precision_options
 from .scenario_opt import scenario_option
 from .serve_cmd import slo_percentile_option
+from .types import RATE, SLO_TIME_OR_NONE, dep, option, workload
 
 
 class _Progress:
@@ -199,12 +208,28 @@ def _extra_sections(res):
 @scenario_option
 @system_model_options
 @click.option(
-    "--devices", type=int, default=None, help="Device total to deploy on [default: the whole system]."
+    "--devices",
+    type=option("devices"),
+    default=None,
+    help="Device total to deploy on [default: the whole system].",
 )
-@click.option("--prompt-len", type=float, default=4096, show_default=True, help="Prompt tokens per request.")
-@click.option("--output-len", type=float, default=256, show_default=True, help="Output tokens per request.")
+@click.option(
+    "--prompt-len",
+    type=workload("prompt_len"),
+    default=4096,
+    show_default=True,
+    help="Prompt tokens per request.",
+)
+@click.option(
+    "--output-len",
+    type=workload("output_len"),
+    default=256,
+    show_default=True,
+    help="Output tokens per request.",
+)
 @click.option(
     "--tpot-slo",
+    type=SLO_TIME_OR_NONE,
     default="50ms",
     show_default=True,
     help='TPOT SLO, e.g. "50ms": the TPOT of a decode configuration at its batch, and of the serving split '
@@ -212,6 +237,7 @@ def _extra_sections(res):
 )
 @click.option(
     "--ttft-slo",
+    type=SLO_TIME_OR_NONE,
     default="2s",
     show_default=True,
     help='TTFT SLO, e.g. "2s": one batch + KV transfer of a prefill configuration, and the TTFT of the '
@@ -220,14 +246,21 @@ def _extra_sections(res):
 @slo_percentile_option
 @click.option(
     "--rate",
+    type=RATE,
     default=None,
     help="Target request rate (req/s): the serving split with the fewest devices that serve it.",
 )
 @click.option(
-    "--mtp-accept", type=float, default=0.7, show_default=True, help="Acceptance rate of a draft token."
+    "--mtp-accept",
+    type=dep("mtp_accept"),
+    default=0.7,
+    show_default=True,
+    help="Acceptance rate of a draft token.",
 )
 @click.option("--eplb", type=click.Choice(["model", "perfect"]), default="model", show_default=True)
-@click.option("--top", "top_k", type=int, default=10, show_default=True, help="Configurations to list.")
+@click.option(
+    "--top", "top_k", type=option("top"), default=10, show_default=True, help="Configurations to list."
+)
 @precision_options
 @format_option()
 @guarded
@@ -298,11 +331,18 @@ def optimize(
     )
     secs += _extra_sections(res)
     if fmt == "json":
-        emit(render.to_json(search.optimize_json(res), "optimize"), output)
+        # "no SLO" (--ttft-slo none: an infinite limit) is null, as every non-finite value: docs/json.md
+        emit(render.to_json(serving.finite_or_none(search.optimize_json(res)), "optimize"), output)
     elif fmt == "markdown":
         emit(_markdown("cmperf optimize", _summary(res), secs), output)
     else:
         emit(render.tables("cmperf optimize", _summary(res), secs), output)
+    if d.best is None and not d.closest:  # nothing fits at any TPOT: not an SLO to relax
+        why = ", ".join(f"{k} {v:,}" for k, v in d.rejected.items() if v)
+        raise Infeasible(
+            f"no decode configuration fits on {d.constraints.get('devices') or sysm.num_devices} devices "
+            f"of {sysm.name} (rejected: {why}); give more --devices or shorter --prompt-len/--output-len"
+        )
     if d.best is None:
         c = d.closest[0] if d.closest else None
         where = (
@@ -338,11 +378,14 @@ def optimize(
 @system_model_options
 @click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
 @click.option(
-    "--devices", type=int, default=None, help="Largest instance to consider [default: the whole system]."
+    "--devices",
+    type=option("devices"),
+    default=None,
+    help="Largest instance to consider [default: the whole system].",
 )
-@click.option("--prompt-len", type=float, default=4096, show_default=True)
-@click.option("--output-len", type=float, default=256, show_default=True)
-@click.option("--mtp-accept", type=float, default=0.7, show_default=True)
+@click.option("--prompt-len", type=workload("prompt_len"), default=4096, show_default=True)
+@click.option("--output-len", type=workload("output_len"), default=256, show_default=True)
+@click.option("--mtp-accept", type=dep("mtp_accept"), default=0.7, show_default=True)
 @click.option("--eplb", type=click.Choice(["model", "perfect"]), default="model", show_default=True)
 @precision_options
 @format_option()

@@ -8,6 +8,7 @@ from . import knobs
 from .common import Infeasible, emit, format_option, guarded, ops_limit, ops_option, system_model_options
 from .knobs import common_options, knob, precision_options
 from .scenario_opt import scenario_option
+from .types import PREFILL_MICROBATCHES, dep
 
 
 def _summary_rows(p) -> list[tuple[str, str]]:
@@ -61,7 +62,7 @@ def _summary_rows(p) -> list[tuple[str, str]]:
 @knob(
     "--devices",
     "devices",
-    type=int,
+    type=dep("devices"),
     help="Devices (NPUs/GPUs) in the instance [default: 32 ranks, the paper's EP32 unit: 16 NPUs on "
     "CloudMatrix384, 32 GPUs on DGX/HGX].",
 )
@@ -69,17 +70,20 @@ def _summary_rows(p) -> list[tuple[str, str]]:
 @knob(
     "--tokens-per-device",
     "tokens_per_device",
-    type=float,
+    type=dep("tokens_per_device"),
     help="Prompt tokens per device in one batch (cache hits included) [default: 16384].",
 )
-@knob("--prompt-len", "prompt_len", type=float, help="Tokens per prompt [default: 4096].")
+@knob("--prompt-len", "prompt_len", type=dep("prompt_len"), help="Tokens per prompt [default: 4096].")
 @knob(
-    "--microbatches", "microbatches", type=int, help="1 = serial; 2-4 overlap compute and comm [default: 2]."
+    "--microbatches",
+    "microbatches",
+    type=PREFILL_MICROBATCHES,
+    help="1 = serial; 2-4 overlap compute and comm [default: 2].",
 )
 @knob(
     "--cache-hit",
     "cache_hit",
-    type=float,
+    type=dep("cache_hit"),
     help="Fraction of prompt tokens whose KV is loaded from the EMS context cache [default: 0].",
 )
 @knob(
@@ -91,7 +95,7 @@ def _summary_rows(p) -> list[tuple[str, str]]:
 @knob(
     "--attn-tp",
     "attn_tp",
-    type=int,
+    type=dep("attn_tp"),
     help="Attention TP degree (ranks) of the SP-TP-SP layout [default: the system's attention_tp_devices "
     "(CloudMatrix384: 8 NPUs = 16 dies; 1 on the NVIDIA systems: data-parallel attention)].",
 )

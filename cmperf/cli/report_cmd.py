@@ -7,12 +7,12 @@ is what ``cmperf decode --scenario X`` prints; no command is invoked from here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from .common import CheckFailed, emit, guarded
+from .common import CheckFailed, Infeasible, emit, guarded
+from .types import option
 
 DEFAULT_SCENARIO = "cm384-decode-50ms"
 SPEC_DIR = click.option(
@@ -262,6 +262,12 @@ def snapshot(scenarios, spec_dirs, output):
         if sc.name in out:
             raise CmperfError(f"SCENARIO: {sc.name} is given twice")
         doc, system, model = run_scenario(sc, spec_dirs)
+        if not doc.get("feasible", True):
+            # a snapshot pins predictions; an infeasible scenario has none (its numbers would be nulls)
+            raise Infeasible(
+                f"snapshot: scenario {sc.name} is infeasible ({'; '.join(doc.get('reasons') or [])}); "
+                "nothing written: fix the scenario or leave it out"
+            )
         out[sc.name] = {
             "command": sc.command,
             "spec_hash": spec_hash(sc, system, model),
@@ -271,35 +277,46 @@ def snapshot(scenarios, spec_dirs, output):
 
 
 def _read_snapshot(path: str) -> dict:
+    """The snapshot at ``path``, checked against the schema (``regress.read_snapshot``), or CmperfError."""
+    from .. import regress
     from ..errors import CmperfError
+    from ..render import SCHEMA_VERSION
 
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CmperfError(f"{path}: cannot read a snapshot ({e}); make one with `cmperf snapshot`") from None
-    if not isinstance(doc, dict) or doc.get("kind") != "snapshot":
+        data = Path(path).read_bytes()
+    except OSError as e:
         raise CmperfError(
-            f"{path}: not a cmperf snapshot (kind != snapshot); make one with `cmperf snapshot`"
-        )
-    return doc
+            f"{path}: cannot read a snapshot ({e.strerror}); make one with `cmperf snapshot`"
+        ) from None
+    return regress.read_snapshot(data, path, SCHEMA_VERSION)
 
 
 def _metrics(doc: dict) -> dict:
-    return {f"{sc}/{k}": v for sc, rec in doc["scenarios"].items() for k, v in rec["metrics"].items()}
+    from .. import regress
+
+    return regress.metrics(doc)
 
 
 def _metric_rtol(values) -> dict[str, float]:
+    """``--metric-rtol NAME=R`` values: R a finite number >= 0 (``regress.check_rtol``), NAME given once."""
+    from .. import regress
     from ..errors import CmperfError
 
-    out = {}
+    out: dict[str, float] = {}
     for v in values:
-        name, _, r = v.partition("=")
+        name, eq, r = v.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise CmperfError(f"--metric-rtol {v!r}: write NAME=R, e.g. tpot_s=0.02")
+        if name in out:
+            raise CmperfError(f"--metric-rtol {v!r}: {name} is given twice")
         try:
-            out[name.strip()] = float(r)
+            tol = float(r)
         except ValueError:
-            raise CmperfError(f"--metric-rtol {v!r}: write NAME=R, e.g. tpot_s=0.02") from None
-        if not name.strip() or out[name.strip()] < 0:
-            raise CmperfError(f"--metric-rtol {v!r}: write NAME=R with R >= 0")
+            raise CmperfError(
+                f"--metric-rtol {v!r}: write NAME=R with R a number >= 0, e.g. tpot_s=0.02"
+            ) from None
+        out[name] = regress.check_rtol(tol, f"--metric-rtol {name}")
     return out
 
 
@@ -307,7 +324,11 @@ def _metric_rtol(values) -> dict[str, float]:
 @click.argument("old", type=click.Path(dir_okay=False))
 @click.argument("new", type=click.Path(dir_okay=False))
 @click.option(
-    "--rtol", type=float, default=0.01, show_default=True, help="Relative tolerance of every metric."
+    "--rtol",
+    type=option("rtol"),
+    default=0.01,
+    show_default=True,
+    help="Relative tolerance of every metric (a finite number >= 0).",
 )
 @click.option(
     "--metric-rtol",
@@ -330,12 +351,10 @@ def _metric_rtol(values) -> dict[str, float]:
 def diff(old, new, rtol, metric_rtol, fail_on, fmt, output):
     """Compare two snapshots: regression / improvement / drift / added / removed (exit 1 beyond tolerance)."""
     from .. import regress, render
-    from ..errors import CmperfError
 
-    if rtol < 0:
-        raise CmperfError("--rtol must be >= 0")
+    per_metric = _metric_rtol(metric_rtol)
     a, b = _read_snapshot(old), _read_snapshot(new)
-    changes = regress.diff(_metrics(a), _metrics(b), rtol, _metric_rtol(metric_rtol))
+    changes = regress.diff(_metrics(a), _metrics(b), rtol, per_metric)
     rows = regress.rows(changes)
     summary = regress.summary_line(changes)
     info = [

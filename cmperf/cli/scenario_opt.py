@@ -30,16 +30,35 @@ def spec_dirs_in(args: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: Flags of ``serve`` / ``optimize`` whose name differs from the Workload / SLO field they set.
+RECORD_FLAGS = {"rate_per_s": "rate", "ttft_s": "ttft_slo", "tpot_s": "tpot_slo"}
+
+
+def record_flags(sc) -> dict:
+    """A scenario's [workload] and [slo] as the serve / optimize flags they set (times in seconds, the
+    percentile from ``quantile``)."""
+    out = {RECORD_FLAGS.get(k, k): v for k, v in {**sc.workload, **sc.slo}.items() if k != "quantile"}
+    if "quantile" in sc.slo:
+        out["slo_percentile"] = 100.0 * float(sc.slo["quantile"])
+    return out
+
+
 def apply_scenario(ctx: click.Context, name: str) -> None:
     from .. import scenario
 
     try:
         sc = scenario.load(name, spec_dirs_in(ctx.meta.get("cmperf.args", [])))
-        scenario.check_options(sc, [p.name for p in ctx.command.params], ctx.command.name)
+        params = {p.name for p in ctx.command.params}
+        scenario.check_options(sc, params, ctx.command.name)
+        for k in sorted(record_flags(sc)):
+            if k not in params:
+                raise CmperfError(
+                    f"{sc.path}: `cmperf {sc.command}` has no option for the [workload]/[slo] key {k}"
+                )
     except CmperfError as e:
         click.echo(f"cmperf: error: {e}", err=True)
         ctx.exit(e.exit_code)
-    ctx.default_map = {**sc.defaults(), **(ctx.default_map or {})}
+    ctx.default_map = {**sc.defaults(), **record_flags(sc), **(ctx.default_map or {})}
     ctx.meta["cmperf.scenario"] = sc
 
 

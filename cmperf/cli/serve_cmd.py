@@ -6,9 +6,18 @@ import math
 
 import click
 
-from .common import emit, format_option, guarded, parse_quantity, system_model_options
+from .common import (
+    CheckFailed,
+    Infeasible,
+    emit,
+    format_option,
+    guarded,
+    parse_quantity,
+    system_model_options,
+)
 from .knobs import make_precision, precision_options
 from .scenario_opt import scenario_option
+from .types import BYTES, RATE, SLO_PERCENTILE, SLO_TIME, dep, pools, workload
 
 
 def _fmt_rate(x) -> str:
@@ -98,7 +107,7 @@ def slo_percentile_option(fn):
     ``cmperf.serving.DEFAULT_SLO_PERCENTILE``; a test holds the help text to it)."""
     return click.option(
         "--slo-percentile",
-        type=float,
+        type=SLO_PERCENTILE,
         default=None,
         help="Percentile of TTFT and of TPOT that must meet the SLOs, in [50, 100) [default: 99].",
     )(fn)
@@ -161,52 +170,86 @@ def cand_header(s) -> tuple[str, ...]:
 @click.command()
 @scenario_option
 @system_model_options
-@click.option("--rate", default=None, help="Poisson arrival rate, requests/s (e.g. 40 or '40 req/s').")
 @click.option(
-    "--concurrency", type=float, default=None, help="Fixed number of requests in flight (closed loop)."
-)
-@click.option("--prompt-len", type=float, default=4096, show_default=True, help="Mean prompt tokens.")
-@click.option("--output-len", type=float, default=256, show_default=True, help="Mean output tokens.")
-@click.option(
-    "--prompt-cv", type=float, default=0.0, show_default=True, help="Coefficient of variation of prompts."
+    "--rate", type=RATE, default=None, help="Poisson arrival rate, requests/s (e.g. 40 or '40 req/s')."
 )
 @click.option(
-    "--output-cv", type=float, default=0.0, show_default=True, help="Coefficient of variation of outputs."
+    "--concurrency",
+    type=workload("concurrency"),
+    default=None,
+    help="Fixed number of requests in flight (closed loop).",
 )
 @click.option(
-    "--cache-hit", type=float, default=None, help="Fraction of prompt tokens found in the cache (direct)."
+    "--prompt-len", type=workload("prompt_len"), default=4096, show_default=True, help="Mean prompt tokens."
 )
 @click.option(
-    "--prefixes", "num_prefixes", type=int, default=None, help="Distinct shared prefixes (popularity model)."
+    "--output-len", type=workload("output_len"), default=256, show_default=True, help="Mean output tokens."
 )
 @click.option(
-    "--prefix-skew", type=float, default=1.0, show_default=True, help="Zipf skew of prefix popularity."
+    "--prompt-cv",
+    type=workload("prompt_cv"),
+    default=0.0,
+    show_default=True,
+    help="Coefficient of variation of prompts.",
 )
 @click.option(
-    "--prefix-len", type=float, default=None, help="Tokens per shared prefix [default: half the prompt]."
+    "--output-cv",
+    type=workload("output_cv"),
+    default=0.0,
+    show_default=True,
+    help="Coefficient of variation of outputs.",
+)
+@click.option(
+    "--cache-hit",
+    type=workload("cache_hit"),
+    default=None,
+    help="Fraction of prompt tokens found in the cache (direct).",
+)
+@click.option(
+    "--prefixes",
+    "num_prefixes",
+    type=workload("num_prefixes"),
+    default=None,
+    help="Distinct shared prefixes (popularity model).",
+)
+@click.option(
+    "--prefix-skew",
+    type=workload("prefix_skew"),
+    default=1.0,
+    show_default=True,
+    help="Zipf skew of prefix popularity.",
+)
+@click.option(
+    "--prefix-len",
+    type=workload("prefix_len"),
+    default=None,
+    help="Tokens per shared prefix [default: half the prompt].",
 )
 @click.option(
     "--prefill-devices",
-    type=int,
+    type=pools("prefill_devices"),
     default=None,
     help="Prefill pool devices [default: the paper's 6 instances, 96 NPUs on CloudMatrix384; fewer where the "
     "system is smaller (serving.default_pools)].",
 )
 @click.option(
     "--decode-devices",
-    type=int,
+    type=pools("decode_devices"),
     default=None,
     help="Decode pool devices [default: one expert per rank, 160 NPUs on CloudMatrix384, leaving room for "
     "one prefill instance].",
 )
 @click.option(
     "--prefill-instance-devices",
-    type=int,
+    type=pools("prefill_instance_devices"),
     default=None,
     help="Devices per prefill instance [default: the EP32 unit, 16 NPUs on CloudMatrix384, 32 GPUs].",
 )
 @click.option(
-    "--cache-dram", default=None, help="EMS cache DRAM, e.g. 2TB [default: system DRAM per node x nodes]."
+    "--cache-dram",
+    type=BYTES,
+    default=None,
+    help="EMS cache DRAM, e.g. 2TB [default: system DRAM per node x nodes].",
 )
 @click.option(
     "--cache-plane",
@@ -214,15 +257,26 @@ def cand_header(s) -> tuple[str, ...]:
     help="Plane that loads cached KV (ub, vpc, ib, ...) [default: ub if the system has it, else its "
     "scale-out plane].",
 )
-@click.option("--ttft-slo", default="2s", show_default=True, help="TTFT SLO, e.g. 2s.")
-@click.option("--tpot-slo", default="50ms", show_default=True, help="TPOT SLO, e.g. 50ms.")
+@click.option("--ttft-slo", type=SLO_TIME, default="2s", show_default=True, help="TTFT SLO, e.g. 2s.")
+@click.option("--tpot-slo", type=SLO_TIME, default="50ms", show_default=True, help="TPOT SLO, e.g. 50ms.")
 @slo_percentile_option
-@click.option("--mtp", type=int, default=1, show_default=True, help="Speculative MTP tokens per step.")
-@click.option("--mtp-accept", type=float, default=0.7, show_default=True, help="Acceptance of a draft token.")
+@click.option("--mtp", type=dep("mtp"), default=1, show_default=True, help="Speculative MTP tokens per step.")
+@click.option(
+    "--mtp-accept",
+    type=dep("mtp_accept"),
+    default=0.7,
+    show_default=True,
+    help="Acceptance of a draft token.",
+)
 @click.option(
     "--size", "do_size", is_flag=True, help="Size the P/D/cache split (for --rate, or max goodput/device)."
 )
-@click.option("--devices-total", type=int, default=None, help="With --size: devices to split [system total].")
+@click.option(
+    "--devices-total",
+    type=pools("devices_total"),
+    default=None,
+    help="With --size: devices to split [system total].",
+)
 @precision_options
 @format_option()
 @guarded
@@ -309,7 +363,7 @@ def serve(
         rows, cands = size_rows(res)
         title = f"best splits ({slo_text(res.slo)})"
         if fmt == "json":
-            emit(render.to_json(res, "serve-size"), output)
+            emit(render.to_json(serving.finite_or_none(res), "serve-size"), output)
         elif fmt == "markdown":
             emit(
                 "# cmperf serve --size\n\n"
@@ -320,14 +374,20 @@ def serve(
             )
         else:
             emit(render.tables("cmperf serve --size", rows, [(title, cand_header(res), cands)]), output)
+        if not res.best["feasible"]:  # as `cmperf optimize`: an SLO (or rate) no split meets is exit 1
+            what = f"serves {res.rate_rps:g} req/s with" if res.rate_rps is not None else "meets"
+            raise CheckFailed(f"no split of {res.total_devices} devices {what} {slo_text(res.slo)}")
         return
     res = serving.evaluate(sysm, mod, wl, pools, slo)
     if fmt == "json":
-        emit(render.to_json(res, "serve"), output)
+        # no finite value (an overloaded pool's TTFT/TPOT) is null, with `overloaded` saying why: docs/json.md
+        emit(render.to_json(serving.finite_or_none(res), "serve"), output)
     elif fmt == "markdown":
         emit("# cmperf serve\n\n" + render.markdown_table(("quantity", "value"), serve_rows(res)), output)
     else:
         emit(render.tables("cmperf serve", serve_rows(res), []), output)
+    if res.overloaded:  # no steady state: the pools cannot serve the load (README: infeasible, exit 3)
+        raise Infeasible("overloaded: " + "; ".join(res.overload_reasons))
 
 
 COMMANDS = [serve]

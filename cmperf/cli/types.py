@@ -1,0 +1,103 @@
+"""Validated option types: every numeric flag is finite, in its range and whole where it counts something.
+
+``Number(domain)`` is the one numeric click type (``cmperf.domains``: the same domains the scenario loader and
+the records' ``check`` apply); ``Quantity(kind, domain)`` parses a value with its unit ("40 req/s", "2TB",
+"50ms") and then applies the domain. A bad value is one line and exit 2 (a ``CmperfError`` raised during
+conversion: ``LazyGroup.invoke`` prints it), naming the flag, or the scenario file and key when the value
+came from ``--scenario`` (click's ``default_map``):
+
+    cmperf: error: --prompt-cv: 'nan' is not a finite number; give a number in [0, 4]
+"""
+
+from __future__ import annotations
+
+import click
+from click.core import ParameterSource
+
+from .. import domains
+from ..errors import CmperfError
+
+
+def where(param: click.Parameter | None, ctx: click.Context | None) -> str:
+    """The flag a value was given with, or ``FILE: key TABLE.FIELD`` when a scenario file set it."""
+    flag = (param.opts[0] if param.opts else param.name or "value") if param is not None else "value"
+    if ctx is None or param is None or param.name is None:
+        return flag
+    if ctx.get_parameter_source(param.name) == ParameterSource.DEFAULT_MAP:
+        sc = ctx.meta.get("cmperf.scenario")
+        if sc is not None:
+            table = "deployment" if param.name in sc.deployment else "options"
+            return f"{sc.path}: key {table}.{param.name} (or {flag})"
+    return flag
+
+
+class Number(click.ParamType):
+    """A finite number in ``domain`` (an ``int`` for whole-number domains)."""
+
+    def __init__(self, domain: domains.Domain) -> None:
+        self.domain = domain
+        self.name = "INTEGER" if domain.integer else "NUMBER"
+
+    def convert(self, value, param, ctx):
+        return self.domain.check(value, where(param, ctx))
+
+    def __repr__(self) -> str:
+        return f"Number({self.domain.describe()})"
+
+
+class Quantity(click.ParamType):
+    """A quantity with an optional unit (``cmperf.units.parse`` of ``kind``), then ``domain``.
+
+    ``none=True``: the word "none" is accepted and converts to None (no limit: optimize's SLOs)."""
+
+    def __init__(self, kind: str, domain: domains.Domain, name: str, none: bool = False) -> None:
+        self.kind, self.domain, self.name, self.none = kind, domain, name, none
+
+    def convert(self, value, param, ctx):
+        from ..units import parse
+
+        at = where(param, ctx)
+        if self.none and isinstance(value, str) and value.strip().lower() == "none":
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise CmperfError(f"{at}: {value!r} is not a quantity; give {self.domain.describe()}")
+        try:
+            x = parse(value, self.kind, where=at)
+        except OverflowError:
+            raise CmperfError(f"{at}: {value!r} is out of range; give {self.domain.describe()}") from None
+        return self.domain.check(x, at)
+
+
+def number(table: dict[str, domains.Domain], field: str) -> Number:
+    """``Number`` of a record field's domain: ``number(domains.DEPLOYMENT, "batch_per_device")``."""
+    return Number(table[field])
+
+
+def dep(field: str) -> Number:
+    """The option type of a ``Deployment`` field."""
+    return Number(domains.DEPLOYMENT[field])
+
+
+def workload(field: str) -> Number:
+    """The option type of a ``serving.Workload`` field."""
+    return Number(domains.WORKLOAD[field])
+
+
+def pools(field: str) -> Number:
+    """The option type of a ``serving.Pools`` field (and ``--devices-total``)."""
+    return Number(domains.POOLS[field])
+
+
+def option(name: str) -> Number:
+    """The option type of a command-line option that is no record field (``domains.OPTIONS``)."""
+    return Number(domains.OPTIONS[name])
+
+
+#: Quantities with units on the command line.
+RATE = Quantity("per_s", domains.WORKLOAD["rate_per_s"], "RATE")
+BYTES = Quantity("bytes", domains.POOLS["cache_dram_bytes"], "BYTES")
+SLO_TIME = Quantity("s", domains.SLO["ttft_s"], "TIME")
+SLO_TIME_OR_NONE = Quantity("s", domains.SLO["ttft_s"], "TIME|none", none=True)
+SLO_PERCENTILE = option("slo_percentile")
+#: Prefill microbatches: a count 1..4 (``Deployment.check`` holds the same range; decode adds "auto").
+PREFILL_MICROBATCHES = Number(domains.whole(1, 4))
