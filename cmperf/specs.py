@@ -410,6 +410,16 @@ class _Table:
             raise CmperfError(f"{self.where(key)}: {value!r} is out of range [{lo:g}, {hi:g}] (finite)")
         return v
 
+    def number(self, key: str, lo: float, hi: float, required: bool = True, default: float = 0.0) -> float:
+        """A plain number (no unit) in [lo, hi]."""
+        entry = self._entry(key, required)
+        if entry is None:
+            return default
+        v = entry["value"]
+        if not isinstance(v, int | float) or isinstance(v, bool) or not (math.isfinite(v) and lo <= v <= hi):
+            raise CmperfError(f"{self.where(key)}: expected a plain number in [{lo:g}, {hi:g}], got {v!r}")
+        return float(v)
+
     def integer(self, key: str, lo: int = 1, hi: int = 10**9, required: bool = True, default: int = 0) -> int:
         entry = self._entry(key, required)
         if entry is None:
@@ -638,6 +648,33 @@ def _collective(c: _Table, cname: str, planes: dict[str, Plane]) -> Collective:
     return coll
 
 
+#: Upper bounds of the architecture integers (beyond any published model by orders of magnitude; a bound
+#: keeps a typo from overflowing the arithmetic). Other keys: 2**20.
+ARCH_MAX = {"vocab_size": 1 << 24, "max_position_embeddings": 1 << 27, "intermediate_size": 1 << 22}
+
+
+def _check_architecture(a: _Table, arch: dict[str, int]) -> None:
+    """Structure the op graph relies on, each violation named by key: layer counts, top-k within the
+    experts, group-limited routing (n_group divides the routed experts, topk_group <= n_group, and the
+    top-k experts fit in the topk_group groups a token may use: DeepSeek-V3 §2.1.2)."""
+    if arch["first_k_dense"] > arch["num_layers"]:
+        raise CmperfError(
+            f"{a.where('first_k_dense')}: {arch['first_k_dense']} exceeds num_layers {arch['num_layers']}"
+        )
+    r, k, g, tg = arch["n_routed_experts"], arch["num_experts_per_tok"], arch["n_group"], arch["topk_group"]
+    if k > r:
+        raise CmperfError(f"{a.where('num_experts_per_tok')}: top-{k} exceeds the {r} routed experts")
+    if r % g:
+        raise CmperfError(f"{a.where('n_group')}: {g} groups do not divide the {r} routed experts")
+    if tg > g:
+        raise CmperfError(f"{a.where('topk_group')}: {tg} exceeds n_group {g}")
+    if k > tg * (r // g):
+        raise CmperfError(
+            f"{a.where('num_experts_per_tok')}: top-{k} does not fit in topk_group {tg} groups of "
+            f"{r // g} experts"
+        )
+
+
 def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Model:
     path = find(name, "model", spec_dirs, "--model")
     sources: dict[str, str] = {}
@@ -652,17 +689,16 @@ def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Model:
         a.used.add(k)
         v = a.raw.get(k)
         lo = 0 if k in ("first_k_dense", "num_mtp_modules", "n_shared_experts", "q_lora_rank") else 1
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise CmperfError(f"{a.where(k)}: expected a whole number >= {lo}, got {v!r}")
+        hi = ARCH_MAX.get(k, 1 << 20)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise CmperfError(f"{a.where(k)}: expected a whole number in [{lo}, {hi}], got {v!r}")
         arch[k] = v
         sources["architecture." + k] = src
     a.done()
-    if arch["first_k_dense"] > arch["num_layers"] or arch["num_experts_per_tok"] > arch["n_routed_experts"]:
-        raise CmperfError(
-            f"{path}: first_k_dense <= num_layers and num_experts_per_tok <= n_routed_experts required"
-        )
+    _check_architecture(a, arch)
     r = t.sub("routing", required=False)
-    zipf = r.quantity("popularity_zipf", "per_s", hi=3.0, required=False, default=0.0)
+    # Zipf exponent of expert popularity: a plain number (no unit)
+    zipf = r.number("popularity_zipf", 0.0, 3.0, required=False, default=0.0)
     r.done()
     t.done()
     return Model(name, desc, str(path), aliases, arch, zipf, sources)

@@ -256,3 +256,26 @@ def test_domain_messages():
         d.check("16", "key devices", text=False)
     assert domains.OPTIONS["rtol"].describe() == "a number >= 0"
     assert domains.SLO["quantile"].describe() == "a number in [0.5, 1)"
+
+
+@pytest.mark.parametrize(
+    "mutation, needle",
+    [
+        (("topk_group = 4", "topk_group = 9"), "architecture.topk_group: 9 exceeds n_group 8"),
+        (
+            ("n_group = 8", "n_group = 3"),
+            "architecture.n_group: 3 groups do not divide the 256 routed experts",
+        ),
+        (("num_experts_per_tok = 8", "num_experts_per_tok = 300"), "top-300 exceeds the 256 routed experts"),
+        (("popularity_zipf = { value = 0.1,", 'popularity_zipf = { value = "0.1 req/s",'), "plain number"),
+        (("hidden_size = 7168", "hidden_size = 9223372036854775807"), "architecture.hidden_size"),
+    ],
+)
+def test_model_structure_is_checked_by_key(tmp_path, mutation, needle):
+    """Impossible model structure (routing groups, top-k, sizes) is one line naming file and key."""
+    src = (Path(__file__).resolve().parent.parent / "models" / "deepseek-r1.toml").read_text()
+    assert mutation[0] in src
+    (tmp_path / "deepseek-r1.toml").write_text(src.replace(*mutation))
+    r = CliRunner().invoke(main, ["decode", "--spec-dir", str(tmp_path)])
+    assert r.exit_code == 2 and needle in r.stderr and "deepseek-r1.toml" in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1
