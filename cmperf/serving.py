@@ -174,6 +174,12 @@ class Workload:
         return self.kv_std_len / self.kv_mean_len
 
 
+def workload_inputs(wl: Workload) -> dict[str, float | int | None]:
+    """The lengths and prefix-reuse knobs of a workload, as the ``inputs`` of serving outputs record them."""
+    keys = ("prompt_len", "output_len", "prompt_cv", "output_cv", "cache_hit", "num_prefixes", "prefix_skew")
+    return {**{k: getattr(wl, k) for k in keys}, "prefix_len": wl.prefix_len}
+
+
 @dataclass(frozen=True)
 class Pools:
     """The serving deployment: a decode pool run as one instance (``decode``, a decode ``Deployment`` whose
@@ -897,14 +903,7 @@ def evaluate(
     inputs = {
         "rate_rps": wl.rate_per_s,
         "concurrency": wl.concurrency,
-        "prompt_len": wl.prompt_len,
-        "output_len": wl.output_len,
-        "prompt_cv": wl.prompt_cv,
-        "output_cv": wl.output_cv,
-        "cache_hit": wl.cache_hit,
-        "num_prefixes": wl.num_prefixes,
-        "prefix_skew": wl.prefix_skew,
-        "prefix_len": wl.prefix_len,
+        **workload_inputs(wl),
         "prefill_devices": pools.prefill_devices,
         "decode_devices": pools.decode_devices,
         "prefill_instance_devices": pools.prefill_instance_devices,

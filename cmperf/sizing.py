@@ -25,6 +25,7 @@ from .serving import (
     prefill_grid,
     tpot_limit_rps,
     ttft_limit_rps,
+    workload_inputs,
 )
 from .specs import Model, System
 
@@ -182,14 +183,7 @@ def size(
         "feasible": best_score > 0,
     }
     inputs = {
-        "prompt_len": wl.prompt_len,
-        "output_len": wl.output_len,
-        "prompt_cv": wl.prompt_cv,
-        "output_cv": wl.output_cv,
-        "cache_hit": wl.cache_hit,
-        "num_prefixes": wl.num_prefixes,
-        "prefix_skew": wl.prefix_skew,
-        "prefix_len": wl.prefix_len,
+        **workload_inputs(wl),
         "prefill_instance_devices": inst,
         "prefill_ep_size": pools.prefill.ep_size or inst * system.ranks_per_device,
         "prefill_microbatches": pools.prefill.microbatches,
