@@ -130,14 +130,33 @@ class Precision:
     combine: str = "bf16"
     head: str = "bf16"  # embedding, gate and LM head (kept in BF16 as sensitive ops, CM384 §4.4)
 
+    #: (chip, dtype) pairs already warned about in this process (one warning line each, not one per check)
+    _warned = set()  # noqa: RUF012
+
     def check(self, system: System) -> None:
+        """Raise CmperfError for a datatype the chip lacks; warn (one stderr line per chip and datatype, the
+        rate used in it) for a datatype the chip runs at a crippled rate (``Chip.crippled``: INT8 on
+        Blackwell Ultra, 153.5 TOPS against FP8 4,500 TFLOPS). The prediction then uses that crippled
+        peak, never a silent full-rate assumption."""
         for group, dtype in self.__dict__.items():
             if dtype not in DTYPE_BYTES:
                 raise CmperfError(
                     f"--{group}-dtype: unknown datatype {dtype!r} (one of {', '.join(DTYPE_BYTES)})"
                 )
             if group in ("gemm", "experts", "attention", "head"):
-                system.chip.peak(dtype, where=f"precision {group}={dtype} on {system.name}")
+                peak = system.chip.peak(dtype, where=f"precision {group}={dtype} on {system.name}")
+                slow = system.chip.crippled(dtype)
+                if slow is not None and (system.chip.name, dtype) not in Precision._warned:
+                    import sys
+
+                    Precision._warned.add((system.chip.name, dtype))
+                    flag = {"gemm": "--weights", "experts": "--experts-dtype"}.get(group, f"--{group}-dtype")
+                    sys.stderr.write(
+                        f"warning: {flag} {dtype} on {system.name}: chip {system.chip.name} runs {dtype} at "
+                        f"only {peak / 1e12:g} TOPS, {100 * peak / slow[1]:.1f}% of its {slow[0]} "
+                        f"{slow[1] / 1e12:g} TFLOPS; the prediction uses {peak / 1e12:g} TOPS "
+                        f"({flag} {slow[0]} for the full-rate path)\n"
+                    )
 
 
 def default_precision(
@@ -157,9 +176,15 @@ def default_precision(
     if experts is None:
         experts = weights
     elif experts == "native":
-        experts = "fp4" if "fp4" in chip.peak_flops else weights
+        # the fastest 4-bit path the chip has (fp4, nvfp4 or mxfp4), else as the weights
+        fours = [d for d in ("nvfp4", "fp4", "mxfp4") if d in chip.peak_flops]
+        experts = max(fours, key=lambda d: chip.peak_flops[d]) if fours else weights
     chip.peak(experts, where=f"--experts-dtype {experts} on {system.name}")
-    disp = weights if weights in ("int8", "fp8") else ("fp8" if weights == "fp4" else "bf16")
+    # 8-bit GEMMs dispatch in their type; 4-bit weights keep an FP8 (MXFP8 on a chip without plain fp8) one
+    four = ("fp4", "nvfp4", "mxfp4")
+    disp = weights if weights in ("int8", "fp8", "mxfp8") else ("fp8" if weights in four else "bf16")
+    if disp == "fp8" and "fp8" not in chip.peak_flops and "mxfp8" in chip.peak_flops:
+        disp = "mxfp8"
     p = Precision(gemm=weights, experts=experts, dispatch=disp, kv=kv)
     p.check(system)
     return p
@@ -263,7 +288,7 @@ class Deployment:
     kv_len: Any = 4096.0  # mean KV length per sequence
     kv_capacity_len: Any = None  # KV length memory must hold per sequence; None: kv_len
     kv_cv: Any = 0.0  # CV of the sequences' KV lengths (cmperf.decode.straggler_kv_len)
-    mtp: Any = 1  # speculative tokens per step
+    mtp: Any = None  # speculative tokens per step; None: 1 where the model has an MTP module, else 0
     mtp_accept: Any = 0.7
     attention_cube_cores: Any = None  # None: the system's [overlap.decode] split
     step_overhead_s: Any = 0.0  # host time per step outside the layers (graph launch, sampling, scheduling)
@@ -285,6 +310,7 @@ class Deployment:
         tp = self.attn_tp
         if prefill and tp is None:
             tp = np.minimum(attention_tp_devices(system), np.asarray(devices)) * system.ranks_per_device
+        mtp = self.mtp if self.mtp is not None else min(1, model.num_mtp_modules)
         cores = self.attention_cube_cores
         if cores is None:
             cores = system.overlap_for("decode").attention_cube_cores
@@ -293,6 +319,7 @@ class Deployment:
             devices=_int(devices),
             ep_size=_int(ep),
             microbatches=mb,
+            mtp=mtp,
             precision=self.precision or default_precision(system),
             eplb=self.eplb or ("perfect" if prefill else "model"),
             attention_cube_cores=_int(cores),

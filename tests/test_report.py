@@ -189,3 +189,23 @@ def test_decode_scenario_refuses_prefill_knobs(tmp_path):
     p.write_text('name = "mixed"\ncommand = "decode"\n[deployment]\nprompt_len = 4096\n')
     r = run("decode", "--scenario", p)
     assert r.exit_code == 2 and "deployment.prompt_len is a prefill knob" in r.stderr
+
+
+def test_model_without_mtp_gets_none_anywhere(tmp_path):
+    """A model with no MTP module is credited with none by default in decode, serve and compare; asking
+    for it is refused by name."""
+    src = (ROOT / "models" / "deepseek-r1.toml").read_text()
+    src = src.replace('name = "deepseek-r1"', 'name = "no-mtp"').replace(
+        "num_mtp_modules = 1", "num_mtp_modules = 0"
+    )
+    src = src.replace('aliases = ["deepseek-v3", "deepseek-r1-0528"]', "aliases = []")
+    (tmp_path / "no-mtp.toml").write_text(src)
+    common = ("--model", "no-mtp", "--spec-dir", tmp_path, "--format", "json")
+    d = json.loads(run("decode", *common).stdout)
+    assert d["deployment"]["mtp"] == 0 and d["tokens_per_step"] == d["batch_per_device"]
+    s = json.loads(run("serve", "--rate", "20", *common).stdout)
+    assert s["inputs"]["mtp"] == 0
+    c = json.loads(run("compare", "--systems", "cloudmatrix384", *common).stdout)
+    assert c["rows"][0]["workload"]["mtp"] == 0
+    bad = run("decode", "--mtp", "1", *common[:4])
+    assert bad.exit_code == 2 and "no-mtp has 0 MTP module(s)" in bad.stderr

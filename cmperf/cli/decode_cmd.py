@@ -64,7 +64,12 @@ from .types import dep, option, workload
     "of the rank with the most KV [default: 0 with --kv-len; with --prompt-len/--output-len, sequences "
     "spread uniformly over their output: output/sqrt(12)/KV].",
 )
-@knob("--mtp", "mtp", type=dep("mtp"), help="Speculative MTP tokens per step (0 = off) [default: 1].")
+@knob(
+    "--mtp",
+    "mtp",
+    type=dep("mtp"),
+    help="Speculative MTP tokens per step (0 = off) [default: 1 where the model has an MTP module, else 0].",
+)
 @knob(
     "--mtp-accept",
     "mtp_accept",

@@ -260,7 +260,12 @@ def cand_header(s) -> tuple[str, ...]:
 @click.option("--ttft-slo", type=SLO_TIME, default="2s", show_default=True, help="TTFT SLO, e.g. 2s.")
 @click.option("--tpot-slo", type=SLO_TIME, default="50ms", show_default=True, help="TPOT SLO, e.g. 50ms.")
 @slo_percentile_option
-@click.option("--mtp", type=dep("mtp"), default=1, show_default=True, help="Speculative MTP tokens per step.")
+@click.option(
+    "--mtp",
+    type=dep("mtp"),
+    default=None,
+    help="Speculative MTP tokens per step [default: 1 where the model has an MTP module, else 0].",
+)
 @click.option(
     "--mtp-accept",
     type=dep("mtp_accept"),
@@ -353,7 +358,9 @@ def serve(
     pools = replace(
         pools,
         cache_dram_bytes=dram,
-        decode=replace(pools.decode, mtp=mtp, mtp_accept=mtp_accept, precision=prec),
+        decode=replace(
+            pools.decode, mtp=pools.decode.mtp if mtp is None else mtp, mtp_accept=mtp_accept, precision=prec
+        ),
         prefill=replace(pools.prefill, cache_plane=cache_plane, precision=prec),
     )
     if do_size:
