@@ -25,7 +25,30 @@ from . import units
 from .domains import MAX_DEVICES
 from .errors import CmperfError
 
-DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5, "int4": 0.5}
+DTYPE_BYTES = {
+    "fp32": 4.0,
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "fp4": 0.5,
+    "int4": 0.5,
+    # Microscaling formats carry their block scales in the element cost. OCP Microscaling (MX) spec v1.0:
+    # blocks of 32 elements share one 8-bit E8M0 scale -> 1 + 1/32 and 0.5 + 1/32 bytes per element.
+    # NVFP4 (NVIDIA Blackwell): blocks of 16 FP4 E2M1 values share one FP8 E4M3 scale -> 0.5 + 1/16 (the
+    # per-tensor FP32 scale is negligible).
+    "mxfp8": 1.0 + 1.0 / 32.0,
+    "mxfp4": 0.5 + 1.0 / 32.0,
+    "nvfp4": 0.5 + 1.0 / 16.0,
+}
+#: Element width in bits (scales aside): datatypes of one width compete for the same tensor-core path, so a
+#: chip whose rate for one of them is far below the best of that width runs it on a crippled path.
+DTYPE_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "fp8": 8, "int8": 8, "mxfp8": 8}
+DTYPE_BITS |= {"fp4": 4, "int4": 4, "mxfp4": 4, "nvfp4": 4}
+#: A datatype whose peak is below this fraction of the chip's best peak of the same width is "crippled"
+#: (Chip.crippled): Blackwell Ultra runs INT8 at 153.5 TOPS against FP8 4,500 TFLOPS (3.4%; aiconfigurator
+#: systems/b300_sxm.yaml). Every other shipped chip runs its same-width types at 50-100% of each other.
+CRIPPLED_FRACTION = 0.25
 EFFICIENCY_KEYS = ("gemm_compute", "gemm_memory", "attention_compute", "attention_memory", "vector_memory")
 #: Optional efficiency keys and their defaults. pipeline_compute: the fraction of the microbenchmark compute
 #: efficiency (gemm_compute, attention_compute) a kernel sustains inside the serving loop (cmperf.roofline).
@@ -65,6 +88,24 @@ class Chip:
             )
         return self.peak_flops[dtype]
 
+    def crippled(self, dtype: str) -> tuple[str, float] | None:
+        """(best same-width datatype, its peak) when ``dtype``'s peak is below CRIPPLED_FRACTION of it, else
+        None. b300: int8 153.5 TOPS against fp8 4,500 TFLOPS -> ("fp8", 4.5e15)."""
+        bits = DTYPE_BITS.get(dtype)
+        if bits is None or dtype not in self.peak_flops:
+            return None
+        same = {d: v for d, v in self.peak_flops.items() if DTYPE_BITS.get(d) == bits}
+        best = max(same, key=lambda d: same[d])
+        if self.peak_flops[dtype] < CRIPPLED_FRACTION * same[best]:
+            return best, same[best]
+        return None
+
+
+#: Plane topologies: "switch" (every rank reaches every other at its full per-rank bandwidth: NVSwitch, UB,
+#: a fat-tree) or "torus" (a k-ary n-cube, TPU ICI: an all-to-all is bounded by bisection and hop count,
+#: cmperf.comm.torus_alltoall_bandwidth).
+TOPOLOGIES = ("switch", "torus")
+
 
 @dataclass(frozen=True)
 class Plane:
@@ -77,6 +118,9 @@ class Plane:
     latency_s: float
     efficiency: float
     host_read_efficiency: float | None = None  # reads of host (CPU DRAM, EMS) memory; None: ``efficiency``
+    topology: str = "switch"  # one of TOPOLOGIES
+    dims: tuple[int, ...] = ()  # torus: chips along each axis (product = domain_devices)
+    hop_latency_s: float = 0.0  # torus: per-hop latency added per hop of the group's diameter
 
     @property
     def host_read_eff(self) -> float:
@@ -486,7 +530,7 @@ def _header(t: _Table, kind: str) -> tuple[str, str]:
         raise CmperfError(f"{t.path}: kind = {t.raw.get('kind')!r}, expected {kind!r}")
     t.used.add("kind")
     name = t.string("name")
-    if name != t.path.stem:
+    if name != t.path.stem and t.path.suffix == ".toml":  # a config.json is named by its importer
         raise CmperfError(f"{t.path}: name = {name!r} must match the file name {t.path.stem!r}")
     return name, t.string("description", required=False)
 
@@ -544,15 +588,18 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: st
         if not isinstance(per, str) or per not in ranks_per:
             raise CmperfError(f"{p.where('bandwidth')}: per must be rank, device or node, got {per!r}")
         bw = p.quantity("bandwidth", "bytes_per_s", lo=1e6) / ranks_per[per]
-        planes[pname] = Plane(
-            pname,
-            p.string("scale", ("up", "out")),
-            p.integer("domain_devices", hi=10**6),
-            bw,
-            p.quantity("latency", "s", hi=1e-2),
-            p.fraction("efficiency"),
-            p.fraction("host_read_efficiency", required=False, default=None),
-        )
+        scale = p.string("scale", ("up", "out"))
+        domain = p.integer("domain_devices", hi=10**6)
+        latency = p.quantity("latency", "s", hi=1e-2)
+        eff = p.fraction("efficiency")
+        host_eff = p.fraction("host_read_efficiency", required=False, default=None)
+        topology = p.string("topology", TOPOLOGIES, required=False, default="switch")
+        dims: tuple[int, ...] = ()
+        hop = 0.0
+        if topology == "torus":
+            dims = _torus_dims(p, domain, num_devices)
+            hop = p.quantity("hop_latency", "s", hi=1e-3)
+        planes[pname] = Plane(pname, scale, domain, bw, latency, eff, host_eff, topology, dims, hop)
         p.done()
     planes_t.done()
     if not planes:
@@ -625,6 +672,34 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: st
     )
 
 
+def _torus_dims(p: _Table, domain: int, num_devices: int) -> tuple[int, ...]:
+    """A torus plane's ``dims = { value = [x, y, z], source = ... }``: whole numbers >= 1 whose product is
+    the plane's domain_devices and at most the system's devices (a torus larger than the pod is an error)."""
+    entry = p._entry("dims", True)
+    assert entry is not None
+    v = entry["value"]
+    if (
+        not isinstance(v, list)
+        or not 1 <= len(v) <= 6
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
+    ):
+        raise CmperfError(
+            f"{p.where('dims')}: expected a list of 1-6 whole numbers >= 1, e.g. [4, 4, 4]; got {v!r}"
+        )
+    n = math.prod(v)
+    if n > num_devices:
+        raise CmperfError(
+            f"{p.where('dims')}: a {'x'.join(map(str, v))} torus is {n} chips, larger than the system's "
+            f"num_devices = {num_devices}; shrink dims or raise num_devices"
+        )
+    if n != domain:
+        raise CmperfError(
+            f"{p.where('dims')}: the {'x'.join(map(str, v))} torus is {n} chips but domain_devices = "
+            f"{domain}; make them equal"
+        )
+    return tuple(v)
+
+
 def _collective(c: _Table, cname: str, planes: dict[str, Plane]) -> Collective:
     """One [collectives.*] table (schema: see Collective and cmperf.comm)."""
     plane = c.string("plane", tuple(planes))
@@ -676,9 +751,19 @@ def _check_architecture(a: _Table, arch: dict[str, int]) -> None:
 
 
 def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Model:
-    path = find(name, "model", spec_dirs, "--model")
+    """A model by name or alias, a models/*.toml path, or a Hugging Face config.json path (cmperf.hf)."""
+    if Path(name).suffix == ".json":
+        from . import hf
+
+        path = Path(name)
+        if not path.is_file():
+            raise CmperfError(f"--model: file {name} does not exist; give a config.json, .toml or model name")
+        raw = hf.spec_from_config(path)
+    else:
+        path = find(name, "model", spec_dirs, "--model")
+        raw = _read(path)
     sources: dict[str, str] = {}
-    t = _Table(_read(path), path, "", sources)
+    t = _Table(raw, path, "", sources)
     name, desc = _header(t, "model")
     t.used.add("aliases")
     aliases = tuple(t.raw.get("aliases", []))

@@ -1,4 +1,4 @@
-"""`cmperf specs list` and `cmperf specs show NAME`."""
+"""`cmperf specs list`, `cmperf specs show NAME`, `cmperf specs import CONFIG.json`."""
 
 from __future__ import annotations
 
@@ -95,6 +95,30 @@ def _source_for(key: str, sources: dict) -> str:
         if k in (key, last) or k.endswith("." + last):
             return v
     return ""
+
+
+@specs.command("import")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--name", default=None, help="Model name [default: from the file name, e.g. kimi-k2-instruct].")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write the spec here (e.g. models/NAME.toml)."
+)
+@guarded
+def import_(config, name, output):
+    """Write a model spec from a Hugging Face config.json (read locally), its source recorded.
+
+    Example: cmperf specs import Kimi-K2-Instruct/config.json --name kimi-k2 -o models/kimi-k2.toml"""
+    from pathlib import Path
+
+    from .. import hf
+    from ..errors import CmperfError
+
+    spec = hf.spec_from_config(config, name)
+    if output and Path(output).stem != spec["name"]:
+        raise CmperfError(
+            f"--output: a spec file is named like its model; write {spec['name']}.toml or pass --name"
+        )
+    emit(hf.to_toml(spec), output)
 
 
 COMMANDS = [specs]
