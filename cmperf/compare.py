@@ -70,8 +70,9 @@ def baseline_dirs() -> list[Path]:
     return [d / "scenarios" / "baselines" for d in builtin_dirs() if (d / "scenarios" / "baselines").is_dir()]
 
 
-def baseline(system: System, phase: str, dirs: list[Path] | None = None) -> tuple[dict, str]:
-    """([deployment] table of the baseline scenario for this system and phase, its file) or ({}, "").
+def baseline(system: System, model: Model, phase: str, dirs: list[Path] | None = None) -> tuple[dict, str]:
+    """([deployment] table of the baseline scenario for this system, model and phase, its file) or ({}, "");
+    a baseline run with another model (the shipped ones are DeepSeek-R1's) does not apply.
 
     Among several (DeepSeek decode EP128 and EP144), the one with the most devices: the whole unit."""
     best: tuple[dict, str] = ({}, "")
@@ -83,6 +84,8 @@ def baseline(system: System, phase: str, dirs: list[Path] | None = None) -> tupl
                 continue  # a broken scenario file is reported by the command that runs it
             table = raw.get("deployment", {})
             if raw.get("command") != phase or raw.get("system") != system.name or not isinstance(table, dict):
+                continue
+            if raw.get("model", "deepseek-r1") not in (model.name, *model.aliases):
                 continue
             if not best[1] or table.get("devices", 0) > best[0].get("devices", 0):
                 best = (dict(table), str(path))
@@ -103,7 +106,7 @@ def deployment_for(
     """(deployment, where it comes from) of ``phase`` on ``system``: the ``given`` Deployment fields (None
     = not given) over the system's baseline scenario, over the rules (module docstring). Devices given
     drop the baseline's devices and EP size; microbatches default to 2 (the baselines' two-batch overlap)."""
-    table, src = baseline(system, phase) if use_scenarios else ({}, "")
+    table, src = baseline(system, model, phase) if use_scenarios else ({}, "")
     given = {k: v for k, v in given.items() if v is not None}
     if "devices" in given:
         table = {k: v for k, v in table.items() if k not in ("devices", "ep_size")}

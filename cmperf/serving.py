@@ -305,6 +305,8 @@ def default_pools(system: System, model: Model) -> Pools:
     from .deployment import decode_unit_devices, prefill_unit_devices
 
     inst = prefill_unit_devices(system)
+    if system.num_devices - inst < 1:  # a system smaller than one prefill unit + a decode device: halves
+        inst = max(system.num_devices // 2, 1)
     decode = max(min(decode_unit_devices(system, model), system.num_devices - inst), 1)
     prefill = min(PAPER_PREFILL_INSTANCES, max((system.num_devices - decode) // inst, 1)) * inst
     return Pools().split(prefill, decode).with_instance(inst)
