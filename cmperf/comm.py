@@ -30,6 +30,10 @@ decode uses [collectives.dispatch] / [collectives.combine], and so does a phase 
 
 Other collectives (the SP-TP-SP all-gather and all-to-all of prefill attention) use the plane's
 latency, the chip's fixed comm cost and the same bandwidth term.
+
+Torus planes (``topology = "torus"``, TPU ICI): no switch, so a rank's all-to-all rate is not its injection
+bandwidth but what the torus' bisection and total link capacity allow (``torus_alltoall_bandwidth``); the
+EP group is a compact sub-torus of the plane (``torus_group_dims``) and its diameter adds hop latency.
 """
 
 from __future__ import annotations
@@ -156,6 +160,85 @@ def ep_message_bytes(system: System, hidden: int, prec, phase: str = "decode") -
     )
 
 
+def torus_group_dims(dims: tuple[int, ...], group) -> np.ndarray:
+    """Axis lengths of a compact group of ``group`` chips inside a torus of ``dims`` (the slice an EP group
+    is given): axes filled smallest first, each k = min(axis, remaining ** (1 / axes left)), real-valued so
+    the cost is continuous in the group size. TPU7x 16x24x24 pod, EP64 -> (4, 4, 4); EP512 -> (8, 8, 8);
+    the whole pod -> (16, 24, 24). Shape (..., len(dims)) for an array of group sizes.
+
+    >>> [round(float(k), 3) for k in torus_group_dims((16, 24, 24), 64)]
+    [4.0, 4.0, 4.0]
+    """
+    g = np.maximum(np.asarray(group, dtype=float), 1.0)
+    order = sorted(range(len(dims)), key=lambda i: dims[i])
+    ks: list[np.ndarray] = [np.ones_like(g)] * len(dims)
+    rest = g
+    for j, i in enumerate(order):
+        k = np.minimum(float(dims[i]), np.round(rest ** (1.0 / (len(dims) - j)), 9))  # 64 ** (1/3) = 4
+        ks[i] = k
+        rest = rest / k
+    return np.stack(ks, axis=-1)
+
+
+def torus_alltoall_bandwidth(dims: tuple[int, ...], link_bytes_per_s: float, group=None) -> np.ndarray:
+    """Per-rank all-to-all rate (bytes/s one rank's uniform all-to-all payload moves at) on a group of the
+    torus ``dims`` (``torus_group_dims``; the whole torus when ``group`` is None), every axis a ring with
+    wraparound and each of the 2n links per chip carrying ``link_bytes_per_s`` per direction.
+
+    Uniform all-to-all of P bytes per rank over N = prod(k) ranks; two bounds (Dally & Towles, "Principles
+    and Practices of Interconnection Networks", 2004, §3.3-3.4: bisection and channel-load bounds of k-ary
+    n-cubes):
+
+    * bisection: cutting the longest axis k_max crosses 2 N / k_max links per direction (two cuts per ring
+      with wraparound); half of every rank's bytes cross it, N P / 4 each way ->
+      t >= P k_max / (8 b);
+    * channel load: a message travels k/4 hops on average along each axis of a bidirectional ring (even
+      k), total link-bytes N P sum(k)/4 over N 2n links -> t >= P sum(k) / (8 n b);
+    * and no rank injects faster than its 2n links: t >= P / (2 n b).
+
+    rate = P / t = b * min(8 / k_max, 8 n / sum(k), 2 n). Worked number (TPU7x: 1,200 GB/s bidirectional
+    over 6 links = 100 GB/s per link per direction; Google Cloud TPU7x docs): a 4x4x4 cube gives
+    100 GB/s * min(8/4, 24/12, 6) = 200 GB/s per chip, a third of the 600 GB/s it injects; the 16x24x24
+    pod 100 * min(8/24, 24/64) = 33.3 GB/s. A switch of the same injection would give 600 GB/s.
+
+    >>> float(torus_alltoall_bandwidth((4, 4, 4), 100e9)) / 1e9
+    200.0
+    """
+    k = torus_group_dims(dims, math.prod(dims) if group is None else group)
+    n = float(len(dims))
+    kmax = np.max(k, axis=-1)
+    bis = np.where(kmax > 1.0, 8.0 / np.maximum(kmax, 1.0), np.inf)
+    load = np.where(np.sum(k, axis=-1) > n, 8.0 * n / np.maximum(np.sum(k, axis=-1), 1.0), np.inf)
+    return link_bytes_per_s * np.minimum(np.minimum(bis, load), 2.0 * n)
+
+
+def torus_diameter_hops(dims: tuple[int, ...], group) -> np.ndarray:
+    """Hops of the farthest pair of a ``group`` sub-torus: sum over axes of floor(k / 2) (4x4x4: 6)."""
+    return np.sum(np.floor(torus_group_dims(dims, group) / 2.0), axis=-1)
+
+
+def _rate(system: System, plane_name: str, group=None):
+    """Per-rank bytes/s of an all-to-all over ``plane_name`` among ``group`` ranks: the plane's bandwidth
+    on a switch; on a torus, ``torus_alltoall_bandwidth`` of the group's sub-torus (its chips = ranks /
+    ranks per device), the plane's bandwidth being the 2n links' injection rate."""
+    plane = system.planes[plane_name]
+    if plane.topology != "torus" or group is None:
+        return plane.bytes_per_s_per_rank
+    chips = np.maximum(np.asarray(group, dtype=float) / system.ranks_per_device, 1.0)
+    link = plane.bytes_per_s_per_rank * system.ranks_per_device / (2 * len(plane.dims))
+    per_chip = torus_alltoall_bandwidth(plane.dims, link, np.minimum(chips, plane.domain_devices))
+    return per_chip / system.ranks_per_device
+
+
+def _hops_s(system: System, plane_name: str, group):
+    """Hop latency of a torus plane's farthest message in a ``group`` (0 on a switch)."""
+    plane = system.planes[plane_name]
+    if plane.topology != "torus":
+        return 0.0
+    chips = np.maximum(np.asarray(group, dtype=float) / system.ranks_per_device, 1.0)
+    return plane.hop_latency_s * torus_diameter_hops(plane.dims, np.minimum(chips, plane.domain_devices))
+
+
 def _split_bytes(system: System, plane_name: str, payload, group_size, send_local: bool = False):
     """(bytes over the scale-up plane, bytes over the scale-out plane) for one rank's payload."""
     plane = system.planes[plane_name]
@@ -176,14 +259,16 @@ def _link_s(
     out_bytes,
     eff: float | None = None,
     eff_out: float | None = None,
+    group=None,
 ):
     """Slower of the two planes; ``eff`` / ``eff_out`` (a kernel's fitted efficiencies) replace the
-    scale-up / scale-out plane's."""
+    scale-up / scale-out plane's; ``group`` (ranks) sets a torus plane's all-to-all rate (``_rate``)."""
     up = system.planes[up_plane]
-    t_up = up_bytes / (up.bytes_per_s_per_rank * (eff or up.efficiency))
+    up_bw = _rate(system, up_plane, group)
+    t_up = up_bytes / (up_bw * (eff or up.efficiency))
     if out_plane is None:
         # no scale-out plane named: traffic beyond the domain also rides the scale-up plane
-        return t_up + out_bytes / (up.bytes_per_s_per_rank * (eff or up.efficiency))
+        return t_up + out_bytes / (up_bw * (eff or up.efficiency))
     out = system.planes[out_plane]
     return np.maximum(t_up, out_bytes / (out.bytes_per_s_per_rank * (eff_out or out.efficiency)))
 
@@ -215,9 +300,10 @@ def ep_plane_seconds(
     c = system.collective(name, phase)
     up_b, out_b = ep_link_bytes(system, name, payload_bytes, ep_size, phase, scaleout_bytes)
     up = system.planes[c.plane]
-    res = {up.name: up_b / (up.bytes_per_s_per_rank * (c.efficiency or up.efficiency))}
+    up_bw = _rate(system, c.plane, ep_size)
+    res = {up.name: up_b / (up_bw * (c.efficiency or up.efficiency))}
     if c.scaleout_plane is None:
-        res[up.name] = res[up.name] + out_b / (up.bytes_per_s_per_rank * (c.efficiency or up.efficiency))
+        res[up.name] = res[up.name] + out_b / (up_bw * (c.efficiency or up.efficiency))
     else:
         out = system.planes[c.scaleout_plane]
         res[out.name] = out_b / (out.bytes_per_s_per_rank * (c.scaleout_efficiency or out.efficiency))
@@ -232,10 +318,13 @@ def ep_collective_time(
     c = system.collective(name, phase)
     e = np.asarray(ep_size, dtype=float)
     up_b, out_b = ep_link_bytes(system, name, payload_bytes, e, phase, scaleout_bytes)
-    link_s = _link_s(system, c.plane, c.scaleout_plane, up_b, out_b, c.efficiency, c.scaleout_efficiency)
-    alpha_s = np.where(e > 1, c.alpha_s + c.alpha_per_log2_ep_s * np.log2(np.maximum(e, 1.0)), 0.0)
+    link_s = _link_s(
+        system, c.plane, c.scaleout_plane, up_b, out_b, c.efficiency, c.scaleout_efficiency, group=e
+    )
+    alpha = c.alpha_s + c.alpha_per_log2_ep_s * np.log2(np.maximum(e, 1.0)) + _hops_s(system, c.plane, e)
+    alpha_s = np.where(e > 1, alpha, 0.0)
     link_s = np.where(e > 1, link_s, 0.0)
-    ideal = _ideal_link_s(system, c.plane, c.scaleout_plane, up_b, out_b)
+    ideal = _ideal_link_s(system, c.plane, c.scaleout_plane, up_b, out_b, group=e)
     return _comm_optime(link_s, alpha_s, ideal)
 
 
@@ -324,10 +413,10 @@ def ep_collective_estimate(
     )
 
 
-def _ideal_link_s(system, up_plane, out_plane, up_b, out_b):
-    up = system.planes[up_plane]
-    out = system.planes[out_plane] if out_plane else up
-    return np.maximum(up_b / up.bytes_per_s_per_rank, out_b / out.bytes_per_s_per_rank)
+def _ideal_link_s(system, up_plane, out_plane, up_b, out_b, group=None):
+    up_bw = _rate(system, up_plane, group)
+    out_bw = _rate(system, out_plane, group) if out_plane else up_bw
+    return np.maximum(up_b / up_bw, out_b / out_bw)
 
 
 def _comm_optime(link_s, alpha_s, ideal_s) -> OpTime:
@@ -342,10 +431,12 @@ def plane_collective_time(system: System, plane_name: str, payload_bytes, group_
     t = latency * ceil(log2 group) + fixed comm cost + bytes / (bw * eff); zero for a group of one."""
     plane = system.planes[plane_name]
     g = np.asarray(group_size, dtype=float)
-    link_s = np.asarray(payload_bytes, dtype=float) / (plane.bytes_per_s_per_rank * plane.efficiency)
+    bw = _rate(system, plane_name, g)
+    link_s = np.asarray(payload_bytes, dtype=float) / (bw * plane.efficiency)
     alpha_s = plane.latency_s * np.ceil(np.log2(np.maximum(g, 1.0))) + system.chip.overhead_s["comm"]
+    alpha_s = alpha_s + _hops_s(system, plane_name, g)
     active = g > 1
-    ideal = np.asarray(payload_bytes, dtype=float) / plane.bytes_per_s_per_rank
+    ideal = np.asarray(payload_bytes, dtype=float) / bw
     return _comm_optime(
         np.where(active, link_s, 0.0), np.where(active, alpha_s, 0.0), np.where(active, ideal, 0.0)
     )

@@ -131,7 +131,7 @@ class Precision:
     head: str = "bf16"  # embedding, gate and LM head (kept in BF16 as sensitive ops, CM384 §4.4)
 
     #: (chip, dtype) pairs already warned about in this process (one warning line each, not one per check)
-    _warned = set()  # noqa: RUF012
+    _warned = set[tuple[str, str]]()  # noqa: RUF012 (no annotation: not a dataclass field)
 
     def check(self, system: System) -> None:
         """Raise CmperfError for a datatype the chip lacks; warn (one stderr line per chip and datatype, the

@@ -70,7 +70,8 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
         ),
         (
             "MTP, microbatches",
-            f"MTP {d['mtp']} @ {d['mtp_accept']:g}, {d['microbatches']} microbatch(es)"
+            f"MTP {d['mtp']} @ {d['mtp_accept']:g}, "
+            f"{d['microbatches']} microbatch{'' if d['microbatches'] == 1 else 'es'}"
             + (" (auto)" if auto else ""),
         ),
     ]
@@ -159,8 +160,11 @@ def op_table_rows(ops, step_s: float) -> list[tuple[str, ...]]:
     ]
 
 
-def markdown_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+def markdown_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], align: str | None = None) -> str:
+    """A GitHub table; ``align`` is one letter per column, ``l`` or ``r`` (numbers right-aligned:
+    ``---:``); None leaves every column to the renderer's default (left)."""
+    rule = ["---:" if a == "r" else "---" for a in align] if align else ["---" for _ in header]
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out) + "\n"
 
@@ -354,3 +358,52 @@ def decode_table(p, max_ops: int | None = None, width: int | None = None) -> str
         [stream_section(p), op_section(p.ops, p.step_s, max_ops)],
         width,
     )
+
+
+def _csv_cell(v) -> str:
+    """A CSV cell: floats with 12 significant digits (as the JSON), None and a non-finite float empty,
+    booleans true/false, lists joined by ';'."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.12g}" if math.isfinite(v) else ""
+    if isinstance(v, list | tuple):
+        return ";".join(_csv_cell(x) for x in v)
+    return str(v)
+
+
+def _flatten_record(rec: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in rec.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten_record(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def to_csv(records, first: tuple[str, ...] = ()) -> str:
+    """RFC 4180 CSV of records (dataclasses or dicts): one row per record, one column per field (nested
+    fields as ``table.field``), SI units in the column names as in the JSON (``tpot_s``,
+    ``hbm_bytes_per_rank``). Columns: ``first``, then every other field in the order it first appears;
+    a field a record lacks is empty. Deterministic: the same records, the same bytes (CRLF line ends).
+
+    >>> to_csv([{"system": "a", "tpot_s": 0.0494903077038}])
+    'system,tpot_s\\r\\n a,0.0494903077038\\r\\n'.replace(" ", "")
+    """
+    import csv
+    import io
+
+    rows = [_flatten_record(to_jsonable(r)) for r in records]
+    cols = [c for c in first if any(c in r for r in rows)]
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([_csv_cell(r.get(c)) for c in cols])
+    return buf.getvalue()

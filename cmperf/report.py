@@ -1,16 +1,20 @@
 """The markdown report (`cmperf report`): one file a reviewer reads top to bottom.
 
-Sections: inputs (spec files, their hashes and every cited source), deployment, headline predictions,
-per-op breakdown per phase with the binding ceiling, lower/upper bounds, a throughput-vs-TPOT chart
-(Mermaid ``xychart-beta``, rendered by GitHub) from one vectorized ``decode.evaluate`` over batch,
-the optimizer's top configurations when ``cmperf.search`` exists, the validation table and the closed
-forms typeset from sympy. Pure text assembly from the data handed in, no clock, no absolute paths:
+Sections: "What to do" first (the prediction, what binds, the levers that matter most by elasticity),
+headline predictions, bounds, streams in execution order and the heaviest ops (numbers right-aligned),
+a throughput-vs-TPOT chart (Mermaid ``xychart-beta``, rendered by GitHub: a numeric TPOT axis, the SLO
+and the operating point marked) from one vectorized ``decode.evaluate`` over batch, prefill and serving
+at their defaults, the optimizer's top configurations, the validation table, the closed forms (long
+ones broken across lines) and, in appendices, the inputs with every cited source and its value. Pure
+text assembly from the data handed in, no clock, no absolute paths:
 the same inputs give a byte-identical file.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,34 +42,153 @@ def batch_sweep(system, model, dep) -> dict[str, np.ndarray]:
     }
 
 
-def mermaid_chart(sweep: dict) -> str:
+#: Points on the chart's TPOT axis (xychart-beta spaces points evenly, so the axis is an even grid).
+CHART_POINTS = 16
+#: Series colours: throughput, SLO, operating point (the default palette's first colour is pale).
+CHART_COLOURS = "#1f77b4, #d62728, #2ca02c"
+
+
+def _nice_step(span: float, n: int) -> float:
+    """A 1/2/5 x 10^k step that cuts ``span`` into at most ``n`` intervals: (60, 16) -> 5."""
+    raw = span / max(n, 1)
+    mag = 10.0 ** np.floor(np.log10(raw)) if raw > 0 else 1.0
+    return float(next(m * mag for m in (1.0, 2.0, 5.0, 10.0) if m * mag >= raw))
+
+
+def chart_grid(sweep: dict, slo_s: float | None, point: tuple[float, float] | None) -> dict:
+    """The chart's data: an even TPOT grid (ms) over the feasible sweep, tokens/s interpolated between
+    the swept batches (throughput rises with TPOT along the batch sweep), and the grid points nearest the
+    SLO and the operating point. ``point`` = (TPOT s, tokens/s per device)."""
     ok = np.asarray(sweep["feasible"], dtype=bool)
-    x = [f'"{v * 1e3:.1f}"' for v in np.asarray(sweep["tpot_s"])[ok]]
-    y = [f"{v:.0f}" for v in np.asarray(sweep["tokens_per_s_per_device"])[ok]]
-    top = max([float(v) for v in y] + [1.0])
-    return (
-        '```mermaid\nxychart-beta\n    title "Decode throughput vs TPOT (batch sweep, feasible points)"\n'
-        f'    x-axis "TPOT (ms)" [{", ".join(x)}]\n'
-        f'    y-axis "tokens/s per device" 0 --> {int(np.ceil(top * 1.1 / 100) * 100)}\n'
-        f"    line [{', '.join(y)}]\n```\n"
-    )
+    t = np.asarray(sweep["tpot_s"], dtype=float)[ok] * 1e3
+    y = np.asarray(sweep["tokens_per_s_per_device"], dtype=float)[ok]
+    order = np.argsort(t, kind="stable")
+    t, y = t[order], y[order]
+    if t.size == 0:
+        return {"x_ms": [], "y": [], "slo_i": None, "point_i": None}
+    hi_ref = max([float(t[-1])] + ([slo_s * 1e3] if slo_s else []))
+    step = _nice_step(hi_ref - float(t[0]), CHART_POINTS - 1)
+    lo = np.floor(t[0] / step) * step
+    hi = np.ceil(hi_ref / step) * step
+    x = np.arange(lo, hi + step / 2, step)
+    yy = np.interp(x, t, y, left=np.nan, right=np.nan)
+
+    def nearest(ms: float) -> int:
+        return int(np.argmin(np.abs(x - ms)))
+
+    return {
+        "x_ms": [float(v) for v in x],
+        "y": [float(v) for v in yy],
+        "slo_i": nearest(slo_s * 1e3) if slo_s else None,
+        "point_i": nearest(point[0] * 1e3) if point else None,
+        "step_ms": step,
+    }
+
+
+def mermaid_chart(sweep: dict, slo_s: float | None = None, point: tuple[float, float] | None = None) -> str:
+    """Throughput (line) against an even TPOT axis; a red bar at the SLO (full height) and a green bar at
+    the operating point (its tokens/s). Grid points outside the swept range are 0 (no data)."""
+    g = chart_grid(sweep, slo_s, point)
+    ys = [v for v in g["y"] if np.isfinite(v)]
+    top = max([*ys, point[1] if point else 0.0, 1.0])
+    ymax = int(np.ceil(top * 1.1 / 100) * 100)
+    dec = 0 if g.get("step_ms", 1.0) >= 1 else 1
+    x = [f'"{v:.{dec}f}"' for v in g["x_ms"]]
+    line = [f"{v:.0f}" if np.isfinite(v) else "0" for v in g["y"]]
+    out = [
+        "```mermaid",
+        '%%{init: {"themeVariables": {"xyChart": {"plotColorPalette": "' + CHART_COLOURS + '"}}}}%%',
+        "xychart-beta",
+        '    title "Decode throughput vs TPOT (batch sweep, feasible points)"',
+        f'    x-axis "TPOT (ms)" [{", ".join(x)}]',
+        f'    y-axis "tokens/s per device" 0 --> {ymax}',
+        f"    line [{', '.join(line)}]",
+    ]
+    if g["slo_i"] is not None:
+        out.append(f"    bar [{', '.join(str(ymax) if i == g['slo_i'] else '0' for i in range(len(x)))}]")
+    if g["point_i"] is not None and point is not None:
+        p = f"{point[1]:.0f}"
+        out.append(f"    bar [{', '.join(p if i == g['point_i'] else '0' for i in range(len(x)))}]")
+    return "\n".join(out) + "\n```\n"
+
+
+def chart_caption(sweep: dict, slo_s: float | None, point: tuple[float, float] | None) -> str:
+    g = chart_grid(sweep, slo_s, point)
+    parts = [
+        f"Blue line: tokens/s per device on an even TPOT axis ({g.get('step_ms', 0):g} ms steps), "
+        "interpolated between the swept batches (table below); 0 = outside the sweep."
+    ]
+    if slo_s:
+        parts.append(f"Red bar: the TPOT SLO, {fmt_s(slo_s)}.")
+    if point:
+        parts.append(f"Green bar: the operating point, {point[1]:,.0f} tokens/s at {fmt_s(point[0])}.")
+    return " ".join(parts) + "\n\n"
 
 
 def _name(path: str) -> str:
     return Path(path).name
 
 
+@functools.lru_cache(maxsize=16)
+def _spec_toml(path: str) -> dict:
+    import tomllib
+
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _spec_value(path: str, key: str) -> str:
+    """The value a spec file gives ``key`` as written ("196 GB/s per rank", 0.699), or "" if absent."""
+    node: Any = _spec_toml(path)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return ""
+        node = node[part]
+    if isinstance(node, dict) and "value" in node:
+        v, per = node["value"], node.get("per")
+        text = f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+        return f"{text} per {per}" if per else text
+    return ""
+
+
 def sources_rows(system: System, model: Model) -> list[tuple[str, ...]]:
+    """(spec, key, value as written, source) of every sourced number of the chip, system and model."""
     rows: list[tuple[str, ...]] = []
     for label, spec in (("chip " + system.chip.name, system.chip), ("system " + system.name, system)):
         for k in sorted(spec.sources):
-            rows.append((label, k, spec.sources[k].replace("|", "/")))
+            val = _spec_value(spec.path, k).replace("|", "/")
+            rows.append((label, k, val, spec.sources[k].replace("|", "/")))
     arch = sorted({v for k, v in model.sources.items() if k.startswith("architecture.")})
     for v in arch:
-        rows.append(("model " + model.name, "architecture.*", v.replace("|", "/")))
+        rows.append(("model " + model.name, "architecture.*", "", v.replace("|", "/")))
     for k in sorted(x for x in model.sources if not x.startswith("architecture.")):
-        rows.append(("model " + model.name, k, model.sources[k].replace("|", "/")))
+        val = _spec_value(model.path, k).replace("|", "/")
+        rows.append(("model " + model.name, k, val, model.sources[k].replace("|", "/")))
     return rows
+
+
+def _nb(text: str) -> str:
+    """Keep a number with its unit on one line in a table cell ("484.6 µs" must not wrap)."""
+    return text.replace(" ", "\u00a0")
+
+
+#: Stages in execution order (a step runs dense layers, MoE layers, the MTP module, then the head).
+STAGE_ORDER = ("dense", "moe", "mtp", "head")
+#: Per-op rows of the report's decode table (the rest summed in one row).
+REPORT_OPS = 15
+
+
+def stage_order(doc: dict) -> list[str]:
+    """The stream stages of a decode JSON in execution order: first appearance in the graph-ordered ops,
+    then STAGE_ORDER, then any other (sorted: deterministic)."""
+    seen: list[str] = []
+    for r in doc.get("ops", []):
+        if r["stage"] in doc["streams"] and r["stage"] not in seen:
+            seen.append(r["stage"])
+    rest = [k for k in STAGE_ORDER if k in doc["streams"] and k not in seen]
+    return seen + rest + sorted(k for k in doc["streams"] if k not in seen and k not in rest)
 
 
 def _v(x) -> str:
@@ -104,39 +227,72 @@ def decode_sections(doc: dict) -> list[str]:
         ("EP all-to-all alone (Insights bound)", fmt_s(doc["comm_bound_tpot_s"])),
     ]
     streams = [
-        (k, str(s["count"]), fmt_s(s["a_s"]), fmt_s(s["m_s"]), fmt_s(s["period_s"]), str(s["binding"]))
-        for k, s in doc["streams"].items()
+        (
+            k,
+            str(doc["streams"][k]["count"]),
+            _nb(fmt_s(doc["streams"][k]["a_s"])),
+            _nb(fmt_s(doc["streams"][k]["m_s"])),
+            _nb(fmt_s(doc["streams"][k]["period_s"])),
+            str(doc["streams"][k]["binding"]),
+        )
+        for k in stage_order(doc)
     ]
     step = doc["step_s"]
+    ranked = sorted(doc["ops"], key=lambda r: (-r["total_s"], r["stage"], r["name"]))
+    shown, hidden = ranked[:REPORT_OPS], ranked[REPORT_OPS:]
+
+    def share(x: float) -> str:
+        return f"{100 * x / step:.1f}%" if step > 0 else "-"
+
     ops = [
         (
             r["stage"],
             r["name"],
             r["stream"],
             str(r["count"]),
-            fmt_s(r["time_s"]),
-            fmt_s(r["total_s"]),
-            f"{100 * r['total_s'] / step:.1f}%" if step > 0 else "-",
+            _nb(fmt_s(r["time_s"])),
+            _nb(fmt_s(r["total_s"])),
+            share(r["total_s"]),
             r["bound"],
-            fmt_s(r["compute_s"]),
-            fmt_s(r["memory_s"]),
-            fmt_s(r["link_s"]),
-            fmt_s(r["fixed_s"]),
+            _nb(fmt_s(r["compute_s"])),
+            _nb(fmt_s(r["memory_s"])),
+            _nb(fmt_s(r["link_s"])),
+            _nb(fmt_s(r["fixed_s"])),
         )
-        for r in doc["ops"]
+        for r in shown
     ]
+    if hidden:
+        rest = sum(r["total_s"] for r in hidden)
+        ops.append(
+            (
+                "",
+                f"{len(hidden)} more ops",
+                "",
+                str(sum(r["count"] for r in hidden)),
+                "",
+                _nb(fmt_s(rest)),
+                share(rest),
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
+        )
     return [
         "## Headline predictions\n\n",
-        markdown_table(("quantity", "value"), head),
+        markdown_table(("quantity", "value"), head, "lr"),
         "\n## Bounds on TPOT\n\n",
-        markdown_table(("bound", "TPOT"), bounds),
+        markdown_table(("bound", "TPOT"), bounds, "lr"),
         "\n## Decode: streams per layer and the binding ceiling\n\n"
         "Per microbatch: A = attention stream, M = MoE stream; the period is the slowest of n·A, n·M, "
         "A+M and the shared-HBM time (cmperf.step).\n\n",
-        markdown_table(("stage", "layers", "A", "M", "period", "binding"), streams),
-        "\n## Decode: per-op breakdown\n\n`bound` is the op's binding ceiling; `per step` = count × per "
-        "call, before overlap; `share` is of the step.\n\n",
-        markdown_table(OP_HEADER, ops),
+        markdown_table(("stage", "layers", "A", "M", "period", "binding"), streams, "lrrrrl"),
+        "\n## Decode: per-op breakdown\n\n"
+        f"The {min(REPORT_OPS, len(ranked))} heaviest of {len(ranked)} ops by "
+        "time per step (`cmperf decode --ops all` lists every one); `bound` is the op's binding ceiling; "
+        "`per step` = count × per call, before overlap; `share` is of the step.\n\n",
+        markdown_table(OP_HEADER, ops, "llllrrrlrrrr"),
     ]
 
 
@@ -186,14 +342,198 @@ def optimizer_section(doc: dict | None, note: str) -> list[str]:
         "attention_cube_cores",
     )
     keys = ([k for k in first if k in scalars] + [k for k in scalars if k not in first])[:10]
-    rows = [
-        tuple(fmt_s(r[k]) if k.endswith("_s") and isinstance(r.get(k), float) else _v(r.get(k)) for k in keys)
-        for r in lst[:5]
-    ]
+    rows = [tuple(_nb(_cell(k, r.get(k))) for k in keys) for r in lst[:5]]
+    align = "".join("r" if isinstance(lst[0].get(k), int | float) else "l" for k in keys)
     return [
         *out,
-        f"`cmperf optimize` with the scenario's system and model, first 5 of `{key}`:\n\n",
-        markdown_table(tuple(keys), rows),
+        f"`cmperf optimize` with the scenario's system and model (4K prompt, 256 output, TPOT p99 <= 50 ms, "
+        f"TTFT p99 <= 2 s), the first 5 of its `{key}` list:\n\n",
+        markdown_table(tuple(LABELS.get(k, k.replace("_", " ")) for k in keys), rows, align),
+    ]
+
+
+#: Readable headers of the optimizer's record keys.
+LABELS = {
+    "tokens_per_s_per_device": "tokens/s per device",
+    "tpot_s": "TPOT",
+    "ttft_s": "TTFT",
+    "devices": "devices",
+    "ep_size": "EP",
+    "batch_per_device": "batch per device",
+    "microbatches": "microbatches",
+    "mtp": "MTP",
+    "attention_cube_cores": "attention cores",
+    "lower_tpot_s": "TPOT lower bound",
+    "upper_tpot_s": "TPOT upper bound",
+    "comm_bound_tpot_s": "all-to-all bound",
+    "hbm_bytes_per_rank": "HBM per rank",
+    "max_batch_per_device": "largest batch",
+}
+
+
+def _cell(key: str, v) -> str:
+    """A record value in display units by its key's unit: *_s -> "49.71 ms", *bytes* -> "44.37 GB",
+    a count or rate >= 1,000 -> "2,092", else 4 significant digits."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return _v(v)
+    if key.endswith("_s"):
+        return fmt_s(v)
+    if "bytes" in key:
+        return fmt_bytes(v)
+    if float(v).is_integer() or abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.4g}"
+
+
+def wrap_tex(tex: str, width: int = 90) -> str:
+    r"""Break a long LaTeX formula into an ``aligned`` block of lines of about ``width`` source characters:
+    at " + ", " - " and ", " outside any ``{...}`` group. ``\left(``/``\right)`` become ``\bigl(``/
+    ``\bigr)`` so that a break inside the parentheses stays valid (``\left`` must close on its line). A
+    short formula, or one with other ``\left`` delimiters, is returned as is."""
+    if len(tex) <= width:
+        return tex
+    body = tex.replace(r"\left(", r"\bigl(").replace(r"\right)", r"\bigr)")
+    if r"\left" in body or r"\right" in body:
+        return tex
+    pieces, depth, cur = [], 0, ""
+    for i, ch in enumerate(body):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        if depth == 0 and len(cur) >= width and i > 0 and body[i - 1] == " " and ch in "+-":
+            pieces.append(cur.rstrip())
+            cur = ""
+        cur += ch
+        if depth == 0 and len(cur) >= width and ch == "," and body[i + 1 : i + 2] == " ":
+            pieces.append(cur)
+            cur = ""
+    pieces.append(cur.strip())
+    pieces = [p for p in pieces if p]
+    if len(pieces) == 1:
+        return tex
+    head = pieces[0]
+    eq = head.find("=")
+    first = head[:eq] + "&=" + head[eq + 1 :] if eq > 0 and head.count("=") == 1 else "&" + head
+    lines = [first] + ["&\\quad " + p.strip() for p in pieces[1:]]
+    return "\\begin{aligned}\n" + " \\\\\n".join(lines) + "\n\\end{aligned}"
+
+
+def summary_section(doc: dict, command: str, elasticities: list | None, slo_s: float | None) -> list[str]:
+    """The "What to do" section: what is predicted, what binds, the levers that matter most."""
+    out = ["## What to do\n\n"]
+    if command == "decode":
+        dep = doc.get("deployment", {})
+        slo = ""
+        if slo_s:
+            slo = f" ({'within' if doc['tpot_s'] <= slo_s else 'OVER'} the {fmt_s(slo_s)} TPOT SLO)"
+        out.append(
+            f"- **Predicted**: {doc['tokens_per_s_per_device']:,.0f} tokens/s per device at TPOT "
+            f"{fmt_s(doc['tpot_s'])}{slo}, batch {doc['batch_per_device']:g} per device"
+            + (f" on {dep['devices']} devices" if "devices" in dep else "")
+            + (f", EP{dep['ep_size']}" if "ep_size" in dep else "")
+            + f"; bounds {fmt_s(doc['lower_tpot_s'])} .. {fmt_s(doc['upper_tpot_s'])}.\n"
+        )
+        streams = doc["streams"]
+        k = max(stage_order(doc), key=lambda k: streams[k]["count"] * streams[k]["period_s"])
+        heavy = max(doc["ops"], key=lambda r: r["total_s"])
+        step = doc["step_s"]
+        out.append(
+            f"- **What binds**: the {k} layers ({streams[k]['count']} of them, "
+            f"{100 * streams[k]['count'] * streams[k]['period_s'] / step:.0f}% of the step) are bound by "
+            f"the {streams[k]['binding']}; the heaviest op is {heavy['stage']}/{heavy['name']} "
+            f"({100 * heavy['total_s'] / step:.0f}% of the step, {heavy['bound']}-bound); HBM "
+            f"{fmt_bytes(doc['hbm_bytes_per_rank'])} of {fmt_bytes(doc['hbm_capacity_bytes_per_rank'])} "
+            f"per rank (largest batch {doc['max_batch_per_device']:,.0f} per device).\n"
+        )
+        if elasticities:
+            groups: dict[float, list] = {}
+            for e in elasticities:
+                groups.setdefault(round(e.numeric, 6), []).append(e)
+            best = sorted(groups.items(), key=lambda kv: (-abs(kv[0]), kv[1][0].parameter))[:3]
+            out.append(
+                "- **What to change**: the parameters tokens/s per device is most elastic to "
+                "(d ln tokens/s / d ln parameter, `cmperf explain`):\n\n"
+            )
+            rows = [
+                (" = ".join(e.parameter for e in es), f"{val:+.3f}", f"{100 * (1.1**val - 1):+.1f}%")
+                for val, es in best
+            ]
+            out.append(markdown_table(("lever", "elasticity", "+10% buys"), rows, "lrr"))
+        out.append("\n")
+    else:
+        tps = doc.get("tokens_per_s_per_device")
+        ttft = doc.get("ttft_s")
+        bits = []
+        if isinstance(tps, int | float):
+            bits.append(f"{tps:,.0f} tokens/s per device")
+        if isinstance(ttft, int | float):
+            bits.append(f"TTFT {fmt_s(ttft)}")
+        out.append(f"- **Predicted**: {', '.join(bits) or 'see the headline below'}.\n\n")
+    return out
+
+
+def prefill_section(p: dict | None) -> list[str]:
+    """Prefill at the default prefill record (``cmperf.prefill.predict``, ``cmperf prefill``)."""
+    if p is None:
+        return []
+    dep = p.get("deployment", {})
+    rows = [
+        ("input tokens/s per device", f"{p['tokens_per_s_per_device']:,.0f}"),
+        ("TTFT (one batch + KV transfer)", fmt_s(p["ttft_s"])),
+        ("batch time", fmt_s(p["batch_s"])),
+        ("KV transfer", f"{fmt_s(p['kv_transfer_s'])} over {p['kv_transfer_plane']}"),
+        (
+            "bounds on tokens/s per device",
+            f"{p['lower_tokens_per_s_per_device']:,.0f} .. {p['upper_tokens_per_s_per_device']:,.0f}",
+        ),
+        (
+            "HBM per rank",
+            f"{fmt_bytes(p['hbm_bytes_per_rank'])} of {fmt_bytes(p['hbm_capacity_bytes_per_rank'])}",
+        ),
+    ]
+    knobs = ", ".join(
+        f"{k} {_v(dep[k])}" for k in ("devices", "ep_size", "tokens_per_device", "microbatches") if k in dep
+    )
+    return [
+        "\n## Prefill\n\n`cmperf prefill` at its defaults" + (f" ({knobs})" if knobs else "") + ":\n\n",
+        markdown_table(("quantity", "value"), rows, "lr"),
+    ]
+
+
+def serving_section(r: dict | None) -> list[str]:
+    """Serving at the default load (``cmperf.serving.evaluate`` on ``default_pools``, ``cmperf serve``)."""
+    if r is None:
+        return []
+    i, slo, m = r["inputs"], r["slo"], r.get("max_rate_rps") or {}
+    q = slo["quantile"]
+    rows = [
+        ("load", f"{r['rate_rps']:g} req/s, prompt {i['prompt_len']:g}, output {i['output_len']:g}"),
+        ("pools", f"prefill {i['prefill_devices']} devices, decode {i['decode_devices']} devices"),
+        ("TTFT p50 / p90 / p99", " / ".join(fmt_s(r["ttft_s"][k]) for k in ("p50", "p90", "p99"))),
+        ("TPOT mean / p99", f"{fmt_s(r['tpot_s']['mean'])} / {fmt_s(r['tpot_s']['p99'])}"),
+        (
+            "SLO",
+            f"TTFT {q} <= {fmt_s(slo['ttft_s'])}, TPOT {q} <= {fmt_s(slo['tpot_s'])}: "
+            f"{'met' if r['slo_met'] else 'MISSED'}",
+        ),
+        (
+            "goodput",
+            f"{r['goodput_rps']:,.4g} req/s ({100 * r['slo_attainment']:.2f}% within both SLOs), "
+            f"{r['goodput_rps_per_device']:.4g} req/s per device",
+        ),
+        ("binding pool", str(r["bottleneck"])),
+    ]
+    if m:
+        rows.append(
+            (
+                "SLO holds up to",
+                f"{m['both_slo_rps']:,.1f} req/s ({m['binding_slo']} binds)",
+            )
+        )
+    return [
+        "\n## Serving\n\n`cmperf serve` at its defaults (Poisson arrivals, the default pools):\n\n",
+        markdown_table(("quantity", "value"), rows, "lr"),
     ]
 
 
@@ -210,37 +550,25 @@ def build(
     validation: tuple[tuple[str, ...], list[tuple[str, ...]]],
     forms: list[tuple[str, str]] | None,
     forms_note: str,
+    elasticities: list | None = None,
+    prefill: dict | None = None,
+    serving: dict | None = None,
+    slo_tpot_s: float | None = None,
 ) -> str:
+    """The report's text: summary first, then decode, prefill, serving, the optimizer, validation, closed
+    forms, and the inputs and sources in appendices. Deterministic: the same inputs, the same bytes."""
     parts = [
         f"# cmperf report: {scenario.name}\n\n",
         f"{scenario.description}\n\n" if scenario.description else "",
         f"Setup source: {scenario.source}\n\n" if scenario.source else "",
         f"Generated by cmperf {version} (`cmperf {scenario.command} --scenario {scenario.name}`); "
-        f"spec hash `{spec_hash}`.\n\n",
-        "## Inputs\n\n",
-        markdown_table(
-            ("kind", "name", "file"),
-            [
-                ("scenario", scenario.name, _name(scenario.path)),
-                ("system", system.name, _name(system.path)),
-                ("chip", system.chip.name, _name(system.chip.path)),
-                ("model", model.name, _name(model.path)),
-            ],
-        ),
-        "\nEvery number in the spec files carries its source:\n\n",
-        markdown_table(("spec", "key", "source"), sources_rows(system, model)),
-        "\n## Deployment\n\n",
-        markdown_table(
-            ("knob", "value"),
-            [(k, _v(v)) for k, v in sorted(doc.get("deployment", {}).items())]
-            or [(k, _v(v)) for k, v in sorted(scenario.options.items())],
-        ),
-        "\n",
+        f"spec hash `{spec_hash}`. Inputs, deployment and every cited source: appendices.\n\n",
     ]
+    parts += summary_section(doc, scenario.command, elasticities, slo_tpot_s)
     parts += decode_sections(doc) if scenario.command == "decode" else generic_sections(doc)
     if sweep is not None:
         rows = [
-            (f"{b:g}", fmt_s(t), f"{x:,.0f}", "yes" if f else "no (HBM)")
+            (f"{b:g}", _nb(fmt_s(t)), f"{x:,.0f}", "yes" if f else "no (HBM)")
             for b, t, x, f in zip(
                 sweep["batch"],
                 sweep["tpot_s"],
@@ -249,13 +577,17 @@ def build(
                 strict=True,
             )
         ]
+        point = (float(doc["tpot_s"]), float(doc["tokens_per_s_per_device"])) if "tpot_s" in doc else None
         parts += [
             "\n## Throughput vs TPOT\n\nOne vectorized `decode.evaluate` over the batch per device; "
             "other knobs as deployed.\n\n",
-            mermaid_chart(sweep),
+            mermaid_chart(sweep, slo_tpot_s, point),
             "\n",
-            markdown_table(("batch per device", "TPOT", "tokens/s per device", "fits in HBM"), rows),
+            chart_caption(sweep, slo_tpot_s, point),
+            markdown_table(("batch per device", "TPOT", "tokens/s per device", "fits in HBM"), rows, "rrrl"),
         ]
+    parts += prefill_section(prefill)
+    parts += serving_section(serving)
     parts += optimizer_section(*optimizer)
     parts += [
         "\n## Validation against published numbers\n\n`cmperf validate`: error = predicted / published - 1."
@@ -266,7 +598,28 @@ def build(
     if forms:
         parts.append(forms_note + "\n\n")
         for title, tex in forms:
-            parts.append(f"**{title}**\n\n$$\n{tex}\n$$\n\n")
+            parts.append(f"**{title}**\n\n$$\n{wrap_tex(tex)}\n$$\n\n")
     else:
         parts.append(forms_note + "\n")
+    parts += [
+        "\n## Inputs\n\n",
+        markdown_table(
+            ("kind", "name", "file"),
+            [
+                ("scenario", scenario.name, _name(scenario.path)),
+                ("system", system.name, _name(system.path)),
+                ("chip", system.chip.name, _name(system.chip.path)),
+                ("model", model.name, _name(model.path)),
+            ],
+        ),
+        "\n## Deployment\n\n",
+        markdown_table(
+            ("knob", "value"),
+            [(k, _v(v)) for k, v in sorted(doc.get("deployment", {}).items())]
+            or [(k, _v(v)) for k, v in sorted(scenario.options.items())],
+        ),
+        "\n## Appendix: sources\n\nEvery number in the spec files carries its source (value as written in "
+        "the file):\n\n",
+        markdown_table(("spec", "key", "value", "source"), sources_rows(system, model)),
+    ]
     return "".join(parts).rstrip("\n") + "\n"

@@ -49,14 +49,16 @@ PREFILL_REASONS = ("device total", "placement invalid", "HBM fit", "TTFT SLO")
 
 
 def instance_sizes(system: System, max_devices: int | None = None) -> np.ndarray:
-    """Candidate instance sizes in devices: powers of two below a node, then whole nodes.
+    """Candidate instance sizes in devices, at most ``max_devices``: powers of two below a node, then whole
+    nodes (``sizing.unit_counts``: every count up to 64 nodes, then spaced by ~1/8 up to the top).
 
     CloudMatrix384 (8 NPUs per node, 384 NPUs): 1, 2, 4, 8, 16, ..., 384 -> 51 sizes.
     """
     node = max(int(system.devices_per_node), 1)
     top = int(system.num_devices if max_devices is None else min(max_devices, system.num_devices))
     sub = [2**i for i in range(int(math.log2(node)) + 1) if 2**i < node and 2**i <= top]
-    return np.array(sub + list(range(node, top + 1, node)), dtype=float)
+    sizes = [node * int(k) for k in sizing.unit_counts(top // node)] if top >= node else []
+    return np.array(sub + sizes, dtype=float)
 
 
 def placement_ok(model: Model, ep_sizes) -> np.ndarray:
@@ -111,10 +113,11 @@ def decode_space(
     mtp: tuple[int, ...] | None = None,
     microbatches: tuple[int, ...] = (1, 2, 3),
     max_batch: float | None = None,
+    max_devices: int | None = None,
 ) -> DecodeSpace:
     """Axes for the decode grid around ``base`` (its KV, precision, ... knobs); the batch axis ends at
     the largest HBM limit over all instance sizes."""
-    sizes = instance_sizes(system)
+    sizes = instance_sizes(system, max_devices)
     ok = placement_ok(model, sizes * system.ranks_per_device)
     rpd = system.ranks_per_device
     if mtp is None:
@@ -486,7 +489,7 @@ def search_decode(
     total = system.num_devices if devices is None else int(devices)
     if total < 1 or total > system.num_devices:
         raise CmperfError(f"--devices: {total} is outside 1..{system.num_devices} ({system.name})")
-    space = decode_space(system, model, base, mtp=mtp)
+    space = decode_space(system, model, base, mtp=mtp, max_devices=total)
     g = evaluate_decode_grid(system, model, space, base, progress=progress)
     slo_ok = np.ones(g.size, dtype=bool) if tpot_slo_s is None else (g.tpot_s <= tpot_slo_s)
     ok, rejected = first_reason(
@@ -621,7 +624,7 @@ def search_prefill(
     base = replace(base or Deployment(phase="prefill"), prompt_len=prompt_len)
 
     total = system.num_devices if devices is None else int(devices)
-    sizes = instance_sizes(system)
+    sizes = instance_sizes(system, total)
     rpd = system.ranks_per_device
     ok_place = placement_ok(model, sizes * rpd)
     toks = prefill_tokens_axis(prompt_len)

@@ -48,6 +48,24 @@ class SizeResult:
     approximations: list[str]
 
 
+#: Unit counts searched one by one before the geometric spacing (CloudMatrix384: every split).
+DENSE_COUNTS = 64
+
+
+def unit_counts(top: int, dense: int = DENSE_COUNTS, step: float = 1.125) -> np.ndarray:
+    """1, 2, ..., ``dense``, then counts spaced by ``step`` (~1/8) up to ``top``, and ``top``: the counts of
+    a unit (node, prefill instance, decode step) a search tries, so a pod of thousands of chips stays a few
+    hundred candidates while every count up to ``dense`` is tried."""
+    counts = list(range(1, min(top, dense) + 1))
+    n = float(dense)
+    while n * step <= top:
+        n *= step
+        counts.append(round(n))
+    if top > dense:
+        counts.append(top)
+    return np.array(sorted(set(counts)), dtype=int)
+
+
 def _with_instances(grid: PrefillGrid, n: int) -> PrefillGrid:
     """The prefill grid of ``n`` instances from that of one: an instance's batch service does not depend on
     how many instances run (the grid's capacity is the instances x the best batch rate)."""
@@ -102,8 +120,8 @@ def size(
         raise CmperfError(f"--slo-percentile: must be in [50, 100), got {100 * slo.quantile:g}")
     if inst < 1:
         raise CmperfError("--prefill-instance-devices: must be at least 1")
-    ps = np.arange(inst, total, inst)
-    ds = np.arange(decode_step, total, decode_step)
+    ps = inst * unit_counts((total - 1) // inst)
+    ds = decode_step * unit_counts((total - 1) // decode_step)
     if ps.size == 0 or ds.size == 0:
         raise CmperfError(
             f"--devices-total: {total} devices leave no room for one {inst}-device prefill instance "

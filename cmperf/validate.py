@@ -157,7 +157,7 @@ def _fmt(v: float | None, unit: str) -> str:
     if v is None:
         return "-"
     if unit == "s":
-        return f"{v * 1e3:.4g} ms" if v >= 1e-3 else f"{v * 1e6:.4g} us"
+        return f"{v * 1e3:.4g} ms" if v >= 1e-3 else f"{v * 1e6:.4g} µs"
     return f"{v:,.4g}"
 
 

@@ -128,7 +128,7 @@ def test_decode_table_fits_80_columns():
     assert max(map(len, lines)) <= 80, "\n".join(ln for ln in lines if len(ln) > 80)
     for row in ("deployment", "TPOT  ", "tokens/s per device", "HBM per rank", "feasible"):
         assert any(ln.startswith(row) for ln in lines), row
-    assert "2 microbatch(es) (auto)" in r.stdout
+    assert "2 microbatches (auto)" in r.stdout
     header = next(ln for ln in lines if ln.startswith("stage") and " op " in ln)
     assert all(h in header for h in ("per step", "share", "bound", "compute", "memory"))
     assert "mla.attention" in r.stdout

@@ -62,20 +62,24 @@ def test_report_is_byte_identical_and_complete(reports):
     text = a.decode()
     headings = [
         "# cmperf report: cm384-decode-50ms",
-        "## Inputs",
-        "## Deployment",
+        "## What to do",
         "## Headline predictions",
         "## Bounds on TPOT",
         "## Decode: streams per layer and the binding ceiling",
         "## Decode: per-op breakdown",
         "## Throughput vs TPOT",
+        "## Prefill",
+        "## Serving",
         "## Optimizer: top configurations",
         "## Validation against published numbers",
         "## Closed forms",
+        "## Inputs",
+        "## Deployment",
+        "## Appendix: sources",
     ]
     pos = [text.index(h) for h in headings]
     assert pos == sorted(pos)  # top to bottom in this order
-    assert "```mermaid\nxychart-beta" in text and "| mla.attention |" in text
+    assert "```mermaid\n%%{init:" in text and "\nxychart-beta\n" in text and "| mla.attention |" in text
     assert "CM384 Table 10" in text  # the spec sources are listed
     assert "| table7.dispatch.ep256 |" in text and "$$\n" in text and "B_{\\mathrm{HBM}}" in text
     dec = json.loads(run("decode", "--scenario", "cm384-decode-50ms", "--format", "json").stdout)

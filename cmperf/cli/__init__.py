@@ -13,6 +13,7 @@ import importlib
 import click
 
 from .. import __version__
+from . import examples as _examples
 
 COMMAND_MODULES = {
     "decode": "decode_cmd",
@@ -43,6 +44,9 @@ class LazyGroup(click.Group):
             return None
         for cmd in importlib.import_module(f"{__name__}.{mod}").COMMANDS:
             if cmd.name == name:
+                from .examples import attach
+
+                attach(cmd, name)
                 return cmd
         return None
 
@@ -77,7 +81,9 @@ class LazyGroup(click.Group):
 
 
 @click.group(
-    cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog=_examples.epilog(""),
 )
 @click.version_option(__version__, prog_name="cmperf")
 def main() -> None:

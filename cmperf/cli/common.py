@@ -187,3 +187,45 @@ def parse_quantity(value: str, kind: str, flag: str) -> float:
     from ..units import parse
 
     return parse(value, kind, where=flag)
+
+
+class progress:  # used as a context manager, like open
+    """A spinner with ``label`` on stderr while a long command works (``serve --size``, ``explain``,
+    ``report``, ``optimize``: seconds), only when stderr is a terminal: piped output, ``-o`` files and
+    tests (no TTY) stay byte-identical. The line is removed when the work ends.
+
+    ``with progress("sizing the P/D/cache split"): res = sizing.size(...)``"""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._status = None
+
+    def __enter__(self) -> progress:
+        if os.environ.get("CMPERF_NO_PROGRESS") or not _stderr_is_terminal():
+            return self
+        try:
+            from rich.console import Console
+
+            self._status = Console(stderr=True).status(f"cmperf: {self.label}...", spinner="dots")
+            self._status.__enter__()
+        except Exception:  # a progress line must never break a command
+            self._status = None
+        return self
+
+    def update(self, label: str) -> None:
+        """Change the label (the next stage of the work)."""
+        self.label = label
+        if self._status is not None:
+            self._status.update(f"cmperf: {label}...")
+
+    def __exit__(self, *exc) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+            self._status = None
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -118,7 +118,13 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
     type=click.Path(),
     help="Extra folder of spec files (repeatable).",
 )
-@click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
+@click.option(
+    "--phase",
+    type=click.Choice(["decode", "prefill"]),
+    default="decode",
+    show_default=True,
+    help="Compare decode (tokens/s per device at a batch) or prefill (input tokens/s, TTFT).",
+)
 @click.option(
     "--devices",
     default=None,
@@ -134,13 +140,13 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
     help="Decode: sequences per device for every system [default: each system's baseline, else 96].",
 )
 @click.option(
-    "--kv-len", type=dep("kv_len"), default=None, help="Decode: KV length per sequence [default 4096]."
+    "--kv-len", type=dep("kv_len"), default=None, help="Decode: KV length per sequence [default: 4096]."
 )
 @click.option(
     "--prompt-len",
     type=workload("prompt_len"),
     default=None,
-    help="Prefill: prompt length [4096]. Decode: with --output-len, KV = prompt + output/2.",
+    help="Prefill: prompt length; decode: with --output-len, KV = prompt + output/2 [default: 4096].",
 )
 @click.option(
     "--output-len",
@@ -193,7 +199,7 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
 @click.option(
     "--kv-dtype", type=click.Choice(DTYPES), default=None, help="KV-cache datatype [default: bf16]."
 )
-@format_option()
+@format_option(("table", "json", "markdown", "csv"))
 @guarded
 def compare(
     systems,
@@ -264,6 +270,8 @@ def compare(
     result = cmp.Comparison(phase, mod.name, rows)
     if fmt == "json":
         emit(render.to_json(result, "compare"), output)
+    elif fmt == "csv":
+        emit(render.to_csv(rows, first=("system", "phase")), output)
     else:
         header = ("quantity", *(r.system for r in rows))
         table = [(k, *v) for k, v in _fmt_row_values(result)]

@@ -140,11 +140,23 @@ def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, *
 
 @click.command()
 @system_model_options
-@click.option("--op", type=click.Choice(["dispatch", "combine"]), default="dispatch", show_default=True)
+@click.option(
+    "--op",
+    type=click.Choice(["dispatch", "combine"]),
+    default="dispatch",
+    show_default=True,
+    help="The EP collective: dispatch (tokens to their experts) or combine (expert outputs back).",
+)
 @click.option(
     "--ep", "ep_size", type=option("ep_size"), default=32, show_default=True, help="EP size (ranks)."
 )
-@click.option("--tokens-per-rank", type=option("tokens_per_rank"), default=128, show_default=True)
+@click.option(
+    "--tokens-per-rank",
+    type=option("tokens_per_rank"),
+    default=128,
+    show_default=True,
+    help="Tokens each rank sends (decode: batch per rank x (1 + MTP)).",
+)
 @click.option(
     "--top-k", type=option("top_k"), default=None, help="Copies per token [default: the model's top-k]."
 )

@@ -15,7 +15,7 @@ from dataclasses import fields
 import click
 
 from ..domains import DEPLOYMENT
-from .types import dep, where
+from .types import dep, require_unit, where
 
 DTYPES = click.Choice(["int8", "bf16", "fp16", "fp8", "fp4"])
 
@@ -52,18 +52,14 @@ class _Seconds(click.ParamType):
     name = "TIME"
 
     def convert(self, value, param, ctx):
-        from ..errors import CmperfError
         from ..units import parse
 
         flag = where(param, ctx)
         if isinstance(value, int | float) and not isinstance(value, bool):
             return FINITE.check(value, flag)
         text = str(value).strip()
-        try:
-            float(text)
-        except ValueError:
-            return FINITE.check(parse(text, "s", where=flag), flag)
-        raise CmperfError(f"{flag}: {text!r} has no unit; write e.g. {text}ms or {text}s")
+        require_unit(text, "s", flag)
+        return FINITE.check(parse(text, "s", where=flag), flag)
 
 
 #: The step overhead's domain in seconds (the record's, ``cmperf.domains.DEPLOYMENT``).

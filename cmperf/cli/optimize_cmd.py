@@ -50,6 +50,18 @@ class _Progress:
             self.bar = None
 
 
+def _s(x):
+    """A time as every command prints it (``units.fmt_s``): 1.16108 -> "1.161 s", 0.0497 -> "49.71 ms"."""
+    from ..units import fmt_s
+
+    return "-" if x is None else fmt_s(x)
+
+
+def plural(n, one: str, many: str) -> str:
+    """ "1 microbatch", "2 microbatches"."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def _ms(x):
     return "-" if x is None else f"{x * 1e3:.2f} ms"
 
@@ -144,7 +156,8 @@ def _summary(res) -> list[tuple[str, str]]:
             (
                 "best decode",
                 f"{c.devices} devices (EP{c.ep_size}), batch {c.batch_per_device:g}/device, "
-                f"{c.microbatches} microbatch(es), attention cores {_cores(c)}, MTP {c.mtp}",
+                f"{plural(c.microbatches, 'microbatch', 'microbatches')}, "
+                f"attention cores {_cores(c)}, MTP {c.mtp}",
             ),
             ("  TPOT / tokens/s per device", f"{_ms(c.tpot_s)} / {c.tokens_per_s_per_device:,.0f}"),
         ]
@@ -168,6 +181,25 @@ def _markdown(title, summary, sections) -> str:
     return "".join(out)
 
 
+def _csv_records(res) -> list[dict]:
+    """The candidate tables of ``optimize`` as CSV records: the decode top (or closest, when none meets
+    the SLO; ``meets_slo`` says which) and the prefill top, ranked, with a ``phase`` column."""
+    from .. import render
+
+    d = res.decode
+    dec, meets = (d.top, True) if d.top else (d.closest, False)
+    out = [
+        {"phase": "decode", "rank": i + 1, "meets_slo": meets, **render.to_jsonable(c)}
+        for i, c in enumerate(dec)
+    ]
+    if res.prefill is not None:
+        out += [
+            {"phase": "prefill", "rank": i + 1, "meets_slo": True, **render.to_jsonable(c)}
+            for i, c in enumerate(res.prefill.top)
+        ]
+    return out
+
+
 def _extra_sections(res):
     secs = []
     if res.prefill is not None and res.prefill.top:
@@ -183,8 +215,8 @@ def _extra_sections(res):
                         str(c.ep_size),
                         f"{c.tokens_per_device:g}",
                         str(c.microbatches),
-                        _ms(c.ttft_s),
-                        _ms(c.batch_s),
+                        _s(c.ttft_s),
+                        _s(c.batch_s),
                         f"{c.tokens_per_s_per_device:,.0f}",
                     )
                     for i, c in enumerate(res.prefill.top)
@@ -257,12 +289,18 @@ def _extra_sections(res):
     show_default=True,
     help="Acceptance rate of a draft token.",
 )
-@click.option("--eplb", type=click.Choice(["model", "perfect"]), default="model", show_default=True)
+@click.option(
+    "--eplb",
+    type=click.Choice(["model", "perfect"]),
+    default="model",
+    show_default=True,
+    help="Expert load: statistical routing model, or perfect balance.",
+)
 @click.option(
     "--top", "top_k", type=option("top"), default=10, show_default=True, help="Configurations to list."
 )
 @precision_options
-@format_option()
+@format_option(("table", "json", "markdown", "csv"))
 @guarded
 def optimize(
     system,
@@ -333,6 +371,8 @@ def optimize(
     if fmt == "json":
         # "no SLO" (--ttft-slo none: an infinite limit) is null, as every non-finite value: docs/json.md
         emit(render.to_json(serving.finite_or_none(search.optimize_json(res)), "optimize"), output)
+    elif fmt == "csv":
+        emit(render.to_csv(_csv_records(res), first=("phase", "rank")), output)
     elif fmt == "markdown":
         emit(_markdown("cmperf optimize", _summary(res), secs), output)
     else:
@@ -376,19 +416,49 @@ def optimize(
 @click.command()
 @scenario_option
 @system_model_options
-@click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
+@click.option(
+    "--phase",
+    type=click.Choice(["decode", "prefill"]),
+    default="decode",
+    show_default=True,
+    help="Frontier of decode (tokens/s per device against TPOT) or prefill (against TTFT).",
+)
 @click.option(
     "--devices",
     type=option("devices"),
     default=None,
     help="Largest instance to consider [default: the whole system].",
 )
-@click.option("--prompt-len", type=workload("prompt_len"), default=4096, show_default=True)
-@click.option("--output-len", type=workload("output_len"), default=256, show_default=True)
-@click.option("--mtp-accept", type=dep("mtp_accept"), default=0.7, show_default=True)
-@click.option("--eplb", type=click.Choice(["model", "perfect"]), default="model", show_default=True)
+@click.option(
+    "--prompt-len",
+    type=workload("prompt_len"),
+    default=4096,
+    show_default=True,
+    help="Prompt tokens per request (decode KV = prompt + output/2; the prefill prompt).",
+)
+@click.option(
+    "--output-len",
+    type=workload("output_len"),
+    default=256,
+    show_default=True,
+    help="Output tokens per request.",
+)
+@click.option(
+    "--mtp-accept",
+    type=dep("mtp_accept"),
+    default=0.7,
+    show_default=True,
+    help="Acceptance rate of a draft token.",
+)
+@click.option(
+    "--eplb",
+    type=click.Choice(["model", "perfect"]),
+    default="model",
+    show_default=True,
+    help="Expert load: statistical routing model, or perfect balance.",
+)
 @precision_options
-@format_option()
+@format_option(("table", "json", "markdown", "csv"))
 @guarded
 def pareto(
     system,
@@ -448,7 +518,7 @@ def pareto(
                     str(c.ep_size),
                     f"{c.tokens_per_device:g}",
                     str(c.microbatches),
-                    _ms(c.ttft_s),
+                    _s(c.ttft_s),
                     f"{c.tokens_per_s_per_device:,.0f}",
                 )
                 for i, c in enumerate(r.pareto)
@@ -472,6 +542,8 @@ def pareto(
     title = f"Pareto frontier: {phase} tokens/s per device vs {'TPOT' if phase == 'decode' else 'TTFT'}"
     if fmt == "json":
         emit(render.to_json(body, "pareto"), output)
+    elif fmt == "csv":
+        emit(render.to_csv(r.pareto), output)
     elif fmt == "markdown":
         emit(_markdown(title, summary, [("frontier", header, rows)]), output)
     else:

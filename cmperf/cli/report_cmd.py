@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .common import CheckFailed, Infeasible, emit, guarded
+from .common import CheckFailed, Infeasible, emit, guarded, progress
 from .types import option
 
 DEFAULT_SCENARIO = "cm384-decode-50ms"
@@ -45,7 +45,12 @@ def spec_hash(sc, system, model) -> str:
 @click.command()
 @SPEC_DIR
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "markdown", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
 )
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file (atomically).")
 @guarded
@@ -102,7 +107,12 @@ def _decode_record(doc) -> tuple[object, float]:
 )
 @SPEC_DIR
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "markdown", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
 )
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file (atomically).")
 @guarded
@@ -114,8 +124,9 @@ def explain(scenario_name, spec_dirs, fmt, output):
     _decode_only(sc)
     doc, system, model = run_scenario(sc, spec_dirs)
     dep, imbalance = _decode_record(doc)
-    forms = sensitivity.decode_forms(system, model, dep, imbalance)
-    rows = sensitivity.elasticities(system, model, dep, forms)
+    with progress("deriving closed forms and elasticities"):
+        forms = sensitivity.decode_forms(system, model, dep, imbalance)
+        rows = sensitivity.elasticities(system, model, dep, forms)
     checks = {
         "numeric_tokens_per_s_per_device": doc["tokens_per_s_per_device"],
         **sensitivity.closed_form_values(forms),
@@ -203,19 +214,33 @@ def _optimizer(system, model) -> tuple[dict | None, str]:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Markdown file (written atomically).")
 @guarded
 def report(scenario_name, spec_dirs, output):
-    """One markdown report: inputs, predictions, per-op breakdown, chart, validation, closed forms."""
-    from .. import __version__, scenario, sensitivity, symbolic
+    """One markdown report: what to do, predictions, per-op breakdown, chart, prefill, serving, the
+    optimizer, validation, closed forms, sources."""
+    with progress("building the report"):
+        text = _report_text(scenario_name, spec_dirs)
+    emit(text, output)
+
+
+#: The TPOT SLO the report marks when its scenario names none (``cmperf optimize``'s default).
+REPORT_TPOT_SLO_S = 0.05
+
+
+def _report_text(scenario_name, spec_dirs) -> str:
+    from .. import __version__, render, scenario, sensitivity, serving, symbolic
+    from .. import prefill as pf
     from .. import report as rep
     from .. import validate as val
+    from ..deployment import Deployment
 
     sc = scenario.load(scenario_name, spec_dirs)
     doc, system, model = run_scenario(sc, spec_dirs)
-    sweep, forms, note = None, None, "Closed forms exist for decode scenarios only."
+    sweep, forms, note, elasticities = None, None, "Closed forms exist for decode scenarios only.", None
     if sc.command == "decode":
         dep, imbalance = _decode_record(doc)
         sweep = rep.batch_sweep(system, model, dep)
         f = sensitivity.decode_forms(system, model, dep, imbalance)
         forms = symbolic.latex_forms(f)
+        elasticities = sensitivity.elasticities(system, model, dep, f)
         tokens_s = symbolic.evaluate(f.tokens_per_s, f.values)
         note = (
             "Simplified closed forms of the decode model (cmperf.symbolic), model constants folded in; "
@@ -226,8 +251,13 @@ def report(scenario_name, spec_dirs, output):
             "device, L KV length, P peaks per rank, B bandwidths per rank, e efficiencies, c fixed costs per "
             "kernel, alpha collective latencies."
         )
+    slo_s = float(sc.slo.get("tpot_s", REPORT_TPOT_SLO_S)) if isinstance(sc.slo, dict) else REPORT_TPOT_SLO_S
+    prefill_doc = render.to_jsonable(pf.predict(system, model, Deployment(phase="prefill")))
+    pools = serving.default_pools(system, model)
+    serve_res = serving.evaluate(system, model, serving.Workload(), pools, serving.SLO())
+    serve_doc = render.to_jsonable(serve_res)
     rows = val.rows(spec_dirs)
-    text = rep.build(
+    return rep.build(
         scenario=sc,
         system=system,
         model=model,
@@ -239,8 +269,11 @@ def report(scenario_name, spec_dirs, output):
         validation=(val.TABLE_HEADER, val.table_rows(rows)),
         forms=forms,
         forms_note=note,
+        elasticities=elasticities,
+        prefill=prefill_doc,
+        serving=serve_doc,
+        slo_tpot_s=slo_s,
     )
-    emit(text, output)
 
 
 # ------------------------------------------------------------------------------------------- snapshot / diff
@@ -344,7 +377,12 @@ def _metric_rtol(values) -> dict[str, float]:
     help="Exit 1 on a regression beyond tolerance, or on any change beyond tolerance.",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "markdown", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
 )
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file (atomically).")
 @guarded

@@ -13,6 +13,7 @@ from .common import (
     format_option,
     guarded,
     parse_quantity,
+    progress,
     system_model_options,
 )
 from .knobs import make_precision, precision_options
@@ -366,7 +367,8 @@ def serve(
     if do_size:
         if concurrency is not None:
             raise CmperfError("--size works from --rate or a device total, not --concurrency")
-        res = sizing.size(sysm, mod, wl, pools, slo, total_devices=devices_total)
+        with progress("sizing the prefill / decode / cache split"):
+            res = sizing.size(sysm, mod, wl, pools, slo, total_devices=devices_total)
         rows, cands = size_rows(res)
         title = f"best splits ({slo_text(res.slo)})"
         if fmt == "json":

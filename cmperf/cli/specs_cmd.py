@@ -67,31 +67,78 @@ def show(name, spec_dirs, fmt, output):
             for k2, v2 in v.items():
                 walk(f"{prefix}.{k2}" if prefix else k2, v2)
         else:
-            flat.append((prefix, str(v), _source_for(prefix, sources)))
+            flat.append((prefix, display_value(prefix, v), _source_for(prefix, sources)))
 
     walk("", data)
-    header = ("key", "value (SI)", "source")
+    header = ("key", "value", "source")
     if fmt == "markdown":
         emit(f"# {kind} {spec.name}\n\n" + render.markdown_table(header, flat), output)
     else:
         emit(render.tables("", [], [(f"{kind} {spec.name}: {spec.path}", header, flat)]), output)
 
 
+def display_value(key: str, v) -> str:
+    """A spec field in display units, chosen by the unit its name carries (JSON keeps SI):
+    ``hbm_bytes_per_s`` 1.6e12 -> "1.60 TB/s", ``latency_s`` 1.9e-06 -> "1.9 µs", ``peak_flops.int8``
+    7.52e14 -> "752 TFLOP/s", ``hbm_bytes`` 6.4e10 -> "64.00 GB"; "None" reads "-" (not set)."""
+    from ..units import fmt_bytes, fmt_rate, fmt_s
+
+    if v is None:
+        return "-"
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    if v == 0:
+        return "0"
+    parts = key.split(".")
+    last = parts[-1]
+    if "bytes_per_s" in last:
+        return fmt_rate(v)
+    if last.endswith("_bytes") or last == "bytes":
+        return fmt_bytes(v)
+    if last.endswith("_s") or "overhead_s" in parts[:-1]:
+        return fmt_s(v)
+    if "peak_flops" in parts[:-1]:
+        return f"{v / 1e12:g} TFLOP/s"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+#: Spec-record fields whose spec-file key is spelled differently (the chip's ``[hbm]`` and ``[cores]``).
+_FIELD_KEYS = {
+    "hbm_bytes": "hbm.capacity",
+    "hbm_bytes_per_s": "hbm.bandwidth",
+    "hbm_reserved_bytes": "hbm.reserved",
+    "cube_cores": "cores.cube",
+    "vector_cores": "cores.vector",
+}
+#: Record tables whose spec-file table is spelled differently (the chip's ``[efficiency]`` ...).
+_TABLES = {"eff": "efficiency", "overhead_s": "overhead", "peak_flops": "peak"}
+#: Field-name stems whose spec-file key differs (a plane's ``bandwidth = "196 GB/s", per = "rank"``).
+_STEMS = {"bytes_per_s_per_rank": "bandwidth", "latency_s": "latency", "cpu_dram_per_node_bytes": "cpu_dram"}
+
+
 def _source_for(key: str, sources: dict) -> str:
     """The source of a flattened spec field: the spec-file key it came from, matched on the whole path
-    first (field names carry SI suffixes: alpha_s <- alpha; phase_collectives <- collectives), then on the
-    last component alone."""
+    first (field names carry SI suffixes: alpha_s <- alpha; phase_collectives <- collectives; a plane's
+    bytes_per_s_per_rank <- bandwidth), then on the last component alone, but never from a sibling
+    entry of the same table (planes.rdma.host_read_efficiency does not take planes.ub's source)."""
+    if key in _FIELD_KEYS and _FIELD_KEYS[key] in sources:
+        return sources[_FIELD_KEYS[key]]
     parts = key.replace("phase_collectives.", "collectives.").split(".")
-    stems = [parts[-1]] + [
-        parts[-1][: -len(x)] for x in ("_bytes_per_s", "_bytes", "_s") if parts[-1].endswith(x)
-    ]
+    parts[0] = _TABLES.get(parts[0], parts[0]) if len(parts) > 1 else parts[0]
+    last = parts[-1]
+    stems = [last] + [last[: -len(x)] for x in ("_bytes_per_s", "_bytes", "_s") if last.endswith(x)]
+    if last in _STEMS:
+        stems.insert(0, _STEMS[last])
     for stem in stems:
         full = ".".join([*parts[:-1], stem])
         for k, v in sources.items():
             if k == full or full.endswith("." + k):
                 return v
-    last = parts[-1]
+    parent = ".".join(parts[:-1])
     for k, v in sources.items():
+        kparts = k.split(".")
+        if len(parts) > 1 and len(kparts) > 1 and kparts[0] == parts[0] and ".".join(kparts[:-1]) != parent:
+            continue  # another entry of the same table (a sibling plane or collective)
         if k in (key, last) or k.endswith("." + last):
             return v
     return ""

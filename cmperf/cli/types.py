@@ -48,10 +48,14 @@ class Number(click.ParamType):
 class Quantity(click.ParamType):
     """A quantity with an optional unit (``cmperf.units.parse`` of ``kind``), then ``domain``.
 
-    ``none=True``: the word "none" is accepted and converts to None (no limit: optimize's SLOs)."""
+    ``none=True``: the word "none" is accepted and converts to None (no limit: optimize's SLOs).
+    ``unit=True``: a bare number typed on the command line is refused (``50`` could be ms or s); a number
+    from a scenario file (an int or float: the field is named ``*_s``) is SI, as in the file's key."""
 
-    def __init__(self, kind: str, domain: domains.Domain, name: str, none: bool = False) -> None:
-        self.kind, self.domain, self.name, self.none = kind, domain, name, none
+    def __init__(
+        self, kind: str, domain: domains.Domain, name: str, none: bool = False, unit: bool = False
+    ) -> None:
+        self.kind, self.domain, self.name, self.none, self.unit = kind, domain, name, none, unit
 
     def convert(self, value, param, ctx):
         from ..units import parse
@@ -61,11 +65,31 @@ class Quantity(click.ParamType):
             return None
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise CmperfError(f"{at}: {value!r} is not a quantity; give {self.domain.describe()}")
+        if self.unit and isinstance(value, str):
+            require_unit(value, self.kind, at, none=self.none)
         try:
             x = parse(value, self.kind, where=at)
         except OverflowError:
             raise CmperfError(f"{at}: {value!r} is out of range; give {self.domain.describe()}") from None
         return self.domain.check(x, at)
+
+
+#: The units a time flag accepts (``cmperf.units``), as the error names them.
+TIME_UNITS = "ns, us (µs), ms, s, min, h"
+
+
+def require_unit(text: str, kind: str, at: str, none: bool = False) -> None:
+    """Refuse a bare number for a quantity whose unit matters ("50" seconds or ms?): one line, exit 2.
+
+    ``cmperf: error: --tpot-slo: '50' has no unit; write e.g. 50ms or 50s (units: ns, us (µs), ...)``"""
+    t = text.strip()
+    try:
+        float(t)
+    except ValueError:
+        return
+    units = TIME_UNITS if kind == "s" else kind
+    also = ', or "none" for no limit' if none else ""
+    raise CmperfError(f"{at}: {t!r} has no unit; write e.g. {t}ms or {t}s (units: {units}){also}")
 
 
 def number(table: dict[str, domains.Domain], field: str) -> Number:
@@ -96,8 +120,8 @@ def option(name: str) -> Number:
 #: Quantities with units on the command line.
 RATE = Quantity("per_s", domains.WORKLOAD["rate_per_s"], "RATE")
 BYTES = Quantity("bytes", domains.POOLS["cache_dram_bytes"], "BYTES")
-SLO_TIME = Quantity("s", domains.SLO["ttft_s"], "TIME")
-SLO_TIME_OR_NONE = Quantity("s", domains.SLO["ttft_s"], "TIME|none", none=True)
+SLO_TIME = Quantity("s", domains.SLO["ttft_s"], "TIME", unit=True)
+SLO_TIME_OR_NONE = Quantity("s", domains.SLO["ttft_s"], "TIME|none", none=True, unit=True)
 SLO_PERCENTILE = option("slo_percentile")
 #: Prefill microbatches: a count 1..4 (``Deployment.check`` holds the same range; decode adds "auto").
 PREFILL_MICROBATCHES = Number(domains.whole(1, 4))
