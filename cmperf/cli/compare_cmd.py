@@ -5,10 +5,9 @@ from __future__ import annotations
 import click
 
 from .common import Infeasible, emit, format_option, guarded
+from .knobs import DTYPE_NAMES as DTYPES
 from .scenario_opt import scenario_option
 from .types import PREFILL_MICROBATCHES, dep, workload
-
-DTYPES = ["int8", "bf16", "fp16", "fp8", "fp4"]
 
 
 def _per_system(value: str | None, names: list[str], flag: str, field: str) -> dict[str, int]:

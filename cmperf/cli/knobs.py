@@ -15,9 +15,12 @@ from dataclasses import fields
 import click
 
 from ..domains import DEPLOYMENT
+from ..specs import DTYPE_BYTES
 from .types import dep, require_unit, where
 
-DTYPES = click.Choice(["int8", "bf16", "fp16", "fp8", "fp4"])
+#: Datatypes a flag may name: the spec's (cmperf.specs.DTYPE_BYTES) without the internal fp32 and int4.
+DTYPE_NAMES = tuple(d for d in DTYPE_BYTES if d not in ("fp32", "int4"))
+DTYPES = click.Choice(DTYPE_NAMES)
 
 
 def knob(flag: str, field: str, **kw):
@@ -82,8 +85,8 @@ def experts_dtype_option(fn):
     return knob(
         "--experts-dtype",
         "experts_dtype",
-        type=click.Choice(["int8", "bf16", "fp8", "fp4", "native"]),
-        help="Expert datatype [default: as --weights; native = fp4 where the chip has it].",
+        type=click.Choice([*DTYPE_NAMES, "native"]),
+        help="Expert datatype [default: as --weights; native = the chip's fastest 4-bit type].",
     )(fn)
 
 
