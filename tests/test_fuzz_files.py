@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
+from hypothesis import currently_in_test_context, event, given
 from hypothesis import strategies as st
-from test_fuzz_cli import RUNNER, check_json
+from test_fuzz_cli import RUNNER, check_json, examples  # one set of hypothesis profiles
 
 from cmperf.cli import main
 
@@ -33,29 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Any warning (numpy's RuntimeWarning, scipy's IntegrationWarning...) fails these tests: a user would see it
 #: printed before the result, and pytest's own capture would hide it from the one-line-stderr checks.
 pytestmark = pytest.mark.filterwarnings("error")
-
-settings.register_profile(
-    "ci",
-    derandomize=True,
-    deadline=None,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "explore",
-    deadline=None,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-PROFILE = os.environ.get("CMPERF_HYPOTHESIS", "ci")
-settings.load_profile(PROFILE)
-SCALE = 10 if PROFILE == "explore" else 1
-
-
-def examples(n: int) -> settings:
-    return settings(max_examples=n * SCALE)
 
 
 def run(args: list[str]):

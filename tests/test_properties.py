@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from test_fuzz_cli import examples  # one set of hypothesis profiles (CMPERF_HYPOTHESIS)
 
 import cmperf
 from cmperf import decode, prefill, queueing, serving
@@ -28,20 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 #: printed before the result, and pytest's own capture would hide it from the one-line-stderr checks.
 pytestmark = pytest.mark.filterwarnings("error")
 SYSTEMS = sorted(p.stem for p in (ROOT / "hardware").glob("*.toml") if 'kind = "system"' in p.read_text())
-
-settings.register_profile(
-    "ci", derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile(
-    "explore", deadline=None, database=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
-)
-PROFILE = os.environ.get("CMPERF_HYPOTHESIS", "ci")
-settings.load_profile(PROFILE)
-SCALE = 10 if PROFILE == "explore" else 1
-
-
-def examples(n: int) -> settings:
-    return settings(max_examples=n * SCALE)
 
 
 @functools.cache
