@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .common import CheckFailed, Infeasible, emit, guarded, progress
+from .common import CheckFailed, Infeasible, emit, format_option, guarded, progress
 from .types import option
 
 DEFAULT_SCENARIO = "cm384-decode-50ms"
@@ -44,15 +44,7 @@ def spec_hash(sc, system, model) -> str:
 
 @click.command()
 @SPEC_DIR
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "markdown", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file (atomically).")
+@format_option(("table", "markdown", "json"))
 @guarded
 def validate(spec_dirs, fmt, output):
     """Check predictions against the shipped published numbers (exit 1 if any is outside its tolerance)."""
@@ -106,15 +98,7 @@ def _decode_record(doc) -> tuple[object, float]:
     help="Decode scenario whose deployment the forms and elasticities use.",
 )
 @SPEC_DIR
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "markdown", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file (atomically).")
+@format_option(("table", "markdown", "json"))
 @guarded
 def explain(scenario_name, spec_dirs, fmt, output):
     """Closed forms (sympy) and elasticities d ln(tokens/s per device) / d ln(hardware parameter)."""
@@ -376,15 +360,7 @@ def _metric_rtol(values) -> dict[str, float]:
     show_default=True,
     help="Exit 1 on a regression beyond tolerance, or on any change beyond tolerance.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "markdown", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file (atomically).")
+@format_option(("table", "markdown", "json"))
 @guarded
 def diff(old, new, rtol, metric_rtol, fail_on, fmt, output):
     """Compare two snapshots: regression / improvement / drift / added / removed (exit 1 beyond tolerance)."""
