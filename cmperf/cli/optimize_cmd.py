@@ -236,6 +236,24 @@ def _extra_sections(res):
     return secs
 
 
+def decode_base_options(fn):
+    """--mtp-accept and --eplb: the decode knobs optimize and pareto hold fixed while they search."""
+    fn = click.option(
+        "--eplb",
+        type=click.Choice(["model", "perfect"]),
+        default="model",
+        show_default=True,
+        help="Expert load: statistical routing model, or perfect balance.",
+    )(fn)
+    return click.option(
+        "--mtp-accept",
+        type=dep("mtp_accept"),
+        default=0.7,
+        show_default=True,
+        help="Acceptance rate of a draft token.",
+    )(fn)
+
+
 @click.command()
 @scenario_option
 @system_model_options
@@ -282,20 +300,7 @@ def _extra_sections(res):
     default=None,
     help="Target request rate (req/s): the serving split with the fewest devices that serve it.",
 )
-@click.option(
-    "--mtp-accept",
-    type=dep("mtp_accept"),
-    default=0.7,
-    show_default=True,
-    help="Acceptance rate of a draft token.",
-)
-@click.option(
-    "--eplb",
-    type=click.Choice(["model", "perfect"]),
-    default="model",
-    show_default=True,
-    help="Expert load: statistical routing model, or perfect balance.",
-)
+@decode_base_options
 @click.option(
     "--top", "top_k", type=option("top"), default=10, show_default=True, help="Configurations to list."
 )
@@ -443,20 +448,7 @@ def optimize(
     show_default=True,
     help="Output tokens per request.",
 )
-@click.option(
-    "--mtp-accept",
-    type=dep("mtp_accept"),
-    default=0.7,
-    show_default=True,
-    help="Acceptance rate of a draft token.",
-)
-@click.option(
-    "--eplb",
-    type=click.Choice(["model", "perfect"]),
-    default="model",
-    show_default=True,
-    help="Expert load: statistical routing model, or perfect balance.",
-)
+@decode_base_options
 @precision_options
 @format_option(("table", "json", "markdown", "csv"))
 @guarded
