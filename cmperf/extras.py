@@ -15,7 +15,7 @@ EXTRA_OF = {"matplotlib": "plot", "pyarrow": "parquet", "dask": "dask", "distrib
 
 
 def require(module: str, flag: str) -> ModuleType:
-    """Import ``module`` (e.g. "matplotlib.pyplot") for ``flag``; if its extra is absent, say how to add it."""
+    """Import ``module`` (e.g. "matplotlib.pyplot") for ``flag``; if its extra is absent, say how."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:  # the one allowed probe (tests/test_cli_core.IMPORT_PROBE_ALLOWED)
