@@ -22,9 +22,17 @@ The paper's efficiency metric (CM384 §5): tokens/s per device over the device's
 
 Worked number: CM384 §5.1's 1,943 tokens/s per 910C / 1,504 TOPS INT8 = 1.29 tokens/s per TFLOPS.
 
+Per kW where power is known (``System.power_per_device``: the system file's ``power`` / devices, else the
+chip's ``power`` x ranks per device, the accelerator alone; neither given: None, "power not known"):
+
+    tokens_per_s_per_kw = tokens_per_s_per_device / (watts per device / 1e3)
+
+Worked number: GB300 at 5,902 tokens/s per GPU / 1.4 kW (MLPerf v6.1 GPU power) = 4,216 tokens/s per kW.
+
 The binding ceiling is read off the MoE-layer stage of the step (58 of 61 layers): which stream
 sets the period (cmperf.step), then which ceiling (compute, memory, link, latency) holds most
-of that stream's time, and for link time which plane (scale-up or scale-out) is slower.
+of that stream's time, and for link time which plane (scale-up or scale-out) is slower, each plane timed
+by cmperf.comm.ep_plane_seconds (the kernel's efficiency; on a torus plane the sub-torus all-to-all rate).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import numpy as np
 from .comm import DomainDedupOp, _split_bytes, ep_plane_seconds
 from .deployment import Deployment, default_precision
 from .errors import CmperfError
+from .graph import principal_stage
 from .specs import Model, System, builtin_dirs
 from .step import binding_names
 
@@ -60,6 +69,16 @@ def peak_8bit_flops_per_device(system: System) -> float:
             "tokens/s per TFLOPS needs the 8-bit peak"
         )
     return max(peaks) * system.ranks_per_device
+
+
+def per_kw(system: System, tokens_per_s_per_device: float) -> tuple[float | None, str, float | None]:
+    """(watts per device, what they cover: "system" | "chip" | "", tokens/s per kW); (None, "", None) when
+    the specs give no power (``System.power_per_device``; never a guessed number)."""
+    power = system.power_per_device()
+    if power is None:
+        return None, "", None
+    watts, basis = power
+    return watts, basis, tokens_per_s_per_device / (watts / 1e3)
 
 
 # ---------- deployments
@@ -164,18 +183,21 @@ def binding_of(system: System, ops, stage: str, stage_binding: str, policy: str,
 
 
 def _slower_plane(system: System, comm_rows, ep) -> str:
-    """Name of the plane whose share of the EP traffic takes longer (scale-up vs scale-out)."""
-    c = system.collectives.get("dispatch")
-    if c is None or not comm_rows:
+    """Name of the plane whose share of the EP traffic takes longer (scale-up vs scale-out): each EP op
+    (``moe.dispatch``, ``moe.combine``) timed on each plane by ``cmperf.comm.ep_plane_seconds``, the cost
+    model the op itself was timed with (a torus plane at its sub-torus all-to-all rate, not its injection
+    bandwidth); ties go to the scale-up plane."""
+    secs: dict[str, float] = {}
+    for r in comm_rows:
+        name = r.name.rsplit(".", 1)[-1]
+        if name not in system.collectives:
+            continue
+        for pn, v in ep_plane_seconds(system, name, r.comm_bytes, ep).items():
+            secs[pn] = secs.get(pn, 0.0) + float(v)
+    if not secs:
         return ""
-    up_b, out_b = _split_bytes(
-        system, c.plane, sum(r.comm_bytes for r in comm_rows), ep, c.local_copies == "send"
-    )
-    up = system.planes[c.plane]
-    out = system.planes[c.scaleout_plane] if c.scaleout_plane else up
-    t_up = float(up_b) / (up.bytes_per_s_per_rank * up.efficiency)
-    t_out = float(out_b) / (out.bytes_per_s_per_rank * out.efficiency)
-    return out.name if t_out > t_up else up.name
+    up = system.collective("dispatch").plane
+    return max(secs, key=lambda pn: (secs[pn], pn == up))
 
 
 def ep_traffic_split(system: System, ep_size: int) -> dict[str, float]:
@@ -232,10 +254,13 @@ class CompareRow:
     ranks: int
     ep_size: int
     precision: dict[str, str]
-    workload: dict[str, float]
+    workload: dict[str, float | list[float]]  # mtp_accept: a list of per-depth rates
     tokens_per_s_per_device: float
     peak_8bit_flops_per_device: float
     tokens_per_s_per_tflops: float
+    power_w_per_device: float | None  # None: power not known (per_kw)
+    power_basis: str  # "system" (the system file's power / devices), "chip" (the accelerator alone), ""
+    tokens_per_s_per_kw: float | None
     tpot_s: float | None
     ttft_s: float | None
     batch_s: float | None
@@ -269,9 +294,11 @@ def decode_row(system: System, model: Model, **knobs) -> CompareRow:
     dep, source = deployment_for(system, model, "decode", **knobs)
     p = decode.predict(system, model, dep)
     devices, ep_size, prec, batch = dep.devices, dep.ep_size, dep.precision, dep.batch_per_device
-    kv_len, mtp, mtp_accept, microbatches = dep.kv_len, dep.mtp, dep.mtp_accept, dep.microbatches
+    kv_len, mtp, mtp_accept = dep.kv_len, dep.mtp, dep.mtp_accept
+    microbatches = p.deployment["microbatches"]  # the count "auto" chose
     policy = system.overlap_for("decode").policy
-    b = binding_of(system, p.ops, "moe", str(p.streams["moe"]["binding"]), policy, ep_size)
+    main = principal_stage(model)
+    b = binding_of(system, p.ops, main, str(p.streams[main]["binding"]), policy, ep_size)
     peak = peak_8bit_flops_per_device(system)
     split = ep_traffic_split(system, ep_size)
     return CompareRow(
@@ -287,12 +314,13 @@ def decode_row(system: System, model: Model, **knobs) -> CompareRow:
             "batch_per_device": float(batch),
             "kv_len": float(kv_len),
             "mtp": float(mtp),
-            "mtp_accept": float(mtp_accept),
+            "mtp_accept": list(mtp_accept) if isinstance(mtp_accept, tuple) else float(mtp_accept),
             "microbatches": float(microbatches),
         },
         p.tokens_per_s_per_device,
         peak,
         p.tokens_per_s_per_device / (peak / 1e12),
+        *per_kw(system, p.tokens_per_s_per_device),
         p.tpot_s,
         None,
         None,
@@ -333,10 +361,11 @@ def prefill_row(system: System, model: Model, **knobs) -> CompareRow:
             "tokens per device fit"
         ]
     # binding: cmperf.step's verdict on the MoE-layer stage (prefill's list schedule refines the period)
-    moe = next(st for st in ev.stages if st.stage.name == "moe")
+    main = principal_stage(model)
+    moe = next(st for st in ev.stages if st.stage.name == main)
     policy = system.overlap_for("prefill").policy
     verdict = binding_names(policy)[int(np.asarray(moe.binding).reshape(-1)[0])]
-    b = binding_of(system, decode.op_rows(ev.stages, microbatches), "moe", verdict, policy, ep_size)
+    b = binding_of(system, decode.op_rows(ev.stages, microbatches), main, verdict, policy, ep_size)
     plane_s = _prefill_plane_seconds(system, moe)
     if b["ceiling"] in ("link", "latency") and plane_s:
         b["plane"] = max(plane_s, key=plane_s.__getitem__)
@@ -355,6 +384,7 @@ def prefill_row(system: System, model: Model, **knobs) -> CompareRow:
         tps,
         peak,
         tps / (peak / 1e12),
+        *per_kw(system, tps),
         None,
         f(ev.ttft_s),
         f(ev.batch_s),

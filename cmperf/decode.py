@@ -40,7 +40,15 @@ import numpy as np
 from . import memory
 from .comm import ep_message_bytes
 from .deployment import AUTO, Deployment, placement_arrays
-from .graph import Stage, dense_ffn_ops, head_ops, mla_decode_ops, moe_ops
+from .graph import (
+    Stage,
+    attention_decode_ops,
+    dense_ffn_ops,
+    head_ops,
+    layer_groups,
+    moe_ops,
+    principal_stage,
+)
 from .imbalance import expected_imbalance
 from .roofline import BOUNDS, OpTime
 from .specs import Model, System
@@ -48,17 +56,35 @@ from .step import StageTime, binding_names, compose, schedule_binding, step_time
 
 
 def accepted_per_step(mtp, accept):
-    """Expected accepted draft tokens per step for a chain of ``mtp`` drafts: sum accept^i."""
+    """Expected accepted draft tokens per step for a chain of ``mtp`` drafts.
+
+    ``accept``: the acceptance rate at every depth (a number or array: draft i is accepted with
+    probability accept^i, a chain stopping at its first rejection) or a tuple of per-depth conditional
+    rates (a_1, a_2, ...): sum_i prod_{j<=i} a_j (draft i needs drafts 1..i-1 accepted; EAGLE, Li et al.
+    2024, §4; DeepSeek-V3 §5.4.3 reports 85-90% for the first). A tuple shorter than ``mtp`` repeats its
+    last rate."""
     mtp = np.asarray(mtp, dtype=float)
+    depth = int(np.max(mtp)) if mtp.size else 0
+    if isinstance(accept, tuple):
+        rates = [accept[min(i, len(accept) - 1)] for i in range(max(depth, 1))]
+        total: np.ndarray = np.zeros(mtp.shape)
+        p = 1.0
+        for i, a in enumerate(rates, 1):
+            p *= a
+            total = total + np.where(mtp >= i, p, 0.0)
+        return total
     a = np.asarray(accept, dtype=float)
-    return np.where(mtp >= 1, a, 0.0) + np.where(mtp >= 2, a**2, 0.0)
+    total = np.where(mtp >= 1, a, 0.0)
+    for i in range(2, depth + 1):
+        total = total + np.where(mtp >= i, a**i, 0.0)
+    return total
 
 
 def routed_imbalance(model: Model, pl: dict, ep, copies_total, eplb: str, imbalance=None):
     """max/mean routed load: 1 (perfect EPLB), the given value, or the routing model (cmperf.imbalance)."""
     if imbalance is not None:
         return np.asarray(imbalance, dtype=float)
-    if eplb == "perfect":
+    if eplb == "perfect" or not model.is_moe:  # a dense model routes nothing: 1
         return np.ones(np.shape(copies_total))
     ep_a, copies_a = np.broadcast_arrays(np.asarray(ep, dtype=float), np.asarray(copies_total, dtype=float))
     out = np.ones(ep_a.shape)
@@ -94,7 +120,7 @@ def moe_load(model: Model, pl: dict, ep, tokens_mb, imb):
     ded_tokens = np.maximum(imb * routed_mean, shared_load)
     co_tokens = imb * routed_mean + tokens_mb * model.n_shared_experts
     expert_tokens = np.where(dedicated, ded_tokens, co_tokens)
-    p_active = 1.0 - (1.0 - k / r) ** group_tokens  # an expert copy receives at least one token
+    p_active = 1.0 - (1.0 - k / max(r, 1)) ** group_tokens  # an expert copy receives at least one token
     experts_read = np.where(dedicated, 1.0, pl["slots"] * p_active + model.n_shared_experts)
     copies = k + np.where(dedicated, model.n_shared_experts, 0.0)
     return expert_tokens, experts_read, copies
@@ -117,6 +143,7 @@ class DecodeEval:
     max_batch_per_device: np.ndarray
     feasible: np.ndarray
     comm_bound_tpot_s: np.ndarray
+    # the per-op breakdown: kept on grids of at most DETAIL_MAX_POINTS points (or keep_ops=True), else empty
     stages: tuple[StageTime, ...] = field(repr=False)
     memory_parts: dict = field(repr=False)
     ideal_step_s: np.ndarray = field(repr=False)  # coarse composition: sum count * max(n*a, n*m, a+m, n*hbm)
@@ -131,17 +158,25 @@ class DecodeEval:
 
     def at(self, i: int = 0, auto_tpot_s: dict[int, float] | None = None) -> DecodePrediction:
         """Point ``i`` (flat index into ``shape``) with its full breakdown: ops, streams, bounds and the
-        memory verdict. ``auto_tpot_s``: the TPOT of every microbatch count ``auto`` tried."""
+        memory verdict. ``auto_tpot_s``: the TPOT of every microbatch count ``auto`` tried. Without a
+        kept breakdown (a large grid) point i is evaluated again on its own: the same numbers, since
+        every point's arithmetic is independent of the others'."""
+        if not self.stages:
+            one = point_deployment(self.deployment, self.shape, i)
+            return evaluate(self.system, self.model, one, keep_ops=True).at(0, auto_tpot_s)
         return _point_prediction(self, i, auto_tpot_s)
 
 
 def mtp_layers(model: Model, mtp):
-    """MTP module executions per step, min(mtp, num_mtp_modules): an int when every point has the same
-    depth, else an array (0 where a point runs without MTP), so a mixed grid adds the stage only where on."""
+    """MTP module executions per step: ``mtp`` (one per draft token, run one after another). A chain deeper
+    than the model's modules reuses its last module for the remaining drafts, as SGLang (EAGLE with
+    DeepSeek's NextN module, ``--speculative-num-steps``) and TensorRT-LLM ("MTP Eagle":
+    ``num_nextn_predict_layers`` above the checkpoint's one module, the default over ``use_mtp_vanilla``)
+    run it. An int when every point has the same depth, else an array (0 where a point has no MTP)."""
     mtp = np.asarray(mtp, dtype=float)
     if mtp.size and np.all(mtp == mtp.flat[0]):
-        return min(int(mtp.flat[0]), model.num_mtp_modules)
-    return np.minimum(mtp, model.num_mtp_modules)
+        return int(mtp.flat[0]) if model.num_mtp_modules else 0
+    return mtp if model.num_mtp_modules else np.zeros_like(mtp)
 
 
 def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv=0.0):
@@ -159,11 +194,12 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
     exp_tok, exp_read, copies = moe_load(model, pl, ep, t_mb, imb)
     if d.copies == "per-rank":
         copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
-    attn = mla_decode_ops(model, prec, t_mb, s_mb, kv_len)
-    moe = moe_ops(model, prec, t_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg)
+    ffn = {"dense": dense_ffn_ops(model, prec, t_mb)}
+    if model.is_moe:
+        ffn["moe"] = moe_ops(model, prec, t_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg)
     stages = [
-        Stage("dense", model.first_k_dense, tuple(attn + dense_ffn_ops(model, prec, t_mb))),
-        Stage("moe", model.num_layers - model.first_k_dense, tuple(attn + moe)),
+        Stage(name, count, tuple(attention_decode_ops(model, prec, t_mb, s_mb, kv_len, variant) + ffn[kind]))
+        for name, variant, kind, count in layer_groups(model)
     ]
     on = mtp > 0
     if np.any(on):
@@ -175,12 +211,13 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
                 "mtp",
                 mtp_layers(model, mtp),
                 tuple(
-                    mla_decode_ops(model, prec, m_tok, s_mb, kv_len)
+                    attention_decode_ops(model, prec, m_tok, s_mb, kv_len)
                     + moe_ops(model, prec, m_tok, m_exp, m_read, copies, ep, disp_msg, comb_msg)
                 ),
             )
         )
-    head = tuple(head_ops(model, prec, tokens, tokens, np.where(on, b_rank, 0.0)))
+    # each draft execution runs the MTP module's projection and shared head on one token per sequence
+    head = tuple(head_ops(model, prec, tokens, tokens, np.where(on, b_rank * mtp_layers(model, mtp), 0.0)))
     stages.append(Stage("head", 1, head, overlapped=False))
     head_off = None
     if np.any(on) and not np.all(on):
@@ -193,14 +230,19 @@ def _select_stage(on, st_on: StageTime, st_off: StageTime) -> StageTime:
     only ``st_on`` has are zeroed where off)."""
     k = len(st_off.op_times)
     extra = tuple(
-        OpTime(*(np.where(on, getattr(t, f.name), 0) for f in fields(OpTime))) for t in st_on.op_times[k:]
+        None if t is None else OpTime(*(np.where(on, getattr(t, f.name), 0) for f in fields(OpTime)))
+        for t in st_on.op_times[k:]
     )
     arrays = {
         f.name: np.where(on, getattr(st_on, f.name), getattr(st_off, f.name))
         for f in fields(StageTime)
-        if f.name not in ("stage", "op_times")
+        if f.name not in ("stage", "op_times", "binding", "runs")
     }
-    return StageTime(st_on.stage, st_on.op_times[:k] + extra, **arrays)
+    binding = None
+    if st_on.binding is not None and st_off.binding is not None:
+        binding = np.where(on, st_on.binding, st_off.binding)
+    # runs: () since the head runs serially, outside the list schedule
+    return StageTime(st_on.stage, st_on.op_times[:k] + extra, binding=binding, **arrays)
 
 
 def _per_mtp(mtp, fn):
@@ -264,7 +306,125 @@ def attention_cores(system: System, attention_cube_cores=None) -> np.ndarray:
     return np.where(np.isnan(c), default, c)
 
 
-def evaluate(system: System, model: Model, dep: Deployment) -> DecodeEval:
+#: Points per block of a large grid's evaluation: its transient arrays (~2 kB per point of a block) then
+#: stay bounded whatever the grid's size, and a block's working set stays near the CPU caches.
+CHUNK_POINTS = 1 << 16
+
+#: Grids of at most this many points keep the per-op breakdown (``stages``, ``memory_parts``, ``periods``);
+#: a larger grid keeps only the per-point summary arrays (~120 bytes per point) unless asked for.
+DETAIL_MAX_POINTS = 64
+
+_SUMMARY = (
+    "step_s",
+    "tpot_s",
+    "tokens_per_s_per_device",
+    "lower_tpot_s",
+    "upper_tpot_s",
+    "moe_layer_s",
+    "dense_layer_s",
+    "imbalance",
+    "hbm_bytes_per_rank",
+    "max_batch_per_device",
+    "feasible",
+    "comm_bound_tpot_s",
+    "ideal_step_s",
+)
+
+
+def grid_shape(dep: Deployment) -> tuple[int, ...]:
+    """Broadcast shape of a record's array knobs (() for a scalar record)."""
+    return np.broadcast_shapes(*(np.shape(v) for v in vars(dep).values() if isinstance(v, np.ndarray)))
+
+
+def grid_blocks(shape: tuple[int, ...], chunk_points: int):
+    """Index tuples (slices, every axis kept) that cut ``shape`` into blocks of at most ``chunk_points``
+    points: the trailing axes that fit whole, the next one cut in steps, the leading ones one index at a
+    time. An open mesh stays a mesh inside each block (its knob arrays are sliced, never flattened).
+    Worked case: (2, 23, 40, 300) at 65,536: blocks of 5 x 40 x 300 = 60,000 points, 2 x 5 of them."""
+    inner, ax = 1, len(shape)
+    while ax > 0 and inner * shape[ax - 1] <= chunk_points:
+        ax -= 1
+        inner *= shape[ax]
+    if ax == 0:
+        yield tuple(slice(None) for _ in shape)
+        return
+    ax -= 1  # the axis cut in steps
+    step = max(1, chunk_points // inner)
+    rest = tuple(slice(None) for _ in shape[ax + 1 :])
+    for outer in np.ndindex(*shape[:ax]):
+        for a in range(0, shape[ax], step):
+            yield (*(slice(j, j + 1) for j in outer), slice(a, min(a + step, shape[ax])), *rest)
+
+
+def block_deployment(dep: Deployment, shape: tuple[int, ...], index: tuple[slice, ...]) -> Deployment:
+    """``dep`` with every array knob cut to the block ``index`` of ``shape`` (axes of length 1 kept)."""
+    vals: dict[str, Any] = {}
+    for name, v in vars(dep).items():
+        if isinstance(v, np.ndarray):
+            v = v.reshape((1,) * (len(shape) - v.ndim) + v.shape)
+            vals[name] = v[tuple(sl if d > 1 else slice(None) for sl, d in zip(index, v.shape, strict=True))]
+    return replace(dep, **vals)
+
+
+def evaluate(
+    system: System,
+    model: Model,
+    dep: Deployment,
+    *,
+    keep_ops: bool | None = None,
+    chunk_points: int = CHUNK_POINTS,
+) -> DecodeEval:
+    """Vectorized decode prediction of ``dep`` over any grid size, in bounded memory: a grid of more than
+    ``chunk_points`` points is evaluated block by block (``grid_blocks``) into the per-point summary
+    arrays (the fields; each point's numbers are those of evaluating it alone, so the cut changes no bit).
+    ``keep_ops``: keep the per-op breakdown (``stages``, ``memory_parts``, ``periods``; one block, ~5 kB
+    per point); default: only on grids of at most DETAIL_MAX_POINTS points. ``.at(i)`` works either way.
+    """
+    dep = dep.resolve(system, model)
+    shape = grid_shape(dep)
+    size = int(np.prod(shape))
+    if keep_ops is None:
+        keep_ops = size <= min(DETAIL_MAX_POINTS, chunk_points)
+    if keep_ops or size <= chunk_points:  # one block; the summary broadcast to the grid's shape (views)
+        ev = _evaluate_block(system, model, dep, keep_ops)
+        full: dict[str, Any] = {k: np.broadcast_to(getattr(ev, k), shape) for k in _SUMMARY}
+        if keep_ops:
+            return replace(ev, **full)
+        return replace(ev, **full, stages=(), memory_parts={}, periods={})
+    out, ev = blockwise(
+        dep, shape, chunk_points, lambda d: _evaluate_block(system, model, d, False), _SUMMARY
+    )
+    return DecodeEval(
+        **{k: v for k, v in out.items() if k != "ideal_step_s"},
+        hbm_capacity_bytes=ev.hbm_capacity_bytes,
+        stages=(),
+        memory_parts={},
+        ideal_step_s=out["ideal_step_s"],
+        periods={},
+        system=system,
+        model=model,
+        deployment=dep,
+    )
+
+
+def blockwise(dep: Deployment, shape: tuple[int, ...], chunk_points: int, block, names):
+    """({name: array over ``shape``}, the last block's result): ``block(record)`` evaluated on every block
+    of ``grid_blocks(shape, chunk_points)``, its fields ``names`` written into arrays allocated once (the
+    summary of the grid; nothing else of a block outlives it)."""
+    out: dict[str, np.ndarray] = {}
+    ev = None
+    for index in grid_blocks(shape, chunk_points):
+        ev = block(block_deployment(dep, shape, index))
+        for k in names:
+            x = np.asarray(getattr(ev, k))
+            if k not in out:
+                out[k] = np.empty(shape, dtype=x.dtype)
+            view = out[k][index]
+            view[...] = np.broadcast_to(x, view.shape)
+    return out, ev
+
+
+def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: bool) -> DecodeEval:
     """Vectorized decode prediction of ``dep`` (a decode ``Deployment``); its numeric knobs may be numpy
     arrays and broadcast together; ``microbatches`` is a count here (``predict`` resolves "auto").
 
@@ -294,11 +454,11 @@ def evaluate(system: System, model: Model, dep: Deployment) -> DecodeEval:
         system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl, (dep.eplb, dep.imbalance), dep.kv_cv
     )
     # the head runs last; summing it on its own keeps the scalar path's order of additions (same bits)
-    sts, ideal, lower, upper = step_time(stages[:-1], system, n, policy, share)
+    sts, ideal, lower, upper = step_time(stages[:-1], system, n, policy, share, keep_ops=keep_ops)
     chain, periods = compose(sts, n, policy, rotate=True, extrapolate=True)
-    (h_st,), h_step, h_lower, h_upper = step_time(stages[-1:], system, n, policy, share)
+    (h_st,), h_step, h_lower, h_upper = step_time(stages[-1:], system, n, policy, share, keep_ops=keep_ops)
     if head_off is not None:
-        (o_st,), o_step, o_lower, o_upper = step_time([head_off], system, n, policy, share)
+        (o_st,), o_step, o_lower, o_upper = step_time([head_off], system, n, policy, share, keep_ops=keep_ops)
         h_st = _select_stage(on, h_st, o_st)
         h_step, h_lower, h_upper = (
             np.where(on, x, y) for x, y in ((h_step, o_step), (h_lower, o_lower), (h_upper, o_upper))
@@ -336,16 +496,18 @@ def evaluate(system: System, model: Model, dep: Deployment) -> DecodeEval:
     b_max = np.floor((cap - (total - slope * b_rank)) / slope)
     max_batch = np.maximum(b_max, 0.0) * rpd
     feasible = total <= cap
-    moe_st = next(s for s in sts if s.stage.name == "moe")
-    comm_bound_step = _comm_bound_s(moe_st, n) * model.num_layers
+    # the Insights bound: the EP all-to-all of the (first) MoE stage in every layer; 0 for a dense model
+    main = principal_stage(model)  # "moe" (R1); a dense model: "dense", no all-to-all
+    moe_st = next((s for s in sts if s.stage.name == main), None) if model.is_moe else None
+    comm_bound_step = _comm_bound_s(moe_st, n) * model.num_layers if moe_st else np.zeros_like(step)
     return DecodeEval(
         step,
         tpot,
         np.asarray(dep.batch_per_device, dtype=float) / tpot,
         lower / per_step,
         upper / per_step,
-        periods["moe"],
-        periods["dense"],
+        periods[main],
+        periods.get("dense", 0.0),
         imb,
         total,
         cap,
@@ -370,6 +532,7 @@ def _comm_bound_s(moe_st: StageTime, n):
     total: float | np.ndarray = 0.0
     for op, t in zip(moe_st.stage.ops, moe_st.op_times, strict=True):
         if op.collective in ("dispatch", "combine"):
+            assert t is not None  # stage_time keeps the collectives' times
             total = total + t.time_s
     return np.asarray(n, dtype=float) * total
 
@@ -526,9 +689,9 @@ def _point_prediction(ev: DecodeEval, i: int, auto_tpot_s: dict[int, float] | No
             "a_s": f(st.a_s),
             "m_s": f(st.m_s),
             "period_s": period,
-            "binding": names[int(binding)],
+            "binding": names[int(binding)],  # type: ignore[arg-type]  # kept with the ops
             "ideal_period_s": f(st.period_s),
-            "ideal_binding": names[int(st.binding)],
+            "ideal_binding": names[int(st.binding)],  # type: ignore[arg-type]  # kept with the ops
         }
     ops = op_rows(sts, dep.microbatches)
     if dep.step_overhead_s > 0:  # the deployment's per-step host time, a serial latency of its own
@@ -604,9 +767,10 @@ def point_stage(st: StageTime, shape: tuple[int, ...], i: int) -> StageTime:
     arrays = {
         f.name: np.asarray(point(getattr(st, f.name), shape, i))
         for f in fields(StageTime)
-        if f.name not in ("stage", "op_times")
+        if f.name not in ("stage", "op_times", "runs")
     }
-    return StageTime(stage, times, **arrays)
+    runs = tuple((in_m, np.asarray(point(t, shape, i))) for in_m, t in st.runs)
+    return StageTime(stage, times, **arrays, runs=runs)
 
 
 def point_deployment(dep: Deployment, shape: tuple[int, ...], i: int) -> Deployment:

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import CmperfError
 from .specs import DTYPE_BYTES, Model, System
+from .units import accept_text
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,7 @@ class Deployment:
     kv_capacity_len: Any = None  # KV length memory must hold per sequence; None: kv_len
     kv_cv: Any = 0.0  # CV of the sequences' KV lengths (cmperf.decode.straggler_kv_len)
     mtp: Any = None  # speculative tokens per step; None: 1 where the model has an MTP module, else 0
-    mtp_accept: Any = 0.7
+    mtp_accept: Any = 0.7  # per-depth acceptance (every depth), or a tuple of conditional rates per depth
     attention_cube_cores: Any = None  # None: the system's [overlap.decode] split
     step_overhead_s: Any = 0.0  # host time per step outside the layers (graph launch, sampling, scheduling)
     # prefill
@@ -310,6 +311,8 @@ class Deployment:
         tp = self.attn_tp
         if prefill and tp is None:
             tp = np.minimum(attention_tp_devices(system), np.asarray(devices)) * system.ranks_per_device
+            # heads split evenly: the largest degree within the default that divides them (40 heads: 8)
+            tp = np.gcd(np.asarray(tp, dtype=np.int64), model.num_attention_heads)
         mtp = self.mtp if self.mtp is not None else min(1, model.num_mtp_modules)
         cores = self.attention_cube_cores
         if cores is None:
@@ -369,13 +372,16 @@ class Deployment:
                 out.append(f"--kv-len: capacity {d.kv_capacity_len:g} is outside {d.kv_len:g}..{ctx}")
             if not 0.0 <= d.kv_cv <= 10.0:
                 out.append(f"--kv-cv: must be in [0, 10], got {d.kv_cv:g}")
-            if not 0 <= d.mtp <= model.num_mtp_modules:
+            if d.mtp < 0 or (d.mtp > 0 and not model.num_mtp_modules):
+                out.append(f"--mtp: {model.name} has no MTP module; use --mtp 0")
+            rates = d.mtp_accept if isinstance(d.mtp_accept, tuple) else (d.mtp_accept,)
+            if not rates or not all(0.0 <= a <= 1.0 for a in rates):
+                out.append(f"--mtp-accept: each rate must be in [0, 1], got {accept_text(d.mtp_accept)}")
+            elif isinstance(d.mtp_accept, tuple) and len(rates) > max(d.mtp, 1):
                 out.append(
-                    f"--mtp: {model.name} has {model.num_mtp_modules} MTP module(s); use 0 to "
-                    f"{model.num_mtp_modules}"
+                    f"--mtp-accept: {len(rates)} per-depth rates for --mtp {d.mtp}; "
+                    f"give at most {max(d.mtp, 1)}"
                 )
-            if not 0.0 <= d.mtp_accept <= 1.0:
-                out.append(f"--mtp-accept: must be in [0, 1], got {d.mtp_accept:g}")
             if not 0.0 <= d.step_overhead_s < 1.0:
                 out.append(f"--step-overhead: must be a time in [0, 1 s), got {d.step_overhead_s:g} s")
             split = system.overlap_for("decode").policy == "split-cores"
@@ -444,7 +450,10 @@ class Deployment:
             if name in other or v is None or (isinstance(v, np.ndarray) and v.ndim > 0):
                 continue
             try:
-                dom.check(v.item() if isinstance(v, np.generic | np.ndarray) else v, FLAGS[name], text=False)
+                for x in v if name == "mtp_accept" and isinstance(v, tuple) else (v,):  # per-depth rates
+                    dom.check(
+                        x.item() if isinstance(x, np.generic | np.ndarray) else x, FLAGS[name], text=False
+                    )
             except CmperfError as e:
                 out[name] = str(e)
         names = ("eplb", "cache_plane") if self.phase == "prefill" else ("eplb",)
@@ -524,6 +533,8 @@ def decode_unit_devices(system: System, model: Model) -> int:
     ranks (CM384 §4.2: 256 + 32 + 32 = 320 ranks = 160 NPUs), capped by the system (dgx-h800: 144)."""
     r = model.n_routed_experts
     ranks = r + r // 8 + (r // 8 if model.n_shared_experts else 0)
+    if not model.is_moe:  # a dense model: every rank holds the whole model, one device is an instance
+        ranks = system.ranks_per_device
     return min(system.num_devices, math.ceil(ranks / system.ranks_per_device))
 
 

@@ -10,6 +10,23 @@ the op's datatype; FLOPs count a multiply-add as 2.
   o_proj H*d_v->h. The cache holds d_c + d_rope = 576 values per token and layer.
 * MLA, prefill (MHA form): kv_up d_c->H*(d_nope+d_v) over the whole context, causal attention with
   H*(d_nope+d_rope+d_v) MACs per (query, key) pair over the lower triangle.
+* GQA (grouped-query attention; MHA when KV heads = H, MQA when 1): qkv_proj h->(H + 2*KV)*d, RoPE,
+  attention (2*d MACs per head per key: scores and values), o_proj H*d->h. The cache holds 2*KV*d values
+  per token and layer.
+* Sliding-window / chunked layers (gpt-oss, Step-3.7; Llama-4): a query attends at most ``sliding_window``
+  keys (the last W) or the keys of its own ``attention_chunk_size`` chunk; the cache holds as many.
+* Top-k sparse attention (DeepSeek-V3.2's DSA, GLM-5.1): a lightning indexer of index_n_heads heads of
+  index_head_dim scores every cached key in FP8 (quantized like the GEMMs here), a top-k pass keeps
+  index_topk keys per query, and MLA (MQA mode, weight-absorbed, in prefill too: DeepSeek-V3.2 report §2.1)
+  attends those. The indexer caches one FP8 key of index_head_dim per token and layer plus an FP32 scale
+  per 128 values (DeepSeek-V3.2 inference code, ``act_quant`` block 128).
+* Linear attention (Gated DeltaNet: Qwen3-Next / Qwen3.5 "linear_attention" layers): in_proj h->(2*Hk*dk
+  + 2*Hv*dv + 2*Hv) (q, k; v, output gate; decay a, step b), a depthwise causal conv over q, k, v, the
+  delta-rule recurrence on a per-head dk x dv state (decode: ~3 MACs per state entry per token: S k, the
+  rank-1 update, q S), a gated RMSNorm, out_proj Hv*dv->h. No KV cache: each sequence holds its FP32
+  state (Qwen3.5's mamba_ssm_dtype) and the conv's last kernel-1 inputs. Prefill runs the chunked form
+  (flash-linear-attention's chunk_gated_delta_rule, chunk 64): per token and head ~64*(dk + dv) MACs
+  inside the chunk plus ~3*dk*dv for the state.
 * MoE: gate (BF16, h->R), dispatch, expert up (h->2*I, gate and up fused), SwiGLU, down (I->h), combine.
 """
 
@@ -118,9 +135,119 @@ def vector(
     )
 
 
+def layer_groups(m: Model) -> list[tuple[str, str, str, int]]:
+    """(stage name, attention variant, FFN kind, layer count) of the model's layers, grouped in order of
+    first appearance: DeepSeek-R1 -> ("dense", "full", "dense", 3), ("moe", "full", "moe", 58); a variant
+    other than full attention names its stage "<ffn>.<variant>" (gpt-oss: "moe.sliding", "moe")."""
+    counts: dict[tuple[str, str], int] = {}
+    for key in zip(m.layer_attention, m.layer_ffn, strict=True):
+        counts[key] = counts.get(key, 0) + 1
+    return [(f if a == "full" else f"{f}.{a}", a, f, c) for (a, f), c in counts.items()]
+
+
+def principal_stage(m: Model) -> str:
+    """The stage a one-line summary reports (layer period, binding): "moe" (full-attention MoE layers)
+    where the model has them, else its most numerous layer group (a dense model: "dense")."""
+    groups = layer_groups(m)
+    names = [g[0] for g in groups]
+    return "moe" if "moe" in names else max(groups, key=lambda g: g[3])[0]
+
+
+def layer_count(m: Model, ffn: str) -> int:
+    """Layers whose FFN is ``ffn`` ("dense" or "moe")."""
+    return m.layer_ffn.count(ffn)
+
+
+#: Bytes per cached indexer key beyond its index_head_dim FP8 values: one FP32 scale per 128 values.
+INDEX_SCALE_BLOCK = 128
+
+
+def _attention_kv_bytes(m: Model, kv_dtype: str) -> float:
+    """Cache bytes per token and layer of the attention proper: MLA latent (d_c + d_rope) = 576 values
+    (1,152 B in BF16), GQA K and V 2 * KV * d."""
+    if m.attention == "mla":
+        return (m.kv_lora_rank + m.qk_rope_head_dim) * _b(kv_dtype)
+    return 2.0 * m.num_key_value_heads * m.head_dim * _b(kv_dtype)
+
+
+def _index_kv_bytes(m: Model) -> float:
+    """Indexer key cache per token and layer (DSA): index_head_dim FP8 + FP32 scales: 128 + 4 = 132 B."""
+    d = m.index_head_dim
+    return d + 4.0 * -(-d // INDEX_SCALE_BLOCK) if d else 0.0
+
+
+#: Bytes per recurrent-state value: FP32 (Qwen3.5 config.json mamba_ssm_dtype "float32").
+LINEAR_STATE_BYTES = 4.0
+#: Chunk length of the chunked delta-rule prefill kernel (flash-linear-attention chunk_gated_delta_rule).
+LINEAR_CHUNK = 64
+
+
+def linear_state_bytes(m: Model) -> float:
+    """Per sequence and linear layer: Hv * dk * dv FP32 state + the conv's (kernel - 1) BF16 inputs of
+    2*Hk*dk + Hv*dv channels. Qwen3.5-397B: 64*128*128*4 + 3*(2*2,048 + 8,192)*2 = 4.27 MB."""
+    hk, hv, dk, dv = (
+        m.linear_num_key_heads,
+        m.linear_num_value_heads,
+        m.linear_key_head_dim,
+        m.linear_value_head_dim,
+    )
+    conv = (m.linear_conv_kernel_dim - 1) * (2 * hk * dk + hv * dv) * 2.0
+    return hv * dk * dv * LINEAR_STATE_BYTES + conv
+
+
 def kv_bytes_per_token_layer(m: Model, kv_dtype: str) -> float:
-    """MLA latent cache per token per layer: (d_c + d_rope) * bytes = 576 * 2 = 1,152 B in BF16."""
-    return (m.kv_lora_rank + m.qk_rope_head_dim) * _b(kv_dtype)
+    """Cache bytes per token per layer that caches it, from the attention kind and the KV dtype (the one
+    place this is computed): DeepSeek-R1 in BF16 1,152 B; V3.2 adds the indexer's 132 B."""
+    return _attention_kv_bytes(m, kv_dtype) + _index_kv_bytes(m)
+
+
+def attended_keys(m: Model, variant: str, kv_len):
+    """Keys a query at context length ``kv_len`` attends (and a sequence caches) in a ``variant`` layer:
+    full kv_len, sliding min(kv_len, W), chunked min(kv_len, C) (the whole chunk: an upper bound, the mean
+    over a long sequence is C/2). Top-k sparse attention caps what the attention reads, not the cache."""
+    kv_len = np.asarray(kv_len, dtype=float)
+    if variant == "linear":  # a recurrent state, no keys
+        return np.zeros_like(kv_len)
+    if variant == "sliding":
+        return np.minimum(kv_len, m.sliding_window)
+    if variant == "chunked":
+        return np.minimum(kv_len, m.attention_chunk_size)
+    return kv_len
+
+
+def kv_bytes_per_seq(m: Model, kv_dtype: str, kv_len, mtp_layers: int = 0):
+    """Cache bytes of one sequence at context ``kv_len`` over every layer (and ``mtp_layers`` MTP layers,
+    full attention): sum over layers of attended_keys * kv_bytes_per_token_layer."""
+    per = kv_bytes_per_token_layer(m, kv_dtype)
+    if all(a == "full" for a in m.layer_attention):  # every layer caches the whole context
+        return np.asarray(kv_len, dtype=float) * (m.num_layers + mtp_layers) * per
+    total = mtp_layers * np.asarray(kv_len, dtype=float) * per
+    for _, variant, _, count in layer_groups(m):
+        if variant == "linear":  # constant in the context length
+            total = total + count * linear_state_bytes(m)
+        else:
+            total = total + count * attended_keys(m, variant, kv_len) * per
+    return total
+
+
+def causal_pairs(prompt_len, cached_len, window: float = 0.0, chunk: float = 0.0):
+    """(query, key) pairs of causal attention over positions c+1..P: sum_i min(i, W) with W the window
+    (0: none), or (i - 1) mod C + 1 inside chunks of C; = (P(P+1) - c(c+1)) / 2 with neither."""
+    p, c = np.asarray(prompt_len, dtype=float), np.asarray(cached_len, dtype=float)
+
+    def upto(n):
+        if chunk:
+            q = np.floor(n / chunk)
+            r = n - q * chunk
+            return q * chunk * (chunk + 1.0) / 2.0 + r * (r + 1.0) / 2.0
+        if window:
+            w = np.minimum(n, window)
+            return w * (w + 1.0) / 2.0 + (n - w) * window
+        return n * (n + 1.0) / 2.0
+
+    if not chunk and not window:
+        return (p * (p + 1.0) - c * (c + 1.0)) / 2.0
+    return upto(p) - upto(c)
 
 
 def _mla_down_ops(m: Model, tokens, g: str) -> list[Op]:
@@ -150,17 +277,21 @@ def mla_decode_ops(m: Model, prec, tokens, seqs, kv_len) -> list[Op]:
         ops.append(gemm("mla.q_proj", "attn", tokens, h, H * (dn + dr), g))
     ops.append(gemm("mla.k_absorb", "attn", tokens * H, dn, dc, g, num_weights=H))
     ops = fuse(ops)  # CM384 §4.2: one fused MLAProlog kernel (norms, projections, RoPE, absorption)
-    kvb = kv_bytes_per_token_layer(m, prec.kv)
+    kvb = _attention_kv_bytes(m, prec.kv)
+    keys = kv_len
+    if m.index_topk:
+        ops += _index_ops(m, prec, tokens, seqs, kv_len, kv_len)
+        keys = np.minimum(kv_len, m.index_topk)
     ops.append(
         Op(
             "mla.attention",
             "attention",
             "attn",
             prec.attention,
-            flops=2.0 * tokens * H * (2 * dc + dr) * kv_len,
+            flops=2.0 * tokens * H * (2 * dc + dr) * keys,
             act_in_bytes=tokens * H * (dc + dr) * 2.0,
             act_out_bytes=tokens * H * dc * 2.0,
-            kv_read_bytes=seqs * kv_len * kvb,
+            kv_read_bytes=seqs * keys * kvb,
             kv_write_bytes=tokens * kvb,
         )
     )
@@ -230,6 +361,269 @@ def mla_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp
             kv_write_bytes=new_tokens * kv_bytes_per_token_layer(m, prec.kv),
         )
     )
+    ops.append(
+        Op(
+            "mla.tp_alltoall",
+            "comm",
+            "moe",
+            "bf16",
+            collective="alltoall",
+            comm_bytes=new_tokens * H * dv * 2.0 * (tp - 1) / tp,
+            ep_size=tp,
+        )
+    )
+    ops += fuse(
+        [
+            vector("mla.o_quant", "attn", new_tokens, H * dv, H * dv, "bf16", g),
+            gemm("mla.o_proj", "attn", new_tokens, H * dv, h, g),
+        ]
+    )
+    ops.append(vector("attn.residual", "attn", new_tokens, 2 * h, h))
+    return ops
+
+
+def _index_ops(m: Model, prec, tokens, seqs, ctx_len, scored):
+    """DSA's lightning indexer for ``tokens`` queries of ``seqs`` sequences over ``ctx_len`` cached keys
+    each: q (from the q latent) and k projections, FP8 scores of ``scored`` keys per query (index heads x
+    index_head_dim MACs each, weighted by a per-head gate), then a top-k pass over the FP32 scores."""
+    hi, di, h = m.index_n_heads, m.index_head_dim, m.hidden_size
+    g = prec.gemm  # DeepSeek-V3.2 runs the indexer in FP8: quantized like the projections
+    return [
+        gemm("dsa.index_q", "attn", tokens, m.q_lora_rank or h, hi * di, g),
+        gemm("dsa.index_k", "attn", tokens, h, di + hi, g),  # the key and the per-head weights
+        Op(
+            "dsa.index_scores",
+            "attention",
+            "attn",
+            g,
+            flops=2.0 * tokens * hi * di * scored,
+            act_in_bytes=tokens * hi * di * _b(g),
+            act_out_bytes=tokens * scored * 4.0,
+            kv_read_bytes=seqs * ctx_len * _index_kv_bytes(m),
+            kv_write_bytes=tokens * _index_kv_bytes(m),
+        ),
+        vector("dsa.topk", "attn", tokens * scored, 1, 0, "fp32", "fp32"),
+    ]
+
+
+def _qkv_width(m: Model) -> int:
+    """Output width of GQA's fused q, k, v projection; an output gate (Qwen3.5 attn_output_gate) doubles q."""
+    H, kv, d = m.num_attention_heads, m.num_key_value_heads, m.head_dim
+    return ((2 if m.attn_output_gate else 1) * H + 2 * kv) * d
+
+
+def gqa_decode_ops(m: Model, prec, tokens, seqs, keys) -> list[Op]:
+    """GQA for ``tokens`` query tokens of ``seqs`` sequences attending ``keys`` cached tokens each."""
+    h, H, kv, d, g = m.hidden_size, m.num_attention_heads, m.num_key_value_heads, m.head_dim, prec.gemm
+    kvb = _attention_kv_bytes(m, prec.kv)
+    return [
+        vector("attn.norm", "attn", tokens, h, h, "bf16", g),
+        gemm("gqa.qkv_proj", "attn", tokens, h, _qkv_width(m), g),
+        vector("gqa.rope", "attn", tokens, (H + kv) * d, (H + kv) * d),
+        Op(
+            "gqa.attention",
+            "attention",
+            "attn",
+            prec.attention,
+            flops=2.0 * tokens * H * 2 * d * keys,
+            act_in_bytes=tokens * H * d * 2.0,
+            act_out_bytes=tokens * H * d * 2.0,
+            kv_read_bytes=seqs * keys * kvb,
+            kv_write_bytes=tokens * kvb,
+        ),
+        *fuse(
+            [
+                vector("gqa.o_quant", "attn", tokens, H * d, H * d, "bf16", g),
+                gemm("gqa.o_proj", "attn", tokens, H * d, h, g),
+            ]
+        ),
+        vector("attn.residual", "attn", tokens, 2 * h, h),
+    ]
+
+
+def gqa_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant) -> list[Op]:
+    """GQA prefill of ``seqs`` prompts of ``prompt_len`` tokens, ``cached_len`` of each from the context
+    cache: causal_pairs(P, c, window or chunk) query-key pairs of 2*d MACs per head. SP-TP-SP as for MLA
+    (CM384 §4.3): projections sequence-parallel; the TP group all-gathers K and V of the context (the
+    cached prefix included) and exchanges query heads in and outputs back (two all-to-alls)."""
+    h, H, kv, d, g = m.hidden_size, m.num_attention_heads, m.num_key_value_heads, m.head_dim, prec.gemm
+    kvb = _attention_kv_bytes(m, prec.kv)
+    cached = np.asarray(cached_len, dtype=float)
+    ctx_tokens = seqs * attended_keys(m, variant, prompt_len)
+    tp = np.asarray(tp, dtype=float)
+    pairs = seqs * causal_pairs(
+        prompt_len,
+        cached,
+        m.sliding_window if variant == "sliding" else 0.0,
+        m.attention_chunk_size if variant == "chunked" else 0.0,
+    )
+    gathered = new_tokens * 2 * kv * d * 2.0 + seqs * attended_keys(m, variant, cached) * kvb
+    return [
+        vector("attn.norm", "attn", new_tokens, h, h, "bf16", g),
+        gemm("gqa.qkv_proj", "attn", new_tokens, h, _qkv_width(m), g),
+        vector("gqa.rope", "attn", new_tokens, (H + kv) * d, (H + kv) * d),
+        Op(
+            "gqa.tp_allgather",
+            "comm",
+            "moe",
+            "bf16",
+            collective="allgather",
+            comm_bytes=gathered * (tp - 1),
+            ep_size=tp,
+        ),
+        Op(
+            "gqa.attention",
+            "attention",
+            "attn",
+            prec.attention,
+            flops=2.0 * H * 2 * d * pairs,
+            act_in_bytes=new_tokens * H * d * 2.0,
+            act_out_bytes=new_tokens * H * d * 2.0,
+            kv_read_bytes=ctx_tokens * 2 * kv * d * 2.0,
+            kv_write_bytes=new_tokens * kvb,
+        ),
+        Op(
+            "gqa.tp_alltoall",
+            "comm",
+            "moe",
+            "bf16",
+            collective="alltoall",
+            comm_bytes=2.0 * new_tokens * H * d * 2.0 * (tp - 1) / tp,
+            ep_size=tp,
+        ),
+        *fuse(
+            [
+                vector("gqa.o_quant", "attn", new_tokens, H * d, H * d, "bf16", g),
+                gemm("gqa.o_proj", "attn", new_tokens, H * d, h, g),
+            ]
+        ),
+        vector("attn.residual", "attn", new_tokens, 2 * h, h),
+    ]
+
+
+def linear_attention_ops(m: Model, prec, tokens, seqs, prefill_tp=None) -> list[Op]:
+    """A Gated DeltaNet layer for ``tokens`` tokens of ``seqs`` sequences (module docstring). Decode
+    (``prefill_tp`` None): the recurrence reads and writes each sequence's state once per step. Prefill:
+    the chunked form, with the TP group's all-to-all of q, k, v heads in and outputs back as for GQA."""
+    h, g = m.hidden_size, prec.gemm
+    hk, hv, dk, dv = (
+        m.linear_num_key_heads,
+        m.linear_num_value_heads,
+        m.linear_key_head_dim,
+        m.linear_value_head_dim,
+    )
+    kd, vd = hk * dk, hv * dv
+    state = hv * dk * dv * LINEAR_STATE_BYTES
+    macs = 3.0 * dk * dv if prefill_tp is None else LINEAR_CHUNK * (dk + dv) + 3.0 * dk * dv
+    ops = [
+        vector("attn.norm", "attn", tokens, h, h, "bf16", g),
+        gemm("gdn.in_proj", "attn", tokens, h, 2 * kd + 2 * vd + 2 * hv, g),
+        vector("gdn.conv", "attn", tokens, 2 * kd + vd, 2 * kd + vd),
+    ]
+    if prefill_tp is not None:
+        tp = np.asarray(prefill_tp, dtype=float)
+        ops.append(
+            Op(
+                "gdn.tp_alltoall",
+                "comm",
+                "moe",
+                "bf16",
+                collective="alltoall",
+                comm_bytes=tokens * (2 * kd + 2 * vd) * 2.0 * (tp - 1) / tp,
+                ep_size=tp,
+            )
+        )
+    ops += [
+        Op(
+            "gdn.recurrence",
+            "attention",
+            "attn",
+            prec.attention,
+            flops=2.0 * tokens * hv * macs,
+            act_in_bytes=tokens * (2 * kd + vd) * 2.0,
+            act_out_bytes=tokens * vd * 2.0,
+            kv_read_bytes=seqs * state,
+            kv_write_bytes=seqs * state,
+        ),
+        vector("gdn.gated_norm", "attn", tokens, 2 * vd, vd, "bf16", g),
+        gemm("gdn.out_proj", "attn", tokens, vd, h, g),
+        vector("attn.residual", "attn", tokens, 2 * h, h),
+    ]
+    return ops
+
+
+def attention_decode_ops(m: Model, prec, tokens, seqs, kv_len, variant: str = "full") -> list[Op]:
+    """The decode attention block of a ``variant`` layer, by the model's attention kind."""
+    if variant == "linear":
+        return linear_attention_ops(m, prec, tokens, seqs)
+    keys = attended_keys(m, variant, kv_len)
+    if m.attention == "mla":
+        return mla_decode_ops(m, prec, tokens, seqs, keys)
+    return gqa_decode_ops(m, prec, tokens, seqs, keys)
+
+
+def attention_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant="full"):
+    """The prefill attention block of a ``variant`` layer, by the model's attention kind."""
+    if variant == "linear":
+        return linear_attention_ops(m, prec, new_tokens, seqs, prefill_tp=tp)
+    if m.attention == "gqa":
+        return gqa_prefill_ops(m, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant)
+    if m.index_topk:
+        return mla_sparse_prefill_ops(m, prec, new_tokens, seqs, prompt_len, cached_len, tp)
+    return mla_prefill_ops(m, prec, new_tokens, seqs, prompt_len, cached_len, tp)
+
+
+def mla_sparse_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp) -> list[Op]:
+    """DSA prefill (DeepSeek-V3.2 §2.1: MLA in MQA mode, absorbed, over the index_topk selected keys):
+    the indexer scores every causal pair, attention covers causal_pairs(P, c, window = index_topk).
+    The TP exchange is MLA's (latents gathered, head outputs back). Each selected latent is read once
+    per sequence from HBM (neighbouring queries select overlapping keys; a lower estimate)."""
+    h, H = m.hidden_size, m.num_attention_heads
+    dn, dr, dc, dv, qk, g = (
+        m.qk_nope_head_dim,
+        m.qk_rope_head_dim,
+        m.kv_lora_rank,
+        m.v_head_dim,
+        m.q_lora_rank,
+        prec.gemm,
+    )
+    cached = np.asarray(cached_len, dtype=float)
+    all_pairs = seqs * causal_pairs(prompt_len, cached)
+    pairs = seqs * causal_pairs(prompt_len, cached, window=m.index_topk)
+    kvb = _attention_kv_bytes(m, prec.kv)
+    tp = np.asarray(tp, dtype=float)
+    gathered = new_tokens * (qk + dc + dr) * 2.0 + seqs * cached * kv_bytes_per_token_layer(m, prec.kv)
+    ops = _mla_down_ops(m, new_tokens, g)
+    ops.append(
+        Op(
+            "mla.tp_allgather",
+            "comm",
+            "moe",
+            "bf16",
+            collective="allgather",
+            comm_bytes=gathered * (tp - 1),
+            ep_size=tp,
+        )
+    )
+    ops.append(gemm("mla.q_up", "attn", new_tokens, qk or h, H * (dn + dr), g))
+    ops.append(gemm("mla.k_absorb", "attn", new_tokens * H, dn, dc, g, num_weights=H))
+    # per-query scores over the causal keys, summed: the indexer's work is all_pairs / new_tokens per query
+    index = _index_ops(m, prec, new_tokens, seqs, prompt_len, all_pairs / np.maximum(new_tokens, 1e-12))
+    ops += index
+    ops.append(
+        Op(
+            "mla.attention",
+            "attention",
+            "attn",
+            prec.attention,
+            flops=2.0 * H * (2 * dc + dr) * pairs,
+            act_in_bytes=new_tokens * H * (dc + dr) * 2.0,
+            act_out_bytes=new_tokens * H * dc * 2.0,
+            kv_read_bytes=seqs * np.asarray(prompt_len, dtype=float) * kvb,
+            kv_write_bytes=new_tokens * kvb,
+        )
+    )
+    ops.append(gemm("mla.v_absorb", "attn", new_tokens * H, dc, dv, g, a_dtype="bf16", num_weights=H))
     ops.append(
         Op(
             "mla.tp_alltoall",
@@ -337,9 +731,12 @@ def head_ops(m: Model, prec, embed_tokens, head_tokens, mtp_tokens) -> list[Op]:
     return ops
 
 
-def weight_params(m: Model) -> dict[str, float]:
-    """Parameter counts by group (for memory and the 671B / 37B check)."""
+def attention_params(m: Model) -> float:
+    """Attention weights of one layer: MLA's down/up projections (+ the DSA indexer's q, k and head-weight
+    projections) or GQA's q, k, v and o; norms included."""
     h, H = m.hidden_size, m.num_attention_heads
+    if m.attention == "gqa":
+        return h * _qkv_width(m) + H * m.head_dim * h + h
     dn, dr, dc, dv, qk = m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank, m.v_head_dim, m.q_lora_rank
     attn = (
         (h * qk + qk * H * (dn + dr) if qk else h * H * (dn + dr))
@@ -348,16 +745,39 @@ def weight_params(m: Model) -> dict[str, float]:
         + H * dv * h
         + (qk + dc + 2 * h)
     )  # + norms
+    if m.index_topk:
+        attn += (qk or h) * m.index_n_heads * m.index_head_dim + h * (m.index_head_dim + m.index_n_heads)
+    return attn
+
+
+def linear_attention_params(m: Model) -> float:
+    """Gated DeltaNet weights of one layer: in_proj, the conv, out_proj, the gated norm, A and dt."""
+    h, hk, hv = m.hidden_size, m.linear_num_key_heads, m.linear_num_value_heads
+    kd, vd = hk * m.linear_key_head_dim, hv * m.linear_value_head_dim
+    return h * (2 * kd + 2 * vd + 2 * hv) + m.linear_conv_kernel_dim * (2 * kd + vd) + vd * h + h + 2 * hv
+
+
+def weight_params(m: Model) -> dict[str, float]:
+    """Parameter counts by group (for memory and the 671B / 37B check). ``attention_per_layer`` is the
+    mean over layers (a model mixing linear and full attention layers)."""
+    h = m.hidden_size
+    n_linear = m.layer_attention.count("linear")
+    full = attention_params(m)
+    attn = (
+        full
+        if not n_linear
+        else ((m.num_layers - n_linear) * full + n_linear * linear_attention_params(m)) / m.num_layers
+    )
     expert = 3 * h * m.moe_intermediate_size
     dense = 3 * h * m.intermediate_size
     gate = h * m.n_routed_experts
-    n_moe = m.num_layers - m.first_k_dense
+    n_moe = layer_count(m, "moe")
     mtp = m.num_mtp_modules * (
-        attn + gate + (m.n_routed_experts + m.n_shared_experts) * expert + 2 * h * h + 2 * h
+        full + gate + (m.n_routed_experts + m.n_shared_experts) * expert + 2 * h * h + 2 * h
     )
     return {
         "attention": m.num_layers * attn,
-        "dense_ffn": m.first_k_dense * dense,
+        "dense_ffn": layer_count(m, "dense") * dense,
         "experts_routed": n_moe * m.n_routed_experts * expert,
         "experts_shared": n_moe * m.n_shared_experts * expert,
         "gate": n_moe * gate,
@@ -384,6 +804,5 @@ def param_totals(m: Model) -> tuple[float, float]:
             "lm_head",
         )
     )
-    n_moe = m.num_layers - m.first_k_dense
-    active = total - w["experts_routed"] + n_moe * m.num_experts_per_tok * w["expert"]
+    active = total - w["experts_routed"] + layer_count(m, "moe") * m.num_experts_per_tok * w["expert"]
     return total, active

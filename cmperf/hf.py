@@ -1,15 +1,31 @@
 """Hugging Face ``config.json`` -> a cmperf model spec (the TOML structure ``specs.load_model`` reads).
 
 Read locally (no network). A multimodal wrapper's language model (``text_config``) is the model. Only
-architectures the op graph models are imported; any other is refused by name (exit 2), never modelled as
-something else:
+architectures the op graph models are imported; any other, or a field that changes the structure in a way
+cmperf does not model, is refused by name (exit 2), never modelled as something else. Per ``model_type``:
 
-* ``deepseek_v3`` and ``kimi_k2`` (``DeepseekV3ForCausalLM``: DeepSeek-V3/R1, Kimi-K2, Kimi-K2.5): MLA
-  (weight-absorbed in decode), ``first_k_dense_replace`` dense SwiGLU layers, then MoE layers with
-  ``n_shared_experts`` shared and ``n_routed_experts`` routed experts, top-``num_experts_per_tok`` with
-  group-limited routing (``n_group`` / ``topk_group``, 1 / 1 when absent), ``num_nextn_predict_layers``
-  MTP modules. Field mapping: ``num_hidden_layers`` -> ``num_layers``, ``first_k_dense_replace`` ->
-  ``first_k_dense``, ``num_nextn_predict_layers`` -> ``num_mtp_modules``, ``q_lora_rank`` null -> 0.
+* ``deepseek_v3``, ``kimi_k2`` (DeepSeek-V3/R1, Kimi-K2/K2.5): MLA, ``first_k_dense_replace`` dense
+  layers, then MoE with ``n_shared_experts`` + ``n_routed_experts`` (top-``num_experts_per_tok``,
+  ``n_group`` / ``topk_group``), ``num_nextn_predict_layers`` MTP modules.
+* ``deepseek_v32``, ``glm_moe_dsa`` (DeepSeek-V3.2, GLM-5.1): the same plus DSA's indexer
+  (``index_n_heads``, ``index_head_dim``, ``index_topk``).
+* ``qwen3_moe``: GQA (``num_key_value_heads``, ``head_dim``), ``num_experts`` routed experts, no shared
+  expert; a layer is dense when listed in ``mlp_only_layers`` or off the ``decoder_sparse_step`` period
+  (Qwen3MoeDecoderLayer); ``use_sliding_window`` is refused.
+* ``qwen3_5_moe_text`` (Qwen3.5 MoE): Gated DeltaNet linear-attention layers (``linear_*``) interleaved
+  with gated GQA layers (``layer_types``, ``attn_output_gate``), a shared expert, MTP modules.
+* ``gpt_oss``: GQA, ``num_local_experts`` experts of ``intermediate_size``, ``layer_types``
+  (sliding_attention / full_attention) with ``sliding_window``.
+* ``llama4_text``: GQA, MoE on layers ``moe_layers`` (default every ``interleave_moe_layer_step``-th:
+  Llama4TextConfig) with one shared expert, dense layers of ``intermediate_size_mlp``; chunked attention
+  (``attention_chunk_size``) on the RoPE layers, full attention on the NoPE ones (``no_rope_layers``,
+  default every 4th layer NoPE).
+* ``mixtral``: GQA, ``num_local_experts`` experts, sliding window on every layer when set.
+* ``minimax_m2``: GQA, ``num_local_experts`` experts of ``intermediate_size``, ``num_mtp_modules``
+  MTP modules when ``use_mtp``.
+* ``step3p7``: GQA, ``layer_types`` with ``sliding_window``, dense-first layers, a shared expert of
+  ``share_expert_dim``, ``num_nextn_predict_layers`` MTP modules.
+* ``llama``: a dense GQA model.
 
 Worked example: Kimi-K2-Instruct's config gives 61 layers (1 dense), 384 routed + 1 shared experts of
 2,048, top-8, 64 MLA heads, no MTP: 1.03T parameters, 32.9B activated (model card: 1T / 32B).
@@ -18,34 +34,38 @@ Worked example: Kimi-K2-Instruct's config gives 61 layers (1 dense), 384 routed 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import CmperfError
 
-#: model_type values whose layers the op graph builds exactly.
-SUPPORTED = ("deepseek_v3", "kimi_k2")
-
 #: model_type values seen in current configs that need an attention or layer kind cmperf does not build yet.
 NOT_YET = {
-    "deepseek_v32": "top-k sparse attention (the lightning indexer)",
     "deepseek_v4": "compressed attention (compress_ratios, hash-routed layers)",
-    "glm_moe_dsa": "DeepSeek sparse attention",
-    "qwen3_5_moe_text": "linear-attention layers",
-    "kimi_linear": "linear-attention layers",
-    "qwen3_moe": "grouped-query attention",
-    "minimax_m2": "grouped-query attention",
-    "gpt_oss": "grouped-query and sliding-window attention",
-    "llama4_text": "grouped-query and chunked attention with interleaved MoE layers",
-    "mixtral": "grouped-query attention",
-    "llama": "grouped-query attention (a dense model)",
-    "step3p7": "grouped-query and sliding-window attention",
+    "kimi_linear": "Kimi Delta Attention layers and a latent MoE (routed_expert_hidden_size)",
 }
 
-# (cmperf key, config.json key, default when absent (None: required))
-_DEEPSEEK_V3: tuple[tuple[str, str, int | None], ...] = (
+#: The expert-popularity skew of an imported model: the DeepSeek-R1 spec's stated assumption (no measured
+#: per-expert routing of these models is in the references); `--eplb perfect` or `--imbalance` override it.
+IMPORTED_ZIPF = 0.1
+
+Fields = tuple[tuple[str, str, int | None], ...]  # (cmperf key, config.json key, default; None: required)
+_COMMON: Fields = (
     ("hidden_size", "hidden_size", None),
     ("num_layers", "num_hidden_layers", None),
+    ("num_attention_heads", "num_attention_heads", None),
+    ("vocab_size", "vocab_size", None),
+    ("max_position_embeddings", "max_position_embeddings", None),
+)
+_MLA: Fields = (
+    ("q_lora_rank", "q_lora_rank", 0),
+    ("kv_lora_rank", "kv_lora_rank", None),
+    ("qk_nope_head_dim", "qk_nope_head_dim", None),
+    ("qk_rope_head_dim", "qk_rope_head_dim", None),
+    ("v_head_dim", "v_head_dim", None),
+)
+_DEEPSEEK_MOE: Fields = (
     ("first_k_dense", "first_k_dense_replace", 0),
     ("intermediate_size", "intermediate_size", None),
     ("moe_intermediate_size", "moe_intermediate_size", None),
@@ -54,20 +74,192 @@ _DEEPSEEK_V3: tuple[tuple[str, str, int | None], ...] = (
     ("num_experts_per_tok", "num_experts_per_tok", None),
     ("n_group", "n_group", 1),
     ("topk_group", "topk_group", 1),
-    ("num_attention_heads", "num_attention_heads", None),
-    ("q_lora_rank", "q_lora_rank", 0),
-    ("kv_lora_rank", "kv_lora_rank", None),
-    ("qk_nope_head_dim", "qk_nope_head_dim", None),
-    ("qk_rope_head_dim", "qk_rope_head_dim", None),
-    ("v_head_dim", "v_head_dim", None),
-    ("vocab_size", "vocab_size", None),
     ("num_mtp_modules", "num_nextn_predict_layers", 0),
-    ("max_position_embeddings", "max_position_embeddings", None),
+)
+_DSA: Fields = (
+    ("index_n_heads", "index_n_heads", None),
+    ("index_head_dim", "index_head_dim", None),
+    ("index_topk", "index_topk", None),
 )
 
-#: The expert-popularity skew of an imported model: the DeepSeek-R1 spec's stated assumption (no measured
-#: per-expert routing of these models is in the references); `--eplb perfect` or `--imbalance` override it.
-IMPORTED_ZIPF = 0.1
+
+class _Config:
+    """A config.json's fields, each read with its key named in errors."""
+
+    def __init__(self, cfg: dict[str, Any], path: Path) -> None:
+        self.cfg, self.path, self.kind = cfg, path, cfg.get("model_type")
+
+    def whole(self, key: str, default: int | None = None) -> int:
+        v = self.cfg.get(key)
+        if v is None:
+            v = default
+        if v is None:
+            raise CmperfError(f"{self.path}: key {key} is missing (architecture {self.kind} needs it)")
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise CmperfError(f"{self.path}: key {key}: expected a whole number, got {v!r}")
+        return v
+
+    def fields(self, table: Fields) -> dict[str, int]:
+        return {k: self.whole(src, default) for k, src, default in table}
+
+    def refuse(self, key: str, why: str) -> CmperfError:
+        return CmperfError(f"{self.path}: key {key}: {why}")
+
+    def layer_list(self, key: str, mapping: dict[str, str], layers: int) -> list[str]:
+        v = self.cfg.get(key)
+        if not isinstance(v, list) or len(v) != layers or any(x not in mapping for x in v):
+            raise self.refuse(key, f"expected {layers} entries of {', '.join(mapping)}, got {v!r}")
+        return [mapping[x] for x in v]
+
+    def gqa(self, arch: dict[str, int]) -> dict[str, int]:
+        heads = arch["num_attention_heads"]
+        kv = self.whole("num_key_value_heads", heads)
+        if kv < 1 or heads % kv:
+            raise self.refuse("num_key_value_heads", f"{kv!r} does not divide the {heads} heads")
+        return {"num_key_value_heads": kv, "head_dim": self.whole("head_dim", arch["hidden_size"] // heads)}
+
+
+def _deepseek(c: _Config) -> tuple[str, dict[str, int], dict[str, list[str]]]:
+    arch = c.fields(_COMMON + _MLA + _DEEPSEEK_MOE)
+    if c.cfg.get("moe_layer_freq", 1) != 1:
+        raise c.refuse("moe_layer_freq", f"{c.cfg['moe_layer_freq']!r}; cmperf models MoE in every layer")
+    heads, kv = arch["num_attention_heads"], c.cfg.get("num_key_value_heads", arch["num_attention_heads"])
+    if not isinstance(kv, int) or kv < 1 or heads % kv:
+        raise c.refuse("num_key_value_heads", f"{kv!r} does not divide the {heads} heads")
+    if c.kind in ("deepseek_v32", "glm_moe_dsa"):
+        arch.update(c.fields(_DSA))
+    return "mla", arch, {}
+
+
+def _gqa_moe(c: _Config, experts_key: str, expert_size_key: str) -> dict[str, int]:
+    arch = c.fields(_COMMON)
+    arch.update(c.gqa(arch))
+    arch["n_routed_experts"] = c.whole(experts_key)
+    arch["num_experts_per_tok"] = c.whole("num_experts_per_tok", c.cfg.get("experts_per_token"))
+    arch["moe_intermediate_size"] = c.whole(expert_size_key)
+    return arch
+
+
+def _qwen3_moe(c: _Config):
+    arch = _gqa_moe(c, "num_experts", "moe_intermediate_size")
+    arch["intermediate_size"] = c.whole("intermediate_size")
+    if c.cfg.get("use_sliding_window"):
+        raise c.refuse(
+            "use_sliding_window", "true: Qwen3's max_window_layers sliding pattern is not modelled"
+        )
+    step, dense = c.whole("decoder_sparse_step", 1), c.cfg.get("mlp_only_layers") or []
+    n = arch["num_layers"]
+    ffn = ["dense" if i in dense or (i + 1) % step else "moe" for i in range(n)]
+    return "gqa", arch, {"ffn": ffn}
+
+
+def _qwen3_5_moe(c: _Config):
+    """Qwen3.5 MoE: Gated DeltaNet layers interleaved with gated GQA (``layer_types``), a shared expert
+    of ``shared_expert_intermediate_size``, ``mtp_num_hidden_layers`` MTP modules."""
+    arch = _gqa_moe(c, "num_experts", "moe_intermediate_size")
+    arch["attn_output_gate"] = int(bool(c.cfg.get("attn_output_gate", False)))
+    for key in (
+        "linear_num_key_heads",
+        "linear_num_value_heads",
+        "linear_key_head_dim",
+        "linear_value_head_dim",
+        "linear_conv_kernel_dim",
+    ):
+        arch[key] = c.whole(key)
+    shared = c.whole("shared_expert_intermediate_size", 0)
+    if shared and shared != arch["moe_intermediate_size"]:
+        raise c.refuse("shared_expert_intermediate_size", f"{shared} differs from moe_intermediate_size")
+    arch["n_shared_experts"] = 1 if shared else 0
+    arch["num_mtp_modules"] = c.whole("mtp_num_hidden_layers", 0)
+    if c.cfg.get("mlp_only_layers"):
+        raise c.refuse("mlp_only_layers", "dense layers in Qwen3.5 MoE are not modelled")
+    attention = c.layer_list(
+        "layer_types", {"linear_attention": "linear", "full_attention": "full"}, arch["num_layers"]
+    )
+    return "gqa", arch, {"attention": attention}
+
+
+def _gpt_oss(c: _Config):
+    arch = _gqa_moe(c, "num_local_experts", "intermediate_size")
+    attention = c.layer_list(
+        "layer_types", {"sliding_attention": "sliding", "full_attention": "full"}, arch["num_layers"]
+    )
+    if "sliding" in attention:
+        arch["sliding_window"] = c.whole("sliding_window")
+    return "gqa", arch, {"attention": attention}
+
+
+def _llama4(c: _Config):
+    arch = _gqa_moe(c, "num_local_experts", "intermediate_size")
+    arch["intermediate_size"] = c.whole("intermediate_size_mlp")
+    arch["n_shared_experts"] = 1  # Llama4TextMoe: one shared expert of intermediate_size beside the routed
+    n, step = arch["num_layers"], c.whole("interleave_moe_layer_step", 1)
+    moe = c.cfg.get("moe_layers") or list(range(step - 1, n, step))
+    rope = c.cfg.get("no_rope_layers") or [int((i + 1) % 4 != 0) for i in range(n)]
+    if len(rope) != n:
+        raise c.refuse("no_rope_layers", f"expected {n} entries, got {len(rope)}")
+    chunk = c.cfg.get("attention_chunk_size")
+    attention = ["chunked" if chunk and r else "full" for r in rope]
+    if chunk:
+        arch["attention_chunk_size"] = c.whole("attention_chunk_size")
+    return "gqa", arch, {"attention": attention, "ffn": ["moe" if i in moe else "dense" for i in range(n)]}
+
+
+def _mixtral(c: _Config):
+    arch = _gqa_moe(c, "num_local_experts", "intermediate_size")
+    if c.cfg.get("sliding_window"):
+        arch["sliding_window"] = c.whole("sliding_window")
+        return "gqa", arch, {"attention": ["sliding"]}
+    return "gqa", arch, {}
+
+
+def _minimax_m2(c: _Config):
+    arch = _gqa_moe(c, "num_local_experts", "intermediate_size")
+    if c.cfg.get("shared_intermediate_size"):
+        raise c.refuse("shared_intermediate_size", "a shared expert in MiniMax-M2 is not modelled")
+    arch["num_mtp_modules"] = c.whole("num_mtp_modules", 0) if c.cfg.get("use_mtp") else 0
+    return "gqa", arch, {}
+
+
+def _step3p7(c: _Config):
+    arch = _gqa_moe(c, "num_experts", "moe_intermediate_size")
+    arch["intermediate_size"] = c.whole("intermediate_size")
+    arch["first_k_dense"] = c.whole("first_k_dense_replace", 0)
+    arch["num_mtp_modules"] = c.whole("num_nextn_predict_layers", 0)
+    shared, size = c.whole("n_shared_experts", 0), c.whole("share_expert_dim", arch["moe_intermediate_size"])
+    if shared and size != arch["moe_intermediate_size"]:
+        raise c.refuse("share_expert_dim", f"{size} differs from moe_intermediate_size; not modelled")
+    arch["n_shared_experts"] = shared
+    attention = c.layer_list(
+        "layer_types", {"sliding_attention": "sliding", "full_attention": "full"}, arch["num_layers"]
+    )
+    arch["sliding_window"] = c.whole("sliding_window")
+    return "gqa", arch, {"attention": attention}
+
+
+def _llama(c: _Config):
+    arch = c.fields(_COMMON)
+    arch.update(c.gqa(arch))
+    arch["intermediate_size"] = c.whole("intermediate_size")
+    return "gqa", arch, {}
+
+
+#: model_type -> importer: (attention kind, architecture integers, [layers] patterns).
+IMPORTERS: dict[str, Callable[[_Config], tuple[str, dict[str, int], dict[str, list[str]]]]] = {
+    "deepseek_v3": _deepseek,
+    "kimi_k2": _deepseek,
+    "deepseek_v32": _deepseek,
+    "glm_moe_dsa": _deepseek,
+    "qwen3_moe": _qwen3_moe,
+    "qwen3_5_moe_text": _qwen3_5_moe,
+    "gpt_oss": _gpt_oss,
+    "llama4_text": _llama4,
+    "mixtral": _mixtral,
+    "minimax_m2": _minimax_m2,
+    "step3p7": _step3p7,
+    "llama": _llama,
+}
+SUPPORTED = tuple(IMPORTERS)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -85,53 +277,56 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return text if isinstance(text, dict) else raw
 
 
+def _compress(pattern: list[str]) -> list[str]:
+    """The shortest period that repeats to ``pattern`` (gpt-oss: ["sliding", "full"])."""
+    n = len(pattern)
+    for k in range(1, n + 1):
+        if n % k == 0 and pattern[:k] * (n // k) == pattern:
+            return pattern[:k]
+    return pattern
+
+
 def spec_from_config(path: str | Path, name: str | None = None) -> dict[str, Any]:
     """The model spec (the structure of models/*.toml) of the config.json at ``path``."""
     p = Path(path)
     cfg = read_config(p)
     kind = cfg.get("model_type")
-    if kind not in SUPPORTED:
+    importer = IMPORTERS.get(str(kind))
+    if importer is None:
         why = NOT_YET.get(str(kind))
         detail = f" (it needs {why}, which cmperf does not model yet)" if why else ""
         raise CmperfError(
             f"{p}: key model_type: architecture {kind!r} is not supported{detail}; cmperf imports "
             f"{', '.join(SUPPORTED)}"
         )
-    if cfg.get("moe_layer_freq", 1) != 1:
-        raise CmperfError(
-            f"{p}: key moe_layer_freq: {cfg['moe_layer_freq']!r}; cmperf models MoE in every layer"
-        )
     if cfg.get("tie_word_embeddings", False):
         raise CmperfError(
             f"{p}: key tie_word_embeddings: tied embeddings are not modelled (the head is counted)"
         )
-    arch: dict[str, Any] = {"source": f"{p.name} (Hugging Face config.json, model_type {kind}), Q"}
-    for key, src, default in _DEEPSEEK_V3:
-        v = cfg.get(src, default)
-        if v is None:
-            v = default
-        if v is None:
-            raise CmperfError(f"{p}: key {src} is missing (architecture {kind} needs it)")
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise CmperfError(f"{p}: key {src}: expected a whole number, got {v!r}")
-        arch[key] = v
-    heads, kv_heads = arch["num_attention_heads"], cfg.get("num_key_value_heads", arch["num_attention_heads"])
-    if not isinstance(kv_heads, int) or kv_heads < 1 or heads % kv_heads:
-        raise CmperfError(f"{p}: key num_key_value_heads: {kv_heads!r} does not divide the {heads} heads")
-    stem = p.stem if p.stem != "config" else p.parent.name
-    return {
-        "name": name or stem.split("--")[-1].lower(),
+    attention, ints, layers = importer(_Config(cfg, p))
+    src = f"{p.name} (Hugging Face config.json, model_type {kind}), Q"
+    arch: dict[str, Any] = {"source": src}
+    if attention != "mla":
+        arch["attention"] = attention
+    arch.update(ints)
+    experts = ints.get("n_routed_experts", 0)
+    what = f"{experts} experts" if experts else "dense"
+    spec: dict[str, Any] = {
+        "name": name or p.stem.split("--")[-1].lower() if p.stem != "config" else name or p.parent.name,
         "kind": "model",
-        "description": f"Imported from {p.name} ({kind}): MLA + MoE, {arch['n_routed_experts']} experts",
+        "description": f"Imported from {p.name} ({kind}): {attention.upper()} + {what}",
         "architecture": arch,
-        "routing": {
-            "popularity_zipf": {
-                "value": IMPORTED_ZIPF,
-                "source": "assumption: the deepseek-r1 spec's stated skew (no measured routing here)",
-                "mark": "I",
-            }
-        },
     }
+    if layers:
+        spec["layers"] = {"source": src, **{k: _compress(v) for k, v in layers.items()}}
+    spec["routing"] = {
+        "popularity_zipf": {
+            "value": IMPORTED_ZIPF,
+            "source": "assumption: the deepseek-r1 spec's stated skew (no measured routing here)",
+            "mark": "I",
+        }
+    }
+    return spec
 
 
 def to_toml(spec: dict[str, Any]) -> str:

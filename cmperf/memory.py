@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .graph import Op, kv_bytes_per_token_layer, weight_params
+from .graph import Op, kv_bytes_per_seq, layer_count, weight_params
 from .specs import DTYPE_BYTES, Model
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def weight_bytes_per_rank(
     """Weight bytes held by one rank, by group (attention and dense layers are replicated on every rank)."""
     w = weight_params(m)
     b = DTYPE_BYTES
-    n_moe = m.num_layers - m.first_k_dense
+    n_moe = layer_count(m, "moe")
     mtp_layers = min(mtp, m.num_mtp_modules) if mtp else 0
     attn = np.asarray(w["attention_per_layer"] * (m.num_layers + mtp_layers) * b[prec.gemm])
     return {
@@ -50,8 +50,9 @@ def weight_bytes_per_rank(
 def kv_bytes(
     m: Model, kv_dtype: str, seqs: ArrayLike, kv_capacity_len: float | np.ndarray, mtp: int
 ) -> np.ndarray:
-    layers = m.num_layers + (min(mtp, m.num_mtp_modules) if mtp else 0)
-    return np.asarray(seqs, dtype=float) * kv_capacity_len * layers * kv_bytes_per_token_layer(m, kv_dtype)
+    """KV cache of ``seqs`` sequences of ``kv_capacity_len`` tokens (graph.kv_bytes_per_seq)."""
+    mtp_layers = min(mtp, m.num_mtp_modules) if mtp else 0
+    return np.asarray(seqs, dtype=float) * kv_bytes_per_seq(m, kv_dtype, kv_capacity_len, mtp_layers)
 
 
 def buffer_bytes(

@@ -53,14 +53,36 @@ per-rank plane bandwidth below which a fully cached prompt takes longer than rec
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
 from . import memory
 from .comm import DomainDedupOp, distinct_destinations, domain_scaleout_bytes, ep_message_bytes, transfer_s
-from .decode import OpRow, moe_load, op_rows, point, point_deployment, point_stage, routed_imbalance
+from .decode import (
+    CHUNK_POINTS,
+    DETAIL_MAX_POINTS,
+    OpRow,
+    blockwise,
+    grid_shape,
+    moe_load,
+    op_rows,
+    point,
+    point_deployment,
+    point_stage,
+    routed_imbalance,
+)
 from .deployment import Deployment, placement_arrays
-from .graph import Stage, dense_ffn_ops, head_ops, kv_bytes_per_token_layer, mla_prefill_ops, moe_ops
+from .graph import (
+    Stage,
+    attention_prefill_ops,
+    dense_ffn_ops,
+    head_ops,
+    kv_bytes_per_seq,
+    layer_groups,
+    moe_ops,
+    principal_stage,
+)
 from .roofline import BOUNDS
 from .specs import Model, System
 from .step import StageTime, binding_names, compose, segments, step_time
@@ -89,11 +111,13 @@ class PrefillEval:
     hbm_capacity_bytes: float
     max_tokens_per_device: np.ndarray
     feasible: np.ndarray
+    # the per-op breakdown: kept on grids of at most decode.DETAIL_MAX_POINTS points (or keep_ops=True)
     stages: tuple[StageTime, ...] = field(repr=False)
     memory_parts: dict = field(repr=False)
     system: System = field(repr=False)
     model: Model = field(repr=False)
     deployment: Deployment = field(repr=False)  # resolved; its knobs broadcast to ``shape``
+    load_cache: bool = field(default=True, repr=False)  # ``evaluate``'s flag, for ``at`` to evaluate again
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -101,8 +125,21 @@ class PrefillEval:
 
     def at(self, i: int = 0) -> PrefillPrediction:
         """Point ``i`` (flat index into ``shape``) with its full breakdown: ops (the cache load among them),
-        streams, bounds, the memory verdict and the cache crossover."""
+        streams, bounds, the memory verdict and the cache crossover. Without a kept breakdown (a large
+        grid) point i is evaluated again on its own: the same numbers (every point's arithmetic is its own).
+        """
+        if not self.stages:
+            one = point_deployment(self.deployment, self.shape, i)
+            return evaluate(self.system, self.model, one, load_cache=self.load_cache, keep_ops=True).at(0)
         return _point_prediction(self, i)
+
+
+_SUMMARY = tuple(
+    f.name
+    for f in fields(PrefillEval)
+    if f.name not in ("hbm_capacity_bytes", "stages", "memory_parts", "system", "model", "deployment")
+    and f.name != "load_cache"
+)
 
 
 def _domain_dedup(system: System, model: Model, ops, pl, ep, tokens, msg: dict[str, float]):
@@ -124,7 +161,37 @@ def _domain_dedup(system: System, model: Model, ops, pl, ep, tokens, msg: dict[s
     return out
 
 
-def evaluate(system: System, model: Model, dep: Deployment, *, load_cache: bool = True) -> PrefillEval:
+def evaluate(
+    system: System,
+    model: Model,
+    dep: Deployment,
+    *,
+    load_cache: bool = True,
+    keep_ops: bool | None = None,
+    chunk_points: int = CHUNK_POINTS,
+) -> PrefillEval:
+    """``_evaluate_block`` over any grid size in bounded memory, as ``cmperf.decode.evaluate``: blocks of at
+    most ``chunk_points`` points into the per-point summary arrays; ``keep_ops`` (default: grids of at
+    most DETAIL_MAX_POINTS points) keeps the per-op breakdown (``stages``, ``memory_parts``)."""
+    dep = dep.resolve(system, model)
+    shape = grid_shape(dep)
+    size = int(np.prod(shape))
+    if keep_ops is None:
+        keep_ops = size <= min(DETAIL_MAX_POINTS, chunk_points)
+    if keep_ops or size <= chunk_points:
+        ev = _evaluate_block(system, model, dep, load_cache, keep_ops)
+        full: dict[str, Any] = {k: np.broadcast_to(getattr(ev, k), shape) for k in _SUMMARY}  # (views)
+        return replace(ev, **full) if keep_ops else replace(ev, **full, stages=(), memory_parts={})
+    out, ev = blockwise(
+        dep, shape, chunk_points, lambda d: _evaluate_block(system, model, d, load_cache, False), _SUMMARY
+    )
+    summary: dict[str, Any] = out
+    return replace(ev, **summary, stages=(), memory_parts={}, deployment=dep)
+
+
+def _evaluate_block(
+    system: System, model: Model, dep: Deployment, load_cache: bool, keep_ops: bool
+) -> PrefillEval:
     """Vectorized prefill prediction of ``dep`` (a prefill ``Deployment``); every numeric knob may be a
     numpy array (they broadcast). ``load_cache=False`` makes context-cache loads free (the limit of an
     infinitely fast plane, used by ``cache_crossover``).
@@ -165,50 +232,62 @@ def evaluate(system: System, model: Model, dep: Deployment, *, load_cache: bool 
     elif d.copies == "per-domain":  # distinct destination ranks under the model's group-limited routing
         routed = distinct_destinations(ep, k, model.n_group, model.topk_group, model.n_routed_experts)
         copies = np.where(pl["dedicated"], copies, routed)
-    attn = mla_prefill_ops(model, prec, new_mb, seqs_mb, p, cached_len, tp)
-    moe = moe_ops(model, prec, new_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg)
-    moe = _domain_dedup(system, model, moe, pl, ep, new_mb, {"dispatch": disp_msg, "combine": comb_msg})
-    n_moe = model.num_layers - model.first_k_dense
+    ffn = {"dense": dense_ffn_ops(model, prec, new_mb)}
+    if model.is_moe:
+        moe = moe_ops(model, prec, new_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg)
+        ffn["moe"] = _domain_dedup(
+            system, model, moe, pl, ep, new_mb, {"dispatch": disp_msg, "combine": comb_msg}
+        )
     stages = [
-        Stage("dense", model.first_k_dense, tuple(attn + dense_ffn_ops(model, prec, new_mb))),
-        Stage("moe", n_moe, tuple(attn + moe)),
-        # LM head only on each prompt's last token
-        Stage("head", 1, tuple(head_ops(model, prec, t_rank * (1.0 - h), t_rank / p, 0.0)), overlapped=False),
+        Stage(
+            name,
+            count,
+            tuple(attention_prefill_ops(model, prec, new_mb, seqs_mb, p, cached_len, tp, a) + ffn[f]),
+        )
+        for name, a, f, count in layer_groups(model)
     ]
-    sts, ideal_step, lower, upper = step_time(stages, system, n, policy, share, "prefill", compute_share)
+    # LM head only on each prompt's last token
+    stages.append(
+        Stage("head", 1, tuple(head_ops(model, prec, t_rank * (1.0 - h), t_rank / p, 0.0)), overlapped=False)
+    )
+    sts, ideal_step, lower, upper = step_time(
+        stages, system, n, policy, share, "prefill", compute_share, keep_ops=keep_ops
+    )
     shape = np.broadcast(t_rank, p, h, n, ep, tp, imb).shape
 
     # context-cache load per layer and microbatch (prefetched one layer ahead, see module docstring)
-    kvb_layer = kv_bytes_per_token_layer(model, prec.kv)
+    # per layer: the mean over layers of the cached prefix's KV (a sliding layer needs only its window)
+    kv_seq = kv_bytes_per_seq(model, prec.kv, p)
+    load_layer_b = seqs_mb * kv_bytes_per_seq(model, prec.kv, cached_len) / model.num_layers
     load_mb = np.where(
         (h > 0) & load_cache,
-        transfer_s(system, cache_plane, t_mb * h * kvb_layer, where="--cache-plane", from_host=True),
+        transfer_s(system, cache_plane, load_layer_b, where="--cache-plane", from_host=True),
         0.0,
     )
     shares_port = cache_plane in (d.plane, d.scaleout_plane)  # a plane the EP all-to-all uses
     layers, port_s = [], {}
-    for st in sts[:2]:
+    layer_sts = sts[:-1]  # every layer stage; the head comes last
+    for st in layer_sts:
         segs = segments(st, policy, rotate=True)
         layers.append((st.stage.name, segs, st.stage.count))
         # busy time per microbatch of the port the prefetch runs on: the all-to-all's if it shares it
         comm_s = sum(dur for is_comm, dur in segs if is_comm) if shares_port else 0.0
         port_s[st.stage.name] = (st.stage.count, comm_s + load_mb)
     # cmperf.step's list schedule over all layers, floored by the shared HBM (n * HBM time per layer)
-    chain_s, periods = compose(sts[:2], n, policy, layers=layers)
+    chain_s, periods = compose(layer_sts, n, policy, layers=layers)
     # The prefetch waits on no microbatch: a background transfer that fills the port's idle time, binding
     # only when the port saturates: per layer n * (all-to-all on that port + load) (module docstring; on a
     # GPU the whole all-to-all is counted against the NIC, an upper estimate of its busy time).
     floor = sum(count * n * busy for count, busy in port_s.values())
     chain_s = np.maximum(chain_s, floor)
     periods = {k_: np.maximum(v, n * port_s[k_][1]) for k_, v in periods.items()}
-    head_s = sts[2].period_s
+    head_s = sts[-1].period_s
     batch_s = np.broadcast_to(chain_s + head_s, shape)
     ideal_s = np.broadcast_to(ideal_step, shape)
     cache_load_s = n * load_mb * model.num_layers
     exposed = load_mb  # the first layer's prefetch has nothing to hide behind
     batch_s = batch_s + exposed
 
-    kv_seq = p * kvb_layer * model.num_layers
     kv_xfer = np.broadcast_to(
         transfer_s(system, system.kv_transfer_plane(), kv_seq, where=f"{system.path}: kv_transfer_plane"),
         shape,
@@ -221,7 +300,7 @@ def evaluate(system: System, model: Model, dep: Deployment, *, load_cache: bool 
     def mem_at(scale):
         parts = memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], 0)
         parts = {f"weights.{k_}": v for k_, v in parts.items()}
-        parts["kv_cache"] = t_rank * scale * model.num_layers * kvb_layer  # held until sent to decode
+        parts["kv_cache"] = t_rank / p * scale * kv_seq  # held until sent to decode
         # dispatch/combine buffers sized by the actual counts (prefill kernels, not decode's worst case):
         # send = tokens x copies, receive = the busiest rank's copies, both message kinds, every microbatch
         parts["comm_buffers"] = n * scale * (new_mb * copies + exp_tok) * (disp_msg + comb_msg)
@@ -244,8 +323,8 @@ def evaluate(system: System, model: Model, dep: Deployment, *, load_cache: bool 
         np.broadcast_to(kv_seq, shape),
         np.broadcast_to(cache_load_s, shape),
         np.broadcast_to(exposed, shape),
-        np.broadcast_to(periods["moe"], shape),
-        np.broadcast_to(periods["dense"], shape),
+        np.broadcast_to(periods[principal_stage(model)], shape),
+        np.broadcast_to(periods.get("dense", 0.0), shape),
         np.broadcast_to(head_s, shape),
         ideal_s,
         np.broadcast_to(lower, shape),
@@ -260,6 +339,7 @@ def evaluate(system: System, model: Model, dep: Deployment, *, load_cache: bool 
         system,
         model,
         dep,
+        load_cache,
     )
 
 
@@ -277,7 +357,7 @@ def cache_crossover(system: System, model: Model, dep: Deployment, grid: int = 2
     best_h = float(hs[int(np.argmin(ev.batch_s))])
     # compute saved per cached token, with loading made free (an infinitely fast plane is the limit)
     t_rank = dep.tokens_per_device / system.ranks_per_device
-    kvb = kv_bytes_per_token_layer(model, dep.precision.kv) * model.num_layers
+    kvb = float(kv_bytes_per_seq(model, dep.precision.kv, dep.prompt_len)) / dep.prompt_len
     ev0 = evaluate(system, model, replace(dep, cache_hit=np.array([0.0, 1.0])), load_cache=False)
     saved_per_token = (float(ev0.batch_s[0]) - float(ev0.batch_s[1])) / t_rank
     plane = system.planes[dep.cache_plane]
@@ -354,7 +434,7 @@ def _point_prediction(ev: PrefillEval, i: int) -> PrefillPrediction:
             "m_s": _f(st.m_s),
             "period_s": _f(period),
             "ideal_period_s": _f(st.period_s),
-            "ideal_binding": names[int(st.binding)],
+            "ideal_binding": names[int(st.binding)],  # type: ignore[arg-type]  # kept with the ops
         }
     ops = op_rows(sts, dep.microbatches)
     cache_plane = dep.cache_plane
@@ -366,7 +446,8 @@ def _point_prediction(ev: PrefillEval, i: int) -> PrefillPrediction:
             / system.ranks_per_device
             / dep.microbatches
             * dep.cache_hit
-            * kv_bytes_per_token_layer(model, dep.precision.kv),
+            * float(kv_bytes_per_seq(model, dep.precision.kv, dep.cache_hit * dep.prompt_len))
+            / (dep.cache_hit * dep.prompt_len * model.num_layers),
             from_host=True,
         )
         pl = system.planes[cache_plane]

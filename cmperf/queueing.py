@@ -4,7 +4,8 @@ All times are seconds, rates per second, loads in Erlangs (a = λ·S). Functions
 out where a vector argument is natural. Sources: Kleinrock, *Queueing Systems* vol. 1 (1975) §3.5;
 Gross & Harris, *Fundamentals of Queueing Theory* (Erlang B/C, M/M/c waiting-time distribution);
 Allen, *Probability, Statistics, and Queueing Theory* 2nd ed. (1990) §6.3 (Allen-Cunneen M/G/c);
-Che, Tung & Wang, IEEE JSAC 20(7) 2002 (LRU characteristic time).
+Che, Tung & Wang, IEEE JSAC 20(7) 2002 (LRU characteristic time); Brent, *Algorithms for Minimization
+Without Derivatives* (1973) ch. 4 (``find_root``).
 
 Approximations used (stated once here, and again where they are applied):
 
@@ -21,6 +22,7 @@ Approximations used (stated once here, and again where they are applied):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,7 @@ __all__ = [
     "che_lru_hit_rate_zipf",
     "erlang_b",
     "erlang_c",
+    "find_root",
     "mgc_wait",
     "mmc_wait",
     "response_quantiles_s",
@@ -48,6 +51,66 @@ def _check_servers(servers: int) -> int:
     return c
 
 
+#: Default relative tolerance of ``find_root``: 4 machine epsilons (the tightest a float step resolves).
+ROOT_RTOL = 4 * 2.220446049250313e-16
+
+
+def find_root(
+    f: Callable[[float], float],
+    lo: float,
+    hi: float,
+    *,
+    xtol: float = 2e-12,
+    rtol: float = ROOT_RTOL,
+    maxiter: int = 100,
+) -> float:
+    """Root of a continuous ``f`` bracketed by [lo, hi] (f(lo), f(hi) of opposite signs), by Brent's method.
+
+    Brent (1973) ch. 4 / Press et al., *Numerical Recipes* 2nd ed. §9.3 (van Wijngaarden-Dekker-Brent):
+    inverse quadratic interpolation (secant with two points) when it stays inside the bracket and shrinks
+    it fast enough, bisection otherwise; stops when the bracket is below xtol + rtol·|x|. The iteration is
+    step for step that of ``scipy.optimize.brentq`` (its C ``brentq``), so the root is the same float
+    (tests/test_queueing.py), without importing scipy. Worked number: x² - 2 on [0, 2] -> 1.4142135623731.
+    """
+    xpre, xcur = float(lo), float(hi)
+    fpre, fcur = float(f(xpre)), float(f(xcur))
+    if fpre == 0.0:
+        return xpre
+    if fcur == 0.0:
+        return xcur
+    if math.copysign(1.0, fpre) == math.copysign(1.0, fcur):
+        raise ValueError(f"find_root: f({lo:g}) and f({hi:g}) must have opposite signs")
+    xblk = fblk = spre = scur = 0.0
+    for _ in range(maxiter):
+        if fpre != 0.0 and fcur != 0.0 and math.copysign(1.0, fpre) != math.copysign(1.0, fcur):
+            xblk, fblk = xpre, fpre
+            spre = scur = xcur - xpre
+        if abs(fblk) < abs(fcur):  # keep the best estimate in xcur, the bracket's other end in xblk
+            xpre, xcur, xblk = xcur, xblk, xcur
+            fpre, fcur, fblk = fcur, fblk, fcur
+        delta = (xtol + rtol * abs(xcur)) / 2.0
+        sbis = (xblk - xcur) / 2.0
+        if fcur == 0.0 or abs(sbis) < delta:
+            return xcur
+        if abs(spre) > delta and abs(fcur) < abs(fpre):
+            if xpre == xblk:  # secant
+                stry = -fcur * (xcur - xpre) / (fcur - fpre)
+            else:  # inverse quadratic interpolation
+                dpre = (fpre - fcur) / (xpre - xcur)
+                dblk = (fblk - fcur) / (xblk - xcur)
+                stry = -fcur * (fblk * dblk - fpre * dpre) / (dblk * dpre * (fblk - fpre))
+            if 2.0 * abs(stry) < min(abs(spre), 3.0 * abs(sbis) - delta):
+                spre, scur = scur, stry  # a short interpolated step
+            else:
+                spre = scur = sbis
+        else:
+            spre = scur = sbis
+        xpre, fpre = xcur, fcur
+        xcur += scur if abs(scur) > delta else (delta if sbis > 0 else -delta)
+        fcur = float(f(xcur))
+    raise RuntimeError(f"find_root: no convergence in {maxiter} iterations on [{lo:g}, {hi:g}]")
+
+
 def erlang_b(servers: int, offered_load: ArrayLike) -> float | np.ndarray:
     """Erlang B blocking probability by the recursion B(k) = a·B(k-1) / (k + a·B(k-1)), B(0) = 1.
 
@@ -58,10 +121,12 @@ def erlang_b(servers: int, offered_load: ArrayLike) -> float | np.ndarray:
     if np.any(a < 0):
         raise ValueError("offered_load must be >= 0")
     if a.ndim == 0:  # a scalar: the same recursion on Python floats (bit-identical, ~20x faster)
-        x, bs = float(a), 1.0
-        for k in range(1, c + 1):
-            ab = x * bs
-            bs = ab / (k + ab)
+        x, bs, k = float(a), 1.0, 1
+        while k <= c and bs > 0.0:  # in blocks: once B underflows to 0 the recursion stays at 0
+            for j in range(k, min(k + 256, c + 1)):
+                ab = x * bs
+                bs = ab / (j + ab)
+            k += 256
         return bs
     b = np.ones_like(a)
     for k in range(1, c + 1):
@@ -78,6 +143,12 @@ def erlang_c(servers: int, offered_load: ArrayLike) -> float | np.ndarray:
     """
     c = _check_servers(servers)
     a = np.asarray(offered_load, dtype=float)
+    if a.ndim == 0:  # a scalar: plain floats (the sizing's bisections call this thousands of times)
+        x = float(a)
+        if not x < c:
+            return 1.0
+        bs = erlang_b(c, x)
+        return min(max(c * bs / (c - x * (1.0 - bs)), 0.0), 1.0)
     b = np.asarray(erlang_b(c, a))
     stable = a < c
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -111,8 +182,16 @@ class QueueWait:
         """Mean wait plus mean service: T = W_q + S."""
         return self.mean_wait_s + self.service_s
 
-    def wait_quantile_s(self, p: ArrayLike) -> float | np.ndarray:
+    def wait_quantile_s(self, p: float | ArrayLike) -> float | np.ndarray:
         """p-quantile of the wait: max(0, ln(C / (1 - p)) / θ) with θ = cμ - λ (M/M/c) or C / W_q (M/G/c)."""
+        if isinstance(p, float | int):  # a scalar: plain floats
+            if not 0.0 <= p < 1.0:
+                raise ValueError("quantile p must be in [0, 1)")
+            if self.overloaded:
+                return math.inf
+            if self.p_wait <= 0.0:
+                return 0.0
+            return max(0.0, math.log(self.p_wait / (1.0 - p)) / self.tail_rate_per_s)
         p = np.asarray(p, dtype=float)
         if np.any((p < 0) | (p >= 1)):
             raise ValueError("quantile p must be in [0, 1)")
@@ -209,15 +288,17 @@ def response_tail(t: float, wait: QueueWait, shape: float, rate: float) -> float
 
 
 def response_quantiles_s(
-    wait: QueueWait, service_s: float, ps: ArrayLike, *, service_scv: float = 0.0
+    wait: QueueWait, service_s: float, ps: float | ArrayLike, *, service_scv: float = 0.0
 ) -> float | np.ndarray:
     """p-quantiles of the response time R = W + S (e.g. TTFT = queueing + prefill).
 
     ``service_scv`` = 0 (default): deterministic service, R_p = W_p + S exactly. ``service_scv`` > 0:
     S ~ Gamma(mean service_s, SCV service_scv), convolved with the wait law of ``wait`` (atom at 0 plus
-    exponential tail; W independent of the customer's own S under FIFO) and inverted with brentq.
+    exponential tail; W independent of the customer's own S under FIFO) and inverted by ``find_root``.
     Overloaded queues give inf. Vectorized over ps.
     """
+    if service_scv <= 0.0 and isinstance(ps, float | int):  # one quantile, fixed service: plain floats
+        return wait.wait_quantile_s(float(ps)) + float(service_s)
     p = np.atleast_1d(np.asarray(ps, dtype=float))
     scalar = np.ndim(ps) == 0
     if np.any((p < 0) | (p >= 1)):
@@ -227,7 +308,7 @@ def response_quantiles_s(
     elif service_scv <= 0.0:
         out = np.asarray(wait.wait_quantile_s(p)) + float(service_s)
     else:
-        from scipy import optimize, stats
+        from scipy import stats
 
         shape = 1.0 / service_scv
         rate = shape / float(service_s)
@@ -240,13 +321,12 @@ def response_quantiles_s(
             q = 0.5 * (1.0 + pi)
             hi = float(wait.wait_quantile_s(q)) + float(stats.gamma.ppf(q, shape, scale=1.0 / rate))
             hi = max(hi, 1e-12 * service_s)
-            out[i] = optimize.brentq(
-                lambda t, target=1.0 - pi: response_tail(t, wait, shape, rate) - target,
-                0.0,
-                hi,
-                xtol=1e-12 * service_s,
-                rtol=1e-10,
-            )
+            target = 1.0 - float(pi)
+
+            def excess(t: float, target: float = target) -> float:
+                return response_tail(t, wait, shape, rate) - target
+
+            out[i] = find_root(excess, 0.0, hi, xtol=1e-12 * service_s, rtol=1e-10)
     return float(out[0]) if scalar else out
 
 
@@ -275,7 +355,8 @@ def zipf_popularity(n_items: int, skew: float) -> np.ndarray:
 def che_lru_hit_rate(cache_items: float, popularity: ArrayLike) -> float:
     """LRU hit rate under the independent reference model by Che's approximation (Che et al. 2002).
 
-    Solve Σ_i (1 - e^{-p_i T}) = C for the characteristic time T (brentq), then h = Σ_i p_i (1 - e^{-p_i T}).
+    Solve Σ_i (1 - e^{-p_i T}) = C for the characteristic time T (``find_root``), then
+    h = Σ_i p_i (1 - e^{-p_i T}).
     ``popularity`` is normalized to sum 1. C <= 0 gives 0; if C is at least the number of items with p_i > 0
     every such item stays resident in steady state (no evictions), so h = 1 (cold misses are ignored).
     """
@@ -288,7 +369,6 @@ def che_lru_hit_rate(cache_items: float, popularity: ArrayLike) -> float:
         return 0.0
     if cap >= p.size:
         return 1.0
-    from scipy import optimize
 
     def filled(t: float) -> float:
         return float(-np.expm1(-p * t).sum()) - cap
@@ -299,7 +379,7 @@ def che_lru_hit_rate(cache_items: float, popularity: ArrayLike) -> float:
         return float(np.dot(p, -np.expm1(-p * lo)))
     while filled(hi) < 0:
         lo, hi = hi, 2.0 * hi
-    t_char = optimize.brentq(filled, lo, hi, xtol=1e-12 * hi, rtol=1e-12)
+    t_char = find_root(filled, lo, hi, xtol=1e-12 * hi, rtol=1e-12)
     return float(np.dot(p, -np.expm1(-p * t_char)))
 
 
@@ -411,8 +491,6 @@ def che_lru_hit_rate_zipf(cache_items: float, n_items: float, skew: float) -> fl
     def filled(t: float) -> float:
         return _zipf_che_sums(n, sk, h, t)[0] - cap
 
-    from scipy import optimize
-
     lo, hi = cap, 2.0 * cap
     if filled(lo) >= 0:  # a cache far below one item: Σ(1 - e^{-pT}) = T to rounding, so T = C
         return _zipf_che_sums(n, sk, h, lo)[1]
@@ -422,5 +500,5 @@ def che_lru_hit_rate_zipf(cache_items: float, n_items: float, skew: float) -> fl
         lo, hi = hi, 2.0 * hi
     else:  # C within rounding of n: every item stays resident
         return _zipf_che_sums(n, sk, h, hi)[1]
-    t_char = optimize.brentq(filled, lo, hi, xtol=1e-12 * hi, rtol=1e-12)
+    t_char = find_root(filled, lo, hi, xtol=1e-12 * hi, rtol=1e-12)
     return _zipf_che_sums(n, sk, h, t_char)[1]

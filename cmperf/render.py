@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .units import fmt_bytes, fmt_s
+from .units import accept_text, fmt_bytes, fmt_s
 
 SCHEMA_VERSION = 1
 
@@ -70,7 +70,7 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
         ),
         (
             "MTP, microbatches",
-            f"MTP {d['mtp']} @ {d['mtp_accept']:g}, "
+            f"MTP {d['mtp']} @ {accept_text(d['mtp_accept'])}, "
             f"{d['microbatches']} microbatch{'' if d['microbatches'] == 1 else 'es'}"
             + (" (auto)" if auto else ""),
         ),
@@ -161,9 +161,10 @@ def op_table_rows(ops, step_s: float) -> list[tuple[str, ...]]:
 
 
 def markdown_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], align: str | None = None) -> str:
-    """A GitHub table; ``align`` is one letter per column, ``l`` or ``r`` (numbers right-aligned:
-    ``---:``); None leaves every column to the renderer's default (left)."""
-    rule = ["---:" if a == "r" else "---" for a in align] if align else ["---" for _ in header]
+    """A GitHub table; ``align`` is one letter per column, ``l`` or ``r`` (``:---`` / ``---:``: numbers
+    right-aligned, text and its header left-aligned); None leaves every column to the renderer's default
+    (cells left, headers centred)."""
+    rule = [{"r": "---:", "l": ":---"}.get(a, "---") for a in align] if align else ["---" for _ in header]
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out) + "\n"

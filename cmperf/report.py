@@ -42,23 +42,18 @@ def batch_sweep(system, model, dep) -> dict[str, np.ndarray]:
     }
 
 
-#: Points on the chart's TPOT axis (xychart-beta spaces points evenly, so the axis is an even grid).
-CHART_POINTS = 16
+#: Points of the chart's series. Mermaid's ``xychart-beta`` spreads a series' values evenly over a numeric
+#: x axis, so the chart is sampled on an even TPOT grid; 61 points keep the bars (SLO, operating point) thin.
+CHART_POINTS = 61
 #: Series colours: throughput, SLO, operating point (the default palette's first colour is pale).
 CHART_COLOURS = "#1f77b4, #d62728, #2ca02c"
 
 
-def _nice_step(span: float, n: int) -> float:
-    """A 1/2/5 x 10^k step that cuts ``span`` into at most ``n`` intervals: (60, 16) -> 5."""
-    raw = span / max(n, 1)
-    mag = 10.0 ** np.floor(np.log10(raw)) if raw > 0 else 1.0
-    return float(next(m * mag for m in (1.0, 2.0, 5.0, 10.0) if m * mag >= raw))
-
-
 def chart_grid(sweep: dict, slo_s: float | None, point: tuple[float, float] | None) -> dict:
-    """The chart's data: an even TPOT grid (ms) over the feasible sweep, tokens/s interpolated between
-    the swept batches (throughput rises with TPOT along the batch sweep), and the grid points nearest the
-    SLO and the operating point. ``point`` = (TPOT s, tokens/s per device)."""
+    """The chart's data: CHART_POINTS even TPOT steps (ms) from the lowest to the highest feasible swept
+    TPOT (to 0.1 ms), tokens/s interpolated between the swept batches (throughput rises with TPOT along the
+    batch sweep), and the grid indices of the SLO and the operating point (None outside the axis).
+    ``point`` = (TPOT s, tokens/s per device)."""
     ok = np.asarray(sweep["feasible"], dtype=bool)
     t = np.asarray(sweep["tpot_s"], dtype=float)[ok] * 1e3
     y = np.asarray(sweep["tokens_per_s_per_device"], dtype=float)[ok]
@@ -66,60 +61,64 @@ def chart_grid(sweep: dict, slo_s: float | None, point: tuple[float, float] | No
     t, y = t[order], y[order]
     if t.size == 0:
         return {"x_ms": [], "y": [], "slo_i": None, "point_i": None}
-    hi_ref = max([float(t[-1])] + ([slo_s * 1e3] if slo_s else []))
-    step = _nice_step(hi_ref - float(t[0]), CHART_POINTS - 1)
-    lo = np.floor(t[0] / step) * step
-    hi = np.ceil(hi_ref / step) * step
-    x = np.arange(lo, hi + step / 2, step)
-    yy = np.interp(x, t, y, left=np.nan, right=np.nan)
+    lo, hi = np.floor(t[0] * 10) / 10, np.ceil(t[-1] * 10) / 10
+    hi = max(hi, lo + 0.1)
+    x = np.linspace(lo, hi, CHART_POINTS)
 
-    def nearest(ms: float) -> int:
-        return int(np.argmin(np.abs(x - ms)))
+    def index(ms: float) -> int | None:
+        i = round(float(ms - lo) / float(hi - lo) * (CHART_POINTS - 1))
+        return i if 0 <= i < CHART_POINTS else None
 
     return {
         "x_ms": [float(v) for v in x],
-        "y": [float(v) for v in yy],
-        "slo_i": nearest(slo_s * 1e3) if slo_s else None,
-        "point_i": nearest(point[0] * 1e3) if point else None,
-        "step_ms": step,
+        "y": [float(v) for v in np.interp(x, t, y)],
+        "lo_ms": float(lo),
+        "hi_ms": float(hi),
+        "slo_i": index(slo_s * 1e3) if slo_s else None,
+        "point_i": index(point[0] * 1e3) if point else None,
     }
 
 
 def mermaid_chart(sweep: dict, slo_s: float | None = None, point: tuple[float, float] | None = None) -> str:
-    """Throughput (line) against an even TPOT axis; a red bar at the SLO (full height) and a green bar at
-    the operating point (its tokens/s). Grid points outside the swept range are 0 (no data)."""
+    """Throughput (a line) on a numeric TPOT axis; a red bar at the SLO (full height) and a green bar at
+    the operating point (its tokens/s). The other values of a bar series are negative, below the axis:
+    Mermaid draws no bar for them (a 0 is drawn as a stub)."""
     g = chart_grid(sweep, slo_s, point)
-    ys = [v for v in g["y"] if np.isfinite(v)]
-    top = max([*ys, point[1] if point else 0.0, 1.0])
+    if not g["x_ms"]:
+        return ""
+    top = max([*g["y"], point[1] if point else 0.0, 1.0])
     ymax = int(np.ceil(top * 1.1 / 100) * 100)
-    dec = 0 if g.get("step_ms", 1.0) >= 1 else 1
-    x = [f'"{v:.{dec}f}"' for v in g["x_ms"]]
-    line = [f"{v:.0f}" if np.isfinite(v) else "0" for v in g["y"]]
+
+    def bar(i: int | None, value: float) -> str | None:
+        if i is None:
+            return None
+        vals = [f"{value:.0f}" if j == i else f"-{ymax}" for j in range(len(g["x_ms"]))]
+        return f"    bar [{', '.join(vals)}]"
+
     out = [
         "```mermaid",
         '%%{init: {"themeVariables": {"xyChart": {"plotColorPalette": "' + CHART_COLOURS + '"}}}}%%',
         "xychart-beta",
         '    title "Decode throughput vs TPOT (batch sweep, feasible points)"',
-        f'    x-axis "TPOT (ms)" [{", ".join(x)}]',
+        f'    x-axis "TPOT (ms)" {g["lo_ms"]:.1f} --> {g["hi_ms"]:.1f}',
         f'    y-axis "tokens/s per device" 0 --> {ymax}',
-        f"    line [{', '.join(line)}]",
+        f"    line [{', '.join(f'{v:.0f}' for v in g['y'])}]",
     ]
-    if g["slo_i"] is not None:
-        out.append(f"    bar [{', '.join(str(ymax) if i == g['slo_i'] else '0' for i in range(len(x)))}]")
-    if g["point_i"] is not None and point is not None:
-        p = f"{point[1]:.0f}"
-        out.append(f"    bar [{', '.join(p if i == g['point_i'] else '0' for i in range(len(x)))}]")
+    out += [b for b in (bar(g["slo_i"], ymax), bar(g["point_i"], point[1] if point else 0)) if b]
     return "\n".join(out) + "\n```\n"
 
 
 def chart_caption(sweep: dict, slo_s: float | None, point: tuple[float, float] | None) -> str:
     g = chart_grid(sweep, slo_s, point)
+    if not g["x_ms"]:
+        return "No swept batch fits in HBM: nothing to chart.\n\n"
     parts = [
-        f"Blue line: tokens/s per device on an even TPOT axis ({g.get('step_ms', 0):g} ms steps), "
-        "interpolated between the swept batches (table below); 0 = outside the sweep."
+        f"Blue line: tokens/s per device against TPOT from {g['lo_ms']:.1f} to {g['hi_ms']:.1f} ms, "
+        "interpolated between the swept batches (table below)."
     ]
     if slo_s:
-        parts.append(f"Red bar: the TPOT SLO, {fmt_s(slo_s)}.")
+        where = "red bar" if g["slo_i"] is not None else "outside the swept TPOT range, not drawn"
+        parts.append(f"TPOT SLO {fmt_s(slo_s)}: {where}.")
     if point:
         parts.append(f"Green bar: the operating point, {point[1]:,.0f} tokens/s at {fmt_s(point[0])}.")
     return " ".join(parts) + "\n\n"
@@ -176,8 +175,13 @@ def _nb(text: str) -> str:
 
 #: Stages in execution order (a step runs dense layers, MoE layers, the MTP module, then the head).
 STAGE_ORDER = ("dense", "moe", "mtp", "head")
+#: Stage names in prose ("the MoE layers").
+STAGE_NAMES = {"moe": "MoE", "mtp": "MTP"}
 #: Per-op rows of the report's decode table (the rest summed in one row).
 REPORT_OPS = 15
+#: The per-op columns of ``cmperf decode`` but the stream (the streams table has it) and the call count
+#: (per step / per call): the table fits GitHub's 1,012 px page without a scroll bar.
+REPORT_OP_HEADER = tuple(h for h in OP_HEADER if h not in ("stream", "count"))
 
 
 def stage_order(doc: dict) -> list[str]:
@@ -248,8 +252,6 @@ def decode_sections(doc: dict) -> list[str]:
         (
             r["stage"],
             r["name"],
-            r["stream"],
-            str(r["count"]),
             _nb(fmt_s(r["time_s"])),
             _nb(fmt_s(r["total_s"])),
             share(r["total_s"]),
@@ -267,8 +269,6 @@ def decode_sections(doc: dict) -> list[str]:
             (
                 "",
                 f"{len(hidden)} more ops",
-                "",
-                str(sum(r["count"] for r in hidden)),
                 "",
                 _nb(fmt_s(rest)),
                 share(rest),
@@ -291,8 +291,9 @@ def decode_sections(doc: dict) -> list[str]:
         "\n## Decode: per-op breakdown\n\n"
         f"The {min(REPORT_OPS, len(ranked))} heaviest of {len(ranked)} ops by "
         "time per step (`cmperf decode --ops all` lists every one); `bound` is the op's binding ceiling; "
-        "`per step` = count × per call, before overlap; `share` is of the step.\n\n",
-        markdown_table(OP_HEADER, ops, "llllrrrlrrrr"),
+        "`per step` = per call × calls per step (layers × microbatches), before overlap; `share` is of "
+        "the step.\n\n",
+        markdown_table(REPORT_OP_HEADER, ops, "llrrrlrrrr"),
     ]
 
 
@@ -439,7 +440,7 @@ def summary_section(doc: dict, command: str, elasticities: list | None, slo_s: f
         heavy = max(doc["ops"], key=lambda r: r["total_s"])
         step = doc["step_s"]
         out.append(
-            f"- **What binds**: the {k} layers ({streams[k]['count']} of them, "
+            f"- **What binds**: the {STAGE_NAMES.get(k, k)} layers ({streams[k]['count']} of them, "
             f"{100 * streams[k]['count'] * streams[k]['period_s'] / step:.0f}% of the step) are bound by "
             f"the {streams[k]['binding']}; the heaviest op is {heavy['stage']}/{heavy['name']} "
             f"({100 * heavy['total_s'] / step:.0f}% of the step, {heavy['bound']}-bound); HBM "
@@ -492,9 +493,13 @@ def prefill_section(p: dict | None) -> list[str]:
             f"{fmt_bytes(p['hbm_bytes_per_rank'])} of {fmt_bytes(p['hbm_capacity_bytes_per_rank'])}",
         ),
     ]
-    knobs = ", ".join(
-        f"{k} {_v(dep[k])}" for k in ("devices", "ep_size", "tokens_per_device", "microbatches") if k in dep
-    )
+    words = {
+        "devices": "{:,} devices",
+        "ep_size": "EP{}",
+        "tokens_per_device": "{:,.0f} tokens per device",
+        "microbatches": "{} microbatches",
+    }
+    knobs = ", ".join(w.format(dep[k]) for k, w in words.items() if dep.get(k) is not None)
     return [
         "\n## Prefill\n\n`cmperf prefill` at its defaults" + (f" ({knobs})" if knobs else "") + ":\n\n",
         markdown_table(("quantity", "value"), rows, "lr"),
@@ -508,7 +513,7 @@ def serving_section(r: dict | None) -> list[str]:
     i, slo, m = r["inputs"], r["slo"], r.get("max_rate_rps") or {}
     q = slo["quantile"]
     rows = [
-        ("load", f"{r['rate_rps']:g} req/s, prompt {i['prompt_len']:g}, output {i['output_len']:g}"),
+        ("load", f"{r['rate_rps']:g} req/s, prompt {i['prompt_len']:,.0f}, output {i['output_len']:,.0f}"),
         ("pools", f"prefill {i['prefill_devices']} devices, decode {i['decode_devices']} devices"),
         ("TTFT p50 / p90 / p99", " / ".join(fmt_s(r["ttft_s"][k]) for k in ("p50", "p90", "p99"))),
         ("TPOT mean / p99", f"{fmt_s(r['tpot_s']['mean'])} / {fmt_s(r['tpot_s']['p99'])}"),
@@ -528,13 +533,22 @@ def serving_section(r: dict | None) -> list[str]:
         rows.append(
             (
                 "SLO holds up to",
-                f"{m['both_slo_rps']:,.1f} req/s ({m['binding_slo']} binds)",
+                f"{m['both_slo_rps']:,.1f} req/s ({_slo_name(m['binding_slo'])} binds)",
             )
         )
     return [
         "\n## Serving\n\n`cmperf serve` at its defaults (Poisson arrivals, the default pools):\n\n",
-        markdown_table(("quantity", "value"), rows, "lr"),
+        markdown_table(("quantity", "value"), rows, "ll"),
     ]
+
+
+def _slo_name(text: str) -> str:
+    """ "ttft (prefill pool)" -> "TTFT (prefill pool)"."""
+    return text.replace("ttft", "TTFT").replace("tpot", "TPOT")
+
+
+#: Columns of the validation table (``validate.TABLE_HEADER``): numbers right-aligned.
+VALIDATION_ALIGN = "lrrrrll"
 
 
 def build(
@@ -592,7 +606,7 @@ def build(
     parts += [
         "\n## Validation against published numbers\n\n`cmperf validate`: error = predicted / published - 1."
         "\n\n",
-        markdown_table(*validation),
+        markdown_table(*validation, VALIDATION_ALIGN),
     ]
     parts.append("\n## Closed forms\n\n")
     if forms:
@@ -611,15 +625,17 @@ def build(
                 ("chip", system.chip.name, _name(system.chip.path)),
                 ("model", model.name, _name(model.path)),
             ],
+            "lll",
         ),
         "\n## Deployment\n\n",
         markdown_table(
             ("knob", "value"),
             [(k, _v(v)) for k, v in sorted(doc.get("deployment", {}).items())]
             or [(k, _v(v)) for k, v in sorted(scenario.options.items())],
+            "ll",
         ),
         "\n## Appendix: sources\n\nEvery number in the spec files carries its source (value as written in "
         "the file):\n\n",
-        markdown_table(("spec", "key", "value", "source"), sources_rows(system, model)),
+        markdown_table(("spec", "key", "value", "source"), sources_rows(system, model), "llrl"),
     ]
     return "".join(parts).rstrip("\n") + "\n"

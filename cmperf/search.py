@@ -2,9 +2,15 @@
 constraint masks with a counted reason for every rejected candidate, ranking, and Pareto frontiers.
 
 Method (issue 5). A phase predictor (``decode.evaluate``, ``prefill.evaluate``) takes numpy arrays for
-every knob and broadcasts, so a search is: build the axes, evaluate the open mesh in one call, flatten,
+every knob and broadcasts, so a search is: build the axes, evaluate the open mesh in few calls, flatten,
 apply masks in a fixed order, rank with ``np.lexsort`` (stable, total tie-break on every knob, so the
 ranking and the JSON are deterministic). No Python loop runs over configurations.
+
+Pruning (issue 18), exact: the result is the exhaustive search's (tests/test_fast_paths.py). Instance
+sizes above the device total are never built; a size's batches above its HBM limit are not evaluated
+(``hbm_batches``: one probe gives every limit, a witness batch proves the rest do not fit); the ranking
+sorts the accepted rows only and the Pareto sort runs on the ``staircase`` candidates. A TPOT-SLO cut of
+the batch axis is not made: the Pareto frontier and the closest list hold configurations above the SLO.
 
 Search spaces, each derived from the system and model files, not typed in:
 
@@ -37,6 +43,7 @@ import numpy as np
 from . import decode, serving, sizing
 from .deployment import Deployment, kv_lengths, place_experts
 from .errors import CmperfError
+from .queueing import find_root
 from .serving import DEFAULT_SLO_PERCENTILE
 from .specs import Model, System
 
@@ -183,8 +190,8 @@ def decode_modes(space: DecodeSpace) -> tuple[np.ndarray, np.ndarray]:
 
 
 # Points per decode.evaluate call. Its op arrays peak at ~0.9 kB per point (tracemalloc: 254 MB for the
-# 279,174 configurations of the default CloudMatrix384 grid, which is one call); larger grids are split
-# evenly over instance sizes so a call stays under ~0.5 GB.
+# 279,174 configurations of the default CloudMatrix384 grid); larger grids are split over instance sizes
+# so a call stays under ~0.5 GB.
 MAX_POINTS_PER_CALL = 1 << 19
 
 _PREDICTIONS = (
@@ -198,6 +205,61 @@ _PREDICTIONS = (
 )
 
 
+#: Fixed cost of one ``decode.evaluate`` call, in grid points: its per-op Python work takes what ~20,000
+#: points of array work take (CloudMatrix384 grid, 2-core machine), so the batches a search keeps are
+#: grouped into calls that minimize calls x this + points evaluated.
+CALL_COST_POINTS = 20_000
+
+
+def group_sizes(nb: np.ndarray, per_batch: int, max_points: int, call_cost: int = CALL_COST_POINTS) -> list:
+    """Instance sizes (indices into ``nb``) grouped into ``decode.evaluate`` calls, a call evaluating its
+    sizes' batches up to the largest ``nb`` (batches to evaluate) among them: runs of the sizes sorted by
+    ``nb``, chosen by dynamic programming to minimize Σ (call_cost + sizes x max nb x per_batch) with no
+    call above ``max_points`` (one size is always allowed). ``nb`` = [3, 3, 50], per_batch 1, cost 10 ->
+    [[0, 1], [2]] (one call over all would evaluate 150 points, two calls 56 + 2 x 10)."""
+    order = np.argsort(nb, kind="stable")
+    srt = nb[order].astype(float)
+    n = order.size
+    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):
+            pts = (j - i) * srt[j - 1] * per_batch
+            if pts > max_points and j - i > 1:
+                break
+            cost = best[i] + call_cost + pts
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(np.sort(order[cut[j] : j]))
+        j = cut[j]
+    return groups[::-1]
+
+
+def hbm_batches(system: System, model: Model, space: DecodeSpace, base: Deployment) -> np.ndarray:
+    """For each placeable instance size: how many batches of the axis to evaluate, all those at or below
+    the largest HBM limit over its MTP depths and modes, plus the first one above (the witness that the
+    rest do not fit). One ``decode.evaluate`` at the axis's first batch gives every limit (the memory model
+    is linear in batch: ``decode.evaluate``'s max_batch_per_device)."""
+    rpd = system.ranks_per_device
+    mb, cores = decode_modes(space)
+    dev = space.devices[space.placement_ok][None, None, :]
+    probe = replace(
+        base,
+        batch_per_device=np.full((1, 1, 1), float(space.batch_per_device[0])),
+        devices=dev,
+        ep_size=dev * rpd,
+        microbatches=mb[None, :, None],
+        mtp=np.array(space.mtp, dtype=float)[:, None, None],
+        attention_cube_cores=np.where(cores < 0, np.nan, cores)[None, :, None],
+    )
+    ev = decode.evaluate(system, model, probe)
+    shape = (len(space.mtp), mb.size, dev.shape[2])
+    cap = np.broadcast_to(np.asarray(ev.max_batch_per_device, dtype=float), shape).max(axis=(0, 1))
+    below = np.searchsorted(space.batch_per_device, cap, side="right")
+    return np.minimum(below + 1, space.batch_per_device.size)
+
+
 def evaluate_decode_grid(
     system: System,
     model: Model,
@@ -206,13 +268,17 @@ def evaluate_decode_grid(
     *,
     progress=None,
     max_points: int = MAX_POINTS_PER_CALL,
+    prune: bool = True,
 ) -> DecodeGrid:
-    """Evaluate the whole space around ``base`` as one open mesh MTP x mode x instance size x batch
-    (``decode.evaluate`` broadcasts every knob), split over instance sizes only when it exceeds
-    ``max_points`` points.
+    """Evaluate the space around ``base`` as open meshes MTP x mode x instance sizes x batch
+    (``decode.evaluate`` broadcasts every knob), the sizes grouped into calls of at most ``max_points``.
 
-    Sizes the experts cannot be placed on are not evaluated: their rows carry NaN predictions and
-    ``placement_ok`` False, so they are counted under that reason.
+    Not evaluated, and so NaN in every prediction: sizes the experts cannot be placed on (``placement_ok``
+    False), and with ``prune`` the batches of a size above its HBM limit (``hbm_batches``; ``hbm_ok``
+    False, counted under that reason as if evaluated). The cut is exact: HBM use grows with batch, so a
+    line (size, mode, MTP) whose last evaluated batch does not fit has no larger batch that fits, and a
+    line without that witness is evaluated to the end of the axis. Every evaluated point is the number a
+    call for that point alone gives, however the calls are grouped.
     """
     rpd = system.ranks_per_device
     mb, cores = decode_modes(space)
@@ -224,26 +290,43 @@ def evaluate_decode_grid(
     out = {k: np.full(shape, np.nan) for k in _PREDICTIONS}
     hbm_ok = np.zeros(shape, dtype=bool)
     good = np.flatnonzero(space.placement_ok)
-    calls = -(-good.size * shape[0] * shape[1] * shape[3] // max(int(max_points), 1))  # ceil
-    parts = np.array_split(good, min(calls, good.size)) if good.size else []
-    for i, idx in enumerate(parts):
+    full = np.full(good.size, shape[3])
+    nb = hbm_batches(system, model, space, base) if prune and good.size else full
+    per_batch = shape[0] * shape[1]
+    groups = group_sizes(nb, per_batch, max(int(max_points), 1))
+
+    def run(idx, ends, b0):
+        """Evaluate sizes ``good[idx]`` from batch index b0 to the largest of ``ends``, keep each size's
+        batches below its own end (so the grouping changes no number), and return the sizes whose last
+        kept batch still fits somewhere (no witness)."""
+        sizes, b1 = good[idx], int(ends.max())
         grid = replace(
             base,
-            batch_per_device=b,
-            devices=dev[:, :, idx],
-            ep_size=dev[:, :, idx] * rpd,
+            batch_per_device=b[..., b0:b1],
+            devices=dev[:, :, sizes],
+            ep_size=dev[:, :, sizes] * rpd,
             microbatches=mb,
             mtp=mtp,
             attention_cube_cores=np.where(cores < 0, np.nan, cores),  # NaN: system default (unused)
         )
         ev = decode.evaluate(system, model, grid)
-        sub = (shape[0], shape[1], idx.size, shape[3])
+        sub = (shape[0], shape[1], sizes.size, b1 - b0)
+        keep = np.arange(b0, b1)[None, :] < ends[:, None]  # [size, batch]
         for k in _PREDICTIONS:
-            out[k][:, :, idx] = np.broadcast_to(getattr(ev, k), sub)
-        fits = np.broadcast_to(ev.feasible, sub) & (b <= out["max_batch_per_device"][:, :, idx])
-        hbm_ok[:, :, idx] = fits
+            out[k][:, :, sizes, b0:b1] = np.where(keep, np.broadcast_to(getattr(ev, k), sub), np.nan)
+        feas = np.broadcast_to(ev.feasible, sub)
+        fits = feas & (b[..., b0:b1] <= out["max_batch_per_device"][:, :, sizes, b0:b1])
+        hbm_ok[:, :, sizes, b0:b1] = fits & keep
+        last = feas[:, :, np.arange(sizes.size), ends - 1 - b0]  # [mtp, mode, size]
+        return idx[(ends < shape[3]) & last.any(axis=(0, 1))]
+
+    rest = []
+    for i, idx in enumerate(groups):
+        rest += run(idx, nb[idx], 0).tolist()
         if progress is not None:
-            progress(i + 1, len(parts))
+            progress(i + 1, len(groups))
+    for j in rest:  # none on the bundled systems; kept so the cut never rests on the probe alone
+        run(np.array([j]), np.array([shape[3]]), int(nb[j]))
 
     def flat(x):
         return np.broadcast_to(x, shape).ravel()
@@ -282,6 +365,34 @@ def pareto_mask(maximize, minimize, *tie_asc) -> np.ndarray:
     prev = np.concatenate(([-np.inf], np.maximum.accumulate(xs)[:-1])) if xs.size else xs
     keep = np.zeros(x.shape, dtype=bool)
     keep[order] = xs > prev
+    return keep
+
+
+def staircase(maximize, minimize) -> np.ndarray:
+    """True where no point has a strictly smaller ``minimize`` and an ``maximize`` at least as large: the
+    only points ``pareto_mask`` can keep, whatever its tie keys, found with one sort instead of a sort on
+    every key (after an O(n) cut at the smallest minimize of the largest maximize). A point dominated so
+    is never kept (that point sorts before it with an x >= its own); among the others the running maximum
+    before a point comes from its own ``minimize`` value's ties, which are in or below it, so
+    ``pareto_mask`` on these points keeps exactly what it keeps on all of them.
+    >>> staircase(np.array([1.0, 3.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 2.0])).tolist()
+    [True, True, False, True]
+    """
+    x = np.asarray(maximize, dtype=float)
+    y = np.asarray(minimize, dtype=float)
+    keep = np.isnan(y)  # a NaN minimize sorts last in pareto_mask: left to it
+    ok = ~keep & ~np.isnan(x)  # a NaN maximize is never kept, nor dominates
+    if not ok.any():
+        return keep
+    x_top = x[ok].max()
+    cand = np.flatnonzero(ok & (y <= y[ok & (x == x_top)].min()))  # above: a largest-maximize point wins
+    order = cand[np.argsort(y[cand])]  # the order within ties changes nothing below
+    ys, xs = y[order], x[order]
+    # the largest maximize before each run of equal minimize values (the points with a strictly smaller
+    # one), repeated over the run
+    starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
+    before = np.r_[-np.inf, np.maximum.accumulate(xs)[:-1]][starts]
+    keep[order] |= xs > np.repeat(before, np.diff(np.r_[starts, ys.size]))
     return keep
 
 
@@ -391,7 +502,8 @@ def config_deployment(base: Deployment, c: DecodeConfig, batch_per_device: float
 def largest_batch_under_slo(
     system: System, model: Model, base: Deployment, c: DecodeConfig, tpot_slo_s: float
 ) -> float:
-    """Largest continuous batch per device with TPOT <= SLO for the knobs of ``c`` (Brent's method).
+    """Largest continuous batch per device with TPOT <= SLO for the knobs of ``c`` (Brent's method,
+    ``queueing.find_root``).
 
     TPOT rises with batch (tests of the decode model), so the root of TPOT(b) - SLO on [1, HBM limit]
     is unique; returns the HBM limit when even it meets the SLO, 0 when batch 1 does not.
@@ -405,9 +517,7 @@ def largest_batch_under_slo(
         return 0.0
     if f(hi) <= 0:
         return hi
-    from scipy.optimize import brentq  # lazy: only the search pays for scipy
-
-    return float(brentq(f, 1.0, hi, xtol=1e-3))
+    return find_root(f, 1.0, hi, xtol=1e-3)
 
 
 def explain_decode(
@@ -501,8 +611,9 @@ def search_decode(
         ]
     )
     fits = (g.devices <= total) & g.placement_ok & g.hbm_ok
-    order = rank(g.tokens_per_s_per_device, *_tie_keys(g))
-    winners = order[ok[order]]
+    # ranking the accepted rows alone gives their order in the ranking of all rows (a stable sort)
+    acc = np.flatnonzero(ok)
+    winners = acc[rank(g.tokens_per_s_per_device[acc], *(k[acc] for k in _tie_keys(g)))]
     top = [_decode_row(g, int(i)) for i in winners[:top_k]]
     closest = []
     if not top:
@@ -522,6 +633,7 @@ def search_decode(
     # ties between identical (tokens/s, TPOT) points go to the knobs in this order, so the frontier does
     # not depend on the row order of the grid
     knobs = (g.mtp, g.attention_cube_cores, g.devices, g.batch_per_device, g.microbatches)
+    idx = idx[staircase(g.tokens_per_s_per_device[idx], g.tpot_s[idx])]
     pm = pareto_mask(g.tokens_per_s_per_device[idx], g.tpot_s[idx], *(k[idx] for k in knobs))
     pidx = idx[pm]
     pidx = pidx[np.lexsort((g.devices[pidx], g.tpot_s[pidx]))]
@@ -616,7 +728,7 @@ def search_prefill(
 ) -> PrefillSearch:
     """Best prefill configuration (tokens/s per device) with the batch + KV-transfer TTFT under the SLO.
 
-    One ``prefill.evaluate`` per instance size over tokens per device x microbatches, around ``base``
+    One ``prefill.evaluate`` over instance size x tokens per device x microbatches, around ``base``
     (the knobs the search does not vary: precision, EPLB, cache...); EP = devices x ranks_per_device.
     """
     from . import prefill
@@ -629,43 +741,37 @@ def search_prefill(
     ok_place = placement_ok(model, sizes * rpd)
     toks = prefill_tokens_axis(prompt_len)
     mbs = np.array(microbatches, dtype=float)
-    cols: dict[str, list] = {
-        k: [] for k in ("devices", "tok", "mb", "ttft", "batch", "tps", "hbm", "place", "fit")
+    shape = (sizes.size, toks.size, mbs.size)  # size-major rows: devices, then tokens, then microbatches
+    g = {
+        "devices": np.broadcast_to(sizes[:, None, None], shape).ravel(),
+        "tok": np.broadcast_to(toks[None, :, None], shape).ravel(),
+        "mb": np.broadcast_to(mbs[None, None, :], shape).ravel(),
+        "place": np.broadcast_to(ok_place[:, None, None], shape).ravel(),
     }
-    shape = (toks.size, mbs.size)
-    for i, d in enumerate(sizes):
-        n = toks.size * mbs.size
-        cols["devices"].append(np.full(n, d))
-        cols["tok"].append(np.broadcast_to(toks[:, None], shape).ravel())
-        cols["mb"].append(np.broadcast_to(mbs[None, :], shape).ravel())
-        if ok_place[i]:
-            grid = replace(
-                base,
-                tokens_per_device=toks[:, None],
-                ep_size=int(d * rpd),
-                devices=int(d),
-                microbatches=mbs[None, :],
-            )
-            ev = prefill.evaluate(system, model, grid)
+    pred = {k: np.full(shape, np.nan) for k in ("ttft", "batch", "tps", "hbm")}
+    fit = np.zeros(shape, dtype=bool)
+    if ok_place.any():  # one evaluate over every placeable size (each point as its own call would give)
+        d = sizes[ok_place][:, None, None]
+        grid = replace(
+            base,
+            tokens_per_device=toks[None, :, None],
+            ep_size=(d * rpd).astype(int),
+            devices=d.astype(int),
+            microbatches=mbs[None, None, :],
+        )
+        ev = prefill.evaluate(system, model, grid)
+        sub = (int(ok_place.sum()), toks.size, mbs.size)
 
-            def f(x):
-                return np.broadcast_to(np.asarray(x, dtype=float), shape).ravel()
+        def f(x):
+            return np.broadcast_to(np.asarray(x, dtype=float), sub)
 
-            cols["ttft"].append(f(ev.ttft_s))
-            cols["batch"].append(f(ev.batch_s))
-            cols["tps"].append(f(ev.tokens_per_s_per_device))
-            cols["hbm"].append(f(ev.hbm_bytes_per_rank))
-            fit = f(ev.feasible).astype(bool) & (cols["tok"][-1] <= f(ev.max_tokens_per_device))
-            cols["place"].append(np.ones(n, dtype=bool))
-            cols["fit"].append(fit)
-        else:
-            for k in ("ttft", "batch", "tps", "hbm"):
-                cols[k].append(np.full(n, np.nan))
-            cols["place"].append(np.zeros(n, dtype=bool))
-            cols["fit"].append(np.zeros(n, dtype=bool))
-        if progress is not None:
-            progress(i + 1, len(sizes))
-    g = {k: np.concatenate(v) for k, v in cols.items()}
+        for k, name in (("ttft", "ttft_s"), ("batch", "batch_s"), ("tps", "tokens_per_s_per_device")):
+            pred[k][ok_place] = f(getattr(ev, name))
+        pred["hbm"][ok_place] = f(ev.hbm_bytes_per_rank)
+        fit[ok_place] = f(ev.feasible).astype(bool) & (toks[None, :, None] <= f(ev.max_tokens_per_device))
+    if progress is not None:
+        progress(1, 1)
+    g |= {k: v.ravel() for k, v in pred.items()} | {"fit": fit.ravel()}
     slo_ok = np.ones(g["tps"].shape, dtype=bool) if ttft_slo_s is None else (g["ttft"] <= ttft_slo_s)
     ok, rejected = first_reason(
         [

@@ -21,7 +21,7 @@ caching pool over UB) are modelled separately and meet only through the arrival 
   service SCV = prompt-length CV² (prefill time is ~linear in prompt tokens at 4K). TTFT = wait +
   batch_s(B) + KV transfer to decode (RDMA, from the prefill model).
 * **Decode pool**: continuous batching at steady state obeys Little's law per device,
-  ``b = (λ / D) × output_len × TPOT(b)``, a fixed point solved with brentq; TPOT(b) is
+  ``b = (λ / D) × output_len × TPOT(b)``, a fixed point solved by Brent's method; TPOT(b) is
   ``cmperf.decode.evaluate`` at the mean KV length ``prompt + E[O²]/(2E[O])`` (the output progress of
   a sequence seen by time average is length-biased; = prompt + output/2 for fixed output lengths). The
   memory cap ``max_batch_per_device`` bounds b; past it (λ above D × cap / (output_len × TPOT(cap))) the
@@ -50,8 +50,8 @@ import numpy as np
 from . import decode as dec
 from .deployment import Deployment
 from .errors import CmperfError
-from .graph import kv_bytes_per_token_layer
-from .queueing import QueueWait, che_lru_hit_rate_zipf, mgc_wait, response_quantiles_s
+from .graph import kv_bytes_per_seq
+from .queueing import QueueWait, che_lru_hit_rate_zipf, find_root, mgc_wait, response_quantiles_s
 from .specs import Model, System
 
 __all__ = [
@@ -76,6 +76,18 @@ def _z(p: float) -> float:
     """Standard normal quantile z_p (z_0.99 = 2.3263); stdlib and cached: the sizing calls it for every
     grid batch of every decode pool, and scipy.stats alone takes ~0.9 s to import."""
     return NormalDist().inv_cdf(p)
+
+
+def _norm_cdf(x: float) -> float:
+    """Standard normal CDF Φ(x) from the error function, branch for branch as Cephes ``ndtr`` (the code
+    behind scipy.stats.norm.cdf): 1/2 + erf(x/√2)/2 near 0, erfc(|x|/√2)/2 in the tails (no cancellation
+    below Φ = 1e-16). Φ(2.3263) = 0.99 (Abramowitz & Stegun 26.2.2, 7.1.2)."""
+    y = x * math.sqrt(0.5)
+    z = abs(y)
+    if z < math.sqrt(0.5):
+        return 0.5 + 0.5 * math.erf(y)
+    tail = 0.5 * math.erfc(z)
+    return 1.0 - tail if y > 0 else tail
 
 
 #: The flag that sets each ``Workload`` field (``cmperf serve``), for error messages.
@@ -342,9 +354,11 @@ class CacheResult:
     model: str  # "none" | "direct" | "zipf-lru"
 
 
-def kv_bytes_per_token(model: Model, kv_dtype: str) -> float:
-    """KV bytes of one token over all layers: 61 × 1,152 B = 70,272 B for DeepSeek-R1 in BF16."""
-    return model.num_layers * kv_bytes_per_token_layer(model, kv_dtype)
+def kv_bytes_per_token(model: Model, kv_dtype: str, context_len: float) -> float:
+    """Cached bytes per token of a ``context_len``-token prefix over all layers (graph.kv_bytes_per_seq /
+    length: sliding-window and linear-attention layers hold less than a token each): 61 × 1,152 B =
+    70,272 B for DeepSeek-R1 in BF16 at any length."""
+    return float(kv_bytes_per_seq(model, kv_dtype, context_len)) / context_len
 
 
 def cache_pool(system: System, model: Model, wl: Workload, pools: Pools) -> CacheResult:
@@ -353,8 +367,8 @@ def cache_pool(system: System, model: Model, wl: Workload, pools: Pools) -> Cach
     cap = pools.cache_bytes(system)
     prec = pools.resolve(system, model).prefill.precision
     assert prec is not None  # resolve fills it
-    per_tok = kv_bytes_per_token(model, prec.kv)
     plen = wl.prefix_len if wl.prefix_len is not None else wl.prompt_len / 2.0
+    per_tok = kv_bytes_per_token(model, prec.kv, plen)
     pbytes = plen * per_tok
     items = cap / pbytes if pbytes > 0 else 0.0
     if wl.cache_hit is not None:
@@ -432,6 +446,16 @@ def _ttft_for(grid: PrefillGrid, i: int, rate: float, scv: float, qs):
         return w, np.full(len(qs), np.inf)
     r = np.atleast_1d(response_quantiles_s(w, float(grid.batch_s[i]), list(qs), service_scv=scv))
     return w, r + float(grid.kv_transfer_s[i])
+
+
+def _ttft_at(grid: PrefillGrid, i: int, rate: float, scv: float, q: float) -> float:
+    """The TTFT q-quantile at batch index ``i`` and ``rate`` as one float (``_ttft_for`` for one quantile,
+    in plain floats where the service is fixed): the step of the sizing's bisections on the rate."""
+    s = float(grid.batch_s[i])
+    w = mgc_wait(rate, s, int(grid.instances * grid.batch_prompts[i]), service_scv=scv)
+    if w.overloaded:
+        return math.inf
+    return float(response_quantiles_s(w, s, float(q), service_scv=scv)) + float(grid.kv_transfer_s[i])
 
 
 #: TTFT percentiles ``cmperf serve`` reports (p50, p90, p99) besides the SLO's and the mean.
@@ -577,6 +601,94 @@ class DecodePoolResult:
     tokens_per_s_per_device: float
 
 
+def _pool_evaluate(system: System, model: Model, wl: Workload, record: Deployment, devices, ep, b, kv):
+    """``decode.evaluate`` of decode pools of ``devices`` (EP ``ep``) at per-device batch ``b`` and mean KV
+    ``kv``, the workload's KV capacity and spread (all may be arrays; they broadcast)."""
+    dep = replace(
+        record,
+        devices=devices,
+        ep_size=ep,
+        batch_per_device=b,
+        kv_len=kv,
+        kv_capacity_len=wl.prompt_len + wl.output_len,
+        kv_cv=wl.kv_cv,
+    )
+    return dec.evaluate(system, model, dep)
+
+
+def _padded(rows: list[np.ndarray]) -> np.ndarray:
+    """Rows of different lengths as one 2-D array, each padded with its last value (trimmed after)."""
+    width = max(r.size for r in rows)
+    return np.array([np.concatenate([r, np.full(width - r.size, r[-1])]) for r in rows])
+
+
+#: Batches per device the decode curve evaluates TPOT at, from 0.25 to the HBM cap.
+CURVE_POINTS = 400
+
+
+def _fit_curves(
+    system: System, model: Model, wl: Workload, record: Deployment, devices: np.ndarray, ep: np.ndarray
+) -> list:
+    """(HBM batch cap, batch grid, TPOT on it) of the decode pool of each ``devices[i]`` / ``ep[i]``, or the
+    CmperfError that pool raises: a probe at batch 1 and the grid for every pool in two ``decode.evaluate``
+    calls (each point gives the numbers a call for that pool alone gives). Falls back to one pool at a time
+    when the joint call raises (a pool the experts cannot be placed on)."""
+    try:
+        probe = _pool_evaluate(system, model, wl, record, devices, ep, np.ones(devices.size), wl.kv_mean_len)
+    except CmperfError as e:
+        if devices.size == 1:
+            return [e]
+        return [
+            _fit_curves(system, model, wl, record, devices[i : i + 1], ep[i : i + 1])[0]
+            for i in range(devices.size)
+        ]
+    caps = np.broadcast_to(np.asarray(probe.max_batch_per_device, dtype=float), devices.shape)
+    feasible = np.broadcast_to(np.asarray(probe.feasible, dtype=bool), devices.shape)
+    out: list = [None] * devices.size
+    good = []
+    for i, (cap, ok) in enumerate(zip(caps.tolist(), feasible.tolist(), strict=True)):
+        if not ok or cap < 1:
+            out[i] = CmperfError(
+                f"--decode-devices: not even one {wl.prompt_len + wl.output_len:g}-token sequence per device "
+                f"fits in HBM with EP{int(ep[i])} on {int(devices[i])} devices; use more decode devices or "
+                "shorter lengths"
+            )
+        else:
+            good.append(i)
+    if good:
+        rows = [
+            np.unique(np.concatenate([np.linspace(0.25, caps[i], CURVE_POINTS), [caps[i]]])) for i in good
+        ]
+        idx = np.array(good)
+        tpot = np.asarray(
+            _pool_evaluate(
+                system, model, wl, record, devices[idx, None], ep[idx, None], _padded(rows), wl.kv_mean_len
+            ).tpot_s,
+            dtype=float,
+        )
+        for k, (i, b) in enumerate(zip(good, rows, strict=True)):
+            out[i] = (float(caps[i]), b, tpot[k, : b.size].copy())
+    return out
+
+
+def decode_curves(
+    system: System, model: Model, wl: Workload, pools: Pools, devices
+) -> list[_DecodeCurve | None]:
+    """The decode curve of ``pools.split(pools.prefill_devices, d)`` for each ``d`` in ``devices`` (None where
+    not one sequence fits in HBM), all evaluated together (``_fit_curves``): what sizing runs over
+    every decode pool size it tries."""
+    pools = pools.resolve(system, model)
+    d = np.asarray(devices, dtype=int).ravel()
+    ep = d * system.ranks_per_device
+    fits = _fit_curves(system, model, wl, pools.decode, d, ep)
+    return [
+        None
+        if isinstance(f, CmperfError)
+        else _DecodeCurve(system, model, wl, pools.split(pools.prefill_devices, int(dd)), fit=f)
+        for dd, f in zip(d.tolist(), fits, strict=True)
+    ]
+
+
 class _DecodeCurve:
     """TPOT(b) for one decode pool at the mean KV length, on a batch grid (one vectorized evaluate).
 
@@ -584,9 +696,10 @@ class _DecodeCurve:
     data-parallel attention of every layer waits for the rank with the most KV: every step runs at the
     expected maximum over the EP group (cmperf.decode.straggler_kv_len with ``Workload.kv_cv``).
     The p99 adds the fluctuation of the batch count only: the maximum over many ranks varies little from
-    step to step."""
+    step to step. ``fit`` = (HBM batch cap, batch grid, TPOT on it) when ``decode_curves`` computed it for
+    many pools at once."""
 
-    def __init__(self, system, model, wl: Workload, pools: Pools, devices: int | None = None):
+    def __init__(self, system, model, wl: Workload, pools: Pools, devices: int | None = None, *, fit=None):
         pools = pools.resolve(system, model)
         self.system, self.model, self.wl, self.pools = system, model, wl, pools
         self.devices = devices or pools.decode_devices
@@ -594,28 +707,16 @@ class _DecodeCurve:
             self.devices * system.ranks_per_device
         )
         self.kv_cap = wl.prompt_len + wl.output_len
-        probe = self.tpot(np.asarray([1.0]), wl.kv_mean_len, full=True)
-        cap = float(probe.max_batch_per_device[0])
-        if not bool(probe.feasible[0]) or cap < 1:
-            raise CmperfError(
-                f"--decode-devices: not even one {self.kv_cap:g}-token sequence per device fits in "
-                f"HBM with EP{self.ep} on {self.devices} devices; use more decode devices or shorter lengths"
-            )
-        self.max_batch = cap
-        self.grid_b = np.unique(np.concatenate([np.linspace(0.25, cap, 400), [cap]]))
-        self.grid_tpot = np.asarray(self.tpot(self.grid_b, wl.kv_mean_len), dtype=float)
+        if fit is None:
+            fit = _fit_curves(system, model, wl, pools.decode, np.array([self.devices]), np.array([self.ep]))[
+                0
+            ]
+        if isinstance(fit, CmperfError):
+            raise fit
+        self.max_batch, self.grid_b, self.grid_tpot = fit
 
     def tpot(self, b, kv, full=False):
-        dep = replace(
-            self.pools.decode,
-            devices=self.devices,
-            ep_size=self.ep,
-            batch_per_device=b,
-            kv_len=kv,
-            kv_capacity_len=self.kv_cap,
-            kv_cv=self.wl.kv_cv,
-        )
-        ev = dec.evaluate(self.system, self.model, dep)
+        ev = _pool_evaluate(self.system, self.model, self.wl, self.pools.decode, self.devices, self.ep, b, kv)
         return ev if full else ev.tpot_s
 
     def capacity_rps(self) -> float:
@@ -623,9 +724,8 @@ class _DecodeCurve:
         return self.devices * float(np.max(self.grid_b / self.grid_tpot)) / self.wl.output_len
 
     def solve_batch(self, rate: float) -> float:
-        """Little's law fixed point b = (λ/D) L TPOT(b) by brentq on the interpolated TPOT curve."""
-        from scipy import optimize
-
+        """Little's law fixed point b = (λ/D) L TPOT(b) by Brent's method (``queueing.find_root``) on the
+        interpolated TPOT curve."""
         k = rate / self.devices * self.wl.output_len
 
         def f(b):
@@ -634,7 +734,7 @@ class _DecodeCurve:
         lo, hi = 0.0, self.max_batch
         if f(hi) < 0:
             return math.inf
-        return float(optimize.brentq(f, lo, hi, xtol=1e-9, rtol=1e-12))
+        return find_root(f, lo, hi, xtol=1e-9, rtol=1e-12)
 
     def slowest_kv_len(self, b: float) -> float:
         """KV per sequence of the rank with the most KV at batch ``b`` per device (one microbatch count:
@@ -681,12 +781,8 @@ def decode_pool(curve: _DecodeCurve, rate: float, slo: SLO) -> DecodePoolResult:
     slowest = curve.slowest_kv_len(b)
     mean, p99, pq = (float(x) for x in pts)
     sigma = max(p99 - mean, 0.0) / _z(0.99)
-    if sigma > 0:
-        from scipy import stats
-
-        p_ok = float(stats.norm.cdf((slo.tpot_s - mean) / sigma))
-    else:
-        p_ok = 1.0 if mean <= slo.tpot_s else 0.0
+    # per-request TPOT normal between the mean and the p99 (a step at the mean when they coincide)
+    p_ok = _norm_cdf((slo.tpot_s - mean) / sigma) if sigma > 0 else float(mean <= slo.tpot_s)
     return DecodePoolResult(
         curve.devices,
         curve.ep,
@@ -709,45 +805,78 @@ def decode_pool(curve: _DecodeCurve, rate: float, slo: SLO) -> DecodePoolResult:
 
 def ttft_limit_rps(grid: PrefillGrid, wl: Workload, slo: SLO) -> float:
     """Largest λ whose SLO-quantile TTFT meets the SLO: max over batch sizes B of the per-B limit (the
-    scheduler picks the best B), each by bisection on λ in (0, c/S) — TTFT quantiles rise with λ."""
+    scheduler picks the best B), each by bisection on λ in (0, c/S) — TTFT quantiles rise with λ.
+
+    Batch sizes are tried by falling capacity c/S, and one that cannot beat the best limit so far is
+    dropped before its bisection: its capacity is below that limit, or its TTFT at that rate already
+    misses the SLO (then its own limit is lower, TTFT rising with λ). The maximum is the one every
+    bisection gives, with a quarter of the M/G/c evaluations on CloudMatrix384."""
     scv = wl.prompt_cv**2
     best = 0.0
-    for i in range(grid.batch_prompts.size):
-        s, kv = float(grid.batch_s[i]), float(grid.kv_transfer_s[i])
+    capacity = grid.instances * grid.batch_prompts / grid.batch_s
+    for i in np.argsort(-capacity, kind="stable").tolist():
+        s = float(grid.batch_s[i])
         c = int(grid.instances * grid.batch_prompts[i])
         hi = c / s
-        if hi <= best or _ttft_for(grid, i, 1e-9 * hi, scv, (slo.quantile,))[1][0] > slo.ttft_s:
-            continue  # cannot beat the best so far, or the batch alone misses the SLO
+        if hi <= best or (best > 0.0 and _ttft_at(grid, i, best, scv, slo.quantile) > slo.ttft_s):
+            continue  # cannot beat the best so far
+        if _ttft_at(grid, i, 1e-9 * hi, scv, slo.quantile) > slo.ttft_s:
+            continue  # the batch alone misses the SLO
         lo = 0.0
         while hi - lo > 1e-6 * hi:
             mid = 0.5 * (lo + hi)
-            if _ttft_for(grid, i, mid, scv, (slo.quantile,))[1][0] <= slo.ttft_s:
+            if _ttft_at(grid, i, mid, scv, slo.quantile) <= slo.ttft_s:
                 lo = mid
             else:
                 hi = mid
         best = max(best, lo)
-        del kv
     return best
 
 
-def tpot_limit_rps(curve: _DecodeCurve, slo: SLO) -> float:
-    """Largest λ whose SLO-quantile TPOT meets the SLO: TPOT_q on the whole batch grid in one vectorized
-    evaluate, the last grid batch b within the SLO (linear interpolation at the crossing), then
+def tpot_limits_rps(curves: list[_DecodeCurve], slo: SLO) -> np.ndarray:
+    """Largest λ whose SLO-quantile TPOT meets the SLO, for each of ``curves`` (pools that differ only in
+    their device count, as ``decode_curves`` builds them): TPOT_q on every curve's batch grid in one
+    vectorized evaluate, the last grid batch b within the SLO (linear interpolation at the crossing), then
     λ = D × b / (output_len × TPOT(b)) by Little's law."""
-    b = curve.grid_b
-    pts = np.array([curve.quantile_point(float(x), slo.quantile) for x in b])
-    tq = np.asarray(curve.tpot(pts[:, 0], pts[:, 1]), dtype=float)
-    ok = tq <= slo.tpot_s
-    if not ok[0]:
-        return 0.0
-    j = int(np.argmin(ok)) if not ok.all() else b.size
-    if j == b.size:
-        b_lim = float(b[-1])
-    else:  # crossing between j-1 (ok) and j (not ok)
-        f = (slo.tpot_s - tq[j - 1]) / (tq[j] - tq[j - 1])
-        b_lim = float(b[j - 1] + f * (b[j] - b[j - 1]))
-    t = float(np.interp(b_lim, b, curve.grid_tpot))
-    return curve.devices * b_lim / (curve.wl.output_len * t)
+    if not curves:
+        return np.zeros(0)
+    c0 = curves[0]
+    dev = np.array([c.devices for c in curves])[:, None]
+    b = _padded([c.grid_b for c in curves])
+    cap = np.array([c.max_batch for c in curves])[:, None]
+    bq = np.minimum(b + _z(slo.quantile) * np.sqrt(b / dev), cap)  # quantile_point on every grid batch
+    ev = _pool_evaluate(
+        c0.system,
+        c0.model,
+        c0.wl,
+        c0.pools.decode,
+        dev,
+        np.array([c.ep for c in curves])[:, None],
+        bq,
+        c0.wl.kv_mean_len,
+    )
+    tq_all = np.broadcast_to(np.asarray(ev.tpot_s, dtype=float), b.shape)
+    out = np.zeros(len(curves))
+    for r, curve in enumerate(curves):
+        gb = curve.grid_b
+        tq = tq_all[r, : gb.size]
+        ok = tq <= slo.tpot_s
+        if not ok[0]:
+            continue
+        j = int(np.argmin(ok)) if not ok.all() else gb.size
+        if j == gb.size:
+            b_lim = float(gb[-1])
+        else:  # crossing between j-1 (ok) and j (not ok)
+            f = (slo.tpot_s - tq[j - 1]) / (tq[j] - tq[j - 1])
+            b_lim = float(gb[j - 1] + f * (gb[j] - gb[j - 1]))
+        t = float(np.interp(b_lim, gb, curve.grid_tpot))
+        out[r] = curve.devices * b_lim / (curve.wl.output_len * t)
+    return out
+
+
+def tpot_limit_rps(curve: _DecodeCurve, slo: SLO) -> float:
+    """Largest λ whose SLO-quantile TPOT meets the SLO for one decode pool (``tpot_limits_rps``)."""
+    return float(tpot_limits_rps([curve], slo)[0])
 
 
 # ---------------------------------------------------------------------------------------------- whole service
@@ -844,9 +973,8 @@ class _Service:
 
 
 def _concurrency_rate(svc: _Service, n: float) -> float:
-    """Throughput X of a closed loop of n requests: n = X × (mean TTFT(X) + L × TPOT(X)) (brentq)."""
-    from scipy import optimize
-
+    """Throughput X of a closed loop of n requests: n = X × (mean TTFT(X) + L × TPOT(X)) (Brent's method,
+    ``queueing.find_root``)."""
     cap = min(svc.grid.capacity_rps, svc.curve.capacity_rps()) * (1 - 1e-9)
 
     def f(x):
@@ -855,7 +983,7 @@ def _concurrency_rate(svc: _Service, n: float) -> float:
 
     if f(cap) <= 0:
         return cap
-    return float(optimize.brentq(f, cap * 1e-9, cap, xtol=1e-9 * cap))
+    return find_root(f, cap * 1e-9, cap, xtol=1e-9 * cap)
 
 
 def evaluate(

@@ -20,10 +20,10 @@ from .serving import (
     Pools,
     PrefillGrid,
     Workload,
-    _DecodeCurve,
     cache_pool,
+    decode_curves,
     prefill_grid,
-    tpot_limit_rps,
+    tpot_limits_rps,
     ttft_limit_rps,
     workload_inputs,
 )
@@ -127,15 +127,12 @@ def size(
             f"--devices-total: {total} devices leave no room for one {inst}-device prefill instance "
             f"and {decode_step} decode devices"
         )
-    # TPOT-limited rate per decode size
+    # TPOT-limited rate per decode size, every size in two evaluate calls (0 where the lengths do not fit
+    # the pool's HBM)
+    curves = decode_curves(system, model, wl0, pools.split(inst, 1), ds)
+    fit = [j for j, cv in enumerate(curves) if cv is not None]
     tpot_lim = np.zeros(ds.size)
-    for j, dd in enumerate(ds):
-        pj = pools.split(inst, int(dd))
-        try:
-            curve = _DecodeCurve(system, model, wl0, pj)
-        except CmperfError:
-            continue  # the lengths do not fit this decode pool's HBM
-        tpot_lim[j] = tpot_limit_rps(curve, slo)
+    tpot_lim[fit] = tpot_limits_rps([cv for cv in curves if cv is not None], slo)
     dram_node = system.cpu_dram_per_node_bytes
     dram_total = dram_node * math.ceil(total / system.devices_per_node)
     fr = np.asarray(cache_fractions, dtype=float)

@@ -54,11 +54,57 @@ EFFICIENCY_KEYS = ("gemm_compute", "gemm_memory", "attention_compute", "attentio
 #: efficiency (gemm_compute, attention_compute) a kernel sustains inside the serving loop (cmperf.roofline).
 OPTIONAL_EFFICIENCY = {"pipeline_compute": 1.0}
 OVERHEAD_KEYS = ("gemm", "attention", "vector", "comm")
-ARCH_KEYS = (
-    "hidden_size num_layers first_k_dense intermediate_size moe_intermediate_size n_routed_experts "
-    "n_shared_experts num_experts_per_tok n_group topk_group num_attention_heads q_lora_rank kv_lora_rank "
-    "qk_nope_head_dim qk_rope_head_dim v_head_dim vocab_size num_mtp_modules max_position_embeddings"
-).split()
+#: Architecture integers (config.json field names) every model has.
+ARCH_KEYS = "hidden_size num_layers num_attention_heads vocab_size max_position_embeddings".split()
+#: Attention kinds the op graph builds (cmperf.graph) and the integers each needs. MLA: DeepSeek-V2/V3's
+#: latent attention; GQA: grouped-query attention (MHA when num_key_value_heads = heads, MQA when 1).
+ATTENTION_KEYS = {
+    "mla": ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"),
+    "gqa": ("num_key_value_heads", "head_dim"),
+}
+#: MoE integers, required when n_routed_experts > 0 (a model with 0 routed experts is dense).
+MOE_KEYS = ("moe_intermediate_size", "num_experts_per_tok")
+#: Optional integers and their defaults: dense-first layers, shared experts, group-limited routing
+#: (DeepSeek-V3 §2.1.2), q LoRA (MLA), MTP modules, the top-k sparse-attention indexer (DeepSeek-V3.2:
+#: index_topk keys per query chosen by index_n_heads heads of index_head_dim; 0 = dense attention), the
+#: sliding window and the attention chunk of the layers whose pattern says so.
+ARCH_OPTIONAL = {
+    "first_k_dense": 0,
+    "intermediate_size": 0,
+    "n_routed_experts": 0,
+    "n_shared_experts": 0,
+    "n_group": 1,
+    "topk_group": 1,
+    "q_lora_rank": 0,
+    "num_mtp_modules": 0,
+    "index_n_heads": 0,
+    "index_head_dim": 0,
+    "index_topk": 0,
+    "sliding_window": 0,
+    "attention_chunk_size": 0,
+    "attn_output_gate": 0,
+    "linear_num_key_heads": 0,
+    "linear_num_value_heads": 0,
+    "linear_key_head_dim": 0,
+    "linear_value_head_dim": 0,
+    "linear_conv_kernel_dim": 0,
+}
+#: The linear-attention (Gated DeltaNet) integers a "linear" layer needs (Qwen3-Next / Qwen3.5).
+LINEAR_KEYS = (
+    "linear_num_key_heads",
+    "linear_num_value_heads",
+    "linear_key_head_dim",
+    "linear_value_head_dim",
+    "linear_conv_kernel_dim",
+)
+#: Per-layer attention variants ([layers] attention) and the integer each needs; per-layer FFN kinds.
+LAYER_ATTENTION = {
+    "full": "",
+    "sliding": "sliding_window",
+    "chunked": "attention_chunk_size",
+    "linear": "linear_num_value_heads",
+}
+LAYER_FFN = ("dense", "moe")
 
 
 @dataclass(frozen=True)
@@ -78,6 +124,7 @@ class Chip:
     eff: dict[str, float]
     overhead_s: dict[str, float]
     sources: dict[str, str] = field(repr=False)
+    power_w: float | None = None  # key power: per rank (board/TDP watts); None = not known
 
     def peak(self, dtype: str, where: str = "precision") -> float:
         """Peak FLOP/s for ``dtype``; a clear error when the chip has no such datatype."""
@@ -142,7 +189,7 @@ EP_COLLECTIVES = ("dispatch", "combine")
 SPEC_KINDS = ("chip", "system", "model")
 #: Upper bound of a spec quantity when its reader gives none (finite, and far beyond any real part: an
 #: infinity or 1e300 in a spec file is a typo, and products of such numbers overflow to inf and NaN).
-MAX_QUANTITY = {"bytes": 1e18, "bytes_per_s": 1e18, "flops": 1e21, "s": 3600.0, "per_s": 1e12}
+MAX_QUANTITY = {"bytes": 1e18, "bytes_per_s": 1e18, "flops": 1e21, "s": 3600.0, "per_s": 1e12, "watts": 1e9}
 
 
 @dataclass(frozen=True)
@@ -198,6 +245,17 @@ class System:
     # per-phase EP kernels that replace ``collectives`` in that phase: {"prefill": {"dispatch": ...}}
     phase_collectives: dict[str, dict[str, Collective]] = field(default_factory=dict)
     kv_plane: str = ""  # key kv_transfer_plane; "" = default rule (kv_transfer_plane())
+    power_w: float | None = None  # key power: the whole system's watts (per node: scaled); None = not known
+
+    def power_per_device(self) -> tuple[float, str] | None:
+        """(watts per device, what they cover): the system's power / num_devices where the spec gives it
+        ("system": GPUs, CPUs, switches, cooling of the rack or node), else the chip's power x ranks per
+        device ("chip": the accelerator alone); None when neither is known (never a guess)."""
+        if self.power_w is not None:
+            return self.power_w / self.num_devices, "system"
+        if self.chip.power_w is not None:
+            return self.chip.power_w * self.ranks_per_device, "chip"
+        return None
 
     @property
     def num_ranks(self) -> int:
@@ -241,7 +299,9 @@ class System:
 
 @dataclass(frozen=True)
 class Model:
-    """A DeepSeek-style MoE architecture (config.json field names)."""
+    """A transformer architecture (config.json field names in ``arch``): an attention kind (``attention``,
+    a key of ATTENTION_KEYS), and per layer an attention variant and an FFN kind (``layer_attention``,
+    ``layer_ffn``: num_layers entries each; default all "full", first_k_dense "dense" then "moe")."""
 
     name: str
     description: str
@@ -250,12 +310,20 @@ class Model:
     arch: dict[str, int]
     popularity_zipf: float
     sources: dict[str, str] = field(repr=False)
+    attention: str = "mla"
+    layer_attention: tuple[str, ...] = ()
+    layer_ffn: tuple[str, ...] = ()
 
     def __getattr__(self, key: str) -> int:
         arch: dict[str, int] = self.__dict__.get("arch", {})
         if key in arch:
             return arch[key]
         raise AttributeError(key)
+
+    @property
+    def is_moe(self) -> bool:
+        """True when some layer routes to experts (a dense model has none)."""
+        return "moe" in self.layer_ffn
 
 
 # ---------------------------------------------------------------------------------------------- search path
@@ -561,8 +629,12 @@ def load_chip(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str 
     ov = t.sub("overhead")
     overhead = {k: ov.quantity(k, "s", hi=1e-2) for k in OVERHEAD_KEYS}
     ov.done()
+    # optional; 0 stands for "absent" and is out of range in a file (a power must be > 0: lo = 1 W)
+    power = t.quantity("power", "watts", lo=1.0, required=False, default=0.0) or None
     t.done()
-    return Chip(name, desc, str(path), rank, peaks, cube, vector, cap, bw, reserved, eff, overhead, sources)
+    return Chip(
+        name, desc, str(path), rank, peaks, cube, vector, cap, bw, reserved, eff, overhead, sources, power
+    )
 
 
 def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--system") -> System:
@@ -575,6 +647,7 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: st
     ranks_per_device = t.integer("ranks_per_device", hi=16)
     devices_per_node = t.integer("devices_per_node", hi=num_devices)
     dram = t.quantity("cpu_dram_per_node", "bytes", required=False, default=0.0)
+    power = _system_power(t, chip, num_devices, ranks_per_device, devices_per_node)
     planes: dict[str, Plane] = {}
     planes_t = t.sub("planes")
     for pname in planes_t.raw:
@@ -669,7 +742,29 @@ def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: st
         sources,
         phase_colls,
         kv_plane,
+        power,
     )
+
+
+def _system_power(
+    t: _Table, chip: Chip, num_devices: int, ranks_per_device: int, devices_per_node: int
+) -> float | None:
+    """A system file's optional ``power = { value = "132 kW", per = "system" | "node", source = ... }`` as
+    the whole system's watts (per node: x num_devices / devices_per_node); None when absent. A system that
+    draws less per device than its chips' own ``power`` is an error (the file or the chip is wrong)."""
+    watts = t.quantity("power", "watts", lo=1.0, required=False, default=0.0)  # 0: absent (lo = 1 W)
+    if not watts:
+        return None
+    per = t.raw["power"].get("per", "system")
+    if per not in ("system", "node"):
+        raise CmperfError(f"{t.where('power')}: per must be system or node, got {per!r}")
+    total = watts * (num_devices / devices_per_node if per == "node" else 1.0)
+    if chip.power_w is not None and total / num_devices < chip.power_w * ranks_per_device:
+        raise CmperfError(
+            f"{t.where('power')}: {total / num_devices:,.0f} W per device is below its chip {chip.name}'s "
+            f"own {chip.power_w * ranks_per_device:,.0f} W; fix the system or the chip power"
+        )
+    return total
 
 
 def _torus_dims(p: _Table, domain: int, num_devices: int) -> tuple[int, ...]:
@@ -731,12 +826,28 @@ ARCH_MAX = {"vocab_size": 1 << 24, "max_position_embeddings": 1 << 27, "intermed
 def _check_architecture(a: _Table, arch: dict[str, int]) -> None:
     """Structure the op graph relies on, each violation named by key: layer counts, top-k within the
     experts, group-limited routing (n_group divides the routed experts, topk_group <= n_group, and the
-    top-k experts fit in the topk_group groups a token may use: DeepSeek-V3 §2.1.2)."""
+    top-k experts fit in the topk_group groups a token may use: DeepSeek-V3 §2.1.2), KV heads dividing the
+    query heads (GQA), the sparse-attention indexer given whole."""
     if arch["first_k_dense"] > arch["num_layers"]:
         raise CmperfError(
             f"{a.where('first_k_dense')}: {arch['first_k_dense']} exceeds num_layers {arch['num_layers']}"
         )
-    r, k, g, tg = arch["n_routed_experts"], arch["num_experts_per_tok"], arch["n_group"], arch["topk_group"]
+    kv = arch.get("num_key_value_heads")
+    if kv is not None and arch["num_attention_heads"] % kv:
+        raise CmperfError(
+            f"{a.where('num_key_value_heads')}: {kv} KV heads do not divide the "
+            f"{arch['num_attention_heads']} attention heads"
+        )
+    index = [arch[k] for k in ("index_n_heads", "index_head_dim", "index_topk")]
+    if any(index) and not all(index):
+        raise CmperfError(
+            f"{a.where('index_topk')}: the sparse-attention indexer needs index_n_heads, index_head_dim and "
+            "index_topk all above 0 (or all 0 for dense attention)"
+        )
+    r = arch["n_routed_experts"]
+    if not r:
+        return
+    k, g, tg = arch["num_experts_per_tok"], arch["n_group"], arch["topk_group"]
     if k > r:
         raise CmperfError(f"{a.where('num_experts_per_tok')}: top-{k} exceeds the {r} routed experts")
     if r % g:
@@ -748,6 +859,60 @@ def _check_architecture(a: _Table, arch: dict[str, int]) -> None:
             f"{a.where('num_experts_per_tok')}: top-{k} does not fit in topk_group {tg} groups of "
             f"{r // g} experts"
         )
+
+
+def _arch_int(a: _Table, key: str, lo: int) -> int:
+    a.used.add(key)
+    v = a.raw.get(key)
+    hi = ARCH_MAX.get(key, 1 << 20)
+    if v is None:
+        raise CmperfError(f"{a.where(key)} is missing; add it (a whole number from the config.json)")
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise CmperfError(f"{a.where(key)}: expected a whole number in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def _pattern(
+    t: _Table, key: str, choices: tuple[str, ...], layers: int, default: tuple[str, ...]
+) -> tuple[str, ...]:
+    """A per-layer list: one entry per layer, or a period repeated over the layers (num_layers % len == 0)."""
+    t.used.add(key)
+    v = t.raw.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, list) or not v or any(x not in choices for x in v):
+        raise CmperfError(f"{t.where(key)}: expected a list of {', '.join(choices)}, got {v!r}")
+    if layers % len(v):
+        raise CmperfError(
+            f"{t.where(key)}: {len(v)} entries neither equal nor divide num_layers {layers}; give one per "
+            "layer or a repeating period"
+        )
+    return tuple(v) * (layers // len(v))
+
+
+def _layers(t: _Table, arch: dict[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The [layers] table: per-layer attention variants and FFN kinds, each checked against the integers
+    it needs (a "sliding" layer needs sliding_window, a "moe" layer routed experts)."""
+    n = arch["num_layers"]
+    lt = t.sub("layers", required=False)
+    if lt.raw:
+        lt.string("source")
+    ffn_default = ("dense",) * arch["first_k_dense"] + ("moe" if arch["n_routed_experts"] else "dense",) * (
+        n - arch["first_k_dense"]
+    )
+    attention = _pattern(lt, "attention", tuple(LAYER_ATTENTION), n, ("full",) * n)
+    ffn = _pattern(lt, "ffn", LAYER_FFN, n, ffn_default)
+    for variant in sorted(set(attention)):
+        needs = LINEAR_KEYS if variant == "linear" else (LAYER_ATTENTION[variant],)
+        for need in needs:
+            if need and not arch[need]:
+                raise CmperfError(f"{lt.where('attention')}: {variant!r} layers need architecture.{need} > 0")
+    if "moe" in ffn and not arch["n_routed_experts"]:
+        raise CmperfError(f"{lt.where('ffn')}: 'moe' layers need architecture.n_routed_experts > 0")
+    if "dense" in ffn and not arch["intermediate_size"]:
+        raise CmperfError(f"{lt.where('ffn')}: 'dense' layers need architecture.intermediate_size > 0")
+    lt.done()
+    return attention, ffn
 
 
 def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Model:
@@ -769,24 +934,25 @@ def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Model:
     aliases = tuple(t.raw.get("aliases", []))
     a = t.sub("architecture")
     src = a.string("source")
-    arch: dict[str, int] = {}
-    for k in ARCH_KEYS:
-        a.used.add(k)
-        v = a.raw.get(k)
-        lo = 0 if k in ("first_k_dense", "num_mtp_modules", "n_shared_experts", "q_lora_rank") else 1
-        hi = ARCH_MAX.get(k, 1 << 20)
-        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            raise CmperfError(f"{a.where(k)}: expected a whole number in [{lo}, {hi}], got {v!r}")
-        arch[k] = v
+    attention = a.string("attention", tuple(ATTENTION_KEYS), required=False, default="mla")
+    arch: dict[str, int] = {k: _arch_int(a, k, 1) for k in ARCH_KEYS + list(ATTENTION_KEYS[attention])}
+    for k, default in ARCH_OPTIONAL.items():
+        arch[k] = _arch_int(a, k, 0) if k in a.raw else default
+    if arch["n_routed_experts"]:
+        arch.update({k: _arch_int(a, k, 1) for k in MOE_KEYS})
+    else:
+        arch.update(dict.fromkeys(MOE_KEYS, 0))
+    for k in arch:
         sources["architecture." + k] = src
     a.done()
     _check_architecture(a, arch)
+    layer_attention, layer_ffn = _layers(t, arch)
     r = t.sub("routing", required=False)
     # Zipf exponent of expert popularity: a plain number (no unit)
     zipf = r.number("popularity_zipf", 0.0, 3.0, required=False, default=0.0)
     r.done()
     t.done()
-    return Model(name, desc, str(path), aliases, arch, zipf, sources)
+    return Model(name, desc, str(path), aliases, arch, zipf, sources, attention, layer_attention, layer_ffn)
 
 
 def spec_hash(*paths: str) -> str:

@@ -40,12 +40,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .comm import DomainDedupOp, ep_collective_time, plane_collective_time
 from .graph import Array, Op, Stage
-from .roofline import OpTime, compute_op_time
+from .roofline import OpTime, compute_op_time, compute_rate, first_max_index, op_totals
 from .specs import System
 
 
@@ -60,15 +61,20 @@ def binding_names(policy: str) -> tuple[str, str, str, str]:
 
 @dataclass(frozen=True)
 class StageTime:
+    """Timing of one stage. ``op_times`` parallels ``stage.ops``; built with ``keep_ops=False`` it holds
+    only the collectives' OpTime (None for the compute ops) and ``binding`` is None: the arrays a step
+    sums are all there, the per-op breakdown is not."""
+
     stage: Stage
-    op_times: tuple[OpTime, ...]
+    op_times: tuple[OpTime | None, ...]
     a_s: np.ndarray  # stream A per microbatch
     m_s: np.ndarray  # stream M per microbatch
     period_s: np.ndarray  # coarse ("ideal") period of one repetition (layer), all microbatches
     lower_s: np.ndarray
     upper_s: np.ndarray
-    binding: np.ndarray  # coarse verdict: 0: stream A, 1: stream M, 2: A + M serial, 3: shared HBM
+    binding: np.ndarray | None  # coarse verdict: 0: stream A, 1: stream M, 2: A + M serial, 3: shared HBM
     hbm_s: float | np.ndarray  # HBM time of all ops of one microbatch (the shared-HBM floor is n * hbm_s)
+    runs: tuple[tuple[bool, np.ndarray], ...] = ()  # (in_m, time): maximal runs of one stream, in op order
 
 
 def op_time(op: Op, system: System, cube_share=1.0, phase: str = "decode") -> OpTime:
@@ -88,6 +94,24 @@ def _in_a(op: Op, policy: str) -> bool:
     return op.stream == "attn" if policy == "split-cores" else op.kind != "comm"
 
 
+class _Sum:
+    """A running sum ``((x1 + x2) + x3) + ...`` (the bits of summing in that order) that adds in place once
+    it holds an array of its own of the result's shape: one pass per term, no temporary."""
+
+    __slots__ = ("owned", "value")
+
+    def __init__(self, first=0.0):
+        self.value, self.owned = first, False  # ``first`` is not ours: never written in place
+
+    def add(self, x) -> None:
+        v = self.value
+        if self.owned and (np.shape(x) == v.shape or np.broadcast_shapes(v.shape, np.shape(x)) == v.shape):
+            v += x
+        else:
+            self.value = v + x
+            self.owned = isinstance(self.value, np.ndarray)
+
+
 def stage_time(
     stage: Stage,
     system: System,
@@ -96,41 +120,77 @@ def stage_time(
     attn_cube_share,
     phase: str = "decode",
     compute_share: float = 1.0,
+    keep_ops: bool = True,
 ) -> StageTime:
     """``attn_cube_share``: float or array (broadcasts with the ops' arrays and ``microbatches``), the
     split-cores attention share; ``compute_share``: compute-comm's compute-stream share when n > 1
-    (module docstring); ``phase`` picks the EP kernels (``op_time``)."""
+    (module docstring); ``phase`` picks the EP kernels (``op_time``). ``keep_ops=False``: only what a
+    step sums (``roofline.op_totals`` per compute op, no per-op breakdown; the same bits)."""
     n = np.asarray(microbatches, dtype=float)
     if not stage.overlapped:
         n = np.ones_like(n)
     split = (n > 1) & (policy == "split-cores")
-    reserve = policy == "compute-comm" and compute_share != 1.0
-    times: list[OpTime] = []
-    a: float | np.ndarray = 0.0  # sums over the ops: arrays (broadcast over the points) after the first
-    m: float | np.ndarray = 0.0
-    hbm: float | np.ndarray = 0.0
-    lo_a: float | np.ndarray = 0.0
-    lo_m: float | np.ndarray = 0.0
-    serial: float | np.ndarray = 0.0
-    for op in stage.ops:
-        in_a = _in_a(op, policy)
-        share = np.where(split, attn_cube_share if in_a else 1.0 - attn_cube_share, 1.0)
-        if reserve and in_a:
-            share = np.where(n > 1, compute_share, share)
-        t = op_time(op, system, share, phase)
-        times.append(t)
-        hbm = hbm + t.memory_s
-        serial = serial + t.serial_s
-        if in_a:
-            a, lo_a = a + t.time_s, lo_a + t.ideal_s
+    # the cube-core share of each stream's ops (every op of a stream has the same)
+    share_a: Any = np.where(split, attn_cube_share, 1.0)
+    if policy == "compute-comm" and compute_share != 1.0:
+        share_a = np.where(n > 1, compute_share, share_a)
+    share_m = np.where(split, 1.0 - attn_cube_share, 1.0)
+    chip = system.chip
+    rates: dict = {}  # compute_rate per (stream, kind, dtype): one array per stage, not one per op
+    in_a_ops = [_in_a(op, policy) for op in stage.ops]
+    n_runs = {True: 0, False: 0}  # runs per stream: a stream of one run sums to that run (same bits)
+    for i, in_a in enumerate(in_a_ops):
+        if i == 0 or in_a_ops[i - 1] != in_a:
+            n_runs[in_a] += 1
+    times: list[OpTime | None] = []
+    sums = {k: _Sum() for k in ("a", "m", "hbm", "lo_a", "lo_m", "serial")}
+    runs: list[tuple[bool, _Sum]] = []
+    for op, in_a in zip(stage.ops, in_a_ops, strict=True):
+        share = share_a if in_a else share_m
+        if keep_ops or op.kind == "comm":
+            t = op_time(op, system, share, phase)
+            times.append(t)
+            time_s, ideal_s, serial_s, memory_s = t.time_s, t.ideal_s, t.serial_s, t.memory_s
         else:
-            m, lo_m = m + t.time_s, lo_m + t.ideal_s
-    a, m = np.asarray(a + 0 * n), np.asarray(m + 0 * n)
-    cands = np.stack(np.broadcast_arrays(n * a, n * m, a + m, n * hbm))
-    period = cands.max(axis=0)
-    binding = cands.argmax(axis=0).astype(np.int8)
-    lower = np.max(np.stack(np.broadcast_arrays(n * lo_a, n * lo_m)), axis=0)
-    return StageTime(stage, tuple(times), a, m, period, lower, n * serial + 0 * period, binding, hbm)
+            times.append(None)
+            key = (in_a, op.kind, op.dtype)
+            if op.kind != "vector" and key not in rates:
+                rates[key] = compute_rate(chip, op.kind, op.dtype, share)
+            time_s, ideal_s, serial_s, memory_s = op_totals(op, chip, rates.get(key))
+        sums["hbm"].add(memory_s)
+        sums["serial"].add(serial_s)
+        if n_runs[in_a] > 1:
+            sums["a" if in_a else "m"].add(time_s)
+        sums["lo_a" if in_a else "lo_m"].add(ideal_s)
+        if runs and runs[-1][0] == (not in_a):
+            runs[-1][1].add(time_s)
+        else:
+            runs.append((not in_a, _Sum(time_s)))
+    for in_m, r in runs:  # a stream of one run: its sum is the run's (0.0 + t1 is t1)
+        if n_runs[not in_m] == 1:
+            sums["m" if in_m else "a"] = r
+    a, m, hbm, lo_a, lo_m, serial = (sums[k].value for k in ("a", "m", "hbm", "lo_a", "lo_m", "serial"))
+    if keep_ops:  # the breakdown's arrays broadcast over the stage's points
+        a, m = np.asarray(a + 0 * n), np.asarray(m + 0 * n)
+    else:
+        a, m = np.asarray(a), np.asarray(m)
+    na, nm, ab, nh = n * a, n * m, a + m, n * hbm
+    period = np.maximum(np.maximum(na, nm), np.maximum(ab, nh))
+    binding = first_max_index(na, nm, ab, nh) if keep_ops else None
+    lower = np.maximum(n * lo_a, n * lo_m)
+    upper = n * serial + 0 * period if keep_ops else n * serial
+    return StageTime(
+        stage,
+        tuple(times),
+        a,
+        m,
+        period,
+        lower,
+        upper,
+        binding,
+        hbm,
+        tuple((in_m, r.value) for in_m, r in runs),
+    )
 
 
 def step_time(
@@ -141,10 +201,14 @@ def step_time(
     attn_cube_share,
     phase: str = "decode",
     compute_share: float = 1.0,
+    keep_ops: bool = True,
 ):
     """(list of StageTime, step_s, lower_s, upper_s) with the coarse composition: step = sum over stages of
     count * period (the "ideal" step; ``compose`` is the list schedule)."""
-    sts = [stage_time(s, system, microbatches, policy, attn_cube_share, phase, compute_share) for s in stages]
+    sts = [
+        stage_time(s, system, microbatches, policy, attn_cube_share, phase, compute_share, keep_ops)
+        for s in stages
+    ]
     step = sum(s.stage.count * s.period_s for s in sts)
     lower = sum(s.stage.count * s.lower_s for s in sts)
     upper = sum(s.stage.count * s.upper_s for s in sts)
@@ -156,9 +220,9 @@ def step_time(
 
 def segments(st: StageTime, policy: str, rotate: bool = False) -> list[list]:
     """One layer of ``st`` as [[in_m, per-microbatch time]]: consecutive ops of one stream merged, in layer
-    order. Stream membership as ``stage_time``: split-cores: A = ops with op.stream == "attn", M = the rest
-    (CM384 decode: [A][M]); compute-comm: A = non-comm ops, M = comm ops (GPU decode: [attention + gate]
-    [dispatch][experts][combine][residual]; prefill: 9 segments, module docstring).
+    order (``StageTime.runs``). Stream membership as ``stage_time``: split-cores: A = ops with op.stream ==
+    "attn", M = the rest (CM384 decode: [A][M]); compute-comm: A = non-comm ops, M = comm ops (GPU decode:
+    [attention + gate] [dispatch][experts][combine][residual]; prefill: 9 segments, module docstring).
 
     ``rotate``: when the layer ends on the stream it starts on, its trailing run moves to the front, so
     layers are cut where the stream changes (GPU decode: [residual + attention + gate][dispatch][experts]
@@ -166,13 +230,8 @@ def segments(st: StageTime, policy: str, rotate: bool = False) -> list[list]:
     layer l+1, one segment per microbatch as a two-batch-overlap runtime runs them (no stream switch in
     between), not two list-scheduled segments; the only change is where the first layer's residual sits.
     """
-    segs: list[list] = []
-    for op, t in zip(st.stage.ops, st.op_times, strict=True):
-        in_m = not _in_a(op, policy)
-        if segs and segs[-1][0] == in_m:
-            segs[-1][1] = segs[-1][1] + t.time_s
-        else:
-            segs.append([in_m, t.time_s])
+    del policy  # the runs were cut by stage_time under the same policy
+    segs: list[list] = [[in_m, t] for in_m, t in st.runs]
     if rotate and len(segs) > 2 and segs[0][0] == segs[-1][0]:
         last = segs.pop()
         segs[0] = [last[0], last[1] + segs[0][1]]

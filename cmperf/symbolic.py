@@ -40,6 +40,7 @@ from numpy.typing import ArrayLike
 
 from .comm import message_bytes
 from .deployment import Precision, placement_arrays
+from .errors import CmperfError
 from .graph import kv_bytes_per_token_layer
 from .specs import DTYPE_BYTES, Model, System
 
@@ -107,6 +108,18 @@ def hardware_values(system: System, prec: Precision) -> dict[str, float]:
     }
 
 
+def closed_form_reason(model: Model) -> str | None:
+    """Why the closed forms do not describe ``model`` (None: they do). They are written for the
+    DeepSeek-V3 family: MLA with dense attention in every layer, dense-first layers, then MoE."""
+    if model.attention != "mla" or model.index_topk:
+        return f"{model.name} has {'sparse ' if model.index_topk else ''}{model.attention.upper()} attention"
+    if any(a != "full" for a in model.layer_attention):
+        return f"{model.name} mixes attention variants per layer"
+    if not model.is_moe or list(model.layer_ffn) != sorted(model.layer_ffn):
+        return f"{model.name} is not dense-first then MoE"
+    return None
+
+
 def decode_forms(
     system: System,
     model: Model,
@@ -123,6 +136,13 @@ def decode_forms(
 ) -> Forms:
     """Build the closed forms for a decode deployment; ``values`` evaluates them at that deployment."""
     import sympy as sp
+
+    why = closed_form_reason(model)
+    if why is not None:
+        raise CmperfError(
+            f"--model: the closed forms describe MLA + MoE models of the DeepSeek-V3 family; {why} "
+            "(its numeric breakdown: cmperf decode --ops all)"
+        )
 
     prec = precision or Precision()
     names = ["b", "L", *HW_SYMBOLS]

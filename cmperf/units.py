@@ -38,13 +38,14 @@ UNITS: dict[str, dict[str, float]] = {
     "s": _TIME,
     "flops": {p + "FLOPS": f for p, f in _PREFIX.items()} | {p + "OPS": f for p, f in _PREFIX.items()},
     "per_s": {"/s": 1.0, "rps": 1.0, "req/s": 1.0},
+    "watts": {p + "W": f for p, f in _PREFIX.items()},
 }
 
 _NUM = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*$")
 
 
 def parse(text: str | float | int, kind: str, *, where: str = "value") -> float:
-    """Parse ``text`` as a quantity of ``kind`` (bytes, bytes_per_s, s, flops, per_s) to an SI float.
+    """Parse ``text`` as a quantity of ``kind`` (bytes, bytes_per_s, s, flops, per_s, watts) to an SI float.
 
     A bare number is taken as already SI. ``where`` names the flag or file key for the error message.
     >>> parse("200 Gb/s", "bytes_per_s")
@@ -73,6 +74,7 @@ def _examples(kind: str) -> str:
         "s": 'e.g. "50 ms", "2 s", "1.9 us"',
         "flops": 'e.g. "752 TFLOPS", "1504 TOPS"',
         "per_s": 'e.g. "40" or "40 req/s"',
+        "watts": 'e.g. "1400 W", "132 kW"',
     }[kind]
 
 
@@ -105,3 +107,10 @@ def fmt_flops(flops: float) -> str:
         if abs(flops) >= f:
             return f"{flops / f:.2f} {unit}"
     return f"{flops:.0f} FLOP"
+
+
+def accept_text(accept: float | tuple[float, ...] | list[float]) -> str:
+    """MTP acceptance as printed: "0.7", or per-depth rates "0.9,0.7,0.5"."""
+    if isinstance(accept, tuple | list):
+        return ",".join(f"{a:g}" for a in accept)
+    return f"{float(accept):g}"

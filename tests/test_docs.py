@@ -1,17 +1,23 @@
 """The documentation cannot rot: docs/api.md runs as written and prints what it shows; docs/scenarios.md
 names every knob of the records a scenario file sets; every shipped scenario loads; ``python -m cmperf``
-runs the command line."""
+runs the command line; docs/cli.md is the click tree (every command and option, with help text and
+examples), docs/spec.schema.json is ``spec_schema()`` and every bundled spec validates against it, every spec
+key is in docs/specs.md, and docs/model.md covers the model's modules. Regenerate the generated files with
+``python tests/test_docs.py``."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import fields
 from pathlib import Path
 
+import click
 import pytest
 
 import cmperf
@@ -193,3 +199,211 @@ def test_readme_python_example_runs():
         "49.49 ms, 1,940 tokens/s per NPU",
         "TTFT p99 114 ms, goodput 40.0 req/s",
     ]
+
+
+def _commands():
+    """(path, command) of every command and subcommand of ``cmperf``, in order."""
+    from cmperf.cli import main
+
+    out = []
+
+    def walk(prefix, grp):
+        for name in grp.list_commands(None):
+            cmd = grp.get_command(None, name)
+            path = f"{prefix} {name}".strip()
+            out.append((path, cmd))
+            if isinstance(cmd, click.Group):
+                walk(path, cmd)
+
+    walk("", main)
+    return out
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def render_cli() -> str:
+    """docs/cli.md from the click tree: per command its help, a table of every option (its meaning, units and
+    default as ``--help`` gives them) and its examples."""
+    lines = [
+        "# Command reference",
+        "",
+        "Generated from the click commands by `python tests/test_docs.py` (a test checks it is current).",
+        "Times take a unit (`50ms`, `2s`); every command takes `-h/--help`; exit codes: 0 ok, 1 a check",
+        "failed, 2 bad input, 3 infeasible.",
+    ]
+    for path, cmd in _commands():
+        ctx = click.Context(cmd, info_name=f"cmperf {path}")
+        lines += ["", f"## `cmperf {path}`", "", (cmd.help or "").split("\b")[0].strip()]
+        args = [p.human_readable_name for p in cmd.params if isinstance(p, click.Argument)]
+        if args:
+            lines += ["", "Arguments: " + ", ".join(f"`{a}`" for a in args)]
+        rows = [p.get_help_record(ctx) for p in cmd.params if isinstance(p, click.Option)]
+        rows = [r for r in rows if r is not None]
+        if rows:
+            lines += ["", "| option | meaning |", "|---|---|"]
+            lines += [f"| `{_cell(a)}` | {_cell(b)} |" for a, b in rows]
+        if isinstance(cmd, click.Group):
+            lines += ["", "Subcommands: " + ", ".join(f"`{n}`" for n in cmd.list_commands(ctx))]
+        if cmd.epilog:
+            ex = [x.strip() for x in cmd.epilog.split("\n") if x.strip().startswith("cmperf")]
+            lines += ["", "```", *ex, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def schema_text() -> str:
+    from cmperf.cli.specs_cmd import spec_schema
+
+    return json.dumps(spec_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def test_cli_md_is_current():
+    assert (DOCS / "cli.md").read_text() == render_cli(), "run: python tests/test_docs.py"
+
+
+def test_every_command_and_option_is_documented_with_help_and_examples():
+    text = (DOCS / "cli.md").read_text()
+    cmds = _commands()
+    assert len(cmds) >= 15
+    for path, cmd in cmds:
+        assert f"## `cmperf {path}`" in text, path
+        assert (cmd.help or "").strip(), f"cmperf {path} has no help text"
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.hidden:
+                assert (p.help or "").strip() or p.name == "help", f"cmperf {path} {p.opts[0]} has no help"
+                assert f"`{p.opts[0]}" in text or f", {p.opts[0]}" in text or f"/{p.opts[0]}" in text, (
+                    f"cmperf {path} {p.opts[0]} is not in docs/cli.md"
+                )
+
+
+@pytest.mark.parametrize("path", [p for p, _ in _commands()] + [""])
+def test_help_ends_with_examples(path):
+    from click.testing import CliRunner
+
+    from cmperf.cli import main
+
+    out = CliRunner().invoke(main, [*path.split(), "--help"])
+    assert out.exit_code == 0, out.output
+    tail = out.output.rstrip().split("\n")
+    i = max(k for k, line in enumerate(tail) if line.strip() == "Examples:")
+    assert i > 0 and all(x.strip().startswith("cmperf") for x in tail[i + 1 :]), out.output[-400:]
+
+
+def _validate(inst, schema, root, where="$"):
+    """A small JSON Schema check (the subset spec.schema.json uses): type, enum, properties,
+    additionalProperties, required, items, minLength, $ref."""
+    if "$ref" in schema:
+        ref = schema["$ref"].removeprefix("#/").split("/")
+        target = root
+        for k in ref:
+            target = target[k]
+        _validate(inst, target, root, where)
+    types = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float)}
+    t = schema.get("type")
+    if t is not None:
+        allowed = t if isinstance(t, list) else [t]
+        ok = any(isinstance(inst, types[x]) and not isinstance(inst, bool) for x in allowed)
+        assert ok, f"{where}: {inst!r} is not {t}"
+    if "enum" in schema:
+        assert inst in schema["enum"], f"{where}: {inst!r} not in {schema['enum']}"
+    if isinstance(inst, str) and "minLength" in schema:
+        assert len(inst) >= schema["minLength"], f"{where}: empty"
+    if isinstance(inst, dict):
+        for k in schema.get("required", []):
+            assert k in inst, f"{where}: {k} is required"
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties", True)
+        for k, v in inst.items():
+            if k in props:
+                _validate(v, props[k], root, f"{where}.{k}")
+            else:
+                assert extra is not False, f"{where}.{k}: not allowed by the schema"
+                if isinstance(extra, dict):
+                    _validate(v, extra, root, f"{where}.{k}")
+    if isinstance(inst, list) and "items" in schema:
+        for i, x in enumerate(inst):
+            _validate(x, schema["items"], root, f"{where}[{i}]")
+
+
+def _bundled_specs():
+    return sorted((ROOT / "hardware").glob("*.toml")) + sorted((ROOT / "models").glob("*.toml"))
+
+
+def test_schema_is_current_and_every_bundled_spec_validates():
+    assert (DOCS / "spec.schema.json").read_text() == schema_text(), "run: python tests/test_docs.py"
+    schema = json.loads(schema_text())
+    files = _bundled_specs()
+    assert len(files) > 30
+    for f in files:
+        _validate(tomllib.loads(f.read_text()), schema, schema, f.name)
+
+
+def test_schema_rejects_what_the_loader_rejects():
+    schema = json.loads(schema_text())
+    bad = [
+        {"name": "x", "kind": "chip", "hbm": {"capacity": {"value": "64 GB"}}},  # no source
+        {"name": "x", "kind": "chip", "hbm": {"capacity": {"value": "64 GB", "source": "s", "mark": "X"}}},
+        {"name": "x", "kind": "system", "planes": {"ub": {"bandwith": {"value": 1, "source": "s"}}}},
+        {"name": "x", "kind": "gadget"},
+    ]
+    for inst in bad:
+        with pytest.raises(AssertionError):
+            _validate(inst, schema, schema)
+
+
+def test_every_spec_key_is_in_specs_md():
+    from cmperf.cli.specs_cmd import KEY_DOCS
+
+    text = (DOCS / "specs.md").read_text()
+    for key in KEY_DOCS:
+        leaf = key.split(".")[-1]
+        if leaf != "*":
+            assert f"`{leaf}`" in text or f"`{key}`" in text, f"{key} is not in docs/specs.md"
+
+
+def test_model_md_covers_every_model_module():
+    text = (DOCS / "model.md").read_text()
+    for mod in ("graph", "roofline", "comm", "step", "decode", "prefill", "queueing", "serving"):
+        assert f"`cmperf/{mod}.py`" in text, mod
+    # every function the page names exists
+    import importlib
+
+    for mod, fn in re.findall(r"`cmperf\.(\w+)\.(\w+)`", text):
+        assert hasattr(importlib.import_module(f"cmperf.{mod}"), fn), f"cmperf.{mod}.{fn}"
+
+
+@pytest.mark.parametrize("like", ["hgx-h200", "h200", "deepseek-r1", "cloudmatrix384", "tpu7x-pod"])
+def test_specs_new_template_loads_back_unchanged(like, tmp_path):
+    from click.testing import CliRunner
+
+    from cmperf.cli import main
+
+    out = tmp_path / "my-spec.toml"
+    r = CliRunner().invoke(main, ["specs", "new", "--like", like, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert 'name = "my-spec"' in text and "# mark " in text
+
+    def show(name, *extra):
+        r = CliRunner().invoke(main, ["specs", "show", name, *extra, "--format", "json"])
+        assert r.exit_code == 0, r.output
+        spec = json.loads(r.output)["spec"]
+        return {k: v for k, v in spec.items() if k not in ("name", "path", "aliases")}
+
+    assert show("my-spec", "--spec-dir", str(tmp_path)) == show(like)
+    # every key line is preceded by its meaning and unit
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^[a-z_0-9]+ = ", line):
+            j = i - 1
+            while lines[j].startswith("# mark "):
+                j -= 1
+            assert lines[j].startswith("# ") and lines[j].endswith("]"), line
+    r = CliRunner().invoke(main, ["specs", "new", "--like", like, "-o", str(tmp_path / "bad name.toml")])
+    assert r.exit_code == 2 and "--output" in r.output
+
+
+if __name__ == "__main__":
+    (DOCS / "cli.md").write_text(render_cli())
+    (DOCS / "spec.schema.json").write_text(schema_text())
+    print("wrote docs/cli.md and docs/spec.schema.json", file=sys.stderr)

@@ -161,3 +161,150 @@ def test_every_new_system_optimizes(name, tmp_path):
     assert r.exit_code in (0, 1), r.output
     d = json.loads(r.output)
     assert d["schema_version"] == 1
+
+
+# ---------- power (tokens/s per kW where a source gives it)
+
+#: Chip power in ../shared/reference/hardware-2026.md; every other chip has none (never an invented number).
+POWER_W = {"b300": 1100.0, "gb300": 1400.0, "rubin": 2300.0, "mi355x": 1400.0}
+
+
+def test_chip_power_only_where_the_reference_gives_it():
+    for name in POWER_W:
+        c = specs.load_chip(name)
+        assert c.power_w == POWER_W[name] and c.sources["power"].startswith(("MLPerf", "AMD"))
+    for name in ("ascend-910c", "ascend-950dt", "tpu7x", "h800", "b200", "gb200"):
+        assert specs.load_chip(name).power_w is None
+    for name in [*NEW_SYSTEMS, "cloudmatrix384"]:
+        assert specs.load_system(name).power_w is None  # no rack or node power in the references
+    shown = run("specs", "show", "gb300", "--format", "markdown").output
+    assert "| power_w | 1,400 W | MLPerf Inference v6.1" in shown
+
+
+def test_compare_per_kw_and_power_not_known(r1):
+    gb = compare.decode_row(specs.load_system("gb300-nvl72"), r1, batch_per_device=96)
+    assert (gb.power_w_per_device, gb.power_basis) == (1400.0, "chip")
+    assert gb.tokens_per_s_per_kw == pytest.approx(gb.tokens_per_s_per_device / 1.4)
+    assert gb.tokens_per_s_per_kw == pytest.approx(4216, abs=1)  # 5,902 tokens/s per GPU / 1.4 kW
+    tpu = compare.decode_row(specs.load_system("tpu7x-pod"), r1, batch_per_device=8)
+    assert (tpu.power_w_per_device, tpu.power_basis, tpu.tokens_per_s_per_kw) == (None, "", None)
+    r = run("compare", "--systems", "cloudmatrix384,hgx-b300", "--batch", "96", "--format", "markdown")
+    assert r.exit_code == 0, r.output
+    assert "| power per device | power not known | 1,100 W (chip only) |" in r.output
+    assert "| tokens/s per kW | power not known | 4,037 |" in r.output
+    d = json.loads(run("compare", "--systems", "cloudmatrix384,vr-nvl72", "--format", "json").output)
+    assert [x["tokens_per_s_per_kw"] is None for x in d["rows"]] == [True, False]
+    assert d["rows"][1]["power_w_per_device"] == 2300.0
+
+
+def _with_line(tmp_path, name, base, kind, line, after):
+    """A copy of the spec ``base`` named ``name`` with ``line`` inserted after the line starting ``after``."""
+    text = specs.find(base, kind).read_text().replace(f'name = "{base}"', f'name = "{name}"')
+    head, sep, tail = text.partition(after)
+    eol = tail.index("\n") + 1
+    (tmp_path / f"{name}.toml").write_text(head + sep + tail[:eol] + line + "\n" + tail[eol:])
+    return str(tmp_path)
+
+
+def test_system_power_per_node_and_per_system(tmp_path, r1):
+    line = (
+        'power = { value = "14.3 kW", per = "node", source = "test: 8 x 1.1 kW + 5.5 kW host", mark = "I" }'
+    )
+    d = _with_line(tmp_path, "b300-node-power", "hgx-b300", "system", line, "devices_per_node")
+    s = specs.load_system("b300-node-power", [d])
+    assert s.power_w == pytest.approx(14.3e3 * 16) and s.power_per_device() == (
+        pytest.approx(1787.5),
+        "system",
+    )
+    row = compare.decode_row(s, r1, batch_per_device=96)
+    assert row.power_basis == "system"
+    assert row.tokens_per_s_per_kw == pytest.approx(row.tokens_per_s_per_device / 1.7875)
+    line = 'power = { value = "72 kW", source = "test: below 72 x 1.4 kW of GPUs alone", mark = "I" }'
+    d = _with_line(tmp_path, "gb300-low", "gb300-nvl72", "system", line, "devices_per_node")
+    with pytest.raises(CmperfError, match="1,000 W per device is below its chip gb300's own 1,400 W"):
+        specs.load_system("gb300-low", [d])
+
+
+@pytest.mark.parametrize("value", ['"0 W"', '"-700 W"', "0", '"1.4 kV"'])
+def test_bad_power_is_one_line_exit_2(tmp_path, value):
+    text = specs.find("gb300", "chip").read_text()
+    assert 'power = { value = "1400 W"' in text
+    (tmp_path / "gb300.toml").write_text(
+        text.replace('power = { value = "1400 W"', f"power = {{ value = {value}")
+    )
+    d = str(tmp_path)  # a chip of the same name in --spec-dir replaces the built-in one
+    r = run("decode", "--system", "gb300-nvl72", "--spec-dir", d)
+    assert r.exit_code == 2 and "key power" in r.output and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+# ---------- binding plane on a torus, precision a chip lacks, microbatches auto
+
+
+def test_binding_plane_uses_the_torus_rate(tmp_path, r1):
+    """EP1024 over two 8x8x8 tori joined by DCN: half the remote bytes cross ICI at the sub-torus rate
+    (10 GB/s link x min(8/8, 24/24, 6) = 10 GB/s per chip), half DCN at 20 GB/s. ICI binds; timed at its
+    60 GB/s injection, as a switch, DCN would look slower."""
+    text = specs.find("tpu7x-pod", "system").read_text().replace('name = "tpu7x-pod"', 'name = "tpu-split"')
+    text = text.replace("value = 9216,", "value = 1024,", 1).replace(
+        "value = [16, 24, 24]", "value = [8, 8, 8]"
+    )
+    text = text.replace(
+        'domain_devices = { value = 9216, source = "GC TPU7x: all',
+        'domain_devices = { value = 512, source = "',
+    )
+    text = text.replace('bandwidth = { value = "600 GB/s"', 'bandwidth = { value = "60 GB/s"')
+    text = text.replace('bandwidth = { value = "100 Gb/s"', 'bandwidth = { value = "160 Gb/s"')
+    (tmp_path / "tpu-split.toml").write_text(text)
+    s = specs.load_system("tpu-split", [str(tmp_path)])
+    assert float(comm._rate(s, "ici", 1024)) == pytest.approx(10e9)
+    row = compare.decode_row(s, r1, devices=1024, batch_per_device=96)
+    assert row.ep_scaleout_fraction == pytest.approx(512 / 1023)
+    assert (row.binding_stream, row.binding_ceiling, row.binding_plane) == ("comm stream", "link", "ici")
+    secs = comm.ep_plane_seconds(s, "dispatch", 1e6, 1024)
+    # 1 MB: 511/1024 of it to the other 511 chips of the own torus, 512/1024 over DCN; both planes at 0.8
+    assert float(secs["ici"]) == pytest.approx(1e6 * 511 / 1024 / (10e9 * 0.8))
+    assert float(secs["dcn"]) == pytest.approx(1e6 * 512 / 1024 / (20e9 * 0.8))
+
+
+@pytest.mark.parametrize(
+    ("system", "flag", "dtype"),
+    [
+        ("tpu7x-pod", "--weights", "fp4"),
+        ("atlas-950-superpod", "--experts-dtype", "nvfp4"),
+        ("mi355x-cluster", "--experts-dtype", "nvfp4"),
+    ],
+)
+def test_compare_precision_a_chip_lacks_is_one_line_exit_2(system, flag, dtype):
+    r = run("compare", "--systems", f"cloudmatrix384,{system}", flag, dtype)
+    assert r.exit_code == 2 and f"has no {dtype}" in r.output and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_compare_microbatches_auto_is_the_decode_choice(r1):
+    cm = compare.decode_row(specs.load_system("cloudmatrix384"), r1, batch_per_device=8, microbatches="auto")
+    assert cm.workload["microbatches"] == 1 and cm.tpot_s == pytest.approx(15.20e-3, abs=5e-6)
+    r = run(
+        "compare", "--systems", "cloudmatrix384", "--batch", "8", "--microbatches", "auto", "--format", "json"
+    )
+    assert r.exit_code == 0 and json.loads(r.output)["rows"][0]["workload"]["microbatches"] == 1
+    bad = run("compare", "--phase", "prefill", "--microbatches", "auto")
+    assert bad.exit_code == 2 and "--microbatches" in bad.output
+
+
+def test_every_new_chip_efficiency_transfer_names_its_chip_and_keeps_its_value():
+    """A transferred efficiency says "transferred from CHIP (...): why", mark I, and equals CHIP's value."""
+    import re
+    import tomllib
+
+    for name in ("ascend-950pr", "ascend-950pr-28c", "ascend-950dt", "ascend-950dt-32c", "ascend-950dt-28c"):
+        assert specs.load_chip(name).eff == specs.load_chip("ascend-910c").eff
+    for name in ("b300", "gb300", "rubin", "tpu7x", "mi355x"):
+        raw = tomllib.loads(specs.find(name, "chip").read_text())["efficiency"]
+        for key, entry in raw.items():
+            m = re.match(r"transferred from ([a-z0-9-]+) \(.+\): \S.{20,}", entry["source"])
+            if name == "mi355x" and key == "gemm_compute":
+                assert m is None and "measured on MI355X" in entry["source"] and entry["value"] == 0.626
+                continue
+            assert m and entry["mark"] == "I", (name, key)
+            assert entry["value"] == specs.load_chip(m.group(1)).eff[key], (name, key)

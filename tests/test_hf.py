@@ -50,12 +50,18 @@ def test_config_json_gives_the_bundled_spec_numbers(tmp_path):
 @pytest.mark.parametrize(
     "fields, needle",
     [
-        ({"model_type": "qwen3_moe"}, "architecture 'qwen3_moe' is not supported (it needs grouped-query"),
+        ({"model_type": "deepseek_v4"}, "architecture 'deepseek_v4' is not supported (it needs compressed"),
+        ({"model_type": "qwen3_moe"}, "key num_experts is missing (architecture qwen3_moe needs it)"),
         ({"model_type": "something_new"}, "architecture 'something_new' is not supported"),
         ({"kv_lora_rank": ...}, "key kv_lora_rank is missing"),
         ({"hidden_size": "7168"}, "key hidden_size: expected a whole number"),
         ({"num_key_value_heads": 3}, "key num_key_value_heads: 3 does not divide the 128 heads"),
         ({"num_experts_per_tok": 300}, "top-300 exceeds the 256 routed experts"),
+        ({"model_type": "deepseek_v32"}, "key index_n_heads is missing"),
+        (
+            {"model_type": "deepseek_v32", "index_n_heads": 64, "index_head_dim": 128, "index_topk": 0},
+            "index_topk: the sparse-attention indexer needs index_n_heads, index_head_dim and index_topk",
+        ),
         ({"moe_layer_freq": 2}, "key moe_layer_freq"),
     ],
 )

@@ -168,10 +168,10 @@ def test_scenario_by_name_honours_spec_dir_and_cmperf_path(tmp_path, monkeypatch
 
 
 def test_serve_refuses_what_decode_refuses():
-    """One record, one check: `serve --mtp 2` on a one-MTP-module model fails as `decode --mtp 2` does."""
+    """One record, one check: `serve` refuses per-depth rates that do not fit --mtp as `decode` does."""
     for cmd in (["decode"], ["serve", "--rate", "40"]):
-        r = run(*cmd, "--mtp", "2")
-        assert r.exit_code == 2 and "--mtp: deepseek-r1 has 1 MTP module(s)" in r.stderr, r.output
+        r = run(*cmd, "--mtp", "2", "--mtp-accept", "0.9,0.8,0.7")
+        assert r.exit_code == 2 and "3 per-depth rates for --mtp 2; give at most 2" in r.stderr, r.output
 
 
 def test_serve_scenario_workload_and_slo_tables_apply(tmp_path):
@@ -212,4 +212,4 @@ def test_model_without_mtp_gets_none_anywhere(tmp_path):
     c = json.loads(run("compare", "--systems", "cloudmatrix384", *common).stdout)
     assert c["rows"][0]["workload"]["mtp"] == 0
     bad = run("decode", "--mtp", "1", *common[:4])
-    assert bad.exit_code == 2 and "no-mtp has 0 MTP module(s)" in bad.stderr
+    assert bad.exit_code == 2 and "no-mtp has no MTP module; use --mtp 0" in bad.stderr

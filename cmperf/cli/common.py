@@ -129,6 +129,41 @@ def ops_option(fn):
     )(fn)
 
 
+def _plot_path(ctx, param, value):
+    """Check ``--plot FILE`` before any work: a .png or .svg suffix and an existing folder (exit 2)."""
+    if value is None:
+        return None
+    from ..plot import image_format
+
+    image_format(value)
+    if not Path(value).parent.exists():
+        raise CmperfError(
+            f"--plot: folder {Path(value).parent} does not exist; create it or choose another path"
+        )
+    return value
+
+
+def plot_option(what: str):
+    """``--plot FILE.png|svg``: an image of ``what`` through matplotlib (``pip install 'cmperf[plot]'``)."""
+    return click.option(
+        "--plot",
+        "plot",
+        type=click.Path(dir_okay=False),
+        default=None,
+        callback=_plot_path,
+        metavar="FILE.png|svg",
+        help=f"Also draw {what} to this image (format from the suffix; needs cmperf[plot]).",
+    )
+
+
+def write_plot(path: str | None, draw) -> None:
+    """Write the image ``draw(fmt)`` returns to ``path`` (atomically; errors name --plot), if ``path``."""
+    if path:
+        from ..plot import image_format
+
+        write_atomic(path, draw(image_format(path)), flag="--plot")
+
+
 def _new_file_mode() -> int:
     """0666 less the umask: the mode open() would give a new file (0644 under umask 022)."""
     umask = os.umask(0)
@@ -136,17 +171,27 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str | bytes, flag: str = "--output") -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
 
     The file gets the mode a plain write would: an existing file keeps its mode, a new one gets 0666 less
     the umask (mkstemp's 0600 is replaced before the rename). On any error the temporary file is removed
-    and the target is untouched."""
+    and the target is untouched. Bytes (an image) are written as they are; errors name ``flag``."""
     target = Path(path)
     if not target.parent.exists():
-        raise CmperfError(
-            f"--output: folder {target.parent} does not exist; create it or choose another path"
-        )
+        raise CmperfError(f"{flag}: folder {target.parent} does not exist; create it or choose another path")
+    data = text if isinstance(text, bytes) else text.encode("utf-8")
+
+    def cannot(e: OSError) -> CmperfError:
+        return CmperfError(f"{flag}: cannot write {path} ({e.strerror or e}); choose another path")
+
+    if target.exists() and not target.is_file():  # /dev/null, a FIFO: write through, never replace it
+        try:
+            with open(target, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise cannot(e) from None
+        return
     import stat
     import tempfile  # only when writing a file (keeps the stdout path light)
 
@@ -155,21 +200,21 @@ def write_atomic(path: str, text: str) -> None:
     except FileNotFoundError:
         mode = _new_file_mode()
     except OSError as e:
-        raise CmperfError(f"--output: cannot write {path} ({e.strerror or e}); choose another path") from None
+        raise cannot(e) from None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     except OSError as e:  # a read-only or virtual folder (/proc), no permission
         raise CmperfError(
-            f"--output: cannot write in {target.parent} ({e.strerror or e}); choose another path"
+            f"{flag}: cannot write in {target.parent} ({e.strerror or e}); choose another path"
         ) from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise CmperfError(f"--output: cannot write {path} ({e.strerror or e}); choose another path") from None
+        raise cannot(e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import click
 
-from .common import Infeasible, emit, format_option, guarded
+from ..units import accept_text
+from .common import Infeasible, emit, format_option, guarded, plot_option, write_plot
 from .knobs import DTYPE_NAMES as DTYPES
 from .scenario_opt import scenario_option
 from .types import PREFILL_MICROBATCHES, dep, workload
+
+
+class _AutoOrCount(click.ParamType):
+    """``--microbatches``: "auto" (decode: the lowest TPOT of 1, 2, 3 per system) or a count 1..4."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if str(value).strip().lower() == "auto":
+            return "auto"  # prefill refuses it (Deployment.check: one line naming the flag)
+        return PREFILL_MICROBATCHES.convert(value, param, ctx)
 
 
 def _per_system(value: str | None, names: list[str], flag: str, field: str) -> dict[str, int]:
@@ -36,6 +48,14 @@ def _per_system(value: str | None, names: list[str], flag: str, field: str) -> d
     return out
 
 
+def _power(r) -> str:
+    """'1,400 W (chip only)' / '1,833 W (system share)' / 'power not known' (cmperf.compare.per_kw)."""
+    if r.power_w_per_device is None:
+        return "power not known"
+    what = "chip only" if r.power_basis == "chip" else "system share"
+    return f"{r.power_w_per_device:,.0f} W ({what})"
+
+
 def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
     from ..units import fmt_bytes, fmt_s
 
@@ -56,13 +76,14 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
             ],
         ),
     ]
+    q.append(("microbatches", [f"{r.workload['microbatches']:g}" for r in rows]))
     if dec:
         q += [
             (
                 "batch per device, KV, MTP",
                 [
                     f"{r.workload['batch_per_device']:g}, {r.workload['kv_len']:g}, "
-                    f"{r.workload['mtp']:g} @ {r.workload['mtp_accept']:g}"
+                    f"{r.workload['mtp']:g} @ {accept_text(r.workload['mtp_accept'])}"
                     for r in rows
                 ],
             ),
@@ -86,6 +107,14 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
         ("tokens/s per device", [f"{r.tokens_per_s_per_device:,.0f}" for r in rows]),
         ("8-bit peak per device", [f"{r.peak_8bit_flops_per_device / 1e12:,.0f} TFLOPS" for r in rows]),
         ("tokens/s per TFLOPS", [f"{r.tokens_per_s_per_tflops:.3f}" for r in rows]),
+        ("power per device", [_power(r) for r in rows]),
+        (
+            "tokens/s per kW",
+            [
+                "power not known" if r.tokens_per_s_per_kw is None else f"{r.tokens_per_s_per_kw:,.0f}"
+                for r in rows
+            ],
+        ),
         (
             "binding (MoE layer)",
             [
@@ -99,6 +128,19 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
         ("feasible", ["yes" if r.feasible else "NO" for r in rows]),
     ]
     return q
+
+
+def _plot(fmt: str, c) -> bytes:
+    """The ``--plot`` image of ``compare``: one point per feasible system, tokens/s per device against
+    TPOT (decode) or TTFT (prefill)."""
+    from .. import plot as plots
+
+    ok = [r for r in c.rows if r.feasible]
+    metric = "TPOT" if c.phase == "decode" else "TTFT"
+    times = [r.tpot_s if c.phase == "decode" else r.ttft_s for r in ok]
+    title = f"cmperf compare: {c.phase}, {c.model}"
+    tps = [r.tokens_per_s_per_device for r in ok]
+    return plots.systems_image(fmt, title, metric, [r.system for r in ok], times, tps)
 
 
 @click.command()
@@ -173,9 +215,9 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
 )
 @click.option(
     "--microbatches",
-    type=PREFILL_MICROBATCHES,
+    type=_AutoOrCount(),
     default=None,
-    help="Microbatches [default: baseline, else 2].",
+    help="Microbatches; decode also auto, the lowest TPOT of 1, 2, 3 per system [default: baseline, else 2].",
 )
 @click.option(
     "--eplb",
@@ -199,6 +241,7 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
     "--kv-dtype", type=click.Choice(DTYPES), default=None, help="KV-cache datatype [default: bf16]."
 )
 @format_option(("table", "json", "markdown", "csv"))
+@plot_option("tokens/s per device against TPOT (decode) or TTFT (prefill), a point per system")
 @guarded
 def compare(
     systems,
@@ -221,6 +264,7 @@ def compare(
     kv_dtype,
     fmt,
     output,
+    plot,
 ):
     """The same workload on several systems, each with its own deployment: tokens/s per device and per TFLOPS,
     TPOT or TTFT, and the binding ceiling, side by side."""
@@ -267,6 +311,7 @@ def compare(
     row = cmp.decode_row if phase == "decode" else cmp.prefill_row
     rows = [row(s, mod, devices=dev_map.get(s.name), ep_size=ep_map.get(s.name), **knobs) for s in sys_objs]
     result = cmp.Comparison(phase, mod.name, rows)
+    write_plot(plot, lambda f: _plot(f, result))
     if fmt == "json":
         emit(render.to_json(result, "compare"), output)
     elif fmt == "csv":

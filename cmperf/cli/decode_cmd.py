@@ -5,7 +5,17 @@ from __future__ import annotations
 import click
 
 from . import knobs
-from .common import Infeasible, emit, format_option, guarded, ops_limit, ops_option, system_model_options
+from .common import (
+    Infeasible,
+    emit,
+    format_option,
+    guarded,
+    ops_limit,
+    ops_option,
+    plot_option,
+    system_model_options,
+    write_plot,
+)
 from .knobs import (
     DTYPES,
     MICROBATCHES,
@@ -107,10 +117,12 @@ from .types import dep, option, workload
 @precision_options
 @format_option()
 @ops_option
+@plot_option("the per-op time per step, one bar per op (--ops of them)")
 @guarded
-def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, **params):
+def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, plot, **params):
     """Predict decode TPOT and tokens/s per device (defaults: the paper's 50 ms CloudMatrix384 setup)."""
     from .. import decode as dec
+    from .. import plot as plots
     from .. import render, specs
     from ..deployment import kv_lengths
     from ..errors import CmperfError
@@ -127,6 +139,7 @@ def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, *
         params["kv_cv"] = spread if params["kv_cv"] is None else params["kv_cv"]
     dep = knobs.deployment("decode", sysm, params, knobs.scenario_precision())
     p = dec.predict(sysm, mod, dep)
+    write_plot(plot, lambda f: plots.prediction_image(f, "decode", p, ops_limit(ops)))
     if fmt == "json":
         text = render.to_json(p, "decode")
     elif fmt == "markdown":

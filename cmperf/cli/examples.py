@@ -17,6 +17,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "cmperf decode",
         "cmperf decode --devices 160 --ep 320 --batch 96 --kv-len 4096",
         "cmperf decode --system dgx-h800 --batch 64 --step-overhead 0.7ms --format json",
+        "cmperf decode --model qwen3-235b-a22b --system hgx-h200 --batch 32",
+        "cmperf decode --mtp 3 --mtp-accept 0.9,0.7,0.5",
     ),
     "prefill": (
         "cmperf prefill",
@@ -32,11 +34,14 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "cmperf optimize --tpot-slo 50ms",
         "cmperf optimize --tpot-slo 15ms --ttft-slo none --top 5",
         "cmperf optimize --rate 100 --format csv -o candidates.csv",
+        "cmperf optimize --system dgx-h800 --emit sglang -o launch.sh",
+        "cmperf optimize --plot optimize.png",
     ),
     "pareto": (
         "cmperf pareto",
         "cmperf pareto --phase prefill --format markdown",
         "cmperf pareto --format csv -o frontier.csv",
+        "cmperf pareto --plot frontier.svg",
     ),
     "compare": (
         "cmperf compare",
@@ -61,6 +66,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "diff": (
         "cmperf diff before.json after.json",
         "cmperf diff before.json after.json --rtol 0.005 --metric-rtol 'ttft*=0.02' --fail-on any",
+    ),
+    "sweep": (
+        "cmperf sweep decode-planner -o results.csv",
+        "cmperf sweep decode-planner --executor dask -o results.parquet",
     ),
     "specs": ("cmperf specs list", "cmperf specs show cloudmatrix384"),
     "specs list": ("cmperf specs list", "cmperf specs list --format json"),

@@ -13,7 +13,9 @@ from .common import (
     format_option,
     guarded,
     parse_quantity,
+    plot_option,
     system_model_options,
+    write_plot,
 )
 from .knobs import make_precision, precision_options
 from .scenario_opt import scenario_option
@@ -236,6 +238,20 @@ def _extra_sections(res):
     return secs
 
 
+def _plot(fmt, res, system, model, tpot_s, ttft_s) -> bytes:
+    """The ``--plot`` image of ``optimize``: the decode frontier with the TPOT SLO and the best (or closest)
+    configuration, and the prefill frontier with the TTFT SLO and the best prefill configuration."""
+    from .. import plot as plots
+
+    d, p = res.decode, res.prefill
+    best, label = (d.best, "chosen") if d.best else (d.closest[0] if d.closest else None, "closest")
+    panels = [plots.search_panel("decode", d.pareto, d.top or d.closest, tpot_s, best, label)]
+    if p is not None and p.pareto:
+        panels.append(plots.search_panel("prefill", p.pareto, p.top, ttft_s, p.best))
+    devices = d.constraints.get("devices")
+    return plots.frontier_image(fmt, f"cmperf optimize: {model} on {system}, {devices} devices", panels)
+
+
 def decode_base_options(fn):
     """--mtp-accept and --eplb: the decode knobs optimize and pareto hold fixed while they search."""
     fn = click.option(
@@ -306,6 +322,15 @@ def decode_base_options(fn):
 )
 @precision_options
 @format_option(("table", "json", "markdown", "csv"))
+@plot_option("the decode and prefill frontiers, the SLOs and the chosen configurations")
+@click.option(
+    "--emit",
+    "engine",
+    type=click.Choice(["sglang", "vllm", "trtllm"]),
+    default=None,
+    help="Print the engine's launch commands for the chosen decode and prefill pools (a shell script, "
+    "instead of the tables; flags checked per engine version: cmperf.engines).",
+)
 @guarded
 def optimize(
     system,
@@ -325,6 +350,8 @@ def optimize(
     kv_dtype,
     fmt,
     output,
+    plot,
+    engine,
 ):
     """Search EP size, batch, microbatches, core split, MTP and the prefill/decode split under SLOs."""
     import math
@@ -343,8 +370,6 @@ def optimize(
             raise CmperfError(f"{flag}: must be positive")
     if top_k < 1:
         raise CmperfError("--top: must be at least 1")
-    if not 0.0 <= mtp_accept <= 1.0:
-        raise CmperfError(f"--mtp-accept: must be in [0, 1], got {mtp_accept:g}")
     prog = _Progress("searching deployments")
     try:
         prec = make_precision(sysm, weights, kv_dtype)
@@ -373,7 +398,16 @@ def optimize(
         else [("closest decode configurations (none meets the SLO)", DEC_HEADER, _dec_rows(d.closest))]
     )
     secs += _extra_sections(res)
-    if fmt == "json":
+    write_plot(plot, lambda f: _plot(f, res, sysm.name, mod.name, tpot, ttft))
+    if engine is not None and d.best is not None:
+        from .. import engines
+
+        if fmt != "table":
+            raise CmperfError(f"--emit: prints a shell script, not {fmt}; leave out --format")
+        title = f"cmperf optimize --emit {engine}: {mod.name} on {sysm.name}, {prompt_len:g} + {output_len:g}"
+        title += " tokens per request"
+        emit(engines.emit(engine, sysm, mod, engines.pools(sysm, mod, res, prec.kv), title), output)
+    elif fmt == "json":
         # "no SLO" (--ttft-slo none: an infinite limit) is null, as every non-finite value: docs/json.md
         emit(render.to_json(serving.finite_or_none(search.optimize_json(res)), "optimize"), output)
     elif fmt == "csv":
@@ -451,6 +485,7 @@ def optimize(
 @decode_base_options
 @precision_options
 @format_option(("table", "json", "markdown", "csv"))
+@plot_option("the frontier")
 @guarded
 def pareto(
     system,
@@ -466,8 +501,10 @@ def pareto(
     kv_dtype,
     fmt,
     output,
+    plot,
 ):
     """Pareto frontier of tokens/s per device against TPOT (decode) or TTFT (prefill)."""
+    from .. import plot as plots
     from .. import render, search, specs
     from ..deployment import Deployment
 
@@ -475,9 +512,10 @@ def pareto(
     mod = specs.load_model(model, spec_dirs)
     prec = make_precision(sysm, weights, kv_dtype)
     prog = _Progress(f"searching {phase} configurations")
+    grid = None
     try:
         if phase == "decode":
-            r, _ = search.search_decode(
+            r, grid = search.search_decode(
                 sysm,
                 mod,
                 prompt_len=prompt_len,
@@ -532,6 +570,12 @@ def pareto(
         ("rejected", ", ".join(f"{k}: {v:,}" for k, v in r.rejected.items())),
     ]
     title = f"Pareto frontier: {phase} tokens/s per device vs {'TPOT' if phase == 'decode' else 'TTFT'}"
+    write_plot(
+        plot,
+        lambda f: plots.frontier_image(
+            f, f"cmperf pareto: {mod.name} on {sysm.name}", [plots.search_panel(phase, r.pareto)]
+        ),
+    )
     if fmt == "json":
         emit(render.to_json(body, "pareto"), output)
     elif fmt == "csv":
@@ -539,7 +583,10 @@ def pareto(
     elif fmt == "markdown":
         emit(_markdown(title, summary, [("frontier", header, rows)]), output)
     else:
-        emit(render.tables(title, summary, [("frontier", header, rows)]), output)
+        width = render.page_width()
+        chart = plots.search_text_chart(phase, r.pareto, grid, r.constraints["devices"], width)
+        text = render.tables(title, summary, [], width) + "\n" + chart + "\n"
+        emit(text + render.tables("", [], [("frontier", header, rows)], width), output)
 
 
 COMMANDS = [optimize, pareto]

@@ -5,7 +5,17 @@ from __future__ import annotations
 import click
 
 from . import knobs
-from .common import Infeasible, emit, format_option, guarded, ops_limit, ops_option, system_model_options
+from .common import (
+    Infeasible,
+    emit,
+    format_option,
+    guarded,
+    ops_limit,
+    ops_option,
+    plot_option,
+    system_model_options,
+    write_plot,
+)
 from .knobs import common_options, knob, precision_options
 from .scenario_opt import scenario_option
 from .types import PREFILL_MICROBATCHES, dep
@@ -102,9 +112,11 @@ def _summary_rows(p) -> list[tuple[str, str]]:
 @precision_options
 @format_option()
 @ops_option
+@plot_option("the per-op time per batch, one bar per op (--ops of them)")
 @guarded
-def prefill(system, model, spec_dirs, fmt, output, ops, **params):
+def prefill(system, model, spec_dirs, fmt, output, ops, plot, **params):
     """Predict prefill input tokens/s per device and TTFT (defaults: the paper's CM384 prefill setup)."""
+    from .. import plot as plots
     from .. import prefill as pf
     from .. import render, specs
 
@@ -112,6 +124,7 @@ def prefill(system, model, spec_dirs, fmt, output, ops, **params):
     mod = specs.load_model(model, spec_dirs)
     dep = knobs.deployment("prefill", sysm, params, knobs.scenario_precision())
     p = pf.predict(sysm, mod, dep)
+    write_plot(plot, lambda f: plots.prediction_image(f, "prefill", p, ops_limit(ops)))
     if fmt == "json":
         text = render.to_json(p, "prefill")
     elif fmt == "markdown":

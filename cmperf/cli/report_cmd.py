@@ -44,7 +44,7 @@ def spec_hash(sc, system, model) -> str:
 
 @click.command()
 @SPEC_DIR
-@format_option(("table", "markdown", "json"))
+@format_option(("table", "markdown", "json", "csv"))
 @guarded
 def validate(spec_dirs, fmt, output):
     """Check predictions against the shipped published numbers (exit 1 if any is outside its tolerance)."""
@@ -54,6 +54,8 @@ def validate(spec_dirs, fmt, output):
     rows = val.rows(spec_dirs)
     if fmt == "json":
         emit(render.to_json({"points": rows}, "validate"), output)
+    elif fmt == "csv":
+        emit(render.to_csv(rows), output)
     elif fmt == "markdown":
         emit(render.markdown_table(val.TABLE_HEADER, val.table_rows(rows)), output)
     else:
@@ -219,7 +221,12 @@ def _report_text(scenario_name, spec_dirs) -> str:
     sc = scenario.load(scenario_name, spec_dirs)
     doc, system, model = run_scenario(sc, spec_dirs)
     sweep, forms, note, elasticities = None, None, "Closed forms exist for decode scenarios only.", None
-    if sc.command == "decode":
+    why = symbolic.closed_form_reason(model)
+    if sc.command == "decode" and why is not None:
+        dep, imbalance = _decode_record(doc)
+        sweep = rep.batch_sweep(system, model, dep)
+        note = f"No closed forms: {why} (they describe the DeepSeek-V3 family)."
+    elif sc.command == "decode":
         dep, imbalance = _decode_record(doc)
         sweep = rep.batch_sweep(system, model, dep)
         f = sensitivity.decode_forms(system, model, dep, imbalance)

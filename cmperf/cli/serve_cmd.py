@@ -284,7 +284,7 @@ def cand_header(s) -> tuple[str, ...]:
     help="With --size: devices to split [system total].",
 )
 @precision_options
-@format_option()
+@format_option(("table", "json", "markdown", "csv"))
 @guarded
 def serve(
     system,
@@ -334,6 +334,8 @@ def serve(
         quantile=(serving.DEFAULT_SLO_PERCENTILE if slo_percentile is None else slo_percentile) / 100.0,
     )
     dram = parse_quantity(cache_dram, "bytes", "--cache-dram") if cache_dram is not None else None
+    if fmt == "csv" and not do_size:
+        raise CmperfError("--format csv: a table of splits needs --size; use json for one load's result")
     if rate_v is None and concurrency is None and not do_size:
         raise CmperfError("--rate: give the arrival rate in requests/s (or --concurrency, or --size)")
     wl = serving.Workload(
@@ -373,6 +375,13 @@ def serve(
         title = f"best splits ({slo_text(res.slo)})"
         if fmt == "json":
             emit(render.to_json(serving.finite_or_none(res), "serve-size"), output)
+        elif fmt == "csv":
+            split = (res.best["prefill_devices"], res.best["decode_devices"])
+            recs = [
+                {"rank": i + 1, "best": (c["prefill_devices"], c["decode_devices"]) == split, **c}
+                for i, c in enumerate(res.candidates)
+            ]
+            emit(render.to_csv(recs, first=("rank", "best")), output)
         elif fmt == "markdown":
             emit(
                 "# cmperf serve --size\n\n"

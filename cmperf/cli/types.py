@@ -97,8 +97,25 @@ def number(table: dict[str, domains.Domain], field: str) -> Number:
     return Number(table[field])
 
 
+class AcceptRates(Number):
+    """MTP acceptance: one rate for every depth ("0.7"), or per-depth conditional rates ("0.9,0.7,0.5",
+    a list in a scenario file) -> a tuple (``cmperf.decode.accepted_per_step``)."""
+
+    def convert(self, value, param, ctx):
+        at = where(param, ctx)
+        if isinstance(value, str) and "," in value:
+            value = [x for x in value.split(",")]
+        if isinstance(value, list | tuple):
+            if not value:
+                raise CmperfError(f"{at}: give at least one rate in [0, 1]")
+            return tuple(float(self.domain.check(x, at)) for x in value)
+        return self.domain.check(value, at)
+
+
 def dep(field: str) -> Number:
     """The option type of a ``Deployment`` field."""
+    if field == "mtp_accept":
+        return AcceptRates(domains.DEPLOYMENT[field])
     return Number(domains.DEPLOYMENT[field])
 
 
