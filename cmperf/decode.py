@@ -49,7 +49,7 @@ from .graph import (
     moe_ops,
     principal_stage,
 )
-from .imbalance import expected_imbalance
+from .imbalance import imbalance_constants, imbalance_from
 from .roofline import BOUNDS, OpTime
 from .specs import Model, System
 from .step import StageTime, binding_names, compose, schedule_binding, step_time
@@ -80,31 +80,58 @@ def accepted_per_step(mtp, accept):
     return total
 
 
-def routed_imbalance(model: Model, pl: dict, ep, copies_total, eplb: str, imbalance=None):
-    """max/mean routed load: 1 (perfect EPLB), the given value, or the routing model (cmperf.imbalance)."""
+def routing_constants(model: Model, pl: dict, ep):
+    """Per point, the routing model's constants of its EP group (``imbalance.imbalance_constants``: the
+    busiest rank's share, z_R, routed ranks), each in the shape of ``ep`` broadcast with the placement.
+
+    They are computed once per distinct EP size, with the placement of the first point of that size (in
+    C order; the same point on any grid the arrays broadcast to), and gathered per point: a sorted set
+    of the sizes and searchsorted, no mask per size."""
+    keys = ("slots", "redundant", "routed_ranks")
+    ep = np.asarray(ep, dtype=float)
+    small = np.broadcast_shapes(ep.shape, *(np.shape(pl[k]) for k in keys))
+    ep_s = np.broadcast_to(ep, small).ravel()
+    if not ep_s.size:
+        return None
+    e_int = ep_s.astype(np.int64)
+    if ep_s.min() >= 0 and ep_s.max() < 1 << 20 and np.array_equal(e_int, ep_s):
+        # integer sizes (the usual case): a bincount gives the sorted set, a lookup table the positions
+        present = np.bincount(e_int) > 0
+        vals = np.flatnonzero(present).astype(float)
+        pos = (np.cumsum(present) - 1)[e_int]
+    else:
+        vals = np.array(sorted(set(ep_s.tolist())))  # not np.unique: it imports numpy.ma (~6 ms)
+        pos = np.searchsorted(vals, ep_s)
+    first = np.full(vals.size, ep_s.size)
+    np.minimum.at(first, pos, np.arange(ep_s.size))
+    slots, red, routed = (np.broadcast_to(pl[k], small).ravel()[first] for k in keys)
+    consts = np.array(
+        [
+            imbalance_constants(
+                model.n_routed_experts, int(red[i]), int(routed[i]), int(slots[i]), model.popularity_zipf
+            )
+            for i in range(vals.size)
+        ],
+        dtype=float,
+    ).reshape(vals.size, 3)
+    pos = pos.reshape(small)
+    return consts[:, 0][pos], consts[:, 1][pos], consts[:, 2][pos]
+
+
+def routed_imbalance(model: Model, pl: dict, ep, copies_total, eplb: str, imbalance=None, constants=None):
+    """max/mean routed load: 1 (perfect EPLB), the given value, or the routing model (cmperf.imbalance;
+    ``constants``: ``routing_constants(model, pl, ep)`` when the caller has them)."""
     if imbalance is not None:
         return np.asarray(imbalance, dtype=float)
     if eplb == "perfect" or not model.is_moe:  # a dense model routes nothing: 1
         return np.ones(np.shape(copies_total))
-    ep_a, copies_a = np.broadcast_arrays(np.asarray(ep, dtype=float), np.asarray(copies_total, dtype=float))
-    out = np.ones(ep_a.shape)
-    slots_a, red_a, routed_a = (
-        np.broadcast_to(pl[k], ep_a.shape) for k in ("slots", "redundant", "routed_ranks")
-    )
-    # the distinct EP sizes of the unbroadcast input (sorted set: np.unique would import numpy.ma, ~6 ms)
-    for e in sorted(set(np.asarray(ep, dtype=float).ravel().tolist())) if ep_a.size else ():
-        mask = ep_a == e
-        i = np.argmax(mask)
-        idx = np.unravel_index(i, ep_a.shape) if ep_a.ndim else ()
-        out[mask] = expected_imbalance(
-            copies_a[mask],
-            model.n_routed_experts,
-            int(red_a[idx]),
-            int(routed_a[idx]),
-            int(slots_a[idx]),
-            model.popularity_zipf,
-        )
-    return out
+    n = np.asarray(copies_total, dtype=float)
+    full = np.broadcast_shapes(np.shape(ep), n.shape)
+    if constants is None:
+        constants = routing_constants(model, pl, ep)
+    if constants is None or not int(np.prod(full)):
+        return np.ones(full)
+    return np.broadcast_to(imbalance_from(n, *constants), full)
 
 
 def moe_load(model: Model, pl: dict, ep, tokens_mb, imb):
@@ -113,15 +140,27 @@ def moe_load(model: Model, pl: dict, ep, tokens_mb, imb):
     ep = np.asarray(ep, dtype=float)
     group_tokens = ep * tokens_mb
     dedicated = pl["dedicated"]
-    routed_mean = group_tokens * k / pl["routed_ranks"]
-    shared_load = np.where(
-        pl["shared_ranks"] > 0, group_tokens * model.n_shared_experts / np.maximum(pl["shared_ranks"], 1), 0.0
-    )
-    ded_tokens = np.maximum(imb * routed_mean, shared_load)
-    co_tokens = imb * routed_mean + tokens_mb * model.n_shared_experts
-    expert_tokens = np.where(dedicated, ded_tokens, co_tokens)
-    p_active = 1.0 - (1.0 - k / max(r, 1)) ** group_tokens  # an expert copy receives at least one token
-    experts_read = np.where(dedicated, 1.0, pl["slots"] * p_active + model.n_shared_experts)
+    routed = imb * (group_tokens * k / pl["routed_ranks"])  # the busiest routed rank's token-copies
+    any_ded, all_ded = bool(np.any(dedicated)), bool(np.all(dedicated))
+    # each branch only where some point takes it (np.where picks per point: the same numbers)
+    if any_ded:
+        shared_load = np.where(
+            pl["shared_ranks"] > 0,
+            group_tokens * model.n_shared_experts / np.maximum(pl["shared_ranks"], 1),
+            0.0,
+        )
+        ded_tokens = np.maximum(routed, shared_load)
+    if not all_ded:
+        co_tokens = routed + tokens_mb * model.n_shared_experts
+        p_active = 1.0 - (1.0 - k / max(r, 1)) ** group_tokens  # an expert copy receives at least one token
+        co_read = pl["slots"] * p_active + model.n_shared_experts
+    if all_ded:
+        expert_tokens, experts_read = ded_tokens, np.ones(np.shape(dedicated))
+    elif not any_ded:
+        expert_tokens, experts_read = co_tokens, co_read
+    else:
+        expert_tokens = np.where(dedicated, ded_tokens, co_tokens)
+        experts_read = np.where(dedicated, 1.0, co_read)
     copies = k + np.where(dedicated, model.n_shared_experts, 0.0)
     return expert_tokens, experts_read, copies
 
@@ -190,21 +229,29 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
     tokens = b_rank * (1.0 + mtp)
     t_mb, s_mb = tokens / n, b_rank / n
     kv_len = straggler_kv_len(kv_len, kv_cv, s_mb, ep)  # the slowest rank's attention (DP straggler)
-    imb = routed_imbalance(model, pl, ep, ep * t_mb * k, *imb_args)
+    eplb, given = imb_args
+    consts = (
+        routing_constants(model, pl, ep) if given is None and eplb != "perfect" and model.is_moe else None
+    )
+    imb = routed_imbalance(model, pl, ep, ep * t_mb * k, eplb, given, consts)
     exp_tok, exp_read, copies = moe_load(model, pl, ep, t_mb, imb)
     if d.copies == "per-rank":
         copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
     ffn = {"dense": dense_ffn_ops(model, prec, t_mb)}
     if model.is_moe:
         ffn["moe"] = moe_ops(model, prec, t_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg)
-    stages = [
-        Stage(name, count, tuple(attention_decode_ops(model, prec, t_mb, s_mb, kv_len, variant) + ffn[kind]))
-        for name, variant, kind, count in layer_groups(model)
-    ]
+    # one attention block per variant: layer groups of one variant share its ops (the same objects, so
+    # cmperf.step and cmperf.memory compute their times and footprints once)
+    attn: dict[str, list] = {}
+    stages = []
+    for name, variant, kind, count in layer_groups(model):
+        if variant not in attn:
+            attn[variant] = attention_decode_ops(model, prec, t_mb, s_mb, kv_len, variant)
+        stages.append(Stage(name, count, tuple(attn[variant] + ffn[kind])))
     on = mtp > 0
     if np.any(on):
         m_tok = b_rank / n  # each MTP module runs on one token per sequence
-        m_imb = routed_imbalance(model, pl, ep, ep * m_tok * k, *imb_args)
+        m_imb = routed_imbalance(model, pl, ep, ep * m_tok * k, eplb, given, consts)
         m_exp, m_read, _ = moe_load(model, pl, ep, m_tok, m_imb)
         stages.append(
             Stage(

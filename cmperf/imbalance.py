@@ -61,6 +61,24 @@ def _expected_max_normal(n: int) -> float:
     return a - (math.log(math.log(n)) + math.log(4 * math.pi)) / (2 * a) if n > 2 else 0.5642
 
 
+def imbalance_constants(
+    n_experts: int, redundant: int, ranks: int, slots: int, zipf: float
+) -> tuple[float, float, int]:
+    """(busiest rank's share w_max, z_R, ranks): what ``expected_imbalance`` needs of one EP group."""
+    return rank_shares(n_experts, redundant, ranks, slots, zipf)[0], _expected_max_normal(ranks), ranks
+
+
+def imbalance_from(
+    copies_total: ArrayLike, w_max: float | np.ndarray, z: float | np.ndarray, ranks: float | np.ndarray
+) -> np.ndarray:
+    """E[max rank load] / mean rank load from ``imbalance_constants`` (scalars, or arrays per point)."""
+    n = np.asarray(copies_total, dtype=float)
+    mu = n * w_max  # mu + z*sqrt(mu) grows with mu, so the busiest rank by share is the worst
+    mean = n / ranks
+    worst = mu + z * np.sqrt(mu)
+    return np.where(mean > 0, worst / np.maximum(mean, 1e-300), 1.0)
+
+
 def expected_imbalance(
     copies_total: ArrayLike, n_experts: int, redundant: int, ranks: int, slots: int, zipf: float
 ) -> np.ndarray:
@@ -69,10 +87,4 @@ def expected_imbalance(
     >>> round(float(expected_imbalance(1e9, 256, 0, 32, 8, 0.0)), 3)
     1.0
     """
-    n = np.asarray(copies_total, dtype=float)
-    w_max = rank_shares(n_experts, redundant, ranks, slots, zipf)[0]
-    z = _expected_max_normal(ranks)
-    mu = n * w_max  # mu + z*sqrt(mu) grows with mu, so the busiest rank by share is the worst
-    mean = n / ranks
-    worst = mu + z * np.sqrt(mu)
-    return np.where(mean > 0, worst / np.maximum(mean, 1e-300), 1.0)
+    return imbalance_from(copies_total, *imbalance_constants(n_experts, redundant, ranks, slots, zipf))

@@ -13,7 +13,7 @@ Worked number (CM384 decode, EP320, 48 sequences per die at 4K, BF16 KV): weight
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -68,7 +68,23 @@ def buffer_bytes(
 
 
 def activation_bytes(ops: Iterable[Op], microbatches: ArrayLike) -> np.ndarray:
-    peak: float | np.ndarray = 0.0
+    """microbatches * the largest act_in + act_out of any op. An op listed twice (decode's attention block,
+    shared by its layer groups) and ops without activations count once; the running maximum is kept in
+    one array of its own (max is exact: the order of the ops does not change it)."""
+    peak: Any = 0.0
+    owned = False  # peak is an array of ours: updated in place
+    seen = set()
     for op in ops:
-        peak = np.maximum(peak, op.act_in_bytes + op.act_out_bytes)
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        a_in, a_out = op.act_in_bytes, op.act_out_bytes
+        if np.ndim(a_in) == 0 and np.ndim(a_out) == 0 and a_in == 0.0 and a_out == 0.0:
+            continue  # 0 + 0: cannot raise a peak of act bytes (>= 0)
+        x = a_in + a_out
+        if owned and np.shape(x) == peak.shape:
+            np.maximum(peak, x, out=peak)
+        else:
+            peak = np.maximum(peak, x)
+            owned = isinstance(peak, np.ndarray)
     return np.asarray(microbatches, dtype=float) * peak

@@ -121,11 +121,16 @@ def stage_time(
     phase: str = "decode",
     compute_share: float = 1.0,
     keep_ops: bool = True,
+    memo: dict | None = None,
 ) -> StageTime:
     """``attn_cube_share``: float or array (broadcasts with the ops' arrays and ``microbatches``), the
     split-cores attention share; ``compute_share``: compute-comm's compute-stream share when n > 1
     (module docstring); ``phase`` picks the EP kernels (``op_time``). ``keep_ops=False``: only what a
-    step sums (``roofline.op_totals`` per compute op, no per-op breakdown; the same bits)."""
+    step sums (``roofline.op_totals`` per compute op, no per-op breakdown; the same bits).
+
+    ``memo``: a dict shared by the stages of one step (``step_time``) with the same arguments: an op
+    object that several stages hold (decode's attention block in the dense and the MoE layers) is timed
+    once. Its arrays are only read (the sums below copy before adding in place)."""
     n = np.asarray(microbatches, dtype=float)
     if not stage.overlapped:
         n = np.ones_like(n)
@@ -136,7 +141,10 @@ def stage_time(
         share_a = np.where(n > 1, compute_share, share_a)
     share_m = np.where(split, 1.0 - attn_cube_share, 1.0)
     chip = system.chip
-    rates: dict = {}  # compute_rate per (stream, kind, dtype): one array per stage, not one per op
+    if memo is None:
+        memo = {}
+    # compute_rate per (stream, kind, dtype): one array per stage, not one per op
+    rates: dict = memo.setdefault(("rates", stage.overlapped), {})
     in_a_ops = [_in_a(op, policy) for op in stage.ops]
     n_runs = {True: 0, False: 0}  # runs per stream: a stream of one run sums to that run (same bits)
     for i, in_a in enumerate(in_a_ops):
@@ -147,16 +155,22 @@ def stage_time(
     runs: list[tuple[bool, _Sum]] = []
     for op, in_a in zip(stage.ops, in_a_ops, strict=True):
         share = share_a if in_a else share_m
+        op_key = (id(op), in_a, stage.overlapped)  # ops stay alive (in the stages) while memo is used
         if keep_ops or op.kind == "comm":
-            t = op_time(op, system, share, phase)
+            t = memo.get(op_key)
+            if t is None:
+                t = memo[op_key] = op_time(op, system, share, phase)
             times.append(t)
             time_s, ideal_s, serial_s, memory_s = t.time_s, t.ideal_s, t.serial_s, t.memory_s
         else:
             times.append(None)
-            key = (in_a, op.kind, op.dtype)
-            if op.kind != "vector" and key not in rates:
-                rates[key] = compute_rate(chip, op.kind, op.dtype, share)
-            time_s, ideal_s, serial_s, memory_s = op_totals(op, chip, rates.get(key))
+            totals = memo.get(op_key)
+            if totals is None:
+                key = (in_a, op.kind, op.dtype)
+                if op.kind != "vector" and key not in rates:
+                    rates[key] = compute_rate(chip, op.kind, op.dtype, share)
+                totals = memo[op_key] = op_totals(op, chip, rates.get(key))
+            time_s, ideal_s, serial_s, memory_s = totals
         sums["hbm"].add(memory_s)
         sums["serial"].add(serial_s)
         if n_runs[in_a] > 1:
@@ -205,8 +219,9 @@ def step_time(
 ):
     """(list of StageTime, step_s, lower_s, upper_s) with the coarse composition: step = sum over stages of
     count * period (the "ideal" step; ``compose`` is the list schedule)."""
+    memo: dict = {}  # per call: an op shared by several stages is timed once
     sts = [
-        stage_time(s, system, microbatches, policy, attn_cube_share, phase, compute_share, keep_ops)
+        stage_time(s, system, microbatches, policy, attn_cube_share, phase, compute_share, keep_ops, memo)
         for s in stages
     ]
     step = sum(s.stage.count * s.period_s for s in sts)
@@ -286,29 +301,36 @@ def _periodic_stage(segs, done: list, free: dict, count: int):
     simulated further; working arrays shrink to those points. Checked from the second layer on (the first
     carries the previous stage's state). Returns (done, free, period) with the period = p (periodic points)
     or the growth of the latest microbatch end over the last layer (the others)."""
+    nd = len(done)  # state rows: microbatch ends 0..nd-1, then the free times of streams A (False), M (True)
     used = sorted({in_m for in_m, _ in segs})
-    out_done: list = []
-    out_free: dict = {}
-    period = np.empty(0)  # set at the first check, before idx (below) is set
+    rows = list(range(nd)) + [nd + int(k) for k in used]  # the rows a layer moves
+    other = np.array([nd + int(k) for k in (False, True) if k not in used], dtype=np.intp)
+    rows_ix = slice(None) if not other.size else rows  # (every row: a view, no gather)
+    state = np.stack([*done, free[False], free[True]])  # one array: one copy / difference per layer
+
+    def views(x):  # the state as _layer's (done list, free dict): row views, updated in place
+        return list(x[:nd]), {False: x[nd], True: x[nd + 1]}
+
+    out = np.empty(0)  # the extrapolated state, set at the first check (before idx)
+    period = np.empty(0)
     idx = None  # flat indices of the points still simulated (None: all)
-    w_segs, w_done, w_free = segs, list(done), dict(free)
+    w_segs = segs
     last = None
     for i in range(1, count + 1):
         check = 1 < i < count
         if check:
-            d0, f0 = [x.copy() for x in w_done], {k: w_free[k].copy() for k in used}
+            before = state.copy()
         if i == count:
-            last = _latest(w_done)
-        _layer(w_segs, w_done, w_free)
+            last = state[:nd].max(axis=0)
+        _layer(w_segs, *views(state))
         if not check:
             continue
-        moved = [w_free[k] - f0[k] for k in used] + [x - y for x, y in zip(w_done, d0, strict=True)]
-        hi, lo = functools.reduce(np.maximum, moved), functools.reduce(np.minimum, moved)
-        ok = hi - lo <= PERIODIC_RTOL * _latest(w_done)
+        moved = state[rows_ix] - before[rows_ix]
+        hi, lo = moved.max(axis=0), moved.min(axis=0)  # max / min are exact: any order, the same bits
+        ok = hi - lo <= PERIODIC_RTOL * state[:nd].max(axis=0)
         if idx is None:  # first check: every point's extrapolation (the rest are overwritten later)
-            shift = (count - i) * hi
-            out_done = [x + shift for x in w_done]
-            out_free = {k: x + shift if k in used else x.copy() for k, x in w_free.items()}
+            out = state + (count - i) * hi
+            out[other] = state[other]
             period = hi
             keep = np.flatnonzero(~ok)
             idx = keep
@@ -317,28 +339,22 @@ def _periodic_stage(segs, done: list, free: dict, count: int):
             if not sel.size:
                 continue
             g = idx[sel]
-            shift = (count - i) * hi[sel]
-            for j, x in enumerate(w_done):
-                out_done[j][g] = x[sel] + shift
-            for k, x in w_free.items():
-                out_free[k][g] = x[sel] + shift if k in used else x[sel]
+            out[:, g] = state[:, sel] + (count - i) * hi[sel]
+            if other.size:
+                out[np.ix_(other, g)] = state[other][:, sel]
             period[g] = hi[sel]
             keep = np.flatnonzero(~ok)
             idx = idx[keep]
         if not idx.size:
-            return out_done, out_free, period
+            return (*views(out), period)
         if keep.size < ok.size:
             w_segs = [(in_m, [d[keep] for d in durs]) for in_m, durs in w_segs]
-            w_done = [x[keep] for x in w_done]
-            w_free = {k: x[keep] for k, x in w_free.items()}
+            state = state[:, keep]
     if idx is None:  # count == 2: nothing checked
-        return w_done, w_free, _latest(w_done) - last
-    for j, x in enumerate(w_done):
-        out_done[j][idx] = x
-    for k, x in w_free.items():
-        out_free[k][idx] = x
-    period[idx] = _latest(w_done) - last
-    return out_done, out_free, period
+        return (*views(state), state[:nd].max(axis=0) - last)
+    out[:, idx] = state
+    period[idx] = state[:nd].max(axis=0) - last
+    return (*views(out), period)
 
 
 def pipeline_s(
@@ -378,11 +394,15 @@ def pipeline_s(
     done = [np.zeros(size) for _ in range(nmax)]  # updated in place by _layer
     free = {False: np.zeros(size), True: np.zeros(size)}
     stage_end, periods = np.zeros(size), {}
+    # microbatch j of a point with n <= j has durations 0: np.where(j < n, d, 0.0) as a bit mask (all ones
+    # or 0, and +0.0 is the all-zero bit pattern: the same bits, without np.where's per-element branch)
+    pad = {j: -(j < nf).astype(np.int64) for j in range(nmin, nmax)}
     for name, segs, count in layers:
         fsegs = []
         for in_m, d in segs:  # per microbatch; 0 for a point's microbatches j >= n (``_layer``)
-            d = flat(d)
-            fsegs.append((in_m, [d if j < nmin else np.where(j < nf, d, 0.0) for j in range(nmax)]))
+            d = np.ascontiguousarray(flat(d))
+            bits = d.view(np.int64)
+            fsegs.append((in_m, [d if j < nmin else (bits & pad[j]).view(float) for j in range(nmax)]))
         start = stage_end
         if np.ndim(count):  # per-point layer counts: run max(count) layers, keep the state where i < count
             c = flat(count)

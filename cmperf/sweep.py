@@ -41,6 +41,7 @@ from .domains import DEPLOYMENT, POOLS, WORKLOAD, Domain, whole
 from .domains import SLO as SLO_DOMAINS
 from .errors import CmperfError
 from .scenario import DEFAULT_MODEL, DEFAULT_SYSTEM, STRING_FIELDS, Scenario, scenario_dirs
+from .scenario import TOP_KEYS as SCENARIO_KEYS
 from .serving import SLO, Workload
 from .specs import DTYPE_BYTES, Model, System, load_model, load_system
 
@@ -49,20 +50,7 @@ if TYPE_CHECKING:
     from .prefill import PrefillPrediction
 
 COMMANDS = ("decode", "prefill", "serve", "optimize")
-TOP_KEYS = (
-    "name",
-    "description",
-    "source",
-    "command",
-    "system",
-    "model",
-    "deployment",
-    "workload",
-    "slo",
-    "pools",
-    "options",
-    "frameworks",
-)
+TOP_KEYS = (*SCENARIO_KEYS, "pools", "frameworks")  # a scenario's keys, [pools] and the framework bundles
 
 _COMMON = ("devices", "ep_size", "microbatches", "eplb", "imbalance", "num_redundant")
 #: ``[deployment]`` fields each cell type reads (the others are refused by file and key). serve: the decode
