@@ -301,6 +301,30 @@ def mla_decode_ops(m: Model, prec, tokens, seqs, kv_len) -> list[Op]:
     return ops
 
 
+def _mla_prefill_out(m: Model, prec, new_tokens, tp) -> list[Op]:
+    """The end of MLA's prefill block (both forms): the all-to-all of head outputs back to the tokens'
+    ranks (SP-TP-SP), the output quantization fused into o_proj, the residual."""
+    h, H, dv, g = m.hidden_size, m.num_attention_heads, m.v_head_dim, prec.gemm
+    return [
+        Op(
+            "mla.tp_alltoall",
+            "comm",
+            "moe",
+            "bf16",
+            collective="alltoall",
+            comm_bytes=new_tokens * H * dv * 2.0 * (tp - 1) / tp,
+            ep_size=tp,
+        ),
+        *fuse(
+            [
+                vector("mla.o_quant", "attn", new_tokens, H * dv, H * dv, "bf16", g),
+                gemm("mla.o_proj", "attn", new_tokens, H * dv, h, g),
+            ]
+        ),
+        vector("attn.residual", "attn", new_tokens, 2 * h, h),
+    ]
+
+
 def mla_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp) -> list[Op]:
     """MHA-form MLA for a microbatch of ``seqs`` prompts of ``prompt_len`` tokens, ``cached_len`` of each
     loaded from the context cache (their latent KV is read, their projections are not recomputed).
@@ -361,25 +385,7 @@ def mla_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp
             kv_write_bytes=new_tokens * kv_bytes_per_token_layer(m, prec.kv),
         )
     )
-    ops.append(
-        Op(
-            "mla.tp_alltoall",
-            "comm",
-            "moe",
-            "bf16",
-            collective="alltoall",
-            comm_bytes=new_tokens * H * dv * 2.0 * (tp - 1) / tp,
-            ep_size=tp,
-        )
-    )
-    ops += fuse(
-        [
-            vector("mla.o_quant", "attn", new_tokens, H * dv, H * dv, "bf16", g),
-            gemm("mla.o_proj", "attn", new_tokens, H * dv, h, g),
-        ]
-    )
-    ops.append(vector("attn.residual", "attn", new_tokens, 2 * h, h))
-    return ops
+    return ops + _mla_prefill_out(m, prec, new_tokens, tp)
 
 
 def _index_ops(m: Model, prec, tokens, seqs, ctx_len, scored):
@@ -624,25 +630,7 @@ def mla_sparse_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_
         )
     )
     ops.append(gemm("mla.v_absorb", "attn", new_tokens * H, dc, dv, g, a_dtype="bf16", num_weights=H))
-    ops.append(
-        Op(
-            "mla.tp_alltoall",
-            "comm",
-            "moe",
-            "bf16",
-            collective="alltoall",
-            comm_bytes=new_tokens * H * dv * 2.0 * (tp - 1) / tp,
-            ep_size=tp,
-        )
-    )
-    ops += fuse(
-        [
-            vector("mla.o_quant", "attn", new_tokens, H * dv, H * dv, "bf16", g),
-            gemm("mla.o_proj", "attn", new_tokens, H * dv, h, g),
-        ]
-    )
-    ops.append(vector("attn.residual", "attn", new_tokens, 2 * h, h))
-    return ops
+    return ops + _mla_prefill_out(m, prec, new_tokens, tp)
 
 
 def dense_ffn_ops(m: Model, prec, tokens) -> list[Op]:
