@@ -89,7 +89,11 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
         ("TPOT", fmt_s(p.tpot_s)),
         ("tokens/s per device", f"{p.tokens_per_s_per_device:,.0f}"),
         ("step (all layers + heads)", fmt_s(p.step_s)),
-        ("MoE layer (all microbatches)", fmt_s(p.moe_layer_s)),
+        # the principal stage's period (graph.principal_stage): MoE layers, a dense model's layers
+        (
+            "MoE layer (all microbatches)" if "moe" in p.streams else "layer (all microbatches)",
+            fmt_s(p.moe_layer_s),
+        ),
         ("TPOT bound: speed of light", fmt_s(p.lower_tpot_s)),
         ("TPOT bound: no overlap", fmt_s(p.upper_tpot_s)),
         ("EP all-to-all bound on TPOT", fmt_s(p.comm_bound_tpot_s)),
