@@ -212,14 +212,42 @@ def mtp_layers(model: Model, mtp):
     DeepSeek's NextN module, ``--speculative-num-steps``) and TensorRT-LLM ("MTP Eagle":
     ``num_nextn_predict_layers`` above the checkpoint's one module, the default over ``use_mtp_vanilla``)
     run it. An int when every point has the same depth, else an array (0 where a point has no MTP)."""
+    steps = mtp_layers_of(mtp)
+    return steps if model.num_mtp_modules else steps * 0
+
+
+def _draft_stages(draft: Model, prec, m_tok, s_mb, kv_len, mtp) -> list[Stage]:
+    """A separate dense draft model's share of a step: ``mtp`` autoregressive forwards of one token per
+    sequence (each of its layer groups ``mtp`` times, then its head: embedding, LM head, sampling), on
+    every rank with the whole draft (replicated, data-parallel like the attention). Speculative decoding
+    with a draft model: Leviathan et al. 2023, §3 (the draft proposes, the target verifies 1 + mtp)."""
+    steps = mtp_layers_of(mtp)
+    out = [
+        Stage(
+            f"draft.{name}",
+            count * steps,
+            tuple(
+                attention_decode_ops(draft, prec, m_tok, s_mb, kv_len, variant)
+                + dense_ffn_ops(draft, prec, m_tok)
+            ),
+        )
+        for name, variant, _, count in layer_groups(draft)
+    ]
+    out.append(Stage("draft.head", steps, tuple(head_ops(draft, prec, m_tok, m_tok, 0.0))))
+    return out
+
+
+def mtp_layers_of(mtp):
+    """Draft executions per step: ``mtp`` as an int when every point has the same depth, else the array."""
     mtp = np.asarray(mtp, dtype=float)
     if mtp.size and np.all(mtp == mtp.flat[0]):
-        return int(mtp.flat[0]) if model.num_mtp_modules else 0
-    return mtp if model.num_mtp_modules else np.zeros_like(mtp)
+        return int(mtp.flat[0])
+    return mtp
 
 
-def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv=0.0):
-    """Stages of one decode step and the per-rank quantities they need.
+def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv=0.0, draft=None):
+    """Stages of one decode step and the per-rank quantities they need (``draft``: a separate draft
+    model instead of the model's MTP modules, ``_draft_stages``).
 
     The head stage comes last. With a mix of MTP depths (some points 0) a second head stage without the
     MTP head ops is returned too (``head_off``): ``evaluate`` picks per point which one the step adds."""
@@ -249,7 +277,9 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
             attn[variant] = attention_decode_ops(model, prec, t_mb, s_mb, kv_len, variant)
         stages.append(Stage(name, count, tuple(attn[variant] + ffn[kind])))
     on = mtp > 0
-    if np.any(on):
+    if draft is not None and np.any(on):
+        stages += _draft_stages(draft, prec, b_rank / n, s_mb, kv_len, mtp)
+    elif np.any(on):
         m_tok = b_rank / n  # each MTP module runs on one token per sequence
         m_imb = routed_imbalance(model, pl, ep, ep * m_tok * k, eplb, given, consts)
         m_exp, m_read, _ = moe_load(model, pl, ep, m_tok, m_imb)
@@ -264,7 +294,8 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
             )
         )
     # each draft execution runs the MTP module's projection and shared head on one token per sequence
-    head = tuple(head_ops(model, prec, tokens, tokens, np.where(on, b_rank * mtp_layers(model, mtp), 0.0)))
+    mtp_head = 0.0 if draft is not None else np.where(on, b_rank * mtp_layers(model, mtp), 0.0)
+    head = tuple(head_ops(model, prec, tokens, tokens, mtp_head))
     stages.append(Stage("head", 1, head, overlapped=False))
     head_off = None
     if np.any(on) and not np.all(on):
@@ -497,8 +528,9 @@ def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: boo
     mtp_a = np.asarray(dep.mtp, dtype=float)
     on = mtp_a > 0
     pl = placement_arrays(model, ep, dep.num_redundant)
+    draft = dep.draft_model
     stages, head_off, imb, disp_msg, comb_msg, _ = _stages(
-        system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl, (dep.eplb, dep.imbalance), dep.kv_cv
+        system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl, (dep.eplb, dep.imbalance), dep.kv_cv, draft
     )
     # the head runs last; summing it on its own keeps the scalar path's order of additions (same bits)
     sts, ideal, lower, upper = step_time(stages[:-1], system, n, policy, share, keep_ops=keep_ops)
@@ -520,15 +552,26 @@ def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: boo
     # memory
     kv_cap = kv_len if dep.kv_capacity_len is None else np.asarray(dep.kv_capacity_len, dtype=float)
     # batch-independent parts, computed once for the two batches mem_at is called with
-    weights = _per_mtp(mtp_a, lambda d: memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], d))
+    # with a draft model the target's MTP modules stay unused (no weights, no MTP KV): the draft's instead
+    target_mtp = np.zeros_like(mtp_a) if draft is not None else mtp_a
+    weights = _per_mtp(
+        target_mtp, lambda d: memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], d)
+    )
+    if draft is not None:
+        weights["draft"] = memory.draft_weight_bytes(draft, prec)
     act = memory.activation_bytes([op for s in stages for op in s.ops], n)
     if head_off is not None:  # points without MTP: the activations of the ops they run
-        ops_off = [op for s in stages[:-1] if s.name != "mtp" for op in s.ops] + list(head_off.ops)
+        ops_off = [op for s in stages[:-1] if not s.name.startswith(("mtp", "draft.")) for op in s.ops]
+        ops_off += list(head_off.ops)
         act = np.where(on, act, memory.activation_bytes(ops_off, n))
 
     def mem_at(b):
         parts = {f"weights.{k}": v for k, v in weights.items()}
-        parts["kv_cache"] = _per_mtp(mtp_a, lambda d: memory.kv_bytes(model, prec.kv, b, kv_cap + mtp_a, d))
+        parts["kv_cache"] = _per_mtp(
+            target_mtp, lambda d: memory.kv_bytes(model, prec.kv, b, kv_cap + mtp_a, d)
+        )
+        if draft is not None:
+            parts["kv_cache.draft"] = memory.kv_bytes(draft, prec.kv, b, kv_cap + mtp_a, 0)
         parts["comm_buffers"] = memory.buffer_bytes(
             ep, b * (1 + mtp_a), model.num_experts_per_tok, pl["experts_per_rank"], disp_msg, comb_msg
         )

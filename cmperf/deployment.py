@@ -234,6 +234,7 @@ FLAGS = {
     "kv_cv": "--kv-cv",
     "mtp": "--mtp",
     "mtp_accept": "--mtp-accept",
+    "draft_model": "--draft-model",
     "attention_cube_cores": "--attn-cores",
     "step_overhead_s": "--step-overhead",
     "tokens_per_device": "--tokens-per-device",
@@ -253,6 +254,7 @@ DECODE_FIELDS = (
     "kv_cv",
     "mtp",
     "mtp_accept",
+    "draft_model",
     "attention_cube_cores",
     "step_overhead_s",
 )
@@ -291,6 +293,7 @@ class Deployment:
     kv_cv: Any = 0.0  # CV of the sequences' KV lengths (cmperf.decode.straggler_kv_len)
     mtp: Any = None  # speculative tokens per step; None: 1 where the model has an MTP module, else 0
     mtp_accept: Any = 0.7  # per-depth acceptance (every depth), or a tuple of conditional rates per depth
+    draft_model: Model | None = None  # a separate (dense) draft model run mtp times per step, not MTP modules
     attention_cube_cores: Any = None  # None: the system's [overlap.decode] split
     step_overhead_s: Any = 0.0  # host time per step outside the layers (graph launch, sampling, scheduling)
     # prefill
@@ -313,7 +316,7 @@ class Deployment:
             tp = np.minimum(attention_tp_devices(system), np.asarray(devices)) * system.ranks_per_device
             # heads split evenly: the largest degree within the default that divides them (40 heads: 8)
             tp = np.gcd(np.asarray(tp, dtype=np.int64), model.num_attention_heads)
-        mtp = self.mtp if self.mtp is not None else min(1, model.num_mtp_modules)
+        mtp = self.mtp if self.mtp is not None else (1 if self.draft_model else min(1, model.num_mtp_modules))
         cores = self.attention_cube_cores
         if cores is None:
             cores = system.overlap_for("decode").attention_cube_cores
@@ -372,8 +375,18 @@ class Deployment:
                 out.append(f"--kv-len: capacity {d.kv_capacity_len:g} is outside {d.kv_len:g}..{ctx}")
             if not 0.0 <= d.kv_cv <= 10.0:
                 out.append(f"--kv-cv: must be in [0, 10], got {d.kv_cv:g}")
-            if d.mtp < 0 or (d.mtp > 0 and not model.num_mtp_modules):
-                out.append(f"--mtp: {model.name} has no MTP module; use --mtp 0")
+            draft = d.draft_model
+            if d.mtp < 0 or (d.mtp > 0 and not model.num_mtp_modules and draft is None):
+                out.append(f"--mtp: {model.name} has no MTP module; use --mtp 0 or a --draft-model")
+            if draft is not None and draft.is_moe:
+                out.append(
+                    f"--draft-model: {draft.name} is an MoE model; a draft runs replicated on every rank, "
+                    "and cmperf models dense drafts"
+                )
+            elif draft is not None and d.mtp < 1:
+                out.append(
+                    f"--draft-model: {draft.name} drafts nothing at --mtp 0; give --mtp D (drafts per step)"
+                )
             rates = d.mtp_accept if isinstance(d.mtp_accept, tuple) else (d.mtp_accept,)
             if not rates or not all(0.0 <= a <= 1.0 for a in rates):
                 out.append(f"--mtp-accept: each rate must be in [0, 1], got {accept_text(d.mtp_accept)}")
@@ -476,7 +489,7 @@ class Deployment:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = v.__dict__ if isinstance(v, Precision) else v
+            out[f.name] = v.__dict__ if isinstance(v, Precision) else v.name if isinstance(v, Model) else v
         return out
 
     @classmethod
@@ -487,6 +500,10 @@ class Deployment:
         vals = {k: v for k, v in knobs.items() if k in names}
         if isinstance(vals.get("precision"), dict):
             vals["precision"] = Precision(**vals["precision"])
+        if isinstance(vals.get("draft_model"), str):  # a JSON deployment names its draft model
+            from .specs import load_model
+
+            vals["draft_model"] = load_model(vals["draft_model"])
         return cls(**vals)
 
     def phase_knobs(self) -> dict[str, Any]:

@@ -88,3 +88,12 @@ def activation_bytes(ops: Iterable[Op], microbatches: ArrayLike) -> np.ndarray:
             peak = np.maximum(peak, x)
             owned = isinstance(peak, np.ndarray)
     return np.asarray(microbatches, dtype=float) * peak
+
+
+def draft_weight_bytes(draft: Model, prec: Precision) -> np.ndarray:
+    """A dense draft model held whole on every rank: layers in the GEMM datatype, embedding and head in
+    the head's."""
+    w = weight_params(draft)
+    b = DTYPE_BYTES
+    layers = w["attention"] + w["dense_ffn"]
+    return np.asarray(layers * b[prec.gemm] + (w["embedding"] + w["lm_head"]) * b[prec.head])

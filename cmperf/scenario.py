@@ -140,7 +140,16 @@ def _table(path: Path, raw: dict, key: str, record=None) -> dict[str, Any]:
 
 
 #: Fields of the records that hold a name (a string), not a number.
-STRING_FIELDS = ("eplb", "cache_plane", "weights", "experts_dtype", "kv_dtype", "system", "model")
+STRING_FIELDS = (
+    "eplb",
+    "cache_plane",
+    "weights",
+    "experts_dtype",
+    "kv_dtype",
+    "system",
+    "model",
+    "draft_model",
+)
 
 
 def _values(path: Path, table: str, values: dict[str, Any], numeric: dict[str, Domain]) -> dict[str, Any]:
@@ -283,6 +292,8 @@ def records(sc: Scenario, system: System, model: Model) -> Deployment:
             )
         kv, cap, cv = kv_lengths(model, float(o["prompt_len"]), float(o["output_len"]))
         knobs = {"kv_capacity_len": cap, "kv_cv": cv, **knobs, "kv_len": kv}
+    if isinstance(knobs.get("draft_model"), str):  # a draft model by name, as --draft-model takes it
+        knobs["draft_model"] = load_model(knobs["draft_model"], flag=f"{sc.path}: key deployment.draft_model")
     return Deployment(phase=sc.command, precision=prec, **knobs)
 
 

@@ -915,17 +915,18 @@ def _layers(t: _Table, arch: dict[str, int]) -> tuple[tuple[str, ...], tuple[str
     return attention, ffn
 
 
-def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Model:
-    """A model by name or alias, a models/*.toml path, or a Hugging Face config.json path (cmperf.hf)."""
+def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--model") -> Model:
+    """A model by name or alias, a models/*.toml path, or a Hugging Face config.json path (cmperf.hf);
+    errors name ``flag``."""
     if Path(name).suffix == ".json":
         from . import hf
 
         path = Path(name)
         if not path.is_file():
-            raise CmperfError(f"--model: file {name} does not exist; give a config.json, .toml or model name")
+            raise CmperfError(f"{flag}: file {name} does not exist; give a config.json, .toml or model name")
         raw = hf.spec_from_config(path)
     else:
-        path = find(name, "model", spec_dirs, "--model")
+        path = find(name, "model", spec_dirs, flag)
         raw = _read(path)
     sources: dict[str, str] = {}
     t = _Table(raw, path, "", sources)

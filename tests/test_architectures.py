@@ -217,3 +217,62 @@ def test_mtp_needs_a_module_and_rates_per_depth_fit():
     assert r.exit_code == 2 and "--mtp-accept" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run("decode", "--mtp", "3", "--mtp-accept", "0.9,0.7,0.5")
     assert r.exit_code == 0 and "MTP 3 @ 0.9,0.7,0.5" in r.stdout
+
+
+TINY_DRAFT = """name = "tiny-draft"
+kind = "model"
+description = "A synthetic 4-layer dense GQA draft for tests (not a real model)"
+
+[architecture]
+source = "synthetic test model (cmperf tests)"
+attention = "gqa"
+hidden_size = 2048
+num_layers = 4
+num_attention_heads = 16
+num_key_value_heads = 4
+head_dim = 128
+intermediate_size = 8192
+vocab_size = 129280
+max_position_embeddings = 163840
+"""
+
+
+@pytest.fixture
+def draft_dir(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny-draft.toml").write_text(TINY_DRAFT)
+    return tmp_path
+
+
+def test_draft_model_runs_mtp_times_per_step(draft_dir):
+    """A separate draft runs its 4 layers and head once per draft token (3 here) on every rank, holds its
+    whole weights and its own KV, and replaces the target's MTP modules (no MTP stage, no MTP weights)."""
+    s, m = specs.load_system("cloudmatrix384"), specs.load_model("deepseek-r1")
+    draft = specs.load_model("tiny-draft", [str(draft_dir)])
+    p = decode.predict(s, m, Deployment(mtp=3, draft_model=draft, microbatches=2))
+    assert p.streams["draft.dense"]["count"] == 12 and p.streams["draft.head"]["count"] == 3
+    assert "mtp" not in p.streams
+    w = weight_params(draft)
+    held = (w["attention"] + w["dense_ffn"]) * 1 + (
+        w["embedding"] + w["lm_head"]
+    ) * 2  # INT8 layers, BF16 head
+    assert p.hbm_breakdown_bytes["weights.draft"] == pytest.approx(held, rel=1e-12)
+    assert p.hbm_breakdown_bytes["weights.mtp_proj"] == 0
+    kv = 96 / 2 * (4096 + 3) * 4 * 2 * 4 * 128 * 2  # 48 sequences per die, 4 layers of 4 KV heads, BF16
+    assert p.hbm_breakdown_bytes["kv_cache.draft"] == pytest.approx(kv, rel=1e-12)
+    # a target without MTP modules can speculate with a draft
+    q = decode.predict(s, specs.load_model("qwen3-235b-a22b"), Deployment(mtp=2, draft_model=draft))
+    assert q.step_s / q.tpot_s == pytest.approx(1 + 0.7 + 0.49, rel=1e-12)  # tokens accepted per step
+
+
+def test_draft_model_bad_input(draft_dir):
+    r = run("decode", "--draft-model", "qwen3-30b-a3b", "--mtp", "1")
+    assert r.exit_code == 2 and "--draft-model: qwen3-30b-a3b is an MoE model" in r.stderr
+    r = run("decode", "--spec-dir", draft_dir, "--draft-model", "tiny-draft", "--mtp", "0")
+    assert r.exit_code == 2 and "drafts nothing at --mtp 0" in r.stderr
+    r = run("decode", "--draft-model", "no-such-model")
+    assert r.exit_code == 2 and r.stderr.startswith("cmperf: error: --draft-model:")
+    r = run(
+        "decode", "--spec-dir", draft_dir, "--draft-model", "tiny-draft", "--mtp", "2", "--format", "json"
+    )
+    assert r.exit_code == 0 and '"draft_model": "tiny-draft"' in r.stdout

@@ -87,6 +87,12 @@ from .types import dep, option, workload
     help="Acceptance rate of a draft token [default: 0.7].",
 )
 @knob(
+    "--draft-model",
+    "draft_model",
+    help="A separate dense draft model (name, spec file or config.json) run --mtp times per step instead "
+    "of the model's MTP modules [default: none].",
+)
+@knob(
     "--microbatches",
     "microbatches",
     type=MICROBATCHES,
@@ -129,6 +135,8 @@ def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, p
 
     sysm = specs.load_system(system, spec_dirs)
     mod = specs.load_model(model, spec_dirs)
+    if params.get("draft_model") is not None:
+        params["draft_model"] = specs.load_model(params["draft_model"], spec_dirs, "--draft-model")
     if (prompt_len is None) != (output_len is None):
         raise CmperfError("--prompt-len and --output-len go together; give both, or --kv-len")
     if prompt_len is not None:
