@@ -156,7 +156,7 @@ def test_import_direction():
         "serving",
         "sizing",
         "search compare",
-        "symbolic regress scenario validate",
+        "symbolic regress scenario validate points",
         "sensitivity",
         "render report engines plot",
         "sweep",

@@ -61,7 +61,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "cmperf explain",
         "cmperf explain --scenario cm384-decode-15ms --format markdown",
     ),
-    "validate": ("cmperf validate", "cmperf validate --format json"),
+    "validate": ("cmperf validate", "cmperf validate --format json", "cmperf validate --points points.csv"),
     "snapshot": ("cmperf snapshot cm384-decode-50ms cm384-prefill -o before.json",),
     "diff": (
         "cmperf diff before.json after.json",

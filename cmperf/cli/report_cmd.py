@@ -44,13 +44,24 @@ def spec_hash(sc, system, model) -> str:
 
 @click.command()
 @SPEC_DIR
+@click.option(
+    "--points",
+    "points_csv",
+    type=click.Path(dir_okay=False),
+    metavar="FILE.csv",
+    help="Measured operating points (docs/points.md): predict each posable row and print predicted vs "
+    "measured TPOT, error statistics per group, the worst rows and skipped counts (exit 0).",
+)
 @format_option(("table", "markdown", "json", "csv"))
 @guarded
-def validate(spec_dirs, fmt, output):
+def validate(spec_dirs, points_csv, fmt, output):
     """Check predictions against the shipped published numbers (exit 1 if any is outside its tolerance)."""
     from .. import render
     from .. import validate as val
 
+    if points_csv is not None:
+        _validate_points(points_csv, spec_dirs, fmt, output)
+        return
     rows = val.rows(spec_dirs)
     if fmt == "json":
         emit(render.to_json({"points": rows}, "validate"), output)
@@ -68,6 +79,46 @@ def validate(spec_dirs, fmt, output):
     if bad:
         raise CheckFailed(f"validate: {summary}; outside tolerance: {', '.join(bad)}")
     click.echo(f"validate: {summary}", err=True)
+
+
+def _validate_points(path, spec_dirs, fmt, output):
+    """``validate --points``: every row of the points CSV predicted (``cmperf.points``), errors reported."""
+    from .. import points as pts
+    from .. import render
+
+    with progress("predicting the measured points"):
+        rows = pts.read(path)
+        results = pts.evaluate(rows, spec_dirs)
+    groups, worst, skipped = pts.groups(results), pts.worst(results), pts.skipped(results)
+    repeats = pts.repeats(rows)
+    summary = pts.summary(results, repeats)
+    sections = [
+        render.Section(
+            "TPOT error by group (error = predicted / measured - 1)", pts.GROUP_HEADER, pts.group_rows(groups)
+        ),
+        render.Section(
+            f"worst {len(worst)} rows by |error|", pts.WORST_HEADER, pts.worst_rows(worst), pts.WORST_DROP
+        ),
+        render.Section("skipped rows by reason", pts.SKIP_HEADER, pts.skip_rows(skipped)),
+    ]
+    if fmt == "json":
+        doc = {
+            "points": results,
+            "groups": groups,
+            "worst": [r.id for r in worst],
+            "skipped": skipped,
+            "repeats": repeats,
+        }
+        emit(render.to_json(doc, "validate"), output)
+    elif fmt == "csv":
+        emit(render.to_csv(results), output)
+    elif fmt == "markdown":
+        md = [f"# cmperf validate --points {Path(path).name}\n\n", render.markdown_table(("", ""), summary)]
+        md += [f"\n## {t.title}\n\n" + render.markdown_table(t.header, t.rows) for t in sections]
+        emit("".join(md), output)
+    else:
+        emit(render.tables(f"cmperf validate --points {Path(path).name}", summary, sections), output)
+    click.echo(f"validate: {pts.summary_line(results)}", err=True)
 
 
 # ---------------------------------------------------------------------------------------------- explain

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Turn the CSV ``../shared/tools/aic_dev_rows.py`` writes into a points CSV (docs/points.md).
+
+usage: .venv/bin/python scripts/aic_points.py AIC_ROWS.csv OUT.csv
+
+One output row per distinct measurement: rows with the same key (the one aic_dev_rows.py hashes: system,
+backend, ISL, OSL, client concurrency, measured TPOT and TTFT) are one measurement in several dumps and are
+merged, keeping the ``db-dump`` row (its parallel encoding is the one to trust for disagg), then the row
+that records the decode batch, then the lowest id; ``copies`` counts the rows merged. Mappings:
+
+* system: h100_sxm -> dgx-h100, h200_sxm -> hgx-h200, b200_sxm -> hgx-b200, gb200 -> gb200-nvl72,
+  b300_sxm -> hgx-b300, gb300 -> gb300-nvl72 (any other name is kept: cmperf skips it as unknown-system).
+* precision: ``gemm_quant_mode`` -> ``weights``, ``moe_quant_mode`` -> ``experts_dtype``: fp8 and fp8_block
+  -> fp8; nvfp4 -> nvfp4 where the system's chip has an nvfp4 peak, else fp4 (B200 and GB200 specs list
+  one 4-bit peak).
+* parallel degrees, batch and workers: the ``decode_*`` columns for disagg rows, the plain ones for agg.
+  MTP, its acceptance and the KV datatype are not recorded: left empty.
+
+The output holds measured rows: keep it out of the repository.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import sys
+
+from cmperf import points
+from cmperf.specs import load_system
+
+SYSTEMS = {
+    "h100_sxm": "dgx-h100",
+    "h200_sxm": "hgx-h200",
+    "b200_sxm": "hgx-b200",
+    "gb200": "gb200-nvl72",
+    "b300_sxm": "hgx-b300",
+    "gb300": "gb300-nvl72",
+}
+QUANT = {"fp8": "fp8", "fp8_block": "fp8", "nvfp4": "nvfp4"}
+
+
+def concurrency(row: dict) -> str:
+    m = re.search(r"silicon_concurrency=(\d+)", row["silicon_data_source"])
+    return m.group(1) if m else ""
+
+
+def key(row: dict) -> str:
+    """The measurement's identity, as aic_dev_rows.py hashes it."""
+    tpot, ttft = float(row["silicon_tpot_ms"]), float(row["silicon_ttft_ms"])
+    parts = [row["system"], row["backend"], row["isl"], row["osl"], concurrency(row) or "None"]
+    return "|".join([*parts, f"{tpot:.4f}", f"{ttft:.3f}"])
+
+
+def preference(row: dict) -> tuple:
+    """Sort key of the copy to keep: db-dump first, then a recorded decode batch, then the id."""
+    batch = row["decode_batch_size"] if row["mode"] == "disagg" else row["batch_size"]
+    return (not row["silicon_data_source"].startswith("db-dump"), not batch, row["id"])
+
+
+def dtype(quant: str, four_bit: str) -> str:
+    d = QUANT.get(quant, quant)
+    return four_bit if d == "nvfp4" else d
+
+
+def four_bit_name(system: str) -> str:
+    """nvfp4 where the cmperf chip has an nvfp4 peak, else fp4; fp4 for a system cmperf lacks."""
+    if system not in SYSTEMS.values():
+        return "fp4"
+    return "nvfp4" if "nvfp4" in load_system(system).chip.peak_flops else "fp4"
+
+
+def convert(row: dict, copies: int) -> dict:
+    system = SYSTEMS.get(row["system"], row["system"])
+    four = four_bit_name(system)
+    p = "decode_" if row["mode"] == "disagg" else ""
+    return {
+        "id": row["id"],
+        "system": system,
+        "model": "deepseek-r1",  # R1, V3 and V3.1 share the architecture (models/deepseek-r1.toml)
+        "backend": row["backend"],
+        "backend_version": row["backend_version"],
+        "mode": row["mode"],
+        "attn_tp": row[f"{p}tp_size"],
+        "attn_dp": row[f"{p}attention_dp_size"],
+        "moe_tp": row[f"{p}moe_tp_size"],
+        "moe_ep": row[f"{p}moe_ep_size"],
+        "workers": row["decode_num_workers"] if p else "",
+        "batch_per_rank": row[f"{p}batch_size"],
+        "concurrency": concurrency(row),
+        "isl": row["isl"],
+        "osl": row["osl"],
+        "mtp": "",
+        "mtp_accept": "",
+        "weights": dtype(row["gemm_quant_mode"], four),
+        "experts_dtype": dtype(row["moe_quant_mode"], four),
+        "kv_dtype": "",
+        "tpot_s": f"{float(row['silicon_tpot_ms']) / 1e3:.9g}",
+        "ttft_s": f"{float(row['silicon_ttft_ms']) / 1e3:.9g}",
+        "tokens_per_s_per_device": "",
+        "copies": str(copies),
+        "source": f"aiconfigurator-core 0.12.0 silicon_sample.csv: {row['silicon_data_source']}",
+    }
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        sys.exit(__doc__)
+    src, out = argv
+    with open(src, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    merged: dict[str, list[dict]] = {}
+    for r in rows:
+        merged.setdefault(key(r), []).append(r)
+    kept = [convert(min(group, key=preference), len(group)) for group in merged.values()]
+    kept.sort(key=lambda r: r["id"])
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(points.COLUMNS), lineterminator="\n")
+        w.writeheader()
+        w.writerows(kept)
+    print(f"{len(kept)} distinct measurements (from {len(rows)} rows) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
