@@ -527,7 +527,7 @@ def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: boo
     n = np.asarray(dep.microbatches, dtype=float)
     mtp_a = np.asarray(dep.mtp, dtype=float)
     on = mtp_a > 0
-    pl = placement_arrays(model, ep, dep.num_redundant)
+    pl = placement_arrays(model, ep, dep.num_redundant, dep.slots_per_rank)
     draft = dep.draft_model
     stages, head_off, imb, disp_msg, comb_msg, _ = _stages(
         system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl, (dep.eplb, dep.imbalance), dep.kv_cv, draft

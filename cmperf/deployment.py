@@ -48,14 +48,29 @@ class Placement:
         return self.dedicated
 
 
-def placement_arrays(model: Model, ep_size, num_redundant=None) -> dict[str, np.ndarray]:
+def placement_arrays(model: Model, ep_size, num_redundant=None, slots_per_rank=None) -> dict[str, np.ndarray]:
     """Vectorized default placement (rules in the module docstring) for an array of EP sizes.
+
+    ``slots_per_rank`` N (``--slots-per-rank``): every rank holds N routed-expert slots and a copy of the
+    shared experts (GPU DP attention's layout, SGLang/TensorRT-LLM EPLB over ``ep_num_redundant_experts``
+    slots): N * EP - R redundant copies, no dedicated shared-expert ranks.
 
     Returns arrays: dedicated (bool), slots (routed copies per routed rank), redundant, shared_ranks,
     routed_ranks, experts_per_rank (weight sets on the busiest rank kind).
     """
     r = model.n_routed_experts
     ep = np.asarray(ep_size, dtype=float)
+    if slots_per_rank is not None:
+        n, ep = np.broadcast_arrays(np.asarray(slots_per_rank, dtype=float), ep)
+        shared = 1.0 if model.n_shared_experts > 0 else 0.0
+        return {
+            "dedicated": np.zeros(ep.shape, dtype=bool),
+            "slots": n,
+            "redundant": n * ep - r,
+            "shared_ranks": ep * shared,
+            "routed_ranks": ep,
+            "experts_per_rank": n + shared,
+        }
     dedicated = ep > r
     extra = np.maximum(ep - r, 0.0)
     has_shared = model.n_shared_experts > 0
@@ -85,12 +100,29 @@ def placement_arrays(model: Model, ep_size, num_redundant=None) -> dict[str, np.
 
 
 def place_experts(
-    model: Model, ep_size: int, num_redundant: int | None = None, flag: str = "--ep"
+    model: Model,
+    ep_size: int,
+    num_redundant: int | None = None,
+    flag: str = "--ep",
+    slots_per_rank: int | None = None,
 ) -> Placement:
-    """Validated placement for one EP size; ``num_redundant`` overrides the default redundancy."""
+    """Validated placement for one EP size; ``num_redundant`` overrides the default redundancy,
+    ``slots_per_rank`` the layout (``placement_arrays``)."""
     r = model.n_routed_experts
     if ep_size < 1:
         raise CmperfError(f"{flag}: EP size must be at least 1, got {ep_size}")
+    if slots_per_rank is not None:
+        if num_redundant is not None:
+            raise CmperfError(
+                "--redundant: conflicts with --slots-per-rank (which sets N x EP - experts copies)"
+            )
+        if slots_per_rank * ep_size < r:
+            raise CmperfError(
+                f"--slots-per-rank: {slots_per_rank} slots on EP{ep_size} hold {slots_per_rank * ep_size} "
+                f"of the {r} routed experts; give at least {-(-r // ep_size)}"
+            )
+        a = placement_arrays(model, ep_size, None, slots_per_rank)
+        return Placement(ep_size, False, slots_per_rank, int(a["redundant"]), int(a["shared_ranks"]), ep_size)
     if ep_size > r:
         extra = ep_size - r
         if num_redundant is not None and not (0 <= num_redundant < extra):
@@ -228,6 +260,7 @@ FLAGS = {
     "eplb": "--eplb",
     "imbalance": "--imbalance",
     "num_redundant": "--redundant",
+    "slots_per_rank": "--slots-per-rank",
     "batch_per_device": "--batch",
     "kv_len": "--kv-len",
     "kv_capacity_len": "--kv-len",
@@ -286,6 +319,9 @@ class Deployment:
     eplb: str | None = None  # "model" | "perfect"; None: "model" (decode), "perfect" (prefill, CM384 §5)
     imbalance: Any = None  # max/mean routed load; None = from ``eplb``
     num_redundant: int | None = None  # redundant routed-expert copies; None: the placement rule
+    slots_per_rank: Any = (
+        None  # routed-expert slots on every rank (shared experts replicated); None: the rule
+    )
     # decode
     batch_per_device: Any = 96.0
     kv_len: Any = 4096.0  # mean KV length per sequence
@@ -445,7 +481,7 @@ class Deployment:
             assert d.precision is not None
             d.precision.check(system)
             if not out:
-                place_experts(model, d.ep_size, d.num_redundant)
+                place_experts(model, d.ep_size, d.num_redundant, slots_per_rank=d.slots_per_rank)
         except CmperfError as e:
             out.append(str(e))
         return out
@@ -482,7 +518,7 @@ class Deployment:
         if reasons:
             raise CmperfError(reasons[0])
         d = self.resolve(system, model)
-        return d, place_experts(model, d.ep_size, d.num_redundant)
+        return d, place_experts(model, d.ep_size, d.num_redundant, slots_per_rank=d.slots_per_rank)
 
     def knobs(self) -> dict[str, Any]:
         """The record as plain values (precision as a dict): the ``deployment`` of JSON outputs."""

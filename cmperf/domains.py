@@ -137,6 +137,7 @@ DEPLOYMENT: dict[str, Domain] = {
     "ep_size": whole(1, MAX_RANKS),
     "imbalance": real(1.0, 1000.0),
     "num_redundant": whole(0, MAX_RANKS),
+    "slots_per_rank": whole(1, 65536),
     "batch_per_device": real(0.0, 1e6, lo_open=True),
     "kv_len": real(1.0, MAX_TOKENS),
     "kv_capacity_len": real(1.0, MAX_TOKENS),

@@ -219,7 +219,7 @@ def _evaluate_block(
     k, hid = model.num_experts_per_tok, model.hidden_size
     disp_msg, comb_msg = ep_message_bytes(system, hid, prec, phase="prefill")
     d = system.collective("dispatch", "prefill")
-    pl = placement_arrays(model, ep)
+    pl = placement_arrays(model, ep, None, dep.slots_per_rank)
     t_mb = t_rank / n  # prompt tokens per microbatch per rank
     seqs_mb = t_mb / p
     cached_len = h * p

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 COMMANDS = ("decode", "prefill", "serve", "optimize")
 TOP_KEYS = (*SCENARIO_KEYS, "pools", "frameworks")  # a scenario's keys, [pools] and the framework bundles
 
-_COMMON = ("devices", "ep_size", "microbatches", "eplb", "imbalance", "num_redundant")
+_COMMON = ("devices", "ep_size", "microbatches", "eplb", "imbalance", "num_redundant", "slots_per_rank")
 #: ``[deployment]`` fields each cell type reads (the others are refused by file and key). serve: the decode
 #: pool's per-step knobs and the prefill pool's plane and TP (the batch comes from the load, the devices from
 #: ``[pools]``); optimize: the device total it searches and the knobs its searches hold fixed.

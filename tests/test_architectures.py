@@ -276,3 +276,24 @@ def test_draft_model_bad_input(draft_dir):
         "decode", "--spec-dir", draft_dir, "--draft-model", "tiny-draft", "--mtp", "2", "--format", "json"
     )
     assert r.exit_code == 0 and '"draft_model": "tiny-draft"' in r.stdout
+
+
+def test_slots_per_rank_places_copies_on_every_rank():
+    """--slots-per-rank N: N routed slots and a shared-expert copy on every rank (N x EP - 256 redundant
+    copies), so more slots mean more expert weights per rank and a lower max/mean load."""
+    from cmperf.deployment import place_experts
+
+    s, m = specs.load_system("cloudmatrix384"), specs.load_model("deepseek-r1")
+    pl = place_experts(m, 320, slots_per_rank=2)
+    assert (pl.dedicated, pl.routed_slots_per_rank, pl.num_redundant, pl.shared_ranks) == (False, 2, 384, 320)
+    one, two = (decode.predict(s, m, Deployment(slots_per_rank=n, microbatches=2)) for n in (1, 2))
+    expert = weight_params(m)["expert"] * (58 + 1)  # MoE layers + the MTP module, INT8
+    assert two.hbm_breakdown_bytes["weights.experts"] == pytest.approx(3 * expert, rel=1e-12)
+    assert one.hbm_breakdown_bytes["weights.experts"] == pytest.approx(2 * expert, rel=1e-12)
+    assert two.imbalance < one.imbalance
+    r = run("decode", "--devices", "32", "--ep", "64", "--slots-per-rank", "3")
+    assert (
+        r.exit_code == 2 and "3 slots on EP64 hold 192 of the 256 routed experts; give at least 4" in r.stderr
+    )
+    r = run("decode", "--slots-per-rank", "2", "--redundant", "4")
+    assert r.exit_code == 2 and "--redundant: conflicts with --slots-per-rank" in r.stderr

@@ -106,6 +106,14 @@ def common_options(fn):
         "perfect in prefill (the paper's prefill headline assumes it)].",
     )(fn)
     fn = knob(
+        "--slots-per-rank",
+        "slots_per_rank",
+        type=dep("slots_per_rank"),
+        help="Routed-expert slots on every rank, the shared experts replicated on every rank (N x EP - "
+        "experts redundant copies, EPLB over them) [default: the placement rule: one expert per rank "
+        "and dedicated shared-expert ranks when EP exceeds the experts].",
+    )(fn)
+    fn = knob(
         "--ep", "ep_size", type=dep("ep_size"), help="EP size in ranks [default: all ranks of --devices]."
     )(fn)
     return fn
