@@ -30,7 +30,8 @@ def _summary_rows(p) -> list[tuple[str, str]]:
         (
             "deployment",
             f"{d['devices']} devices, EP{d['ep_size']}, {d['tokens_per_device']:g} tokens/device of "
-            f"{d['prompt_len']:g}-token prompts, {d['microbatches']} microbatch(es), "
+            f"{d['prompt_len']:g}-token prompts, {d['microbatches']} "
+            f"microbatch{'' if d['microbatches'] == 1 else 'es'}, "
             f"attention TP{d['attn_tp']}",
         ),
         ("context cache", f"hit {d['cache_hit']:g} over {d['cache_plane']}"),
