@@ -3,6 +3,7 @@ model cards, KV bytes per token from the attention kind, the per-layer groups, a
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -276,6 +277,23 @@ def test_draft_model_bad_input(draft_dir):
         "decode", "--spec-dir", draft_dir, "--draft-model", "tiny-draft", "--mtp", "2", "--format", "json"
     )
     assert r.exit_code == 0 and '"draft_model": "tiny-draft"' in r.stdout
+    # serve's decode pool speculates with the draft too: a model without MTP modules gets MTP 1 by default
+    r = run(
+        "serve",
+        "--rate",
+        "40",
+        "--model",
+        "qwen3-30b-a3b",
+        "--spec-dir",
+        draft_dir,
+        "--draft-model",
+        "tiny-draft",
+        "--format",
+        "json",
+    )
+    assert r.exit_code == 0 and json.loads(r.stdout)["inputs"]["mtp"] == 1
+    r = run("serve", "--rate", "40", "--draft-model", "qwen3-30b-a3b")
+    assert r.exit_code == 2 and "--draft-model: qwen3-30b-a3b is an MoE model" in r.stderr
 
 
 def test_slots_per_rank_places_copies_on_every_rank():

@@ -275,6 +275,12 @@ def cand_header(s) -> tuple[str, ...]:
     help="Acceptance of a draft token.",
 )
 @click.option(
+    "--draft-model",
+    default=None,
+    help="A separate dense draft model run --mtp times per decode step instead of MTP modules "
+    "[default: none].",
+)
+@click.option(
     "--size", "do_size", is_flag=True, help="Size the P/D/cache split (for --rate, or max goodput/device)."
 )
 @click.option(
@@ -310,6 +316,7 @@ def serve(
     slo_percentile,
     mtp,
     mtp_accept,
+    draft_model,
     do_size,
     devices_total,
     weights,
@@ -362,7 +369,11 @@ def serve(
         pools,
         cache_dram_bytes=dram,
         decode=replace(
-            pools.decode, mtp=pools.decode.mtp if mtp is None else mtp, mtp_accept=mtp_accept, precision=prec
+            pools.decode,
+            mtp=pools.decode.mtp if mtp is None else mtp,
+            mtp_accept=mtp_accept,
+            precision=prec,
+            draft_model=specs.load_model(draft_model, spec_dirs, "--draft-model") if draft_model else None,
         ),
         prefill=replace(pools.prefill, cache_plane=cache_plane, precision=prec),
     )
