@@ -176,6 +176,8 @@ class Precision:
                 raise CmperfError(
                     f"--{group}-dtype: unknown datatype {dtype!r} (one of {', '.join(DTYPE_BYTES)})"
                 )
+            if group == "kv" and dtype in BLOCK_SCALED:  # a hardware block format: the chip must read it
+                system.chip.peak(dtype, where=f"--kv-dtype {dtype} on {system.name}")
             if group in ("gemm", "experts", "attention", "head"):
                 peak = system.chip.peak(dtype, where=f"precision {group}={dtype} on {system.name}")
                 slow = system.chip.crippled(dtype)
@@ -190,6 +192,10 @@ class Precision:
                         f"{slow[1] / 1e12:g} TFLOPS; the prediction uses {peak / 1e12:g} TOPS "
                         f"({flag} {slow[0]} for the full-rate path)\n"
                     )
+
+
+#: Block-scaled datatypes (OCP MX, NVIDIA NVFP4): a KV cache stored in one needs a chip with that format.
+BLOCK_SCALED = ("mxfp8", "mxfp4", "nvfp4")
 
 
 def default_precision(

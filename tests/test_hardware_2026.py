@@ -308,3 +308,13 @@ def test_every_new_chip_efficiency_transfer_names_its_chip_and_keeps_its_value()
                 continue
             assert m and entry["mark"] == "I", (name, key)
             assert entry["value"] == specs.load_chip(m.group(1)).eff[key], (name, key)
+
+
+def test_block_scaled_kv_needs_the_format_on_the_chip():
+    """A KV cache in MXFP8 / NVFP4 is a hardware block format: refused (one line, exit 2) on a chip without
+    it, accepted where the chip has it."""
+    r = CliRunner().invoke(main, ["decode", "--system", "tpu7x-pod", "--kv-dtype", "mxfp8"])
+    assert r.exit_code == 2 and "--kv-dtype mxfp8 on tpu7x-pod: chip tpu7x has no mxfp8" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    ok = CliRunner().invoke(main, ["decode", "--system", "gb300-nvl72", "--kv-dtype", "nvfp4"])
+    assert ok.exit_code == 0, ok.output
