@@ -197,7 +197,12 @@ def linear_state_bytes(m: Model) -> float:
 
 def kv_bytes_per_token_layer(m: Model, kv_dtype: str) -> float:
     """Cache bytes per token per layer that caches it, from the attention kind and the KV dtype (the one
-    place this is computed): DeepSeek-R1 in BF16 1,152 B; V3.2 adds the indexer's 132 B."""
+    place this is computed): DeepSeek-R1 in BF16 1,152 B; V3.2 adds the indexer's 132 B; DeepSeek-V4 one
+    K=V entry (cmperf.attention_v4.entry_bytes: 584 B in FP8)."""
+    if m.attention == "dsv4":
+        from . import attention_v4
+
+        return attention_v4.entry_bytes(m, kv_dtype)
     return _attention_kv_bytes(m, kv_dtype) + _index_kv_bytes(m)
 
 
@@ -217,7 +222,12 @@ def attended_keys(m: Model, variant: str, kv_len):
 
 def kv_bytes_per_seq(m: Model, kv_dtype: str, kv_len, mtp_layers: int = 0):
     """Cache bytes of one sequence at context ``kv_len`` over every layer (and ``mtp_layers`` MTP layers,
-    full attention): sum over layers of attended_keys * kv_bytes_per_token_layer."""
+    full attention): sum over layers of attended_keys * kv_bytes_per_token_layer. DeepSeek-V4:
+    cmperf.attention_v4.kv_bytes_per_seq (SWA ring, compressed entries, indexer keys, compressor state)."""
+    if m.attention == "dsv4":
+        from . import attention_v4
+
+        return attention_v4.kv_bytes_per_seq(m, kv_dtype, kv_len, mtp_layers)
     per = kv_bytes_per_token_layer(m, kv_dtype)
     if all(a == "full" for a in m.layer_attention):  # every layer caches the whole context
         return np.asarray(kv_len, dtype=float) * (m.num_layers + mtp_layers) * per
@@ -560,6 +570,10 @@ def linear_attention_ops(m: Model, prec, tokens, seqs, prefill_tp=None) -> list[
 
 def attention_decode_ops(m: Model, prec, tokens, seqs, kv_len, variant: str = "full") -> list[Op]:
     """The decode attention block of a ``variant`` layer, by the model's attention kind."""
+    if m.attention == "dsv4":
+        from . import attention_v4
+
+        return attention_v4.decode_ops(m, prec, tokens, seqs, kv_len, variant)
     if variant == "linear":
         return linear_attention_ops(m, prec, tokens, seqs)
     keys = attended_keys(m, variant, kv_len)
@@ -570,6 +584,10 @@ def attention_decode_ops(m: Model, prec, tokens, seqs, kv_len, variant: str = "f
 
 def attention_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant="full"):
     """The prefill attention block of a ``variant`` layer, by the model's attention kind."""
+    if m.attention == "dsv4":
+        from . import attention_v4
+
+        return attention_v4.prefill_ops(m, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant)
     if variant == "linear":
         return linear_attention_ops(m, prec, new_tokens, seqs, prefill_tp=tp)
     if m.attention == "gqa":
@@ -721,8 +739,13 @@ def head_ops(m: Model, prec, embed_tokens, head_tokens, mtp_tokens) -> list[Op]:
 
 def attention_params(m: Model) -> float:
     """Attention weights of one layer: MLA's down/up projections (+ the DSA indexer's q, k and head-weight
-    projections) or GQA's q, k, v and o; norms included."""
+    projections) or GQA's q, k, v and o; norms included. DeepSeek-V4: its MTP layer's
+    (cmperf.attention_v4.layer_params)."""
     h, H = m.hidden_size, m.num_attention_heads
+    if m.attention == "dsv4":
+        from . import attention_v4
+
+        return attention_v4.layer_params(m)
     if m.attention == "gqa":
         return h * _qkv_width(m) + H * m.head_dim * h + h
     dn, dr, dc, dv, qk = m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank, m.v_head_dim, m.q_lora_rank
@@ -756,6 +779,10 @@ def weight_params(m: Model) -> dict[str, float]:
         if not n_linear
         else ((m.num_layers - n_linear) * full + n_linear * linear_attention_params(m)) / m.num_layers
     )
+    if m.attention == "dsv4":
+        from . import attention_v4
+
+        attn = attention_v4.mean_layer_params(m)
     expert = 3 * h * m.moe_intermediate_size
     dense = 3 * h * m.intermediate_size
     gate = h * m.n_routed_experts

@@ -26,6 +26,12 @@ cmperf does not model, is refused by name (exit 2), never modelled as something 
 * ``step3p7``: GQA, ``layer_types`` with ``sliding_window``, dense-first layers, a shared expert of
   ``share_expert_dim``, ``num_nextn_predict_layers`` MTP modules.
 * ``llama``: a dense GQA model.
+* ``deepseek_v4`` (DeepSeek-V4-Pro / -Flash): compressed MQA (cmperf.attention_v4; SGLang
+  models/deepseek_v4.py): ``head_dim`` (one KV head), ``q_lora_rank``, grouped low-rank output
+  (``o_lora_rank``, ``o_groups``), ``compress_ratios`` (one per layer + one per MTP layer: 0 sliding
+  window only, 4 the indexer's top-``index_topk`` of 4-token entries, 128 every 128-token entry; V4.1's 1
+  and 2 are refused), ``sliding_window``, ``hc_mult`` hyper-connections, ``num_hash_layers``, MoE as
+  DeepSeek-V3's (``n_group`` absent: no group limit).
 
 Worked example: Kimi-K2-Instruct's config gives 61 layers (1 dense), 384 routed + 1 shared experts of
 2,048, top-8, 64 MLA heads, no MTP: 1.03T parameters, 32.9B activated (model card: 1T / 32B).
@@ -42,7 +48,6 @@ from .errors import CmperfError
 
 #: model_type values seen in current configs that need an attention or layer kind cmperf does not build yet.
 NOT_YET = {
-    "deepseek_v4": "compressed attention (compress_ratios, hash-routed layers)",
     "kimi_linear": "Kimi Delta Attention layers and a latent MoE (routed_expert_hidden_size)",
 }
 
@@ -129,6 +134,61 @@ def _deepseek(c: _Config) -> tuple[str, dict[str, int], dict[str, list[str]]]:
     if c.kind in ("deepseek_v32", "glm_moe_dsa"):
         arch.update(c.fields(_DSA))
     return "mla", arch, {}
+
+
+#: DeepSeek-V4 compress_ratios entries -> cmperf layer variants (attention_v4.VARIANT_OF_RATIO).
+_V4_RATIO = {0: "sliding", 4: "c4", 128: "c128"}
+
+
+def _deepseek_v4(c: _Config):
+    """DeepSeek-V4: the integers of MqaAttentionBase / C4Indexer / DeepseekV2MoE (SGLang
+    models/deepseek_v4.py), per-layer variants from compress_ratios."""
+    arch = c.fields(_COMMON)
+    for key in ("head_dim", "qk_rope_head_dim", "q_lora_rank", "o_lora_rank", "o_groups", "sliding_window"):
+        arch[key] = c.whole(key)
+    if c.whole("num_key_value_heads", 1) != 1:
+        raise c.refuse(
+            "num_key_value_heads", f"{c.cfg['num_key_value_heads']!r}; DeepSeek-V4 has one KV head"
+        )
+    arch.update(c.fields(_DSA))
+    arch.update(
+        {
+            "first_k_dense": c.whole("first_k_dense_replace", 0),
+            "moe_intermediate_size": c.whole("moe_intermediate_size"),
+            "n_routed_experts": c.whole("n_routed_experts"),
+            "n_shared_experts": c.whole("n_shared_experts", 0),
+            "num_experts_per_tok": c.whole("num_experts_per_tok"),
+            "n_group": c.whole("n_group", 1),
+            "topk_group": c.whole("topk_group", 1),
+            "num_mtp_modules": c.whole("num_nextn_predict_layers", 0),
+            "hc_mult": c.whole("hc_mult", 0),
+            "num_hash_layers": c.whole("num_hash_layers", 0),
+        }
+    )
+    if arch["first_k_dense"]:
+        arch["intermediate_size"] = c.whole("intermediate_size")
+    if c.cfg.get("moe_layer_freq", 1) != 1:
+        raise c.refuse("moe_layer_freq", f"{c.cfg['moe_layer_freq']!r}; cmperf models MoE in every layer")
+    for key in ("kv_source_layer_ids", "index_source_layer_ids", "engram_layer_ids"):
+        if c.cfg.get(key):
+            raise c.refuse(key, "DeepSeek-V4.1 shared-source / engram layers are not modelled")
+    n, mtp = arch["num_layers"], arch["num_mtp_modules"]
+    ratios = c.cfg.get("compress_ratios")
+    if (
+        not isinstance(ratios, list)
+        or len(ratios) not in (n, n + mtp)
+        or any(r not in _V4_RATIO for r in ratios)
+    ):
+        raise c.refuse(
+            "compress_ratios",
+            f"expected {n} or {n + mtp} entries of 0, 4, 128 (one per layer, then the MTP layers'), got "
+            f"{ratios!r}",
+        )
+    tail = set(ratios[n:])
+    if len(tail) > 1:
+        raise c.refuse("compress_ratios", f"the MTP layers' ratios {ratios[n:]} differ; not modelled")
+    arch["mtp_compress_ratio"] = tail.pop() if tail else 0
+    return "dsv4", arch, {"attention": [_V4_RATIO[r] for r in ratios[:n]]}
 
 
 def _gqa_moe(c: _Config, experts_key: str, expert_size_key: str) -> dict[str, int]:
@@ -258,6 +318,7 @@ IMPORTERS: dict[str, Callable[[_Config], tuple[str, dict[str, int], dict[str, li
     "minimax_m2": _minimax_m2,
     "step3p7": _step3p7,
     "llama": _llama,
+    "deepseek_v4": _deepseek_v4,
 }
 SUPPORTED = tuple(IMPORTERS)
 

@@ -61,6 +61,9 @@ ARCH_KEYS = "hidden_size num_layers num_attention_heads vocab_size max_position_
 ATTENTION_KEYS = {
     "mla": ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"),
     "gqa": ("num_key_value_heads", "head_dim"),
+    # DeepSeek-V4's compressed attention (cmperf.attention_v4): MQA of one K=V head of head_dim, a q LoRA,
+    # grouped low-rank output (o_groups groups of o_lora_rank), per-layer compression ([layers] attention)
+    "dsv4": ("head_dim", "qk_rope_head_dim", "q_lora_rank", "o_lora_rank", "o_groups", "sliding_window"),
 }
 #: MoE integers, required when n_routed_experts > 0 (a model with 0 routed experts is dense).
 MOE_KEYS = ("moe_intermediate_size", "num_experts_per_tok")
@@ -88,6 +91,11 @@ ARCH_OPTIONAL = {
     "linear_key_head_dim": 0,
     "linear_value_head_dim": 0,
     "linear_conv_kernel_dim": 0,
+    # DeepSeek-V4: hyper-connection streams (0 or 1: a plain residual), hash-routed first MoE layers, the
+    # MTP layer's compress ratio (0 sliding window only, 4, 128)
+    "hc_mult": 0,
+    "num_hash_layers": 0,
+    "mtp_compress_ratio": 0,
 }
 #: The linear-attention (Gated DeltaNet) integers a "linear" layer needs (Qwen3-Next / Qwen3.5).
 LINEAR_KEYS = (
@@ -103,7 +111,13 @@ LAYER_ATTENTION = {
     "sliding": "sliding_window",
     "chunked": "attention_chunk_size",
     "linear": "linear_num_value_heads",
+    # DeepSeek-V4 (attention dsv4): the window + every 128-token compressed entry / the indexer's top-k of
+    # the 4-token compressed entries (cmperf.attention_v4)
+    "c128": "sliding_window",
+    "c4": "index_topk",
 }
+#: Layer variants of each attention kind that restricts them (any other kind takes the rest).
+KIND_VARIANTS = {"dsv4": ("sliding", "c4", "c128")}
 LAYER_FFN = ("dense", "moe")
 
 
@@ -838,6 +852,7 @@ def _check_architecture(a: _Table, arch: dict[str, int]) -> None:
             f"{a.where('num_key_value_heads')}: {kv} KV heads do not divide the "
             f"{arch['num_attention_heads']} attention heads"
         )
+    _check_dsv4(a, arch)
     index = [arch[k] for k in ("index_n_heads", "index_head_dim", "index_topk")]
     if any(index) and not all(index):
         raise CmperfError(
@@ -859,6 +874,29 @@ def _check_architecture(a: _Table, arch: dict[str, int]) -> None:
             f"{a.where('num_experts_per_tok')}: top-{k} does not fit in topk_group {tg} groups of "
             f"{r // g} experts"
         )
+
+
+def _check_dsv4(a: _Table, arch: dict[str, int]) -> None:
+    """DeepSeek-V4's integers: o_groups dividing the heads, the rope slice inside head_dim, an MTP compress
+    ratio of 0, 4 or 128, hash layers within the layers; its fields only with attention dsv4."""
+    if "o_groups" not in arch:
+        for k in ("hc_mult", "num_hash_layers", "mtp_compress_ratio"):
+            if arch[k]:
+                raise CmperfError(f'{a.where(k)}: a DeepSeek-V4 field; it needs attention = "dsv4"')
+        return
+    if arch["num_attention_heads"] % arch["o_groups"]:
+        raise CmperfError(
+            f"{a.where('o_groups')}: {arch['o_groups']} groups do not divide the "
+            f"{arch['num_attention_heads']} attention heads"
+        )
+    if arch["qk_rope_head_dim"] >= arch["head_dim"]:
+        raise CmperfError(f"{a.where('qk_rope_head_dim')}: must be below head_dim {arch['head_dim']}")
+    if arch["mtp_compress_ratio"] not in (0, 4, 128):
+        raise CmperfError(
+            f"{a.where('mtp_compress_ratio')}: expected 0, 4 or 128, got {arch['mtp_compress_ratio']}"
+        )
+    if arch["num_hash_layers"] > arch["num_layers"]:
+        raise CmperfError(f"{a.where('num_hash_layers')}: exceeds num_layers {arch['num_layers']}")
 
 
 def _arch_int(a: _Table, key: str, lo: int) -> int:
@@ -890,9 +928,10 @@ def _pattern(
     return tuple(v) * (layers // len(v))
 
 
-def _layers(t: _Table, arch: dict[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _layers(t: _Table, arch: dict[str, int], kind: str = "mla") -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The [layers] table: per-layer attention variants and FFN kinds, each checked against the integers
-    it needs (a "sliding" layer needs sliding_window, a "moe" layer routed experts)."""
+    it needs (a "sliding" layer needs sliding_window, a "moe" layer routed experts) and the attention
+    ``kind`` (dsv4 layers are sliding, c4 or c128, and only dsv4 has c4 / c128 layers)."""
     n = arch["num_layers"]
     lt = t.sub("layers", required=False)
     if lt.raw:
@@ -902,6 +941,15 @@ def _layers(t: _Table, arch: dict[str, int]) -> tuple[tuple[str, ...], tuple[str
     )
     attention = _pattern(lt, "attention", tuple(LAYER_ATTENTION), n, ("full",) * n)
     ffn = _pattern(lt, "ffn", LAYER_FFN, n, ffn_default)
+    # a kind with no list of its own takes every variant but those only another kind has (c4, c128)
+    only = {v for vs in KIND_VARIANTS.values() for v in vs} - {"sliding"}
+    allowed = KIND_VARIANTS.get(kind, tuple(v for v in LAYER_ATTENTION if v not in only))
+    for variant in sorted(set(attention)):
+        if variant not in allowed:
+            raise CmperfError(
+                f"{lt.where('attention')}: {variant!r} layers are not {kind} layers "
+                f"(use {', '.join(allowed)})"
+            )
     for variant in sorted(set(attention)):
         needs = LINEAR_KEYS if variant == "linear" else (LAYER_ATTENTION[variant],)
         for need in needs:
@@ -947,7 +995,7 @@ def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str
         sources["architecture." + k] = src
     a.done()
     _check_architecture(a, arch)
-    layer_attention, layer_ffn = _layers(t, arch)
+    layer_attention, layer_ffn = _layers(t, arch, attention)
     r = t.sub("routing", required=False)
     # Zipf exponent of expert popularity: a plain number (no unit)
     zipf = r.number("popularity_zipf", 0.0, 3.0, required=False, default=0.0)

@@ -50,7 +50,7 @@ def test_config_json_gives_the_bundled_spec_numbers(tmp_path):
 @pytest.mark.parametrize(
     "fields, needle",
     [
-        ({"model_type": "deepseek_v4"}, "architecture 'deepseek_v4' is not supported (it needs compressed"),
+        ({"model_type": "deepseek_v4"}, "key head_dim is missing (architecture deepseek_v4 needs it)"),
         ({"model_type": "qwen3_moe"}, "key num_experts is missing (architecture qwen3_moe needs it)"),
         ({"model_type": "something_new"}, "architecture 'something_new' is not supported"),
         ({"kv_lora_rank": ...}, "key kv_lora_rank is missing"),

@@ -63,4 +63,4 @@ def test_tpot_never_falls_with_batch_or_kv(model):
     assert np.all(np.diff(ev.tpot_s) >= -1e-12)
     kv = np.array([512.0, 1024, 4096, 16384, 65536])
     ev = decode.evaluate(s, m, type(base)(kv_len=kv, microbatches=2))
-    assert np.all(np.diff(ev.tpot_s) >= 0)
+    assert np.all(np.diff(ev.tpot_s) >= -1e-12)  # flat where a window-only layer stack binds: float noise
