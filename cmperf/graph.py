@@ -311,6 +311,25 @@ def mla_decode_ops(m: Model, prec, tokens, seqs, kv_len) -> list[Op]:
     return ops
 
 
+def _mla_prefill_in(m: Model, prec, new_tokens, cached_tokens, tp) -> list[Op]:
+    """The start of MLA's prefill block (both forms): the down projections of the new tokens, then the TP
+    group's all-gather of their latents (q and kv, BF16) and of the cached prefix's latent KV (SP-TP-SP)."""
+    lat = (m.q_lora_rank + m.kv_lora_rank + m.qk_rope_head_dim) * 2.0
+    gathered = new_tokens * lat + cached_tokens * kv_bytes_per_token_layer(m, prec.kv)
+    return [
+        *_mla_down_ops(m, new_tokens, prec.gemm),
+        Op(
+            "mla.tp_allgather",
+            "comm",
+            "moe",
+            "bf16",
+            collective="allgather",
+            comm_bytes=gathered * (tp - 1),
+            ep_size=tp,
+        ),
+    ]
+
+
 def _mla_prefill_out(m: Model, prec, new_tokens, tp) -> list[Op]:
     """The end of MLA's prefill block (both forms): the all-to-all of head outputs back to the tokens'
     ranks (SP-TP-SP), the output quantization fused into o_proj, the residual."""
@@ -353,21 +372,8 @@ def mla_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp
     g, qk = prec.gemm, m.q_lora_rank
     ctx_tokens = seqs * prompt_len  # latent context re-expanded by kv_up (cached prefix included)
     cached_tokens = seqs * np.asarray(cached_len, dtype=float)
-    ops = _mla_down_ops(m, new_tokens, g)
     tp = np.asarray(tp, dtype=float)
-    lat = (qk + dc + dr) * 2.0
-    gathered = new_tokens * lat + cached_tokens * kv_bytes_per_token_layer(m, prec.kv)
-    ops.append(
-        Op(
-            "mla.tp_allgather",
-            "comm",
-            "moe",
-            "bf16",
-            collective="allgather",
-            comm_bytes=gathered * (tp - 1),
-            ep_size=tp,
-        )
-    )
+    ops = _mla_prefill_in(m, prec, new_tokens, cached_tokens, tp)
     ops.append(gemm("mla.q_up", "attn", new_tokens, qk or h, H * (dn + dr), g))
     ops.append(gemm("mla.kv_up", "attn", ctx_tokens, dc, H * (dn + dv), g))
     # RoPE on the H rope slices of q (in place) + K assembly over the context (read k_nope, write k)
@@ -616,19 +622,7 @@ def mla_sparse_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_
     pairs = seqs * causal_pairs(prompt_len, cached, window=m.index_topk)
     kvb = _attention_kv_bytes(m, prec.kv)
     tp = np.asarray(tp, dtype=float)
-    gathered = new_tokens * (qk + dc + dr) * 2.0 + seqs * cached * kv_bytes_per_token_layer(m, prec.kv)
-    ops = _mla_down_ops(m, new_tokens, g)
-    ops.append(
-        Op(
-            "mla.tp_allgather",
-            "comm",
-            "moe",
-            "bf16",
-            collective="allgather",
-            comm_bytes=gathered * (tp - 1),
-            ep_size=tp,
-        )
-    )
+    ops = _mla_prefill_in(m, prec, new_tokens, seqs * cached, tp)
     ops.append(gemm("mla.q_up", "attn", new_tokens, qk or h, H * (dn + dr), g))
     ops.append(gemm("mla.k_absorb", "attn", new_tokens * H, dn, dc, g, num_weights=H))
     # per-query scores over the causal keys, summed: the indexer's work is all_pairs / new_tokens per query
