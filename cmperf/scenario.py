@@ -173,15 +173,20 @@ def _values(path: Path, table: str, values: dict[str, Any], numeric: dict[str, D
     return out
 
 
-def load(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--scenario") -> Scenario:
-    """Read and check a scenario file (top-level keys, name = file stem, known command, record fields)."""
-    path = find(name, spec_dirs, flag)
+def read_toml(path: Path) -> dict[str, Any]:
+    """A scenario or sweep file's table; one CmperfError line naming the file when it is not TOML."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise CmperfError(f"{path}: not valid TOML ({e}); fix the syntax") from None
     except (OSError, UnicodeDecodeError) as e:
         raise CmperfError(f"{path}: cannot read ({e})") from None
+
+
+def load(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--scenario") -> Scenario:
+    """Read and check a scenario file (top-level keys, name = file stem, known command, record fields)."""
+    path = find(name, spec_dirs, flag)
+    raw = read_toml(path)
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise CmperfError(f"{path}: key {unknown[0]}: unknown key (allowed: {', '.join(TOP_KEYS)})")

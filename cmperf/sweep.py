@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -40,7 +39,7 @@ from .deployment import AUTO, DECODE_FIELDS, PREFILL_FIELDS, Deployment, Precisi
 from .domains import DEPLOYMENT, POOLS, WORKLOAD, Domain, whole
 from .domains import SLO as SLO_DOMAINS
 from .errors import CmperfError
-from .scenario import DEFAULT_MODEL, DEFAULT_SYSTEM, STRING_FIELDS, Scenario, scenario_dirs
+from .scenario import DEFAULT_MODEL, DEFAULT_SYSTEM, STRING_FIELDS, Scenario, read_toml, scenario_dirs
 from .scenario import TOP_KEYS as SCENARIO_KEYS
 from .serving import SLO, Workload
 from .specs import DTYPE_BYTES, Model, System, load_model, load_system
@@ -305,12 +304,7 @@ def load(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Sweep:
     datatypes, values outside their domain, empty axes, more than ``MAX_CELLS`` cells."""
     dirs = tuple(spec_dirs)
     path = find(name, dirs)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise CmperfError(f"{path}: not valid TOML ({e}); fix the syntax") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CmperfError(f"{path}: cannot read ({e})") from None
+    raw = read_toml(path)
     for key in raw:
         if key not in TOP_KEYS:
             raise CmperfError(f"{path}: key {key}: unknown key (allowed: {', '.join(TOP_KEYS)})")
