@@ -442,6 +442,44 @@ def plane_collective_time(system: System, plane_name: str, payload_bytes, group_
     )
 
 
+#: All-reduce algorithms as (latency steps, bytes each rank moves per payload byte) for a group of g:
+#: one-shot (every rank reads its g - 1 peers' whole buffers and reduces: one step; TensorRT-LLM's
+#: AllReduceStrategy.ONESHOT, its small-message choice), two-shot (a direct reduce-scatter then
+#: all-gather: 2 steps, 2(g-1)/g; TWOSHOT), ring (2(g-1) steps, 2(g-1)/g: NCCL's ring all-reduce, the
+#: busbw factor of nccl-tests doc/PERFORMANCE.md; HCCL's ring likewise).
+ALLREDUCE_ALGORITHMS = {
+    "one-shot": (lambda g: np.ones_like(g), lambda g: g - 1.0),
+    "two-shot": (lambda g: 2.0 + 0.0 * g, lambda g: 2.0 * (g - 1.0) / g),
+    "ring": (lambda g: 2.0 * (g - 1.0), lambda g: 2.0 * (g - 1.0) / g),
+}
+
+
+def allreduce_time(system: System, plane_name: str, payload_bytes, group_size) -> OpTime:
+    """All-reduce of ``payload_bytes`` per rank over ``group_size`` ranks on one plane: the cheapest of
+    ``ALLREDUCE_ALGORITHMS`` per point (the runtimes pick by message size: TensorRT-LLM's AUTO strategy,
+    NCCL's tuner), t = steps * latency + fixed comm cost + hops + bytes moved / (bw * eff); zero for a
+    group of one. Worked number (hgx-h200 NVLink, 450 GB/s x 0.8, 1.5 us per step, 2 us fixed; TP8,
+    1.835 MB = 128 tokens x 7,168 x 2 B): one-shot 1.5 + 2 + 12.8 MB / 360 GB/s = 39.2 us, two-shot
+    3.0 + 2 + 3.21 MB / 360 GB/s = 13.9 us, ring 21 + 2 + 8.9 = 31.9 us: two-shot."""
+    plane = system.planes[plane_name]
+    g = np.maximum(np.asarray(group_size, dtype=float), 1.0)
+    s = np.asarray(payload_bytes, dtype=float)
+    bw = _rate(system, plane_name, g)
+    fixed = system.chip.overhead_s["comm"] + _hops_s(system, plane_name, g)
+    best_link = best_alpha = best_ideal = np.full(np.broadcast(s, g).shape, np.inf)
+    for steps, factor in ALLREDUCE_ALGORITHMS.values():
+        link = s * factor(g) / (bw * plane.efficiency)
+        alpha = plane.latency_s * steps(g) + fixed
+        better = link + alpha < best_link + best_alpha
+        best_link = np.where(better, link, best_link)
+        best_alpha = np.where(better, alpha, best_alpha)
+        best_ideal = np.where(better, s * factor(g) / bw, best_ideal)
+    active = g > 1
+    return _comm_optime(
+        np.where(active, best_link, 0.0), np.where(active, best_alpha, 0.0), np.where(active, best_ideal, 0.0)
+    )
+
+
 def transfer_s(system: System, plane_name: str, nbytes, where: str = "plane", from_host: bool = False):
     """Point-to-point bulk transfer of ``nbytes`` by one rank: latency + bytes / (bw * eff); ``from_host``:
     a read of host memory (EMS context cache), at the plane's ``host_read_eff`` (CM384 Table 1: NPU reads

@@ -43,6 +43,7 @@ from .deployment import AUTO, Deployment, placement_arrays
 from .graph import (
     Stage,
     attention_decode_ops,
+    attention_prefill_ops,
     dense_ffn_ops,
     head_ops,
     layer_groups,
@@ -245,62 +246,135 @@ def mtp_layers_of(mtp):
     return mtp
 
 
-def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv=0.0, draft=None):
+def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv=0.0, draft=None, par=None):
     """Stages of one decode step and the per-rank quantities they need (``draft``: a separate draft
-    model instead of the model's MTP modules, ``_draft_stages``).
+    model instead of the model's MTP modules, ``_draft_stages``; ``par``: ``Parallel`` degrees and the
+    aggregated step's prefill chunk, default data-parallel attention, expert-parallel MoE, no chunk).
 
     The head stage comes last. With a mix of MTP depths (some points 0) a second head stage without the
-    MTP head ops is returned too (``head_off``): ``evaluate`` picks per point which one the step adds."""
+    MTP head ops is returned too (``head_off``): ``evaluate`` picks per point which one the step adds.
+
+    Attention TP t: a group of t ranks holds t times a rank's sequences; the attention ops see the
+    group's tokens with 1/t of the heads (graph.attention_decode_ops), dense FFN and head likewise; the
+    MoE sees each rank's own tokens (after the group's reduce-scatter). MoE TP m: the EP group of
+    ``ep`` ranks becomes m x ep ranks, each expert split m ways (graph.moe_ops)."""
+    par = par or Parallel()
+    t, m = par.attn_tp, par.moe_tp
     h, k = model.hidden_size, model.num_experts_per_tok
     disp_msg, comb_msg = ep_message_bytes(system, h, prec)
     d = system.collectives["dispatch"]
     tokens = b_rank * (1.0 + mtp)
     t_mb, s_mb = tokens / n, b_rank / n
-    kv_len = straggler_kv_len(kv_len, kv_cv, s_mb, ep)  # the slowest rank's attention (DP straggler)
+    # the slowest attention group's KV (DP straggler): m * ep / t groups of t * s_mb sequences
+    kv_len = straggler_kv_len(kv_len, kv_cv, t * s_mb, ep * m / t)
+    c_mb = np.asarray(par.chunk_tokens, dtype=float) / n  # the aggregated step's prompt tokens per rank
+    f_mb = t_mb + c_mb if par.chunked else t_mb  # tokens through the FFN layers (MoE, dense)
     eplb, given = imb_args
     consts = (
         routing_constants(model, pl, ep) if given is None and eplb != "perfect" and model.is_moe else None
     )
-    imb = routed_imbalance(model, pl, ep, ep * t_mb * k, eplb, given, consts)
-    exp_tok, exp_read, copies = moe_load(model, pl, ep, t_mb, imb)
+    imb = routed_imbalance(model, pl, ep, ep * m * f_mb * k, eplb, given, consts)
+    exp_tok, exp_read, copies = moe_load(model, pl, ep, m * f_mb, imb)
     if d.copies == "per-rank":
         copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
-    ffn = {"dense": dense_ffn_ops(model, prec, t_mb)}
+    ffn = {"dense": dense_ffn_ops(model, prec, t * f_mb, t)}
     if model.is_moe:
-        ffn["moe"] = moe_ops(model, prec, t_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg)
+        ffn["moe"] = moe_ops(model, prec, f_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg, m)
     # one attention block per variant: layer groups of one variant share its ops (the same objects, so
     # cmperf.step and cmperf.memory compute their times and footprints once)
     attn: dict[str, list] = {}
     stages = []
     for name, variant, kind, count in layer_groups(model):
         if variant not in attn:
-            attn[variant] = attention_decode_ops(model, prec, t_mb, s_mb, kv_len, variant)
+            attn[variant] = attention_decode_ops(model, prec, t * t_mb, t * s_mb, kv_len, variant, t)
+            if par.chunked:
+                attn[variant] = chunk_attention(model, prec, attn[variant], c_mb, par.prompt_len, variant)
         stages.append(Stage(name, count, tuple(attn[variant] + ffn[kind])))
     on = mtp > 0
     if draft is not None and np.any(on):
         stages += _draft_stages(draft, prec, b_rank / n, s_mb, kv_len, mtp)
     elif np.any(on):
         m_tok = b_rank / n  # each MTP module runs on one token per sequence
-        m_imb = routed_imbalance(model, pl, ep, ep * m_tok * k, eplb, given, consts)
-        m_exp, m_read, _ = moe_load(model, pl, ep, m_tok, m_imb)
+        m_imb = routed_imbalance(model, pl, ep, ep * m * m_tok * k, eplb, given, consts)
+        m_exp, m_read, _ = moe_load(model, pl, ep, m * m_tok, m_imb)
         stages.append(
             Stage(
                 "mtp",
                 mtp_layers(model, mtp),
                 tuple(
-                    attention_decode_ops(model, prec, m_tok, s_mb, kv_len)
-                    + moe_ops(model, prec, m_tok, m_exp, m_read, copies, ep, disp_msg, comb_msg)
+                    attention_decode_ops(model, prec, t * m_tok, t * s_mb, kv_len, tp=t)
+                    + moe_ops(model, prec, m_tok, m_exp, m_read, copies, ep, disp_msg, comb_msg, m)
                 ),
             )
         )
     # each draft execution runs the MTP module's projection and shared head on one token per sequence
-    mtp_head = 0.0 if draft is not None else np.where(on, b_rank * mtp_layers(model, mtp), 0.0)
-    head = tuple(head_ops(model, prec, tokens, tokens, mtp_head))
+    mtp_head = 0.0 if draft is not None else np.where(on, t * b_rank * mtp_layers(model, mtp), 0.0)
+    head = tuple(head_ops(model, prec, t * tokens, t * tokens, mtp_head, t))
     stages.append(Stage("head", 1, head, overlapped=False))
     head_off = None
     if np.any(on) and not np.all(on):
-        head_off = Stage("head", 1, tuple(head_ops(model, prec, tokens, tokens, 0.0)), overlapped=False)
+        head_off = Stage(
+            "head", 1, tuple(head_ops(model, prec, t * tokens, t * tokens, 0.0, t)), overlapped=False
+        )
     return stages, head_off, imb, disp_msg, comb_msg, tokens
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Parallel degrees of a decode step beyond EP, and the aggregated step's prefill chunk (scalars):
+    ``attn_tp`` ranks per attention group (1: data-parallel attention), ``moe_tp`` ranks per expert,
+    ``chunk_tokens`` prompt tokens per rank each step carries (in-flight batching) of prompts of
+    ``prompt_len`` tokens."""
+
+    attn_tp: int = 1
+    moe_tp: int = 1
+    chunk_tokens: Any = 0.0
+    prompt_len: Any = 4096.0
+
+    @property
+    def chunked(self) -> bool:
+        return bool(np.any(np.asarray(self.chunk_tokens) > 0))
+
+
+def chunk_attention(model: Model, prec, ops: list, c_mb, prompt_len, variant: str) -> list:
+    """The attention block of an aggregated step: the decode block ``ops`` plus the prefill attention of
+    ``c_mb`` prompt tokens per rank (graph.attention_prefill_ops on c/P prompts of P tokens: the mean
+    work of a chunk along its prompt; each rank prefills its own prompts, no SP-TP-SP exchange). The
+    projections and vector kernels run once over decode + chunk tokens (one GEMM, weights read once:
+    the chunk's flops and activations join the decode op of the same name); the prefill-only kernels
+    (MLA's MHA-form up projection, the causal attention over the prompt) are added as ``chunk.*``
+    (TensorRT-LLM and vLLM run context and generation attention as separate kernels in one step)."""
+    p = np.asarray(prompt_len, dtype=float)
+    pre = attention_prefill_ops(model, prec, c_mb, c_mb / p, p, 0.0, 1, variant)
+    by_name = {op.name: i for i, op in enumerate(ops)}
+    out, extra = list(ops), []
+    for op in pre:
+        if op.kind == "comm":  # TP1: no exchange
+            continue
+        i = by_name.get(op.name)
+        if i is not None and op.kind in ("gemm", "vector"):
+            o = out[i]
+            out[i] = replace(
+                o,
+                flops=o.flops + op.flops,
+                act_in_bytes=o.act_in_bytes + op.act_in_bytes,
+                act_out_bytes=o.act_out_bytes + op.act_out_bytes,
+            )
+        else:
+            extra.append(replace(op, name="chunk." + op.name))
+    # the prompt's own attention runs beside the decode attention: before the output projection
+    cut = next((i for i, op in enumerate(out) if op.kind == "attention"), len(out)) + 1
+    return out[:cut] + extra + out[cut:]
+
+
+def parallel_of(dep: Deployment, system: System) -> Parallel:
+    """The ``Parallel`` record of a resolved decode deployment: TP degrees (scalars: a grid over them is
+    one evaluation per value, cmperf.search) and the chunk per rank."""
+    t, m = np.asarray(dep.attn_tp), np.asarray(dep.moe_tp)
+    if t.size != 1 or m.size != 1:
+        raise ValueError("decode.evaluate: attn_tp and moe_tp are one value per call")
+    chunk = np.asarray(dep.prefill_chunk_tokens, dtype=float) / system.ranks_per_device
+    return Parallel(int(t.reshape(())), int(m.reshape(())), chunk, dep.prompt_len)
 
 
 def _select_stage(on, st_on: StageTime, st_off: StageTime) -> StageTime:
@@ -529,8 +603,22 @@ def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: boo
     on = mtp_a > 0
     pl = placement_arrays(model, ep, dep.num_redundant, dep.slots_per_rank)
     draft = dep.draft_model
+    par = parallel_of(dep, system)
+    t, m = par.attn_tp, par.moe_tp
     stages, head_off, imb, disp_msg, comb_msg, _ = _stages(
-        system, model, prec, b_rank, kv_len, ep, n, mtp_a, pl, (dep.eplb, dep.imbalance), dep.kv_cv, draft
+        system,
+        model,
+        prec,
+        b_rank,
+        kv_len,
+        ep,
+        n,
+        mtp_a,
+        pl,
+        (dep.eplb, dep.imbalance),
+        dep.kv_cv,
+        draft,
+        par,
     )
     # the head runs last; summing it on its own keeps the scalar path's order of additions (same bits)
     sts, ideal, lower, upper = step_time(stages[:-1], system, n, policy, share, keep_ops=keep_ops)
@@ -555,7 +643,7 @@ def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: boo
     # with a draft model the target's MTP modules stay unused (no weights, no MTP KV): the draft's instead
     target_mtp = np.zeros_like(mtp_a) if draft is not None else mtp_a
     weights = _per_mtp(
-        target_mtp, lambda d: memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], d)
+        target_mtp, lambda d: memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], d, t, m)
     )
     if draft is not None:
         weights["draft"] = memory.draft_weight_bytes(draft, prec)
@@ -567,8 +655,9 @@ def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: boo
 
     def mem_at(b):
         parts = {f"weights.{k}": v for k, v in weights.items()}
+        # an attention-TP rank holds its share of the cache of all the group's t * b sequences
         parts["kv_cache"] = _per_mtp(
-            target_mtp, lambda d: memory.kv_bytes(model, prec.kv, b, kv_cap + mtp_a, d)
+            target_mtp, lambda d: memory.kv_bytes(model, prec.kv, t * b, kv_cap + mtp_a, d, t)
         )
         if draft is not None:
             parts["kv_cache.draft"] = memory.kv_bytes(draft, prec.kv, b, kv_cap + mtp_a, 0)

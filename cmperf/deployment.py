@@ -281,6 +281,8 @@ FLAGS = {
     "cache_hit": "--cache-hit",
     "cache_plane": "--cache-plane",
     "attn_tp": "--attn-tp",
+    "moe_tp": "--moe-tp",
+    "prefill_chunk_tokens": "--chunk-tokens",
 }
 
 PHASES = ("decode", "prefill")
@@ -296,8 +298,9 @@ DECODE_FIELDS = (
     "draft_model",
     "attention_cube_cores",
     "step_overhead_s",
+    "prefill_chunk_tokens",
 )
-PREFILL_FIELDS = ("tokens_per_device", "prompt_len", "cache_hit", "cache_plane", "attn_tp")
+PREFILL_FIELDS = ("tokens_per_device", "cache_hit", "cache_plane")
 
 
 @dataclass(frozen=True)
@@ -328,6 +331,11 @@ class Deployment:
     slots_per_rank: Any = (
         None  # routed-expert slots on every rank (shared experts replicated); None: the rule
     )
+    # ranks one attention group spans (heads split, cmperf.graph.tp_attention); None: 1 in decode
+    # (data-parallel attention), the system's attention_tp_devices in prefill (SP-TP-SP)
+    attn_tp: Any = None
+    moe_tp: Any = None  # ranks each expert's FFN is split over (EP = ranks / moe_tp); None: 1
+    prompt_len: Any = 4096.0  # prefill: the prompts' length; decode: the chunk's prompts (aggregated)
     # decode
     batch_per_device: Any = 96.0
     kv_len: Any = 4096.0  # mean KV length per sequence
@@ -338,12 +346,12 @@ class Deployment:
     draft_model: Model | None = None  # a separate (dense) draft model run mtp times per step, not MTP modules
     attention_cube_cores: Any = None  # None: the system's [overlap.decode] split
     step_overhead_s: Any = 0.0  # host time per step outside the layers (graph launch, sampling, scheduling)
+    # aggregated serving (in-flight batching): prompt tokens per device each decode step carries
+    prefill_chunk_tokens: Any = 0.0
     # prefill
     tokens_per_device: Any = 16384.0
-    prompt_len: Any = 4096.0
     cache_hit: Any = 0.0  # fraction of prompt tokens whose KV is loaded from the context cache
     cache_plane: str | None = None  # None: cmperf.deployment.default_cache_plane
-    attn_tp: Any = None  # ranks one prompt's attention spans; None: the system's attention_tp_devices
 
     def resolve(self, system: System, model: Model) -> Deployment:
         """The record with every ``None`` default filled for ``system`` and ``model`` (idempotent)."""
@@ -351,13 +359,17 @@ class Deployment:
         devices = self.devices
         if devices is None:
             devices = prefill_unit_devices(system) if prefill else decode_unit_devices(system, model)
-        ep = self.ep_size if self.ep_size is not None else np.asarray(devices) * system.ranks_per_device
+        moe_tp = self.moe_tp if self.moe_tp is not None else 1
+        ranks = np.asarray(devices) * system.ranks_per_device
+        ep = self.ep_size if self.ep_size is not None else ranks // np.asarray(moe_tp)
         mb = self.microbatches if self.microbatches is not None else (2 if prefill else AUTO)
         tp = self.attn_tp
         if prefill and tp is None:
             tp = np.minimum(attention_tp_devices(system), np.asarray(devices)) * system.ranks_per_device
             # heads split evenly: the largest degree within the default that divides them (40 heads: 8)
             tp = np.gcd(np.asarray(tp, dtype=np.int64), model.num_attention_heads)
+        elif tp is None:
+            tp = 1
         mtp = self.mtp if self.mtp is not None else (1 if self.draft_model else min(1, model.num_mtp_modules))
         cores = self.attention_cube_cores
         if cores is None:
@@ -372,7 +384,8 @@ class Deployment:
             eplb=self.eplb or ("perfect" if prefill else "model"),
             attention_cube_cores=_int(cores),
             cache_plane=self.cache_plane or (default_cache_plane(system) if prefill else None),
-            attn_tp=_int(tp) if tp is not None else None,
+            attn_tp=_int(tp),
+            moe_tp=_int(moe_tp),
         )
 
     def check(self, system: System, model: Model) -> list[str]:
@@ -469,20 +482,7 @@ class Deployment:
                     f"--cache-plane: system {system.name} has no plane {d.cache_plane!r} "
                     f"(it has {', '.join(system.planes)})"
                 )
-            tp = d.attn_tp
-            if tp < 1 or ranks % tp or model.num_attention_heads % tp:
-                fits = math.gcd(ranks, model.num_attention_heads)  # the largest TP that divides both
-                if self.attn_tp is None:  # the system's default TP: the device count is what does not fit
-                    out.append(
-                        f"--devices: {d.devices} devices ({ranks} ranks) do not split into the default "
-                        f"attention TP of {tp} ranks ({system.name}); use a multiple of "
-                        f"{tp // system.ranks_per_device or 1} devices, or --attn-tp {fits}"
-                    )
-                else:
-                    out.append(
-                        f"--attn-tp: {tp} must divide the {ranks} ranks and the "
-                        f"{model.num_attention_heads} heads; try --attn-tp {fits}"
-                    )
+        out += _parallel_reasons(self, d, system, model, ranks)
         try:
             assert d.precision is not None
             d.precision.check(system)
@@ -556,6 +556,64 @@ class Deployment:
 
 #: Each field's default (what ``check`` puts in place of a knob outside its domain while it checks the rest).
 _FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Deployment)}
+
+
+def _parallel_reasons(rec: Deployment, d: Deployment, system: System, model: Model, ranks: int) -> list[str]:
+    """What is wrong with the attention TP and MoE TP degrees of the resolved record ``d`` (``rec`` as
+    given: a default TP that does not fit names --devices): each must divide the ranks; attention TP the
+    heads (and the KV heads, or be a multiple of them) and, in decode, fit one scale-up domain; MoE TP the
+    experts' intermediate size, with MoE TP x EP dividing the ranks."""
+    out = []
+    tp, heads = d.attn_tp, model.num_attention_heads
+    fits = math.gcd(ranks, heads)  # the largest TP that divides both
+    if tp < 1 or ranks % tp or heads % tp:
+        if rec.attn_tp is None:  # the system's default TP: the device count is what does not fit
+            out.append(
+                f"--devices: {d.devices} devices ({ranks} ranks) do not split into the default "
+                f"attention TP of {tp} ranks ({system.name}); use a multiple of "
+                f"{tp // system.ranks_per_device or 1} devices, or --attn-tp {fits}"
+            )
+        else:
+            out.append(
+                f"--attn-tp: {tp} must divide the {ranks} ranks and the {heads} heads; try --attn-tp {fits}"
+            )
+    elif d.phase == "decode" and tp > 1:
+        kv = model.num_key_value_heads if model.attention == "gqa" else 1
+        domain = system.plane(system.scaleup_plane()).domain_devices * system.ranks_per_device
+        if tp > domain:
+            out.append(
+                f"--attn-tp: TP{tp} spans more than the {domain} ranks of one scale-up domain on "
+                f"{system.name} (its all-reduce would cross the scale-out network); use at most "
+                f"--attn-tp {domain}"
+            )
+        elif model.attention not in ("mla", "gqa"):
+            out.append(
+                f"--attn-tp: tensor-parallel decode attention is modelled for MLA and GQA models; "
+                f"{model.name} has {model.attention} attention: use --attn-tp 1"
+            )
+        elif kv % tp and tp % kv:
+            out.append(
+                f"--attn-tp: TP{tp} neither splits nor replicates the {kv} KV heads evenly; "
+                f"use a divisor or multiple of {kv}"
+            )
+    m_tp = d.moe_tp
+    if m_tp != 1:
+        inter = model.moe_intermediate_size
+        if not model.is_moe:
+            out.append(f"--moe-tp: {model.name} is a dense model (no experts to split); leave it out")
+        elif d.phase == "prefill":
+            out.append("--moe-tp: prefill's MoE is modelled expert-parallel only; use --moe-tp 1 in prefill")
+        elif m_tp < 1 or ranks % m_tp or inter % m_tp:
+            out.append(
+                f"--moe-tp: {m_tp} must divide the {ranks} ranks and the experts' {inter} intermediate "
+                f"size; try --moe-tp {math.gcd(ranks, inter)}"
+            )
+        elif ranks % (m_tp * d.ep_size):
+            out.append(
+                f"--ep: MoE TP{m_tp} x EP{d.ep_size} = {m_tp * d.ep_size} ranks must divide the {ranks} "
+                f"ranks; try --ep {ranks // m_tp}"
+            )
+    return out
 
 
 def _int(x):

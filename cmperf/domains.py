@@ -150,6 +150,8 @@ DEPLOYMENT: dict[str, Domain] = {
     "prompt_len": real(1.0, MAX_TOKENS),
     "cache_hit": FRACTION,
     "attn_tp": whole(1, MAX_RANKS),
+    "moe_tp": whole(1, MAX_RANKS),
+    "prefill_chunk_tokens": real(0.0, 1e9),
 }
 
 #: ``cmperf.serving.Workload`` fields.

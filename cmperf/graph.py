@@ -99,8 +99,8 @@ def gemm(
     name: str,
     stream: str,
     tokens,
-    k_in: int,
-    n_out: int,
+    k_in: float,
+    n_out: float,
     w_dtype: str,
     a_dtype: str | None = None,
     out_dtype: str = "bf16",
@@ -220,21 +220,28 @@ def attended_keys(m: Model, variant: str, kv_len):
     return kv_len
 
 
-def kv_bytes_per_seq(m: Model, kv_dtype: str, kv_len, mtp_layers: int = 0):
+def kv_bytes_per_seq(m: Model, kv_dtype: str, kv_len, mtp_layers: int = 0, tp: int = 1):
     """Cache bytes of one sequence at context ``kv_len`` over every layer (and ``mtp_layers`` MTP layers,
     full attention): sum over layers of attended_keys * kv_bytes_per_token_layer. DeepSeek-V4:
-    cmperf.attention_v4.kv_bytes_per_seq (SWA ring, compressed entries, indexer keys, compressor state)."""
+    cmperf.attention_v4.kv_bytes_per_seq (SWA ring, compressed entries, indexer keys, compressor state).
+
+    ``tp``: the bytes one rank of an attention-TP group holds for each of the group's sequences: MLA's
+    latent and the indexer keys whole on every rank (``mla_decode_ops``), GQA's K and V for
+    ``kv_heads_per_rank`` heads, a linear layer's state split with its heads."""
     if m.attention == "dsv4":
         from . import attention_v4
 
         return attention_v4.kv_bytes_per_seq(m, kv_dtype, kv_len, mtp_layers)
     per = kv_bytes_per_token_layer(m, kv_dtype)
+    if tp > 1 and m.attention == "gqa":
+        per = _attention_kv_bytes(m, kv_dtype) * kv_heads_per_rank(m, tp) / m.num_key_value_heads
+        per += _index_kv_bytes(m)
     if all(a == "full" for a in m.layer_attention):  # every layer caches the whole context
         return np.asarray(kv_len, dtype=float) * (m.num_layers + mtp_layers) * per
     total = mtp_layers * np.asarray(kv_len, dtype=float) * per
     for _, variant, _, count in layer_groups(m):
         if variant == "linear":  # constant in the context length
-            total = total + count * linear_state_bytes(m)
+            total = total + count * linear_state_bytes(m) / tp
         else:
             total = total + count * attended_keys(m, variant, kv_len) * per
     return total
@@ -274,9 +281,15 @@ def _mla_down_ops(m: Model, tokens, g: str) -> list[Op]:
     return ops
 
 
-def mla_decode_ops(m: Model, prec, tokens, seqs, kv_len) -> list[Op]:
-    """Absorbed MLA for ``tokens`` query tokens of ``seqs`` sequences attending ``kv_len`` cached tokens."""
-    h, H = m.hidden_size, m.num_attention_heads
+def mla_decode_ops(m: Model, prec, tokens, seqs, kv_len, tp: int = 1) -> list[Op]:
+    """Absorbed MLA for ``tokens`` query tokens of ``seqs`` sequences attending ``kv_len`` cached tokens.
+
+    Tensor-parallel over ``tp`` ranks (``tokens``/``seqs``: the whole TP group's): the heads split, the
+    down projections (ReplicatedLinear), the indexer and the latent KV cache are replicated on every TP
+    rank: one latent head cannot be split (SGLang deepseek_v2.py, vLLM MLA, TensorRT-LLM MLA; the reason
+    DP attention exists, SGLang v0.4 blog), so each rank reads the whole latent of all the group's
+    sequences; o_proj is row-parallel and ``tp_allreduce_op`` sums its outputs."""
+    h, H = m.hidden_size, m.num_attention_heads // tp
     dn, dr, dc, dv = m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank, m.v_head_dim
     g = prec.gemm
     qk = m.q_lora_rank
@@ -307,8 +320,30 @@ def mla_decode_ops(m: Model, prec, tokens, seqs, kv_len) -> list[Op]:
     )
     ops.append(gemm("mla.v_absorb", "attn", tokens * H, dc, dv, g, a_dtype="bf16", num_weights=H))
     ops.append(gemm("mla.o_proj", "attn", tokens, H * dv, h, g))
+    ops += tp_allreduce_ops("attn.tp_allreduce", tokens * h * 2.0, tp)
     ops.append(vector("attn.residual", "attn", tokens, 2 * h, h))
     return ops
+
+
+def tp_allreduce_ops(name: str, payload_bytes, tp: int, stream: str = "moe") -> list[Op]:
+    """The all-reduce of a row-parallel projection's partial outputs (``payload_bytes`` per rank, BF16)
+    over a TP group of ``tp`` ranks; none for TP1. Timed by cmperf.comm.allreduce_time (the cheapest of
+    one-shot, two-shot and ring). Over attention TP with expert-parallel MoE the all-reduce is carried as
+    a reduce-scatter before dispatch and an all-gather after combine (TensorRT-LLM attention-TP + EP):
+    the same bytes and steps, costed here as one all-reduce."""
+    if tp <= 1:
+        return []
+    return [
+        Op(
+            name,
+            "comm",
+            stream,
+            "bf16",
+            collective="allreduce",
+            comm_bytes=payload_bytes,
+            ep_size=np.float64(tp),
+        )
+    ]
 
 
 def _mla_prefill_in(m: Model, prec, new_tokens, cached_tokens, tp) -> list[Op]:
@@ -434,13 +469,25 @@ def _qkv_width(m: Model) -> int:
     return ((2 if m.attn_output_gate else 1) * H + 2 * kv) * d
 
 
-def gqa_decode_ops(m: Model, prec, tokens, seqs, keys) -> list[Op]:
-    """GQA for ``tokens`` query tokens of ``seqs`` sequences attending ``keys`` cached tokens each."""
-    h, H, kv, d, g = m.hidden_size, m.num_attention_heads, m.num_key_value_heads, m.head_dim, prec.gemm
-    kvb = _attention_kv_bytes(m, prec.kv)
+def kv_heads_per_rank(m: Model, tp: int) -> float:
+    """KV heads a TP rank holds: KV / TP when TP divides them, else 1 (each KV head replicated TP / KV
+    times: vLLM and SGLang QKVParallelLinear replicate KV heads when tp_size > num_key_value_heads)."""
+    return max(m.num_key_value_heads / tp, 1.0)
+
+
+def gqa_decode_ops(m: Model, prec, tokens, seqs, keys, tp: int = 1) -> list[Op]:
+    """GQA for ``tokens`` query tokens of ``seqs`` sequences attending ``keys`` cached tokens each.
+
+    Tensor-parallel over ``tp`` ranks (``tokens``/``seqs``: the TP group's): query heads split, KV heads
+    split or replicated (``kv_heads_per_rank``), QKV column- and o_proj row-parallel, then the group's
+    all-reduce (Megatron-LM attention TP, Shoeybi et al. 2019 §3)."""
+    h, g = m.hidden_size, prec.gemm
+    H, kv, d = m.num_attention_heads // tp, kv_heads_per_rank(m, tp), m.head_dim
+    kvb = _attention_kv_bytes(m, prec.kv) * kv / m.num_key_value_heads
+    width = ((2 if m.attn_output_gate else 1) * H + 2 * kv) * d  # _qkv_width of this rank's heads
     return [
         vector("attn.norm", "attn", tokens, h, h, "bf16", g),
-        gemm("gqa.qkv_proj", "attn", tokens, h, _qkv_width(m), g),
+        gemm("gqa.qkv_proj", "attn", tokens, h, width, g),
         vector("gqa.rope", "attn", tokens, (H + kv) * d, (H + kv) * d),
         Op(
             "gqa.attention",
@@ -459,6 +506,7 @@ def gqa_decode_ops(m: Model, prec, tokens, seqs, keys) -> list[Op]:
                 gemm("gqa.o_proj", "attn", tokens, H * d, h, g),
             ]
         ),
+        *tp_allreduce_ops("attn.tp_allreduce", tokens * h * 2.0, tp),
         vector("attn.residual", "attn", tokens, 2 * h, h),
     ]
 
@@ -523,14 +571,16 @@ def gqa_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp
     ]
 
 
-def linear_attention_ops(m: Model, prec, tokens, seqs, prefill_tp=None) -> list[Op]:
+def linear_attention_ops(m: Model, prec, tokens, seqs, prefill_tp=None, tp: int = 1) -> list[Op]:
     """A Gated DeltaNet layer for ``tokens`` tokens of ``seqs`` sequences (module docstring). Decode
-    (``prefill_tp`` None): the recurrence reads and writes each sequence's state once per step. Prefill:
-    the chunked form, with the TP group's all-to-all of q, k, v heads in and outputs back as for GQA."""
+    (``prefill_tp`` None): the recurrence reads and writes each sequence's state once per step; with
+    decode attention TP ``tp`` the heads (and their states) split, in_proj column- and out_proj
+    row-parallel, then the group's all-reduce (SGLang Qwen3-Next). Prefill: the chunked form, with the
+    TP group's all-to-all of q, k, v heads in and outputs back as for GQA."""
     h, g = m.hidden_size, prec.gemm
     hk, hv, dk, dv = (
-        m.linear_num_key_heads,
-        m.linear_num_value_heads,
+        m.linear_num_key_heads / tp,
+        m.linear_num_value_heads / tp,
         m.linear_key_head_dim,
         m.linear_value_head_dim,
     )
@@ -543,7 +593,7 @@ def linear_attention_ops(m: Model, prec, tokens, seqs, prefill_tp=None) -> list[
         vector("gdn.conv", "attn", tokens, 2 * kd + vd, 2 * kd + vd),
     ]
     if prefill_tp is not None:
-        tp = np.asarray(prefill_tp, dtype=float)
+        ptp = np.asarray(prefill_tp, dtype=float)
         ops.append(
             Op(
                 "gdn.tp_alltoall",
@@ -551,8 +601,8 @@ def linear_attention_ops(m: Model, prec, tokens, seqs, prefill_tp=None) -> list[
                 "moe",
                 "bf16",
                 collective="alltoall",
-                comm_bytes=tokens * (2 * kd + 2 * vd) * 2.0 * (tp - 1) / tp,
-                ep_size=tp,
+                comm_bytes=tokens * (2 * kd + 2 * vd) * 2.0 * (ptp - 1) / ptp,
+                ep_size=ptp,
             )
         )
     ops += [
@@ -569,23 +619,27 @@ def linear_attention_ops(m: Model, prec, tokens, seqs, prefill_tp=None) -> list[
         ),
         vector("gdn.gated_norm", "attn", tokens, 2 * vd, vd, "bf16", g),
         gemm("gdn.out_proj", "attn", tokens, vd, h, g),
+        *tp_allreduce_ops("attn.tp_allreduce", tokens * h * 2.0, tp),
         vector("attn.residual", "attn", tokens, 2 * h, h),
     ]
     return ops
 
 
-def attention_decode_ops(m: Model, prec, tokens, seqs, kv_len, variant: str = "full") -> list[Op]:
-    """The decode attention block of a ``variant`` layer, by the model's attention kind."""
+def attention_decode_ops(
+    m: Model, prec, tokens, seqs, kv_len, variant: str = "full", tp: int = 1
+) -> list[Op]:
+    """The decode attention block of a ``variant`` layer, by the model's attention kind; ``tp``: the
+    attention TP degree (``tokens``/``seqs`` the TP group's; 1: data-parallel attention)."""
     if m.attention == "dsv4":
         from . import attention_v4
 
         return attention_v4.decode_ops(m, prec, tokens, seqs, kv_len, variant)
     if variant == "linear":
-        return linear_attention_ops(m, prec, tokens, seqs)
+        return linear_attention_ops(m, prec, tokens, seqs, tp=tp)
     keys = attended_keys(m, variant, kv_len)
     if m.attention == "mla":
-        return mla_decode_ops(m, prec, tokens, seqs, keys)
-    return gqa_decode_ops(m, prec, tokens, seqs, keys)
+        return mla_decode_ops(m, prec, tokens, seqs, keys, tp)
+    return gqa_decode_ops(m, prec, tokens, seqs, keys, tp)
 
 
 def attention_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant="full"):
@@ -645,14 +699,17 @@ def mla_sparse_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_
     return ops + _mla_prefill_out(m, prec, new_tokens, tp)
 
 
-def dense_ffn_ops(m: Model, prec, tokens) -> list[Op]:
-    """SwiGLU MLP of the first_k_dense layers, data-parallel (whole weights on every rank)."""
-    h, i, g = m.hidden_size, m.intermediate_size, prec.gemm
+def dense_ffn_ops(m: Model, prec, tokens, tp: int = 1) -> list[Op]:
+    """SwiGLU MLP of the dense layers: data-parallel (whole weights on every rank), or tensor-parallel
+    over the attention's ``tp`` ranks (``tokens``: the group's; up column-, down row-parallel, then the
+    group's all-reduce: Megatron-LM MLP TP, as SGLang runs dense layers beside TP attention)."""
+    h, i, g = m.hidden_size, m.intermediate_size / tp, prec.gemm
     return [
         vector("ffn.norm", "moe", tokens, h, h, "bf16", g),
         gemm("dense.up", "moe", tokens, h, 2 * i, g),
         vector("dense.act", "moe", tokens, 2 * i, i, "bf16", g),
         gemm("dense.down", "moe", tokens, i, h, g),
+        *tp_allreduce_ops("dense.tp_allreduce", tokens * h * 2.0, tp),
         vector("ffn.residual", "moe", tokens, 2 * h, h),
     ]
 
@@ -667,12 +724,57 @@ def moe_ops(
     ep_size,
     dispatch_msg_bytes,
     combine_msg_bytes,
+    moe_tp: int = 1,
 ) -> list[Op]:
     """MoE layer on the busiest rank: ``expert_tokens`` token-copies through ``experts_read`` weight sets.
 
     ``copies_per_token``: dispatch messages per token (top-k, +1 when the shared expert is remote).
+    ``moe_tp`` > 1 (MoE TP x EP over G = moe_tp * ep_size ranks): each expert's FFN split moe_tp ways
+    along its intermediate size; no all-to-all: the G ranks all-gather every token (quantized, as the
+    dispatch message), each computes its experts' slices, and a reduce-scatter returns the summed
+    outputs (TensorRT-LLM's MoE TP/EP all-gather + reduce-scatter path; aiconfigurator models it so).
     """
-    h, inter, r, e = m.hidden_size, m.moe_intermediate_size, m.n_routed_experts, prec.experts
+    h, inter, r, e = m.hidden_size, m.moe_intermediate_size / moe_tp, m.n_routed_experts, prec.experts
+    if moe_tp > 1:
+        group = np.asarray(ep_size, dtype=float) * moe_tp
+        dispatch = Op(
+            "moe.tp_allgather",
+            "comm",
+            "moe",
+            prec.dispatch,
+            collective="allgather",
+            comm_bytes=(group - 1.0) * tokens * dispatch_msg_bytes,
+            ep_size=group,
+        )
+        combine = Op(
+            "moe.tp_reducescatter",
+            "comm",
+            "moe",
+            prec.combine,
+            collective="reducescatter",
+            comm_bytes=(group - 1.0) * tokens * combine_msg_bytes,
+            ep_size=group,
+        )
+        copies_per_token = 0.0  # the residual adds the reduced output only
+    else:
+        dispatch = Op(
+            "moe.dispatch",
+            "comm",
+            "moe",
+            prec.dispatch,
+            collective="dispatch",
+            comm_bytes=tokens * copies_per_token * dispatch_msg_bytes,
+            ep_size=ep_size,
+        )
+        combine = Op(
+            "moe.combine",
+            "comm",
+            "moe",
+            prec.combine,
+            collective="combine",
+            comm_bytes=tokens * copies_per_token * combine_msg_bytes,
+            ep_size=ep_size,
+        )
     # Fused kernels (CM384 §4.2): norm + gating top-k; grouped matmul with SwiGLU and quantization;
     # the weighted sum and residual inside the combine kernel.
     return [
@@ -682,15 +784,7 @@ def moe_ops(
                 gemm("moe.gate", "moe", tokens, h, r, prec.head, a_dtype="bf16", out_dtype="fp32"),
             ]
         ),
-        Op(
-            "moe.dispatch",
-            "comm",
-            "moe",
-            prec.dispatch,
-            collective="dispatch",
-            comm_bytes=tokens * copies_per_token * dispatch_msg_bytes,
-            ep_size=ep_size,
-        ),
+        dispatch,
         *fuse(
             [
                 gemm("moe.experts.up", "moe", expert_tokens, h, 2 * inter, e, num_weights=experts_read),
@@ -700,29 +794,38 @@ def moe_ops(
         gemm("moe.experts.down", "moe", expert_tokens, inter, h, e, num_weights=experts_read),
         *fuse(
             [
-                Op(
-                    "moe.combine",
-                    "comm",
-                    "moe",
-                    prec.combine,
-                    collective="combine",
-                    comm_bytes=tokens * copies_per_token * combine_msg_bytes,
-                    ep_size=ep_size,
-                ),
+                combine,
                 vector("moe.residual", "moe", tokens, (copies_per_token + 1) * h, h),
             ]
         ),
     ]
 
 
-def head_ops(m: Model, prec, embed_tokens, head_tokens, mtp_tokens) -> list[Op]:
-    """Embedding gather, LM head (+ the MTP module's shared head and its h x 2h projection), sampling."""
-    h, v, hd = m.hidden_size, m.vocab_size, prec.head
+def head_ops(m: Model, prec, embed_tokens, head_tokens, mtp_tokens, tp: int = 1) -> list[Op]:
+    """Embedding gather, LM head (+ the MTP module's shared head and its h x 2h projection), sampling.
+
+    With attention TP ``tp`` (token counts: the TP group's) the embedding and the LM head are
+    vocabulary-parallel and the logits are all-gathered before sampling (SGLang VocabParallelEmbedding,
+    ParallelLMHead, LogitsProcessor's all-gather; vLLM the same)."""
+    h, v, hd = m.hidden_size, m.vocab_size / tp, prec.head
     ops = [
         vector("embed", "attn", embed_tokens, h, h, hd, "bf16"),
         gemm("lm_head", "attn", head_tokens, h, v, hd, out_dtype="fp32"),
-        vector("sample", "attn", head_tokens, v, 1, "fp32", "fp32"),
     ]
+    if tp > 1:
+        logits = (head_tokens + np.asarray(mtp_tokens, dtype=float)) * v * 4.0
+        ops.append(
+            Op(
+                "head.tp_allgather",
+                "comm",
+                "attn",
+                "fp32",
+                collective="allgather",
+                comm_bytes=logits * (tp - 1),
+                ep_size=np.float64(tp),
+            )
+        )
+    ops.append(vector("sample", "attn", head_tokens, v * tp, 1, "fp32", "fp32"))
     if np.any(np.asarray(mtp_tokens) > 0):
         ops += [
             gemm("mtp.proj", "attn", mtp_tokens, 2 * h, h, prec.gemm),
@@ -731,17 +834,19 @@ def head_ops(m: Model, prec, embed_tokens, head_tokens, mtp_tokens) -> list[Op]:
     return ops
 
 
-def attention_params(m: Model) -> float:
+def attention_params(m: Model, tp: int = 1) -> float:
     """Attention weights of one layer: MLA's down/up projections (+ the DSA indexer's q, k and head-weight
     projections) or GQA's q, k, v and o; norms included. DeepSeek-V4: its MTP layer's
-    (cmperf.attention_v4.layer_params)."""
-    h, H = m.hidden_size, m.num_attention_heads
+    (cmperf.attention_v4.layer_params). ``tp``: what one rank of a TP group holds (the head-split parts
+    divided, MLA's down projections, norms and indexer whole; GQA's KV heads per ``kv_heads_per_rank``)."""
+    h, H = m.hidden_size, m.num_attention_heads / tp
     if m.attention == "dsv4":
         from . import attention_v4
 
         return attention_v4.layer_params(m)
     if m.attention == "gqa":
-        return h * _qkv_width(m) + H * m.head_dim * h + h
+        q = (2 if m.attn_output_gate else 1) * H * m.head_dim
+        return h * (q + 2 * kv_heads_per_rank(m, tp) * m.head_dim) + H * m.head_dim * h + h
     dn, dr, dc, dv, qk = m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank, m.v_head_dim, m.q_lora_rank
     attn = (
         (h * qk + qk * H * (dn + dr) if qk else h * H * (dn + dr))
@@ -755,23 +860,25 @@ def attention_params(m: Model) -> float:
     return attn
 
 
-def linear_attention_params(m: Model) -> float:
-    """Gated DeltaNet weights of one layer: in_proj, the conv, out_proj, the gated norm, A and dt."""
-    h, hk, hv = m.hidden_size, m.linear_num_key_heads, m.linear_num_value_heads
+def linear_attention_params(m: Model, tp: int = 1) -> float:
+    """Gated DeltaNet weights of one layer: in_proj, the conv, out_proj, the gated norm, A and dt (of one
+    rank of a ``tp`` group: heads split)."""
+    h, hk, hv = m.hidden_size, m.linear_num_key_heads / tp, m.linear_num_value_heads / tp
     kd, vd = hk * m.linear_key_head_dim, hv * m.linear_value_head_dim
     return h * (2 * kd + 2 * vd + 2 * hv) + m.linear_conv_kernel_dim * (2 * kd + vd) + vd * h + h + 2 * hv
 
 
-def weight_params(m: Model) -> dict[str, float]:
+def weight_params(m: Model, tp: int = 1) -> dict[str, float]:
     """Parameter counts by group (for memory and the 671B / 37B check). ``attention_per_layer`` is the
-    mean over layers (a model mixing linear and full attention layers)."""
+    mean over layers (a model mixing linear and full attention layers). ``tp``: the attention TP degree:
+    the attention, dense-FFN, embedding and LM-head counts are one TP rank's (experts unchanged)."""
     h = m.hidden_size
     n_linear = m.layer_attention.count("linear")
-    full = attention_params(m)
+    full = attention_params(m, tp)
     attn = (
         full
         if not n_linear
-        else ((m.num_layers - n_linear) * full + n_linear * linear_attention_params(m)) / m.num_layers
+        else ((m.num_layers - n_linear) * full + n_linear * linear_attention_params(m, tp)) / m.num_layers
     )
     if m.attention == "dsv4":
         from . import attention_v4
@@ -784,14 +891,15 @@ def weight_params(m: Model) -> dict[str, float]:
     mtp = m.num_mtp_modules * (
         full + gate + (m.n_routed_experts + m.n_shared_experts) * expert + 2 * h * h + 2 * h
     )
+    vocab = m.vocab_size / tp
     return {
         "attention": m.num_layers * attn,
-        "dense_ffn": layer_count(m, "dense") * dense,
+        "dense_ffn": layer_count(m, "dense") * dense / tp,
         "experts_routed": n_moe * m.n_routed_experts * expert,
         "experts_shared": n_moe * m.n_shared_experts * expert,
         "gate": n_moe * gate,
-        "embedding": m.vocab_size * h,
-        "lm_head": m.vocab_size * h,
+        "embedding": vocab * h,
+        "lm_head": vocab * h,
         "mtp": mtp,
         "expert": expert,
         "attention_per_layer": attn,

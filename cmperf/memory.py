@@ -26,10 +26,12 @@ if TYPE_CHECKING:
 
 
 def weight_bytes_per_rank(
-    m: Model, prec: Precision, experts_per_rank: ArrayLike, mtp: int
+    m: Model, prec: Precision, experts_per_rank: ArrayLike, mtp: int, attn_tp: int = 1, moe_tp: int = 1
 ) -> dict[str, np.ndarray]:
-    """Weight bytes held by one rank, by group (attention and dense layers are replicated on every rank)."""
-    w = weight_params(m)
+    """Weight bytes held by one rank, by group: attention, dense layers, embedding and head replicated on
+    every rank (data-parallel attention) or one ``attn_tp`` rank's share (graph.weight_params), each
+    expert's FFN one ``moe_tp`` slice."""
+    w = weight_params(m, attn_tp)
     b = DTYPE_BYTES
     n_moe = layer_count(m, "moe")
     mtp_layers = min(mtp, m.num_mtp_modules) if mtp else 0
@@ -38,7 +40,7 @@ def weight_bytes_per_rank(
         "attention": attn,
         "dense_ffn": np.asarray(w["dense_ffn"] * b[prec.gemm]),
         "experts": np.asarray(experts_per_rank, dtype=float)
-        * w["expert"]
+        * (w["expert"] / moe_tp)
         * (n_moe + mtp_layers)
         * b[prec.experts],
         "gate": np.asarray((n_moe + mtp_layers) * m.hidden_size * m.n_routed_experts * b[prec.head]),
@@ -48,11 +50,12 @@ def weight_bytes_per_rank(
 
 
 def kv_bytes(
-    m: Model, kv_dtype: str, seqs: ArrayLike, kv_capacity_len: float | np.ndarray, mtp: int
+    m: Model, kv_dtype: str, seqs: ArrayLike, kv_capacity_len: float | np.ndarray, mtp: int, tp: int = 1
 ) -> np.ndarray:
-    """KV cache of ``seqs`` sequences of ``kv_capacity_len`` tokens (graph.kv_bytes_per_seq)."""
+    """KV cache of ``seqs`` sequences of ``kv_capacity_len`` tokens (graph.kv_bytes_per_seq); ``tp``:
+    held by one rank of an attention-TP group whose ``seqs`` these are."""
     mtp_layers = min(mtp, m.num_mtp_modules) if mtp else 0
-    return np.asarray(seqs, dtype=float) * kv_bytes_per_seq(m, kv_dtype, kv_capacity_len, mtp_layers)
+    return np.asarray(seqs, dtype=float) * kv_bytes_per_seq(m, kv_dtype, kv_capacity_len, mtp_layers, tp)
 
 
 def buffer_bytes(

@@ -61,12 +61,16 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
     count tried when ``--microbatches auto`` chose it, the slowest rank's KV when the lengths spread."""
     d = p.deployment
     auto = bool(d.get("microbatches_auto"))
+    par = f"EP{d['ep_size']}"
+    if d.get("moe_tp", 1) > 1:
+        par = f"MoE TP{d['moe_tp']} x EP{d['ep_size']}"
+    if d.get("attn_tp", 1) > 1:
+        par = f"attention TP{d['attn_tp']}, {par}"
     rows = [
         ("system / model", f"{p.system} / {p.model}"),
         (
             "deployment",
-            f"{d['devices']} devices, EP{d['ep_size']}, batch {p.batch_per_device:g}/device, "
-            f"KV {d['kv_len']:g}",
+            f"{d['devices']} devices, {par}, batch {p.batch_per_device:g}/device, KV {d['kv_len']:g}",
         ),
         (
             "MTP, microbatches",
@@ -75,6 +79,14 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
             + (" (auto)" if auto else ""),
         ),
     ]
+    if d.get("prefill_chunk_tokens", 0) > 0:
+        rows.append(
+            (
+                "prefill chunk (aggregated)",
+                f"{d['prefill_chunk_tokens']:,.0f} prompt tokens/device per step, "
+                f"prompts of {d['prompt_len']:,.0f}",
+            )
+        )
     if auto:
         tried = ", ".join(f"{k}: {fmt_s(v)}" for k, v in d["microbatches_auto_tpot_s"].items())
         rows.append(("microbatches (auto: lowest TPOT)", tried))

@@ -294,6 +294,15 @@ class System:
             return out[0]
         return d.plane if d is not None else next(iter(self.planes))
 
+    def scaleup_plane(self) -> str:
+        """The scale-up plane intra-instance collectives (TP all-reduce, SP-TP-SP) ride: the dispatch
+        kernel's plane, else the first plane with scale = "up", else the first plane."""
+        d = self.collectives.get("dispatch")
+        if d is not None:
+            return d.plane
+        up = [p.name for p in self.planes.values() if p.scale == "up"]
+        return up[0] if up else next(iter(self.planes))
+
     def kv_transfer_plane(self) -> str:
         """Plane that moves prefill's KV cache to the decode instances: key ``kv_transfer_plane``, else the
         scale-out plane (CM384 §4: "KV moves prefill->decode over the RDMA plane")."""

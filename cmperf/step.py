@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .comm import DomainDedupOp, ep_collective_time, plane_collective_time
+from .comm import DomainDedupOp, allreduce_time, ep_collective_time, plane_collective_time
 from .graph import Array, Op, Stage
 from .roofline import OpTime, compute_op_time, compute_rate, first_max_index, op_totals
 from .specs import System
@@ -87,6 +87,8 @@ def op_time(op: Op, system: System, cube_share=1.0, phase: str = "decode") -> Op
         return ep_collective_time(system, op.collective, op.comm_bytes, op.ep_size, phase, scaleout)
     # intra-instance collectives (prefill SP-TP-SP) ride the EP kernels' scale-up plane
     plane = next(iter(system.collectives.values())).plane if system.collectives else next(iter(system.planes))
+    if op.collective == "allreduce":  # attention / dense TP (cmperf.graph.tp_allreduce_ops)
+        return allreduce_time(system, plane, op.comm_bytes, op.ep_size)
     return plane_collective_time(system, plane, op.comm_bytes, op.ep_size)
 
 

@@ -242,11 +242,14 @@ def check_json(text: str, where) -> None:
 
 def run_checked(args: list[str], *, output: bool = False):
     """Run ``cmperf args`` (JSON where the command has it) and check every property of the module."""
-    out_path = None
-    if output:
-        tmp = tempfile.mkdtemp(prefix="cmperf-fuzz-")
+    if not output:
+        return _run_checked(args, None)
+    with tempfile.TemporaryDirectory(prefix="cmperf-fuzz-") as tmp:  # removed after each run
         out_path = Path(tmp) / "out.txt"
-        args = [*args, "-o", str(out_path)]
+        return _run_checked([*args, "-o", str(out_path)], out_path)
+
+
+def _run_checked(args: list[str], out_path: Path | None):
     r = RUNNER.invoke(main, args)
     where = "cmperf " + " ".join(args)
     if r.exception is not None and not isinstance(r.exception, SystemExit):

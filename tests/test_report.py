@@ -190,9 +190,9 @@ def test_serve_scenario_workload_and_slo_tables_apply(tmp_path):
 
 def test_decode_scenario_refuses_prefill_knobs(tmp_path):
     p = tmp_path / "mixed.toml"
-    p.write_text('name = "mixed"\ncommand = "decode"\n[deployment]\nprompt_len = 4096\n')
+    p.write_text('name = "mixed"\ncommand = "decode"\n[deployment]\ncache_hit = 0.5\n')
     r = run("decode", "--scenario", p)
-    assert r.exit_code == 2 and "deployment.prompt_len is a prefill knob" in r.stderr
+    assert r.exit_code == 2 and "deployment.cache_hit is a prefill knob" in r.stderr
 
 
 def test_model_without_mtp_gets_none_anywhere(tmp_path):

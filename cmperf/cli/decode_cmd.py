@@ -115,6 +115,14 @@ from .types import dep, option, workload
     "[default: 0].",
 )
 @knob(
+    "--chunk-tokens",
+    "prefill_chunk_tokens",
+    type=dep("prefill_chunk_tokens"),
+    help="Aggregated serving (in-flight batching): prompt tokens per device each step also carries, a "
+    "chunk of prompts of --prompt-len tokens (4096 without it); the step and TPOT are the mixed "
+    "batch's [default: 0, a pure decode step].",
+)
+@knob(
     "--attn-cores",
     "attention_cube_cores",
     type=dep("attention_cube_cores"),
@@ -145,6 +153,7 @@ def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, p
         kv_len, kv_cap, spread = kv_lengths(mod, prompt_len, output_len)
         params.update(kv_len=kv_len, kv_capacity_len=kv_cap)
         params["kv_cv"] = spread if params["kv_cv"] is None else params["kv_cv"]
+        params["prompt_len"] = prompt_len  # the chunk's prompts (--chunk-tokens)
     dep = knobs.deployment("decode", sysm, params, knobs.scenario_precision())
     p = dec.predict(sysm, mod, dep)
     write_plot(plot, lambda f: plots.prediction_image(f, "decode", p, ops_limit(ops)))

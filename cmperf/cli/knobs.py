@@ -114,7 +114,27 @@ def common_options(fn):
         "and dedicated shared-expert ranks when EP exceeds the experts].",
     )(fn)
     fn = knob(
-        "--ep", "ep_size", type=dep("ep_size"), help="EP size in ranks [default: all ranks of --devices]."
+        "--moe-tp",
+        "moe_tp",
+        type=dep("moe_tp"),
+        help="MoE tensor parallelism: ranks each expert's FFN is split over, EP = ranks / N; the tokens "
+        "are all-gathered and the outputs reduce-scattered instead of the all-to-all [default: 1, decode "
+        "only].",
+    )(fn)
+    fn = knob(
+        "--attn-tp",
+        "attn_tp",
+        type=dep("attn_tp"),
+        help="Attention TP degree (ranks). Decode: heads split over N ranks holding N x the rank's "
+        "sequences (MLA's latent cache replicated on each), dense FFN and LM head too, all-reduce after "
+        "each [default: 1, data-parallel attention]. Prefill: the SP-TP-SP layout [default: the system's "
+        "attention_tp_devices (CloudMatrix384: 8 NPUs = 16 dies; 1 on the NVIDIA systems)].",
+    )(fn)
+    fn = knob(
+        "--ep",
+        "ep_size",
+        type=dep("ep_size"),
+        help="EP size in ranks [default: all ranks of --devices / --moe-tp].",
     )(fn)
     return fn
 

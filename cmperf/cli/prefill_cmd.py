@@ -103,13 +103,6 @@ def _summary_rows(p) -> list[tuple[str, str]]:
     help="Plane the cached KV is loaded over, a plane of the system (CM384: ub, vpc) "
     "[default: ub if the system has it, else its scale-out plane].",
 )
-@knob(
-    "--attn-tp",
-    "attn_tp",
-    type=dep("attn_tp"),
-    help="Attention TP degree (ranks) of the SP-TP-SP layout [default: the system's attention_tp_devices "
-    "(CloudMatrix384: 8 NPUs = 16 dies; 1 on the NVIDIA systems: data-parallel attention)].",
-)
 @precision_options
 @format_option()
 @ops_option

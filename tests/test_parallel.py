@@ -1,0 +1,134 @@
+"""Attention TP, MoE TP and the aggregated (chunked-prefill) decode step (issue 13): the collectives'
+costs, the KV memory effect of TP on MLA and GQA, the op structure, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cmperf import decode
+from cmperf.cli import main
+from cmperf.comm import allreduce_time
+from cmperf.deployment import Deployment
+from cmperf.specs import load_model, load_system
+
+H200 = load_system("hgx-h200")
+R1 = load_model("deepseek-r1")
+LLAMA = load_model("llama-3.1-70b")
+
+
+def _pred(model, **kw):
+    kw = {"devices": 8, "batch_per_device": 16.0, "kv_len": 4096.0, "mtp": 0, "microbatches": 1, **kw}
+    return decode.predict(H200, model, Deployment(**kw))
+
+
+def test_allreduce_picks_the_cheapest_algorithm():
+    """The docstring's worked number: TP8, 1.835 MB on H200 NVLink is two-shot, 13.9 us; a tiny message
+    is one-shot (one latency step + fixed cost); a group of one costs nothing."""
+    payload = 128 * 7168 * 2.0
+    t = allreduce_time(H200, "nvlink", payload, 8)
+    two_shot = 2 * 1.5e-6 + 2e-6 + 2 * 7 / 8 * payload / (450e9 * 0.8)
+    assert float(t.time_s) == pytest.approx(two_shot, rel=1e-9)
+    small = allreduce_time(H200, "nvlink", 2e4, 8)
+    assert float(small.time_s) == pytest.approx(1.5e-6 + 2e-6 + 7 * 2e4 / 360e9, rel=1e-9)
+    assert float(allreduce_time(H200, "nvlink", payload, 1).time_s) == 0.0
+
+
+def test_tp1_is_the_default():
+    """--attn-tp 1 --moe-tp 1 is today's data-parallel, expert-parallel step, bit for bit."""
+    a, b = _pred(R1), _pred(R1, attn_tp=1, moe_tp=1)
+    assert a.tpot_s == b.tpot_s and a.hbm_bytes_per_rank == b.hbm_bytes_per_rank
+
+
+def test_mla_tp_replicates_the_latent_cache():
+    """MLA under TP: every TP rank holds the latent KV of all the group's sequences: at the same batch per
+    device the KV per rank is TP times the data-parallel one."""
+    dp, tp = _pred(R1), _pred(R1, attn_tp=8)
+    kv_dp, kv_tp = dp.hbm_breakdown_bytes["kv_cache"], tp.hbm_breakdown_bytes["kv_cache"]
+    assert kv_tp == pytest.approx(8 * kv_dp, rel=1e-12)
+    # the head-split attention weights shrink 8-fold; the down projections (15.1 M of 187 M per layer)
+    # stay whole: 8 x (15.1 + 172 / 8) / 187 = 1 / 5.1
+    ratio = dp.hbm_breakdown_bytes["weights.attention"] / tp.hbm_breakdown_bytes["weights.attention"]
+    assert ratio == pytest.approx(5.1, abs=0.1)
+
+
+def test_gqa_tp_splits_the_kv_heads():
+    """Llama-3.1-70B (8 KV heads) at TP8: each rank one KV head of 8 times the sequences: the same KV per
+    rank as data-parallel attention at TP1, while the weights are split 8 ways."""
+    dp, tp = _pred(LLAMA, devices=1), _pred(LLAMA, devices=8, attn_tp=8)
+    assert tp.hbm_breakdown_bytes["kv_cache"] == pytest.approx(dp.hbm_breakdown_bytes["kv_cache"], rel=1e-12)
+    w_dp = sum(v for k, v in dp.hbm_breakdown_bytes.items() if k.startswith("weights"))
+    w_tp = sum(v for k, v in tp.hbm_breakdown_bytes.items() if k.startswith("weights"))
+    assert w_tp == pytest.approx(w_dp / 8, rel=1e-4)  # the norms stay whole
+    assert not dp.feasible or dp.hbm_bytes_per_rank > tp.hbm_bytes_per_rank
+
+
+def test_tp_ops_and_collectives():
+    """TP adds the attention / dense all-reduces and the logits all-gather; MoE TP replaces the
+    all-to-all by the all-gather + reduce-scatter, so the EP all-to-all bound is 0."""
+    names = {op.name for op in _pred(R1, attn_tp=8).ops}
+    assert {"attn.tp_allreduce", "dense.tp_allreduce", "head.tp_allgather", "moe.dispatch"} <= names
+    p = _pred(R1, attn_tp=8, moe_tp=8)
+    names = {op.name for op in p.ops}
+    assert {"moe.tp_allgather", "moe.tp_reducescatter"} <= names and "moe.dispatch" not in names
+    assert p.comm_bound_tpot_s == 0.0
+    assert p.deployment["ep_size"] == 1
+
+
+def test_tp_tpot_grows_with_batch_and_costs_more_than_dp_at_large_batch():
+    """At 128 sequences per device, TP8's replicated latent reads make it slower than DP attention; TPOT is
+    non-decreasing in the batch for both."""
+    for tp in (1, 8):
+        tpots = [_pred(R1, attn_tp=tp, batch_per_device=b).tpot_s for b in (1.0, 16.0, 128.0)]
+        assert tpots == sorted(tpots)
+    assert (
+        _pred(R1, attn_tp=8, batch_per_device=128.0).tpot_s > 1.5 * _pred(R1, batch_per_device=128.0).tpot_s
+    )
+
+
+def test_chunk_adds_prefill_work_to_the_step():
+    """The aggregated step: TPOT grows with the chunk; chunk 0 is plain decode; the chunk's causal attention
+    is its own kernel, the projections are shared (one op, more flops)."""
+    base = _pred(R1)
+    steps = [_pred(R1, prefill_chunk_tokens=c, prompt_len=1024.0).step_s for c in (64.0, 256.0, 1024.0)]
+    assert base.step_s < steps[0] < steps[1] < steps[2]
+    p = _pred(R1, prefill_chunk_tokens=256.0, prompt_len=1024.0)
+    names = [op.name for op in p.ops if op.stage == "moe"]
+    assert "chunk.mla.attention" in names and names.count("mla.q_up") == 1
+    assert _pred(R1, prefill_chunk_tokens=0.0).tpot_s == base.tpot_s
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--attn-tp", "3"], "--attn-tp"),  # does not divide 8 ranks / 128 heads
+        (["--devices", "16", "--attn-tp", "16"], "--attn-tp"),  # beyond one 8-GPU NVLink domain
+        (["--moe-tp", "5"], "--moe-tp"),
+        (["--moe-tp", "2", "--ep", "8"], "--ep"),  # 2 x 8 > 8 ranks
+        (["--slots-per-rank", "2"], "--slots-per-rank"),  # 16 slots for 256 experts
+        (["--chunk-tokens", "-1"], "--chunk-tokens"),
+    ],
+)
+def test_bad_parallel_degrees_are_one_line(args, flag):
+    r = CliRunner().invoke(main, ["decode", "--system", "hgx-h200", "--devices", "8", *args])
+    assert r.exit_code == 2, r.output
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith(f"cmperf: error: {flag}"), err
+
+
+def test_moe_tp_refused_on_dense_models_and_in_prefill():
+    dep = Deployment(devices=8, moe_tp=8)
+    assert any(r.startswith("--moe-tp") for r in dep.check(H200, LLAMA))
+    pre = Deployment(phase="prefill", devices=8, moe_tp=8)
+    assert any(r.startswith("--moe-tp") for r in pre.check(H200, R1))
+
+
+def test_vector_evaluate_matches_scalar_under_tp():
+    """A batch grid at TP8 equals its scalar points."""
+    dep = Deployment(
+        devices=8, batch_per_device=np.array([1.0, 16.0, 64.0]), mtp=0, microbatches=1, attn_tp=8
+    )
+    ev = decode.evaluate(H200, R1, dep)
+    for i, b in enumerate((1.0, 16.0, 64.0)):
+        assert ev.tpot_s[i] == _pred(R1, attn_tp=8, batch_per_device=b).tpot_s
