@@ -68,6 +68,24 @@ def instance_sizes(system: System, max_devices: int | None = None) -> np.ndarray
     return np.array(sub + sizes, dtype=float)
 
 
+def tp_fits(system: System, model: Model, devices: np.ndarray, tp: int) -> np.ndarray:
+    """Per instance size: attention TP ``tp`` is valid there (``Deployment.check``'s rule: it divides the
+    ranks and the heads, fits one scale-up domain, the attention kind has a TP form)."""
+    if tp == 1:
+        return np.ones(np.shape(devices), dtype=bool)
+    return np.array(
+        [
+            not [
+                r
+                for r in Deployment(devices=int(d), attn_tp=tp).check(system, model)
+                if r.startswith("--attn-tp")
+            ]
+            for d in devices
+        ],
+        dtype=bool,
+    )
+
+
 def placement_ok(model: Model, ep_sizes) -> np.ndarray:
     """True where ``deployment.place_experts`` accepts the EP size (it raises with the reason otherwise)."""
     out = []
@@ -167,10 +185,20 @@ class DecodeGrid:
     max_batch_per_device: np.ndarray
     placement_ok: np.ndarray
     hbm_ok: np.ndarray
+    attn_tp: np.ndarray  # attention TP degree of every row (1: data-parallel attention)
 
     @property
     def size(self) -> int:
         return int(self.tpot_s.size)
+
+
+def concat_grids(grids: list[DecodeGrid]) -> DecodeGrid:
+    """One grid of the rows of ``grids`` in order (one grid per attention-TP degree)."""
+    if len(grids) == 1:
+        return grids[0]
+    return DecodeGrid(
+        **{f: np.concatenate([getattr(g, f) for g in grids]) for f in DecodeGrid.__dataclass_fields__}
+    )
 
 
 def decode_modes(space: DecodeSpace) -> tuple[np.ndarray, np.ndarray]:
@@ -342,6 +370,7 @@ def evaluate_decode_grid(
         **{k: v.ravel() for k, v in out.items()},
         placement_ok=flat(space.placement_ok[None, None, :, None]),
         hbm_ok=hbm_ok.ravel(),
+        attn_tp=np.full(hbm_ok.size, float(base.attn_tp or 1)),  # None: the decode default, 1
     )
 
 
@@ -433,6 +462,7 @@ class DecodeConfig:
     comm_bound_tpot_s: float
     hbm_bytes_per_rank: float
     max_batch_per_device: float
+    attn_tp: int = 1
 
 
 def _decode_row(g: DecodeGrid, i: int) -> DecodeConfig:
@@ -451,6 +481,7 @@ def _decode_row(g: DecodeGrid, i: int) -> DecodeConfig:
         float(g.comm_bound_tpot_s[i]),
         float(g.hbm_bytes_per_rank[i]),
         float(g.max_batch_per_device[i]),
+        int(g.attn_tp[i]),
     )
 
 
@@ -483,7 +514,7 @@ class DecodeSearch:
 
 
 def _tie_keys(g: DecodeGrid):
-    return (g.tpot_s, g.devices, g.batch_per_device, g.microbatches, g.attention_cube_cores, g.mtp)
+    return (g.tpot_s, g.devices, g.batch_per_device, g.microbatches, g.attention_cube_cores, g.mtp, g.attn_tp)
 
 
 def config_deployment(base: Deployment, c: DecodeConfig, batch_per_device: float | None = None) -> Deployment:
@@ -496,6 +527,7 @@ def config_deployment(base: Deployment, c: DecodeConfig, batch_per_device: float
         microbatches=c.microbatches,
         mtp=c.mtp,
         attention_cube_cores=c.attention_cube_cores,
+        attn_tp=c.attn_tp,
     )
 
 
@@ -585,8 +617,12 @@ def search_decode(
     pareto_max: int = 40,
     progress=None,
     explain: bool = True,
+    attn_tp: tuple[int, ...] = (1,),
 ) -> tuple[DecodeSearch, DecodeGrid]:
     """Best decode configuration for tokens/s per device under a TPOT SLO.
+
+    ``attn_tp``: the attention-TP degrees searched (one grid each; an instance size a degree does not
+    divide, or a degree beyond one scale-up domain or the heads, is "placement invalid" there).
 
     ``base`` holds the knobs the search does not vary (MTP acceptance, precision, EPLB, ...); its KV
     knobs are set from the workload (``deployment.kv_lengths``: KV = prompt + output/2, capacity prompt +
@@ -600,7 +636,14 @@ def search_decode(
     if total < 1 or total > system.num_devices:
         raise CmperfError(f"--devices: {total} is outside 1..{system.num_devices} ({system.name})")
     space = decode_space(system, model, base, mtp=mtp, max_devices=total)
-    g = evaluate_decode_grid(system, model, space, base, progress=progress)
+    grids = []
+    for t in attn_tp:
+        base_t = replace(base, attn_tp=int(t))
+        ok_t = space.placement_ok & tp_fits(system, model, space.devices, int(t))
+        grids.append(
+            evaluate_decode_grid(system, model, replace(space, placement_ok=ok_t), base_t, progress=progress)
+        )
+    g = concat_grids(grids)
     slo_ok = np.ones(g.size, dtype=bool) if tpot_slo_s is None else (g.tpot_s <= tpot_slo_s)
     ok, rejected = first_reason(
         [
@@ -632,7 +675,7 @@ def search_decode(
     idx = np.flatnonzero(fits)
     # ties between identical (tokens/s, TPOT) points go to the knobs in this order, so the frontier does
     # not depend on the row order of the grid
-    knobs = (g.mtp, g.attention_cube_cores, g.devices, g.batch_per_device, g.microbatches)
+    knobs = (g.mtp, g.attention_cube_cores, g.devices, g.batch_per_device, g.microbatches, g.attn_tp)
     idx = idx[staircase(g.tokens_per_s_per_device[idx], g.tpot_s[idx])]
     pm = pareto_mask(g.tokens_per_s_per_device[idx], g.tpot_s[idx], *(k[idx] for k in knobs))
     pidx = idx[pm]
@@ -652,7 +695,8 @@ def search_decode(
         "microbatches": list(space.microbatches),
         "attention_cube_cores": list(space.attention_cube_cores),
         "mtp": list(space.mtp),
-        "configurations": space.size,
+        "attn_tp": [int(t) for t in attn_tp],
+        "configurations": space.size * len(attn_tp),
     }
     constraints = {
         "tpot_slo_s": tpot_slo_s,

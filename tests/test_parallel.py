@@ -132,3 +132,18 @@ def test_vector_evaluate_matches_scalar_under_tp():
     ev = decode.evaluate(H200, R1, dep)
     for i, b in enumerate((1.0, 16.0, 64.0)):
         assert ev.tpot_s[i] == _pred(R1, attn_tp=8, batch_per_device=b).tpot_s
+
+
+def test_search_over_attention_tp():
+    """The decode search takes attention-TP degrees as an axis: on 8 H200s Llama-3.1-70B is best at TP8
+    (one copy of the weights per 8 GPUs leaves HBM for the KV), DeepSeek-R1 at DP attention (its latent
+    cache would be replicated 8 times); TP1 alone gives the same best as before the axis existed."""
+    from cmperf import search
+
+    kw = {"prompt_len": 1024.0, "output_len": 1024.0, "devices": 8, "tpot_slo_s": 0.05}
+    r1_dp, _ = search.search_decode(H200, R1, **kw)
+    r1_both, _ = search.search_decode(H200, R1, attn_tp=(1, 8), **kw)
+    assert r1_both.best == r1_dp.best and r1_dp.best.attn_tp == 1
+    llama, _ = search.search_decode(H200, LLAMA, attn_tp=(1, 2, 4, 8), **kw)
+    assert llama.best.attn_tp == 8 and llama.best.tpot_s <= 0.05
+    assert llama.space["attn_tp"] == [1, 2, 4, 8]
