@@ -1,11 +1,15 @@
-"""Measured operating points: read a points CSV (schema: docs/points.md), predict each, compare TPOT.
+"""Measured operating points: read a points CSV (schema: docs/points.md), predict each, compare TPOT and TTFT.
 
-A row is posed as one decode instance (``Deployment``) when cmperf can express it: a disaggregated decode
-worker with data-parallel attention (``attn_tp`` 1) and pure expert-parallel MoE (``moe_tp`` 1) of
-attn_dp = moe_ep ranks; batch per rank from the row, else concurrency / (attn_dp x workers); KV from
-ISL and OSL as ``cmperf decode --prompt-len/--output-len`` takes them (``deployment.kv_lengths``); MTP 0
-when the row does not record it; ``microbatches="auto"``. Every other row is skipped with a one-word
-reason (``REASONS``). error = predicted / measured TPOT - 1; statistics are over posed rows.
+A row is posed as one worker (``Deployment``) of attn_tp x attn_dp = moe_tp x moe_ep ranks: attention TP
+``attn_tp`` (``Deployment.attn_tp``), MoE TP ``moe_tp`` and EP ``moe_ep``; batch per attention-DP rank from
+the row, else concurrency / (attn_dp x workers), so batch per device = batch per rank x attn_dp / devices;
+KV from ISL and OSL as ``cmperf decode --prompt-len/--output-len`` takes them (``deployment.kv_lengths``);
+MTP 0 when the row does not record it; ``microbatches="auto"``. A disaggregated row is a decode instance
+(``decode.predict``); an aggregated row (one engine with in-flight batching) is an aggregated engine of the
+worker's devices under a closed loop of the row's concurrency per worker (``aggregated.evaluate``: TPOT
+with the prefill chunk in every step, TTFT with queueing). Every other row is skipped with a one-word
+reason (``REASONS``). error = predicted / measured - 1 (TPOT; TTFT for posed aggregated rows that
+measured it); statistics are over posed rows.
 
 Worked number (a synthetic row, as in tests/test_points.py): hgx-h200, attn_dp = moe_ep = 8, batch 16 per
 GPU, ISL 1024 / OSL 1024, FP8 -> ``cmperf decode --system hgx-h200 --devices 8 --ep 8 --batch 16
@@ -60,8 +64,8 @@ MODES = ("disagg", "agg")
 REASONS = {
     "unknown-system": "no system spec of that name (`cmperf specs list`)",
     "unknown-model": "no model spec of that name",
-    "agg": "aggregated serving (prefill chunks inside decode steps): cmperf poses disaggregated decode only",
-    "incomplete": "a parallel degree, or the batch (batch_per_rank, or concurrency and workers), is empty",
+    "incomplete": "a parallel degree, or the batch (batch_per_rank, or concurrency and workers), is empty; "
+    "an aggregated row without its concurrency",
     "attention-tp": "tensor-parallel attention (attn_tp > 1): cmperf's decode attention is data-parallel",
     "moe-tp": "MoE tensor parallelism (moe_tp > 1): cmperf's MoE is pure expert-parallel",
     "dtype": "a datatype the system's chip has no peak for",
@@ -113,6 +117,17 @@ class Result:
     status: str  # posed | skipped
     reason: str  # a REASONS key ("" when posed)
     note: str = ""
+    attn_tp: int | None = None
+    moe_tp: int | None = None
+    concurrency: float | None = None  # aggregated rows: the closed loop's users per worker
+    measured_ttft_s: float | None = None
+    # aggregated rows: the mean TTFT of the closed loop's first wave (its users started at once), the
+    # prediction compared; and the steady state's mean TTFT (queueing included), reported beside it
+    predicted_ttft_s: float | None = None
+    ttft_error: float | None = None  # predicted / measured TTFT - 1
+    predicted_ttft_steady_s: float | None = None
+    ttft_steady_error: float | None = None
+    prefill_share: float | None = None  # aggregated rows: share of the mixed step the prefill chunk takes
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,10 @@ class Group:
     median_abs_error: float | None
     p90_abs_error: float | None
     median_error: float | None
+    ttft_posed: int = 0  # posed rows with a measured and a predicted TTFT (aggregated)
+    ttft_median_abs_error: float | None = None
+    ttft_p90_abs_error: float | None = None
+    ttft_median_error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -257,40 +276,65 @@ def batch_range(batch: float | None) -> str:
     return f">{BATCH_EDGES[-1]}"
 
 
+def tp_modelled() -> bool:
+    """Whether cmperf's decode models attention TP and MoE TP (``Deployment.attn_tp`` / ``moe_tp`` reach
+    the step: ``decode.parallel_of``); rows with either > 1 are skipped until it does."""
+    from . import decode
+
+    return hasattr(decode, "parallel_of")
+
+
+def concurrency_per_worker(pt: Point) -> float | None:
+    """An aggregated row's closed-loop users per worker: concurrency / workers (workers empty: 1), else
+    batch per rank x attn_dp."""
+    workers = pt.workers or 1
+    if pt.concurrency is not None:
+        return pt.concurrency / workers
+    if pt.batch_per_rank is not None and pt.attn_dp is not None:
+        return float(pt.batch_per_rank) * pt.attn_dp
+    return None
+
+
 def pose(pt: Point, system, model):
-    """(decode ``Deployment``, "", "") for a row cmperf can express on ``system``, else (None, reason,
-    note); the note of an ``invalid`` row is the check that failed."""
+    """(``Deployment``, "", "") for a row cmperf can express on ``system``, else (None, reason, note); the
+    note of an ``invalid`` row is the check that failed. An aggregated row's record is its engine's
+    (``aggregated.Engine``): the batch is set by the closed loop, the record's is the row's."""
     from .deployment import Deployment, kv_lengths, precision_from
 
-    if pt.mode != "disagg":
-        return None, "agg", ""
     degrees = (pt.attn_tp, pt.attn_dp, pt.moe_tp, pt.moe_ep)
     batch = batch_per_rank(pt)
     if None in degrees or batch is None:
         return None, "incomplete", ""
-    if pt.attn_tp > 1:
+    if pt.mode == "agg" and concurrency_per_worker(pt) is None:
+        return None, "incomplete", ""
+    tp = tp_modelled()
+    if pt.attn_tp > 1 and not tp:
         return None, "attention-tp", ""
-    if pt.moe_tp > 1:
+    if pt.moe_tp > 1 and not tp:
         return None, "moe-tp", ""
     try:
         prec = precision_from(system, pt.weights, pt.experts_dtype, pt.kv_dtype)
     except CmperfError as e:
         return None, "dtype", str(e)
-    if pt.moe_ep % system.ranks_per_device:
-        return None, "invalid", f"moe_ep {pt.moe_ep} is not whole {system.chip.name} devices"
+    ranks = pt.attn_tp * pt.attn_dp
+    if ranks % system.ranks_per_device:
+        return None, "invalid", f"{ranks} ranks are not whole {system.chip.name} devices"
     try:
         kv_len, kv_cap, kv_cv = kv_lengths(model, pt.isl, pt.osl)
     except CmperfError as e:
         return None, "invalid", str(e)
+    devices = ranks // system.ranks_per_device
+    knobs = {"attn_tp": pt.attn_tp, "moe_tp": pt.moe_tp} if tp else {}
     dep = Deployment(
-        devices=pt.moe_ep // system.ranks_per_device,
+        devices=devices,
         ep_size=pt.moe_ep,
-        batch_per_device=batch * system.ranks_per_device,
+        batch_per_device=batch * pt.attn_dp / devices,
         kv_len=kv_len,
         kv_capacity_len=kv_cap,
         kv_cv=kv_cv,
         mtp=pt.mtp if pt.mtp is not None else 0,
         precision=prec,
+        **knobs,
     )
     if pt.mtp_accept is not None:
         dep = replace(dep, mtp_accept=pt.mtp_accept)
@@ -317,8 +361,33 @@ def _specs(pt: Point, spec_dirs, cache: dict):
     return cache["system", pt.system], cache["model", pt.model], ""
 
 
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _predict_agg(pt: Point, system, model, dep):
+    """(decode prediction at the operating point, aggregated result) of an aggregated row: a closed loop
+    of the row's concurrency per worker on an engine of ``dep`` (``aggregated.evaluate``), then
+    ``decode.predict`` at the engine's batch, chunk and microbatches for the per-op breakdown."""
+    from . import aggregated, decode
+    from .serving import Workload
+
+    n = concurrency_per_worker(pt)
+    wl = Workload(rate_per_s=None, concurrency=max(round(n or 1), 1), prompt_len=pt.isl, output_len=pt.osl)
+    res = aggregated.evaluate(system, model, wl, aggregated.Engine(dep), limits=False)
+    at = replace(
+        dep,
+        batch_per_device=res.batch_per_device,
+        prefill_chunk_tokens=res.chunk_tokens_per_step / res.inputs["devices"],
+        prompt_len=float(pt.isl),
+        microbatches=res.microbatches,
+    )
+    return decode.predict(system, model, at), res
+
+
 def evaluate(points: list[Point], spec_dirs: tuple[str, ...] | list[str] = ()) -> list[Result]:
-    """One ``Result`` per row, in file order: posed rows through ``decode.predict``."""
+    """One ``Result`` per row, in file order: posed disaggregated rows through ``decode.predict``,
+    aggregated ones through ``aggregated.evaluate`` (``_predict_agg``)."""
     from . import decode
 
     cache: dict = {}
@@ -328,10 +397,23 @@ def evaluate(points: list[Point], spec_dirs: tuple[str, ...] | list[str] = ()) -
         dep, note = None, ""
         if not reason:
             dep, reason, note = pose(pt, system, model)
-        p = decode.predict(system, model, dep) if dep is not None else None
+        p = agg = None
+        if dep is not None and pt.mode == "agg":
+            try:
+                p, agg = _predict_agg(pt, system, model, dep)
+            except CmperfError as e:
+                dep, reason, note = None, "invalid", str(e)
+            if agg is not None and agg.overloaded:  # a closed loop has a steady state; the chunk budget not
+                dep, reason, note, p, agg = None, "invalid", "; ".join(agg.overload_reasons), None, None
+        elif dep is not None:
+            p = decode.predict(system, model, dep)
         batch = batch_per_rank(pt)
         heavy = max(p.ops, key=lambda o: o.total_s) if p is not None else None
         measured_tps = pt.tokens_per_s_per_device
+        tpot = (agg.tpot_s["mean"] if agg is not None else p.tpot_s) if p is not None else None
+        ttft = _finite(agg.ttft_first_wave_s) if agg is not None else None
+        steady = _finite(agg.ttft_s["mean"]) if agg is not None else None
+        m_ttft = pt.ttft_s
         out.append(
             Result(
                 id=pt.id,
@@ -347,16 +429,31 @@ def evaluate(points: list[Point], spec_dirs: tuple[str, ...] | list[str] = ()) -
                 devices=dep.devices if dep is not None else None,
                 ep_size=dep.ep_size if dep is not None else None,
                 measured_tpot_s=pt.tpot_s,
-                predicted_tpot_s=p.tpot_s if p else None,
-                error=p.tpot_s / pt.tpot_s - 1.0 if p else None,
+                predicted_tpot_s=tpot,
+                error=tpot / pt.tpot_s - 1.0 if tpot is not None else None,
                 measured_tokens_per_s_per_device=measured_tps,
-                predicted_tokens_per_s_per_device=p.tokens_per_s_per_device if p else None,
+                predicted_tokens_per_s_per_device=(
+                    (agg.tokens_per_s_per_device if agg is not None else p.tokens_per_s_per_device)
+                    if p
+                    else None
+                ),
                 feasible=p.feasible if p else None,
                 microbatches=int(p.deployment["microbatches"]) if p else None,
                 binding_op=f"{heavy.name} ({heavy.bound})" if heavy else "",
                 status="posed" if p else "skipped",
                 reason=reason,
                 note=note,
+                attn_tp=pt.attn_tp,
+                moe_tp=pt.moe_tp,
+                concurrency=concurrency_per_worker(pt) if pt.mode == "agg" else None,
+                measured_ttft_s=pt.ttft_s,
+                predicted_ttft_s=ttft,
+                ttft_error=ttft / m_ttft - 1.0 if ttft is not None and m_ttft is not None else None,
+                predicted_ttft_steady_s=steady,
+                ttft_steady_error=steady / m_ttft - 1.0
+                if steady is not None and m_ttft is not None
+                else None,
+                prefill_share=agg.prefill_share if agg is not None else None,
             )
         )
     return out
@@ -391,8 +488,19 @@ def groups(results: list[Result]) -> list[Group]:
     for k in order:
         rs = keyed[k]
         errs = [r.error for r in rs if r.error is not None]
+        t_errs = [r.ttft_error for r in rs if r.ttft_error is not None]
         if errs or k[3] == "all":
-            out.append(Group(*k, len(errs), len(rs) - len(errs), skipped(rs), *_stats(errs)))
+            out.append(
+                Group(
+                    *k,
+                    len(errs),
+                    len(rs) - len(errs),
+                    skipped(rs),
+                    *_stats(errs),
+                    len(t_errs),
+                    *_stats(t_errs),
+                )
+            )
     return out
 
 
@@ -449,6 +557,11 @@ def _pct(x: float | None, signed: bool = False) -> str:
     return "-" if x is None else (f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%")
 
 
+def _pct_pair(a: float | None, b: float | None) -> str:
+    """ "82%/91%": two |error|s in one narrow cell."""
+    return "/".join("-" if x is None else f"{100 * x:.0f}%" for x in (a, b))
+
+
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1e3:.2f}"
 
@@ -462,6 +575,7 @@ GROUP_HEADER = (
     "median |err|",
     "p90 |err|",
     "median err",
+    "TTFT med/p90",
     "skipped",
 )
 
@@ -477,6 +591,7 @@ def group_rows(gs: list[Group]) -> list[tuple[str, ...]]:
             _pct(g.median_abs_error),
             _pct(g.p90_abs_error),
             _pct(g.median_error, True),
+            _pct_pair(g.ttft_median_abs_error, g.ttft_p90_abs_error) if g.ttft_posed else "-",
             ", ".join(f"{k} {v}" for k, v in g.skipped_by_reason.items()) or "0",
         )
         for g in gs
@@ -524,15 +639,20 @@ def skip_rows(counts: dict[str, int]) -> list[tuple[str, ...]]:
     return [(k, str(v), REASONS[k]) for k, v in counts.items()]
 
 
-def _overall(results: list[Result]) -> str:
-    med, p90, signed = _stats([r.error for r in results if r.error is not None])
+def _overall(results: list[Result], key: str = "error") -> str:
+    med, p90, signed = _stats([getattr(r, key) for r in results if getattr(r, key) is not None])
     return f"median |error| {_pct(med)}, p90 {_pct(p90)}, median error {_pct(signed, True)}"
 
 
 def summary_line(results: list[Result]) -> str:
-    """ "48 posed, 602 skipped; TPOT median |error| 9.4%, p90 26.6%, median error -1.5%"."""
+    """ "48 posed, 602 skipped; TPOT median |error| 9.4%, p90 26.6%, median error -1.5%" (and the TTFT
+    of the posed aggregated rows, when any)."""
     posed = sum(r.error is not None for r in results)
-    return f"{posed} posed, {len(results) - posed} skipped; TPOT {_overall(results)}"
+    line = f"{posed} posed, {len(results) - posed} skipped; TPOT {_overall(results)}"
+    n_ttft = sum(r.ttft_error is not None for r in results)
+    if n_ttft:
+        line += f"; TTFT ({n_ttft} aggregated rows, first wave) {_overall(results, 'ttft_error')}"
+    return line
 
 
 def summary(results: list[Result], reps: list[Repeat]) -> list[tuple[str, str]]:
@@ -543,6 +663,22 @@ def summary(results: list[Result], reps: list[Repeat]) -> list[tuple[str, str]]:
         ("posed", str(len(posed))),
         ("skipped", str(len(results) - len(posed))),
         ("TPOT error over posed rows", _overall(results)),
+        *[
+            (f"TPOT error, {m} rows", _overall([r for r in results if r.mode == m]))
+            for m in MODES
+            if any(r.error is not None and r.mode == m for r in results)
+        ],
+        *[
+            (
+                f"TTFT error, {sum(getattr(r, key) is not None for r in results)} aggregated rows ({what})",
+                _overall(results, key),
+            )
+            for key, what in (
+                ("ttft_error", "first wave: the client's users started at once"),
+                ("ttft_steady_error", "steady-state closed loop"),
+            )
+            if any(getattr(r, key) is not None for r in results)
+        ],
         ("posed rows that do not fit in HBM (cmperf)", str(sum(not r.feasible for r in posed))),
     ]
     if reps:

@@ -341,6 +341,8 @@ def optimizer_section(doc: dict | None, note: str) -> list[str]:
         "microbatches",
         "mtp",
         "attention_cube_cores",
+        "attn_tp",
+        "hbm_bytes_per_rank",
     )
     keys = ([k for k in first if k in scalars] + [k for k in scalars if k not in first])[:10]
     rows = [tuple(_nb(_cell(k, r.get(k))) for k in keys) for r in lst[:5]]
@@ -364,6 +366,7 @@ LABELS = {
     "microbatches": "microbatches",
     "mtp": "MTP",
     "attention_cube_cores": "attention cores",
+    "attn_tp": "attention TP",
     "lower_tpot_s": "TPOT lower bound",
     "upper_tpot_s": "TPOT upper bound",
     "comm_bound_tpot_s": "all-to-all bound",

@@ -36,9 +36,6 @@ SYNTHETIC = {
     "syn-too-big": "hgx-h200,deepseek-r1,sglang,disagg,1,256,1,256,1,16,,1024,1024,fp8,fp8,0.010",
 }
 REASONS = {
-    "syn-agg": "agg",
-    "syn-tp": "attention-tp",
-    "syn-moetp": "moe-tp",
     "syn-nobatch": "incomplete",
     "syn-nosys": "unknown-system",
     "syn-fp4-hopper": "dtype",
@@ -100,9 +97,24 @@ def test_skipped_rows_name_their_reason(results):
         assert (r.status, r.reason, r.predicted_tpot_s, r.error) == ("skipped", reason, None, None), rid
     assert results["syn-too-big"].note.startswith("--devices: 256 is outside 1..128")
     assert points.skipped(list(results.values())) == {
-        "unknown-system": 1, "agg": 1, "incomplete": 1, "attention-tp": 1, "moe-tp": 1, "dtype": 1,
-        "invalid": 1,
+        "unknown-system": 1, "incomplete": 1, "dtype": 1, "invalid": 1,
     }  # fmt: skip
+
+
+def test_tp_rows_skip_until_decode_models_tp(tmp_path, monkeypatch):
+    """Attention-TP and MoE-TP rows are posed when decode models them (``decode.parallel_of``), else
+    skipped with their reason; the TP8 disagg row's batch per device is 16 x attn_dp 1 / 8 devices."""
+    rows = {k: SYNTHETIC[k] for k in ("syn-tp", "syn-moetp", "syn-agg")}
+    system, model = load_system("hgx-h200"), load_model("deepseek-r1")
+    pts = points.read(write(tmp_path, rows))
+    if points.tp_modelled():
+        dep, why, _ = points.pose(pts[0], system, model)
+        assert why == "" and (dep.devices, dep.attn_tp, dep.moe_tp, dep.ep_size) == (8, 8, 1, 8)
+        assert dep.batch_per_device == 2.0
+        dep, why, _ = points.pose(pts[1], system, model)
+        assert why == "" and (dep.attn_tp, dep.moe_tp, dep.ep_size, dep.batch_per_device) == (1, 2, 4, 16.0)
+    monkeypatch.setattr(points, "tp_modelled", lambda: False)
+    assert [r.reason for r in points.evaluate(pts)] == ["attention-tp", "moe-tp", "attention-tp"]
 
 
 def test_group_statistics_worst_and_repeats(results):
@@ -110,7 +122,7 @@ def test_group_statistics_worst_and_repeats(results):
     base = results["syn-h200-ep8"]
     errs = [0.1, -0.2, 0.3, 0.05]
     rs = [replace(base, id=f"e{i}", row=i, error=e) for i, e in enumerate(errs)]
-    rs.append(results["syn-agg"])
+    rs.append(replace(results["syn-nobatch"], id="syn-agg-skipped", mode="agg"))
     gs = {(g.system, g.mode, g.batch_range): g for g in points.groups(rs)}
     g = gs["hgx-h200", "disagg", "9-32"]
     assert (g.posed, g.skipped) == (4, 0)
@@ -118,8 +130,13 @@ def test_group_statistics_worst_and_repeats(results):
     assert g.p90_abs_error == pytest.approx(0.27)  # 0.2 + 0.7 x (0.3 - 0.2)
     assert g.median_error == pytest.approx(0.075)
     agg = gs["hgx-h200", "agg", "all"]
-    assert (agg.posed, agg.skipped, agg.skipped_by_reason, agg.median_abs_error) == (0, 1, {"agg": 1}, None)
-    assert ("hgx-h200", "agg", "9-32") not in gs  # a batch range with nothing posed has no line
+    assert (agg.posed, agg.skipped, agg.skipped_by_reason, agg.median_abs_error) == (
+        0,
+        1,
+        {"incomplete": 1},
+        None,
+    )
+    assert ("hgx-h200", "agg", "?") not in gs  # a batch range with nothing posed has no line
     assert gs["all", "all", "all"].posed == 4
     assert [r.id for r in points.worst(rs, 2)] == ["e2", "e1"]
     assert points.batch_range(8) == "1-8" and points.batch_range(513) == ">512"
@@ -147,16 +164,17 @@ def test_cli_json_table_markdown_csv(tmp_path):
     check_json(r.stdout, "validate --points")
     doc = json.loads(r.stdout)
     assert [p["id"] for p in doc["points"]] == list(SYNTHETIC)
-    assert doc["skipped"]["agg"] == 1 and len(doc["worst"]) == 3
-    assert r.stderr.startswith("validate: 3 posed, 7 skipped; TPOT median |error|")
+    posed = 6 if points.tp_modelled() else 3
+    assert doc["skipped"]["incomplete"] == 1 and len(doc["worst"]) == posed
+    assert r.stderr.startswith(f"validate: {posed} posed, {10 - posed} skipped; TPOT median |error|")
     table = run("validate", "--points", path)
     assert table.exit_code == 0
-    for title in ("TPOT error by group", "worst 3 rows by |error|", "skipped rows by reason", "syn-h200-ep8"):
+    for title in ("TPOT error by group", f"worst {posed} rows by", "skipped rows by reason", "syn-h200-ep8"):
         assert title in table.stdout
     md = run("validate", "--points", path, "--format", "markdown")
     assert (
         md.stdout.startswith("# cmperf validate --points synthetic-points.csv")
-        and "\n## worst 3" in md.stdout
+        and f"\n## worst {posed}" in md.stdout
     )
     csv_out = run("validate", "--points", path, "--format", "csv").stdout
     assert csv_out.splitlines()[0].startswith("id,row,system,model,backend,mode,batch_per_rank")
@@ -291,3 +309,28 @@ def test_adapter_merges_duplicates_and_maps_names(tmp_path):
     results = points.evaluate(list(pts.values()))
     assert [r.status for r in results] == ["posed", "posed"]
     assert np.isfinite([r.error for r in results]).all()
+
+
+def test_agg_row_is_a_closed_loop_on_an_aggregated_engine(tmp_path):
+    """A SYNTHETIC aggregated row (DP8 + EP8 on hgx-h200, 64 users, 1K/1K, made-up TPOT 30 ms and TTFT
+    500 ms) predicts what ``aggregated.evaluate`` gives for a closed loop of 64 on that engine: TPOT its
+    mean, TTFT its first wave (the users started at once), the steady state's TTFT beside it."""
+    from cmperf import aggregated, serving
+
+    header = HEADER + ",ttft_s"
+    rows = {"syn-agg-dp": "hgx-h200,deepseek-r1,trtllm,agg,1,8,1,8,,8,64,1024,1024,fp8,fp8,0.030,0.5"}
+    (r,) = points.evaluate(points.read(write(tmp_path, rows, header)))
+    assert (r.status, r.mode, r.devices, r.ep_size, r.concurrency) == ("posed", "agg", 8, 8, 64.0)
+    system, model = load_system("hgx-h200"), load_model("deepseek-r1")
+    (pt,) = points.read(write(tmp_path, rows, header))
+    dep, _, _ = points.pose(pt, system, model)
+    wl = serving.Workload(rate_per_s=None, concurrency=64, prompt_len=1024, output_len=1024)
+    res = aggregated.evaluate(system, model, wl, aggregated.Engine(dep), limits=False)
+    assert r.predicted_tpot_s == pytest.approx(res.tpot_s["mean"], rel=1e-12)
+    assert r.predicted_ttft_s == pytest.approx(res.ttft_first_wave_s, rel=1e-12)
+    assert r.ttft_error == pytest.approx(res.ttft_first_wave_s / 0.5 - 1, rel=1e-12)
+    assert r.predicted_ttft_steady_s == pytest.approx(res.ttft_s["mean"], rel=1e-12)
+    assert 0 < r.prefill_share < 1 and r.binding_op
+    g = next(g for g in points.groups([r]) if g.mode == "agg" and g.batch_range == "all")
+    assert g.ttft_posed == 1 and g.ttft_median_abs_error == pytest.approx(abs(r.ttft_error))
+    assert "TTFT (1 aggregated rows, first wave)" in points.summary_line([r])

@@ -19,6 +19,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "cmperf decode --system dgx-h800 --batch 64 --step-overhead 0.7ms --format json",
         "cmperf decode --model qwen3-235b-a22b --system hgx-h200 --batch 32",
         "cmperf decode --mtp 3 --mtp-accept 0.9,0.7,0.5",
+        "cmperf decode --system hgx-h200 --model llama-3.1-70b --devices 8 --attn-tp 8 --batch 64",
     ),
     "prefill": (
         "cmperf prefill",
@@ -29,6 +30,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "cmperf serve --rate 40 --ttft-slo 2s --tpot-slo 50ms",
         "cmperf serve --rate 40 --slo-percentile 90 --format json",
         "cmperf serve --size --devices-total 384 --ttft-slo 2s --tpot-slo 50ms",
+        "cmperf serve --mode agg --system hgx-h200 --devices 8 --rate 2 --prompt-len 1024 --output-len 1024",
     ),
     "optimize": (
         "cmperf optimize --tpot-slo 50ms",
@@ -36,6 +38,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "cmperf optimize --rate 100 --format csv -o candidates.csv",
         "cmperf optimize --system dgx-h800 --emit sglang -o launch.sh",
         "cmperf optimize --plot optimize.png",
+        "cmperf optimize --system hgx-h200 --devices 32 --prompt-len 1024 --output-len 1024 --compare-modes",
     ),
     "pareto": (
         "cmperf pareto",

@@ -14,6 +14,7 @@ from .common import (
     guarded,
     parse_quantity,
     plot_option,
+    progress,
     system_model_options,
     write_plot,
 )
@@ -238,6 +239,63 @@ def _extra_sections(res):
     return secs
 
 
+MODE_HEADER = ("mode", "layout", "devices", "req/s", "req/s/device", "TTFT limit", "TPOT limit", "binds")
+
+
+def _rate(x) -> str:
+    return "-" if x is None else f"{x:,.2f}"
+
+
+def mode_rows(c) -> list[tuple[str, ...]]:
+    """The two rows of ``optimize --compare-modes`` (a ``cmperf.aggregated.ModeComparison``)."""
+    a, d = c.aggregated, c.disaggregated
+    rows = []
+    if a.get("feasible"):
+        rows.append(
+            (
+                "aggregated",
+                f"{a['engines']} x {a['engine_devices']}-device engine{'s' if a['engines'] != 1 else ''}, "
+                f"chunk {a['chunk_tokens']:,.0f}",
+                str(a["devices"]),
+                _rate(a["rate_rps"]),
+                f"{a['rate_rps_per_device']:.4g}",
+                _rate(a["engines"] * a["ttft_slo_rps"]),
+                _rate(a["engines"] * a["tpot_slo_rps"]),
+                f"{a['binding_slo']} (prefill {100 * a.get('prefill_share', 0.0):.0f}% of the step)",
+            )
+        )
+    else:
+        rows.append(("aggregated", "no engine meets both SLOs", "-", "0", "0", "-", "-", "-"))
+    if d.get("feasible"):
+        rows.append(
+            (
+                "disaggregated",
+                f"{d['prefill_devices']} prefill + {d['decode_devices']} decode",
+                str(d["devices"]),
+                _rate(d["rate_rps"]),
+                f"{d['rate_rps_per_device']:.4g}",
+                _rate(d["ttft_slo_rps"]),
+                _rate(d["tpot_slo_rps"]),
+                str(d["binding"]),
+            )
+        )
+    else:
+        rows.append(("disaggregated", "no split meets both SLOs", "-", "0", "0", "-", "-", "-"))
+    return rows
+
+
+def mode_summary(c) -> list[tuple[str, str]]:
+    if c.winner == "neither":
+        verdict = "neither mode meets both SLOs"
+    elif c.objective == "total":
+        verdict = f"{c.winner}: {c.ratio:.2f}x the requests/s per device within both SLOs"
+    else:
+        verdict = f"{c.winner}: {c.ratio:.2f}x fewer devices for {c.rate_rps:g} req/s within both SLOs"
+    if c.winner != "neither" and c.ratio == float("inf"):
+        verdict = f"{c.winner}: the other mode meets the SLOs nowhere"
+    return [("aggregated vs disaggregated", verdict), ("  why", c.why)]
+
+
 def _plot(fmt, res, system, model, tpot_s, ttft_s) -> bytes:
     """The ``--plot`` image of ``optimize``: the decode frontier with the TPOT SLO and the best (or closest)
     configuration, and the prefill frontier with the TTFT SLO and the best prefill configuration."""
@@ -331,6 +389,13 @@ def decode_base_options(fn):
     help="Print the engine's launch commands for the chosen decode and prefill pools (a shell script, "
     "instead of the tables; flags checked per engine version: cmperf.engines).",
 )
+@click.option(
+    "--compare-modes",
+    is_flag=True,
+    help="Also size aggregated engines (in-flight batching: engine size x chunk budget, cmperf.aggregated) "
+    "on the same devices and SLOs and say which mode serves more per device (or needs fewer devices for "
+    "--rate), and why.",
+)
 @guarded
 def optimize(
     system,
@@ -352,6 +417,7 @@ def optimize(
     output,
     plot,
     engine,
+    compare_modes,
 ):
     """Search EP size, batch, microbatches, core split, MTP and the prefill/decode split under SLOs."""
     import math
@@ -392,12 +458,42 @@ def optimize(
     finally:
         prog.close()
     d = res.decode
+    modes = None
+    if compare_modes:
+        from .. import aggregated
+
+        if engine is not None:
+            raise CmperfError("--compare-modes: prints tables, --emit a launch script; give one of them")
+        with progress("sizing aggregated engines"):
+            modes = aggregated.compare_modes(
+                sysm,
+                mod,
+                serving.Workload(rate_per_s=rate_v, prompt_len=prompt_len, output_len=output_len),
+                serving.SLO(
+                    ttft_s=math.inf if ttft is None else ttft,
+                    tpot_s=math.inf if tpot is None else tpot,
+                    quantile=pct / 100,
+                ),
+                devices or sysm.num_devices,
+                res.serving.best if res.serving is not None else None,
+                Deployment(
+                    mtp_accept=mtp_accept,
+                    precision=prec,
+                    eplb=eplb,
+                    mtp=d.best.mtp if d.best is not None else None,
+                ),
+            )
     secs = (
         [("top decode configurations", DEC_HEADER, _dec_rows(d.top))]
         if d.top
         else [("closest decode configurations (none meets the SLO)", DEC_HEADER, _dec_rows(d.closest))]
     )
     secs += _extra_sections(res)
+    summary = _summary(res)
+    if modes is not None:
+        title = f"aggregated vs disaggregated ({modes.devices} devices)"
+        secs.append((title, MODE_HEADER, mode_rows(modes)))
+        summary += mode_summary(modes)
     write_plot(plot, lambda f: _plot(f, res, sysm.name, mod.name, tpot, ttft))
     if engine is not None and d.best is not None:
         from .. import engines
@@ -409,13 +505,22 @@ def optimize(
         emit(engines.emit(engine, sysm, mod, engines.pools(sysm, mod, res, prec.kv), title), output)
     elif fmt == "json":
         # "no SLO" (--ttft-slo none: an infinite limit) is null, as every non-finite value: docs/json.md
-        emit(render.to_json(serving.finite_or_none(search.optimize_json(res)), "optimize"), output)
+        body = search.optimize_json(res)
+        if modes is not None:
+            body["modes"] = modes
+        emit(render.to_json(serving.finite_or_none(body), "optimize"), output)
     elif fmt == "csv":
-        emit(render.to_csv(_csv_records(res), first=("phase", "rank")), output)
+        recs = _csv_records(res)
+        if modes is not None:
+            recs += [
+                {"phase": "mode", "rank": i + 1, "meets_slo": bool(c.get("feasible")), "mode": "agg", **c}
+                for i, c in enumerate(modes.candidates)
+            ]
+        emit(render.to_csv(recs, first=("phase", "rank")), output)
     elif fmt == "markdown":
-        emit(_markdown("cmperf optimize", _summary(res), secs), output)
+        emit(_markdown("cmperf optimize", summary, secs), output)
     else:
-        emit(render.tables("cmperf optimize", _summary(res), secs), output)
+        emit(render.tables("cmperf optimize", summary, secs), output)
     if d.best is None and not d.closest:  # nothing fits at any TPOT: not an SLO to relax
         why = ", ".join(f"{k} {v:,}" for k, v in d.rejected.items() if v)
         raise Infeasible(

@@ -6,6 +6,7 @@ import math
 
 import click
 
+from ..domains import whole
 from .common import (
     CheckFailed,
     Infeasible,
@@ -18,7 +19,10 @@ from .common import (
 )
 from .knobs import make_precision, precision_options
 from .scenario_opt import scenario_option
-from .types import BYTES, RATE, SLO_PERCENTILE, SLO_TIME, dep, pools, workload
+from .types import BYTES, RATE, SLO_PERCENTILE, SLO_TIME, Number, dep, option, pools, workload
+
+#: ``--chunk``: a whole number of tokens >= 1.
+CHUNK = Number(whole(1, 1e9))
 
 
 def _fmt_rate(x) -> str:
@@ -101,6 +105,137 @@ def serve_rows(r) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def agg_rows(r) -> list[tuple[str, str]]:
+    """The summary of ``serve --mode agg`` (a ``cmperf.aggregated.AggregatedResult``)."""
+    i = r.inputs
+    q = r.slo["quantile"]
+    load = (
+        f"{r.rate_rps:.4g} req/s (Poisson)"
+        if r.load == "poisson"
+        else f"{i['concurrency']:g} concurrent users (closed loop): {r.rate_rps:.4g} req/s"
+    )
+    tp = f", attention TP{i['attn_tp']}" if i["attn_tp"] > 1 else ""
+    mtp = f", MoE TP{i['moe_tp']}" if i["moe_tp"] > 1 else ""
+    chunk = "default" if i["chunk_default"] else "--chunk"
+    rows = [
+        ("system / model", f"{r.system} / {r.model}"),
+        (
+            "load",
+            f"{load}, prompt {i['prompt_len']:g} (CV {i['prompt_cv']:g}), output {i['output_len']:g} "
+            f"(CV {i['output_cv']:g})",
+        ),
+        (
+            "engine",
+            f"one aggregated engine of {i['devices']} devices (EP{i['ep_size']}{tp}{mtp}), MTP {i['mtp']}, "
+            f"{r.microbatches} microbatch{'es' if r.microbatches != 1 else ''}",
+        ),
+        (
+            "chunk budget",
+            f"{r.chunk_tokens:,.0f} prompt tokens per step ({chunk}), {r.chunk_tokens_per_group:,.4g} per "
+            f"attention-DP group ({r.attention_dp_groups} groups): {r.prefill_steps_per_prompt} "
+            f"step{'s' if r.prefill_steps_per_prompt != 1 else ''} per prompt",
+        ),
+        ("TTFT mean / p50 / p90 / p99", " / ".join(_s(r.ttft_s[k]) for k in ("mean", "p50", "p90", "p99"))),
+        ("TPOT mean / p99", f"{_s(r.tpot_s['mean'])} / {_s(r.tpot_s['p99'])}"),
+        (
+            "SLO",
+            f"TTFT {_s(r.slo['ttft_s'])}, TPOT {_s(r.slo['tpot_s'])} on {q}: "
+            f"{'met' if r.slo_met else 'MISSED'}",
+        ),
+        (
+            "throughput",
+            f"{r.tokens_per_s_per_device:,.0f} output tokens/s per device, "
+            f"{r.input_tokens_per_s_per_device:,.0f} prompt tokens/s per device",
+        ),
+        (
+            "decode batch",
+            f"{r.batch_per_device:.2f} per device (stops at {r.max_batch_per_device:.1f}: {r.limited_by})"
+            + (", the rest wait for KV memory" if r.waits_for_memory else ""),
+        ),
+        (
+            "mean step",
+            f"{_s(r.step_s)}: {r.chunk_tokens_per_step:,.0f} prompt tokens per step on average "
+            f"({100 * r.chunk_utilization:.1f}% of the budget), prefill share {100 * r.prefill_share:.1f}% "
+            f"(decode alone {_s(r.decode_step_s)})",
+        ),
+        (
+            "chunk steps",
+            f"{100 * r.chunk_step_fraction:.1f}% of the steps, {_s(r.chunk_step_s)} each, "
+            f"{r.chunk_tokens_per_chunk_step:,.0f} prompt tokens",
+        ),
+        ("TTFT queueing (mean)", _s(r.ttft_wait_s)),
+    ]
+    if r.ttft_first_wave_s is not None:
+        rows.append(("TTFT, first wave (all users at once)", _s(r.ttft_first_wave_s)))
+    rows += [
+        (
+            "goodput",
+            f"{r.goodput_rps:.4g} req/s ({100 * r.slo_attainment:.2f}% within both SLOs), "
+            f"{r.goodput_rps_per_device:.4g} req/s per device",
+        ),
+        (
+            "utilization",
+            f"{100 * r.utilization:.1f}% of the capacity {_fmt_rate(r.capacity_rps)}"
+            + (" — OVERLOADED: " + "; ".join(r.overload_reasons) if r.overloaded else ""),
+        ),
+    ]
+    if r.max_rate_rps:
+        m = r.max_rate_rps
+        rows.append(
+            (
+                "SLO holds up to",
+                f"TTFT {_fmt_rate(m['ttft_slo_rps'])}, TPOT {_fmt_rate(m['tpot_slo_rps'])} "
+                f"→ {m['binding_slo']} binds",
+            )
+        )
+    return rows
+
+
+def agg_record(r) -> dict:
+    """The one CSV row of ``serve --mode agg``: the result's numbers, nested fields as ``table.field``."""
+    from .. import render, serving
+
+    rec = render.to_jsonable(serving.finite_or_none(r))
+    rec.pop("approximations", None)
+    rec.pop("overload_reasons", None)
+    return rec
+
+
+#: Flags of the disaggregated pools, refused with --mode agg (click parameter name -> flag).
+DISAGG_ONLY = {
+    "prefill_devices": "--prefill-devices",
+    "decode_devices": "--decode-devices",
+    "prefill_instance_devices": "--prefill-instance-devices",
+    "cache_dram": "--cache-dram",
+    "cache_plane": "--cache-plane",
+    "cache_hit": "--cache-hit",
+    "num_prefixes": "--prefixes",
+    "prefix_skew": "--prefix-skew",
+    "prefix_len": "--prefix-len",
+    "do_size": "--size",
+    "devices_total": "--devices-total",
+}
+#: Flags of the aggregated engine, refused with --mode disagg.
+AGG_ONLY = {
+    "devices": "--devices",
+    "ep": "--ep",
+    "chunk": "--chunk",
+    "attn_tp": "--attn-tp",
+    "moe_tp": "--moe-tp",
+}
+
+
+def _given(ctx, names: dict[str, str]) -> str | None:
+    """The first of ``names`` set on the command line or by a scenario (not left at its default)."""
+    from click.core import ParameterSource
+
+    for name, flag in names.items():
+        src = ctx.get_parameter_source(name)
+        if src is not None and src not in (ParameterSource.DEFAULT,):
+            return flag
+    return None
 
 
 def slo_percentile_option(fn):
@@ -289,6 +424,43 @@ def cand_header(s) -> tuple[str, ...]:
     default=None,
     help="With --size: devices to split [system total].",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["disagg", "agg"]),
+    default="disagg",
+    show_default=True,
+    help="disagg: separate prefill / decode / cache pools; agg: one engine whose decode steps carry chunks "
+    "of prefill (in-flight batching, cmperf.aggregated).",
+)
+@click.option(
+    "--devices",
+    type=option("devices"),
+    default=None,
+    help="--mode agg: devices of the aggregated engine [default: one expert per rank, as the decode pool].",
+)
+@click.option(
+    "--ep", type=option("ep_size"), default=None, help="--mode agg: EP size [default: all ranks / --moe-tp]."
+)
+@click.option(
+    "--chunk",
+    type=CHUNK,
+    default=None,
+    help="--mode agg: most prompt tokens one step carries over the engine (SGLang --chunked-prefill-size, "
+    "TensorRT-LLM max_num_tokens), split over the attention-DP groups [default: SGLang 0.5.23's by device "
+    "memory: 8192 on H100/H200/910C, 16384 on B200/GB200].",
+)
+@click.option(
+    "--attn-tp",
+    type=dep("attn_tp"),
+    default=None,
+    help="--mode agg: attention TP degree (ranks per attention group) [default: 1, data-parallel attention].",
+)
+@click.option(
+    "--moe-tp",
+    type=dep("moe_tp"),
+    default=None,
+    help="--mode agg: MoE TP degree (ranks per expert) [default: 1].",
+)
 @precision_options
 @format_option(("table", "json", "markdown", "csv"))
 @guarded
@@ -319,17 +491,28 @@ def serve(
     draft_model,
     do_size,
     devices_total,
+    mode,
+    devices,
+    ep,
+    chunk,
+    attn_tp,
+    moe_tp,
     weights,
     kv_dtype,
     fmt,
     output,
 ):
-    """Serve a load on prefill/decode/cache pools: TTFT p50/p90/p99, TPOT mean/p99, goodput, bottleneck."""
+    """Serve load on prefill/decode/cache pools or one aggregated engine (--mode agg): TTFT, TPOT, goodput."""
     from dataclasses import replace
 
     from .. import render, serving, sizing, specs
     from ..errors import CmperfError
 
+    ctx = click.get_current_context()
+    wrong = _given(ctx, DISAGG_ONLY if mode == "agg" else AGG_ONLY)
+    if wrong is not None:
+        other = "disagg" if mode == "agg" else "agg"
+        raise CmperfError(f"{wrong}: applies to --mode {other} only; leave it out with --mode {mode}")
     sysm = specs.load_system(system, spec_dirs)
     mod = specs.load_model(model, spec_dirs)
     rate_v = parse_quantity(rate, "per_s", "--rate") if rate is not None else None
@@ -341,7 +524,7 @@ def serve(
         quantile=(serving.DEFAULT_SLO_PERCENTILE if slo_percentile is None else slo_percentile) / 100.0,
     )
     dram = parse_quantity(cache_dram, "bytes", "--cache-dram") if cache_dram is not None else None
-    if fmt == "csv" and not do_size:
+    if fmt == "csv" and not do_size and mode != "agg":
         raise CmperfError("--format csv: a table of splits needs --size; use json for one load's result")
     if rate_v is None and concurrency is None and not do_size:
         raise CmperfError("--rate: give the arrival rate in requests/s (or --concurrency, or --size)")
@@ -358,6 +541,11 @@ def serve(
         prefix_len=prefix_len,
     )
     prec = make_precision(sysm, weights, kv_dtype)
+    if mode == "agg":
+        draft = specs.load_model(draft_model, spec_dirs, "--draft-model") if draft_model else None
+        knobs = dict(devices=devices, ep_size=ep, attn_tp=attn_tp, moe_tp=moe_tp, mtp=mtp, draft_model=draft)
+        _serve_agg(sysm, mod, wl, slo, prec, knobs, mtp_accept, chunk, fmt, output)
+        return
     pools = serving.default_pools(sysm, mod)
     if prefill_instance_devices is not None:
         pools = pools.with_instance(prefill_instance_devices)
@@ -416,6 +604,28 @@ def serve(
     else:
         emit(render.tables("cmperf serve", serve_rows(res), []), output)
     if res.overloaded:  # no steady state: the pools cannot serve the load (README: infeasible, exit 3)
+        raise Infeasible("overloaded: " + "; ".join(res.overload_reasons))
+
+
+def _serve_agg(sysm, mod, wl, slo, prec, knobs, mtp_accept, chunk, fmt, output):
+    """``serve --mode agg``: one aggregated engine (``cmperf.aggregated.evaluate``) in every format."""
+    from .. import aggregated, render, serving
+    from ..deployment import Deployment
+
+    engine = aggregated.Engine(Deployment(**knobs, mtp_accept=mtp_accept, precision=prec), chunk)
+    res = aggregated.evaluate(sysm, mod, wl, engine, slo)
+    if fmt == "json":
+        emit(render.to_json(serving.finite_or_none(res), "serve-agg"), output)
+    elif fmt == "csv":
+        emit(render.to_csv([agg_record(res)]), output)
+    elif fmt == "markdown":
+        emit(
+            "# cmperf serve --mode agg\n\n" + render.markdown_table(("quantity", "value"), agg_rows(res)),
+            output,
+        )
+    else:
+        emit(render.tables("cmperf serve --mode agg", agg_rows(res), []), output)
+    if res.overloaded:
         raise Infeasible("overloaded: " + "; ".join(res.overload_reasons))
 
 

@@ -1,0 +1,202 @@
+"""Issue 13 item 3: aggregated serving (cmperf.aggregated, `serve --mode agg`, `optimize --compare-modes`).
+
+Numbers are DeepSeek-R1 on one 8-GPU hgx-h200 engine (EP8, FP8, MTP 1 @ 0.7, SGLang's 8,192-token chunk
+budget), spec files of this writing; the tolerances say what each comparison allows and why."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cmperf import aggregated as agg
+from cmperf import decode, serving
+from cmperf.cli import main
+from cmperf.deployment import Deployment
+from cmperf.specs import load_model, load_system
+
+
+@pytest.fixture(scope="module")
+def h200():
+    return load_system("hgx-h200"), load_model("deepseek-r1")
+
+
+ENGINE = agg.Engine(Deployment(devices=8))
+
+
+def wl(rate=None, n=None, p=1024, o=1024):
+    return serving.Workload(rate_per_s=rate, concurrency=n, prompt_len=p, output_len=o)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], env={"COLUMNS": "160"})
+
+
+def test_default_chunk_follows_sglang(h200):
+    """SGLang 0.5.23 by device memory: 8,192 on H200 (141 GB), 16,384 on B200 (192 GB); 8,192 on a 64 GB
+    910C die (the NPU rule)."""
+    assert agg.default_chunk_tokens(h200[0]) == 8192
+    assert agg.default_chunk_tokens(load_system("hgx-b200")) == 16384
+    assert agg.default_chunk_tokens(load_system("cloudmatrix384")) == 8192
+
+
+def test_ttft_grows_with_the_prefill_share(h200):
+    """Poisson 1 -> 15 req/s: the prefill chunk's share of the mean step rises (1.6% -> 15.3%) and with it
+    the TTFT (72.9 -> 118.8 ms) and the TPOT, strictly."""
+    rs = [agg.evaluate(*h200, wl(rate), ENGINE, limits=False) for rate in (1, 4, 8, 12, 15)]
+    share = [r.prefill_share for r in rs]
+    ttft = [r.ttft_s["mean"] for r in rs]
+    tpot = [r.tpot_s["mean"] for r in rs]
+    assert all(np.diff(share) > 0) and all(np.diff(ttft) > 0) and all(np.diff(tpot) > 0)
+    assert share[0] == pytest.approx(0.0163, abs=0.002) and share[-1] == pytest.approx(0.153, abs=0.01)
+    assert ttft[0] == pytest.approx(0.0729, rel=0.05) and ttft[-1] == pytest.approx(0.1188, rel=0.05)
+    # a smaller chunk budget: 2,048 over 8 groups is 256 tokens per step, 4 chunk steps per prompt
+    small = agg.evaluate(*h200, wl(8), agg.Engine(Deployment(devices=8), 2048), limits=False)
+    assert (small.chunk_tokens_per_group, small.prefill_steps_per_prompt) == (256.0, 4)
+    assert small.ttft_s["mean"] > rs[2].ttft_s["mean"]
+
+
+def test_tpot_grows_with_isl_at_fixed_batch(h200):
+    """Batch 16 per GPU, output 1,024: ISL 1,024 / 4,096 / 8,192 give TPOT 29.1 / 34.4 / 41.8 ms (the
+    chunk steps' share 19% / 59% / 85%) above the decode-only 28.0 / 30.1 / 32.8 ms."""
+    tpot, zero = [], []
+    for p in (1024, 4096, 8192):
+        c = agg._Curve(*h200, wl(1.0, p=p), ENGINE)
+        mean, _, z, _, _, _ = c.point(np.array([16.0]))
+        tpot.append(float(mean[0]) / c.per_step)
+        zero.append(float(z[0]) / c.per_step)
+    assert all(np.diff(tpot) > 0)
+    assert tpot == pytest.approx([0.0291, 0.0344, 0.0418], rel=0.03)
+    assert all(t > z for t, z in zip(tpot, zero, strict=True))
+
+
+def test_littles_law_poisson(h200):
+    """Poisson 8 req/s: D b = lambda O TPOT (the curve is interpolated on CURVE_POINTS batches, the reported
+    TPOT evaluated exactly: 1e-3) and concurrency = lambda (TTFT + O TPOT) (exact by construction)."""
+    r = agg.evaluate(*h200, wl(8), ENGINE, limits=False)
+    assert 8 * r.batch_per_device == pytest.approx(8 * 1024 * r.tpot_s["mean"], rel=1e-3)
+    assert r.concurrency == pytest.approx(8 * (r.ttft_s["mean"] + 1024 * r.tpot_s["mean"]), rel=1e-12)
+    assert r.load == "poisson" and not r.overloaded and r.slo_met
+    assert r.input_tokens_per_s_per_device == pytest.approx(8 * 1024 / 8)
+
+
+def test_closed_loop_identity(h200):
+    """64 users: throughput X = N / (TTFT + O TPOT) and the decode part D b = X O TPOT (interpolated curve:
+    1e-3); 2.28 req/s, 8 x 7.98 sequences; the first wave (64 users at once) waits longer than the steady
+    state."""
+    r = agg.evaluate(*h200, wl(n=64), ENGINE, limits=False)
+    assert r.rate_rps == pytest.approx(64 / (r.ttft_s["mean"] + 1024 * r.tpot_s["mean"]), rel=1e-3)
+    assert 8 * r.batch_per_device == pytest.approx(r.rate_rps * 1024 * r.tpot_s["mean"], rel=1e-3)
+    assert r.rate_rps == pytest.approx(2.28, rel=0.03) and r.concurrency == 64
+    assert r.load == "closed-loop" and r.ttft_first_wave_s > r.ttft_s["mean"]
+
+
+def test_zero_prompt_is_plain_decode(h200):
+    """A one-token prompt (the smallest a workload takes) with 16K outputs: the chunk steps are 7e-5 of the
+    step, so the engine's TPOT is `cmperf decode`'s at its batch and KV within 1e-4; the decode-only step
+    is decode.predict's exactly."""
+    w = wl(0.05, p=1, o=16384)
+    r = agg.evaluate(*h200, w, ENGINE, limits=False)
+    dep = Deployment(
+        devices=8,
+        batch_per_device=r.batch_per_device,
+        kv_len=w.kv_mean_len,
+        kv_capacity_len=16385,
+        kv_cv=w.kv_cv,
+        microbatches=r.microbatches,
+    )
+    p = decode.predict(*h200, dep)
+    assert r.decode_step_s == pytest.approx(p.step_s, rel=1e-12)
+    assert r.tpot_s["mean"] == pytest.approx(p.tpot_s, rel=1e-4)
+    assert r.prefill_share < 1e-4
+
+
+def test_overload_and_slo_limits(h200):
+    """Past its capacity (16.3 req/s: the HBM batch cap of 93 per GPU) the engine is overloaded: inf TTFT
+    and TPOT, exit 3 from the CLI; the SLO limits are at most the capacity."""
+    r = agg.evaluate(*h200, wl(40), ENGINE)
+    assert r.overloaded and r.limited_by == "HBM" and r.ttft_s["mean"] == float("inf")
+    assert r.capacity_rps == pytest.approx(16.26, rel=0.02)
+    lim = agg.slo_limits(*h200, wl(1), ENGINE, serving.SLO(ttft_s=2.0, tpot_s=0.03))
+    assert 0 < lim["tpot_slo_rps"] < lim["capacity_rps"] and lim["binding_slo"] == "tpot"
+    ok = agg.evaluate(*h200, wl(0.999 * lim["tpot_slo_rps"]), ENGINE, serving.SLO(tpot_s=0.03))
+    assert ok.tpot_s["p99"] <= 0.03 * (1 + 2e-3)
+
+
+def test_serve_agg_formats():
+    base = ("serve", "--mode", "agg", "--system", "hgx-h200", "--devices", "8", "--rate", "2")
+    base += ("--prompt-len", "1024", "--output-len", "1024")
+    j = run(*base, "--format", "json")
+    assert j.exit_code == 0, j.output
+    from test_fuzz_cli import check_json  # the documented nulls (docs/json.md) and finite numbers
+
+    check_json(j.stdout, "serve --mode agg")
+    closed = run(*base[:-6], "--concurrency", "64", "--format", "json")
+    assert closed.exit_code == 0, closed.output
+    check_json(closed.stdout, "serve --mode agg --concurrency")
+    doc = json.loads(j.stdout)
+    assert doc["kind"] == "serve-agg" and doc["load"] == "poisson" and doc["chunk_tokens"] == 8192
+    assert set(doc["ttft_s"]) == {"mean", "p50", "p90", "p99"} and set(doc["tpot_s"]) == {"mean", "p99"}
+    assert run(*base, "--format", "json").stdout == j.stdout  # deterministic
+    t = run(*base)
+    assert t.exit_code == 0 and "prefill share" in t.stdout and "chunk budget" in t.stdout
+    md = run(*base, "--format", "markdown")
+    assert md.stdout.startswith("# cmperf serve --mode agg")
+    csv = run(*base, "--format", "csv").stdout.splitlines()
+    assert len(csv) == 2 and "ttft_s.mean" in csv[0] and "prefill_share" in csv[0]
+    over = run("serve", "--mode", "agg", "--system", "hgx-h200", "--devices", "8", "--rate", "400")
+    assert over.exit_code == 3 and "overloaded" in over.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--chunk", "0"), "--chunk: '0' is out of range"),
+        (("--chunk", "-512"), "--chunk: '-512' is out of range"),
+        (("--chunk", "4"), "--chunk: 4 tokens per step over 8 attention-DP groups"),
+        (("--prefill-devices", "32"), "--prefill-devices: applies to --mode disagg only"),
+        (("--size",), "--size: applies to --mode disagg only"),
+        (("--cache-hit", "0.5"), "--cache-hit: applies to --mode disagg only"),
+        (("--devices", "3"), "--devices: not even one"),
+    ],
+)
+def test_serve_agg_bad_input_is_one_line_exit_2(args, message):
+    r = run("serve", "--mode", "agg", "--system", "hgx-h200", "--devices", "8", "--rate", "2", *args)
+    assert r.exit_code == 2 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cmperf: error: {message}"), lines
+
+
+def test_disagg_refuses_agg_flags():
+    r = run("serve", "--system", "hgx-h200", "--rate", "2", "--chunk", "4096")
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        "cmperf: error: --chunk: applies to --mode agg only; leave it out with --mode disagg"
+    )
+    r = run("serve", "--mode", "agg", "--system", "hgx-h200", "--devices", "8")
+    assert r.exit_code == 2 and r.stderr.startswith("cmperf: error: --rate:")
+
+
+def test_optimize_compare_modes():
+    """hgx-h200, 1K/1K, TTFT p99 <= 2 s, TPOT p99 <= 50 ms: the disaggregated split (8 prefill + 16 decode,
+    3.00 req/s per GPU) beats the best aggregated layout (8 engines of 16 GPUs, 2.65 req/s per GPU): the
+    engines' TPOT binds, the prefill chunks taking 18% of the step."""
+    r = run(
+        "optimize", "--system", "hgx-h200", "--prompt-len", "1024", "--output-len", "1024",
+        "--compare-modes", "--format", "json",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    from test_fuzz_cli import check_json
+
+    check_json(r.stdout, "optimize --compare-modes")
+    m = json.loads(r.stdout)["modes"]
+    assert m["winner"] == "disaggregated" and m["objective"] == "total"
+    assert m["ratio"] == pytest.approx(1.13, rel=0.05)
+    assert m["aggregated"]["engine_devices"] == 16 and m["aggregated"]["binding_slo"] == "tpot"
+    assert m["disaggregated"]["rate_rps_per_device"] == pytest.approx(3.0, rel=0.03)
+    assert m["why"].startswith("disaggregated wins: aggregated (8 x 16-device engines) is held by its TPOT")
+    t = run(
+        "optimize", "--system", "hgx-h200", "--prompt-len", "1024", "--output-len", "1024", "--compare-modes"
+    )
+    assert "aggregated vs disaggregated (128 devices)" in t.stdout and "disaggregated: 1.1" in t.stdout
