@@ -187,7 +187,9 @@ def pools(system: System, model: Model, res, kv_dtype: str) -> list[Pool]:
     rpd = system.ranks_per_device
     dec_devices = int(split["decode_devices"]) if split else d.devices
     dec_ep = dec_devices * rpd if split else d.ep_size
-    out = [_pool(system, model, "decode", 1, dec_devices, dec_ep, 1, d.microbatches, d.mtp, kv_dtype, d)]
+    out = [
+        _pool(system, model, "decode", 1, dec_devices, dec_ep, d.attn_tp, d.microbatches, d.mtp, kv_dtype, d)
+    ]
     if pre is not None:
         tp = Deployment(phase="prefill", devices=pre.devices).resolve(system, model).attn_tp
         n = int(split["prefill_instances"]) if split else 1

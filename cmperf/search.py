@@ -635,7 +635,12 @@ def search_decode(
     total = system.num_devices if devices is None else int(devices)
     if total < 1 or total > system.num_devices:
         raise CmperfError(f"--devices: {total} is outside 1..{system.num_devices} ({system.name})")
-    space = decode_space(system, model, base, mtp=mtp, max_devices=total)
+    # the batch axis ends at the largest HBM limit over the degrees (TP splits the weights)
+    spaces = [
+        decode_space(system, model, replace(base, attn_tp=int(t)), mtp=mtp, max_devices=total)
+        for t in attn_tp
+    ]
+    space = max(spaces, key=lambda sp: sp.batch_per_device.size)
     grids = []
     for t in attn_tp:
         base_t = replace(base, attn_tp=int(t))
@@ -899,7 +904,12 @@ def serving_pools(
     the same split."""
     base = serving.default_pools(system, model)
     dec_dep = replace(
-        decode, devices=base.decode_devices, ep_size=None, microbatches=dec.microbatches, mtp=dec.mtp
+        decode,
+        devices=base.decode_devices,
+        ep_size=None,
+        microbatches=dec.microbatches,
+        mtp=dec.mtp,
+        attn_tp=dec.attn_tp,
     )
     pre_dep = replace(prefill, devices=int(pre.devices), ep_size=None, microbatches=int(pre.microbatches))
     return replace(base, decode=dec_dep, prefill=pre_dep).resolve(system, model)
@@ -916,13 +926,15 @@ def optimize(
     prefill: Deployment | None = None,
     top_k: int = 10,
     progress=None,
+    attn_tp: tuple[int, ...] = (1,),
 ) -> OptimizeResult:
     """Decode search, prefill search, then the prefill/decode split of the device total.
 
     ``workload``: prompt and output lengths, and ``rate_per_s`` (None: the most goodput per device, else
     the fewest devices serving that rate); ``slo``: TTFT and TPOT on ``slo.quantile`` (an infinite time is
     no limit: that pool serves up to its capacity); ``decode`` / ``prefill``: the knobs the searches do not
-    vary (MTP acceptance, precision, EPLB, ...).
+    vary (MTP acceptance, precision, EPLB, ...); ``attn_tp``: the attention-TP degrees the decode search
+    tries (``search_decode``).
 
     The split is the serving model's, ``sizing.size`` (the sizing ``cmperf serve --size`` runs), on the
     pools of the searched configurations (``serving_pools``). The searches hold each configuration's own
@@ -947,6 +959,7 @@ def optimize(
         base=decode,
         top_k=top_k,
         progress=progress,
+        attn_tp=attn_tp,
     )
     notes: list[str] = []
     serv = None

@@ -113,7 +113,7 @@ def size(
     inst = pools.prefill_instance_devices
     wl0 = replace(wl, rate_per_s=wl.rate_per_s or 1.0, concurrency=None)
     wl0.check(model)
-    pools.split(inst, 1).check(system, model, wl0)
+    pools.split(inst, decode_step).check(system, model, wl0)  # the smallest decode pool tried
     if not slo.ttft_s > 0 or not slo.tpot_s > 0:
         raise CmperfError("--ttft-slo and --tpot-slo must be positive times")
     if not 0.5 <= slo.quantile < 1.0:

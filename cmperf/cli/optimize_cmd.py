@@ -6,6 +6,7 @@ import time
 
 import click
 
+from ..domains import DEPLOYMENT
 from .common import (
     CheckFailed,
     Infeasible,
@@ -21,7 +22,7 @@ from .common import (
 from .knobs import make_precision, precision_options
 from .scenario_opt import scenario_option
 from .serve_cmd import slo_percentile_option
-from .types import RATE, SLO_TIME_OR_NONE, dep, option, workload
+from .types import RATE, SLO_TIME_OR_NONE, Counts, dep, option, workload
 
 
 class _Progress:
@@ -158,7 +159,9 @@ def _summary(res) -> list[tuple[str, str]]:
         rows += [
             (
                 "best decode",
-                f"{c.devices} devices (EP{c.ep_size}), batch {c.batch_per_device:g}/device, "
+                f"{c.devices} devices (EP{c.ep_size}"
+                + (f", attention TP{c.attn_tp}" if c.attn_tp > 1 else "")
+                + f"), batch {c.batch_per_device:g}/device, "
                 f"{plural(c.microbatches, 'microbatch', 'microbatches')}, "
                 f"attention cores {_cores(c)}, MTP {c.mtp}",
             ),
@@ -376,6 +379,15 @@ def decode_base_options(fn):
 )
 @decode_base_options
 @click.option(
+    "--attn-tp",
+    "attn_tp",
+    type=Counts(DEPLOYMENT["attn_tp"]),
+    default="1",
+    show_default=True,
+    help="Attention-TP degrees the decode search tries, comma-separated (e.g. 1,8: DP and TP8 attention); "
+    "a degree an instance size cannot hold is counted under placement invalid there.",
+)
+@click.option(
     "--top", "top_k", type=option("top"), default=10, show_default=True, help="Configurations to list."
 )
 @precision_options
@@ -410,6 +422,7 @@ def optimize(
     rate,
     mtp_accept,
     eplb,
+    attn_tp,
     top_k,
     weights,
     kv_dtype,
@@ -454,6 +467,7 @@ def optimize(
             prefill=Deployment(phase="prefill", precision=prec),
             top_k=top_k,
             progress=prog,
+            attn_tp=attn_tp,
         )
     finally:
         prog.close()

@@ -112,6 +112,19 @@ class AcceptRates(Number):
         return self.domain.check(value, at)
 
 
+class Counts(Number):
+    """A comma-separated list of counts ("1,8", or a list in a scenario file) -> a sorted tuple of ints,
+    each in the field's domain (``optimize --attn-tp``: the degrees the search tries)."""
+
+    def convert(self, value, param, ctx):
+        at = where(param, ctx)
+        items = value.split(",") if isinstance(value, str) else value
+        items = items if isinstance(items, list | tuple) else [items]
+        if not items or any(str(x).strip() == "" for x in items):
+            raise CmperfError(f"{at}: give one or more whole numbers, comma-separated (e.g. 1,8)")
+        return tuple(sorted({int(self.domain.check(x, at)) for x in items}))
+
+
 def dep(field: str) -> Number:
     """The option type of a ``Deployment`` field."""
     if field == "mtp_accept":
