@@ -599,6 +599,8 @@ class DecodePoolResult:
     utilization: float
     overloaded: bool
     tokens_per_s_per_device: float
+    attn_tp: int = 1  # attention TP degree of the pool's instances (1: data-parallel attention)
+    moe_tp: int = 1  # ranks each expert is split over
 
 
 def _pool_evaluate(system: System, model: Model, wl: Workload, record: Deployment, devices, ep, b, kv):
@@ -750,6 +752,12 @@ class _DecodeCurve:
 
 
 def decode_pool(curve: _DecodeCurve, rate: float, slo: SLO) -> DecodePoolResult:
+    """The decode pool's steady state at ``rate`` (``_decode_pool``) with its parallel degrees."""
+    rec = curve.pools.decode
+    return replace(_decode_pool(curve, rate, slo), attn_tp=int(rec.attn_tp or 1), moe_tp=int(rec.moe_tp or 1))
+
+
+def _decode_pool(curve: _DecodeCurve, rate: float, slo: SLO) -> DecodePoolResult:
     cap = curve.capacity_rps()
     util = rate / cap
     b_max = curve.max_batch

@@ -165,3 +165,16 @@ def test_optimize_cli_attention_tp_axis():
     assert doc["best"]["attn_tp"] in (1, 8)
     bad = CliRunner().invoke(main, [*args, "--attn-tp", "1,x"])
     assert bad.exit_code == 2 and bad.stderr.startswith("cmperf: error: --attn-tp")
+
+
+def test_serve_disagg_decode_pool_takes_tp():
+    """``serve --attn-tp/--moe-tp`` (disaggregated) set the decode pool's degrees: its JSON says so, and
+    at 2 req/s TP8 attention + MoE TP8 decode is faster per token than the DP/EP pool (batch ~1 per GPU:
+    weight reads bind, and TP spreads them)."""
+    import json
+
+    base = ["serve", "--system", "hgx-h200", "--rate", "2", "--format", "json"]
+    dp = json.loads(CliRunner().invoke(main, base).stdout)
+    tp = json.loads(CliRunner().invoke(main, [*base, "--attn-tp", "8", "--moe-tp", "8"]).stdout)
+    assert (tp["decode"]["attn_tp"], tp["decode"]["moe_tp"], dp["decode"]["attn_tp"]) == (8, 8, 1)
+    assert tp["tpot_s"]["mean"] < dp["tpot_s"]["mean"]

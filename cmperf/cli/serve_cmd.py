@@ -50,7 +50,10 @@ def serve_rows(r) -> list[tuple[str, str]]:
             "pools",
             f"prefill {r.inputs['prefill_devices']} devices = {p.instances} x "
             f"{r.inputs['prefill_instance_devices']}, decode {r.inputs['decode_devices']} devices "
-            f"(EP{d.ep_size}), "
+            f"(EP{d.ep_size}"
+            + (f", MoE TP{d.moe_tp}" if (d.moe_tp or 1) > 1 else "")
+            + (f", attention TP{d.attn_tp}" if (d.attn_tp or 1) > 1 else "")
+            + "), "
             f"cache {fmt_bytes(c['capacity_bytes'])} over {c['kv_load_plane']}",
         ),
         ("TTFT p50 / p90 / p99", " / ".join(_s(r.ttft_s[k]) for k in ("p50", "p90", "p99"))),
@@ -222,8 +225,6 @@ AGG_ONLY = {
     "devices": "--devices",
     "ep": "--ep",
     "chunk": "--chunk",
-    "attn_tp": "--attn-tp",
-    "moe_tp": "--moe-tp",
 }
 
 
@@ -453,13 +454,14 @@ def cand_header(s) -> tuple[str, ...]:
     "--attn-tp",
     type=dep("attn_tp"),
     default=None,
-    help="--mode agg: attention TP degree (ranks per attention group) [default: 1, data-parallel attention].",
+    help="Attention TP degree (ranks per attention group) of the aggregated engine, or of the decode pool "
+    "with --mode disagg [default: 1, data-parallel attention].",
 )
 @click.option(
     "--moe-tp",
     type=dep("moe_tp"),
     default=None,
-    help="--mode agg: MoE TP degree (ranks per expert) [default: 1].",
+    help="MoE TP degree (ranks per expert) of the aggregated engine, or of the decode pool [default: 1].",
 )
 @precision_options
 @format_option(("table", "json", "markdown", "csv"))
@@ -562,6 +564,8 @@ def serve(
             mtp_accept=mtp_accept,
             precision=prec,
             draft_model=specs.load_model(draft_model, spec_dirs, "--draft-model") if draft_model else None,
+            attn_tp=pools.decode.attn_tp if attn_tp is None else attn_tp,
+            moe_tp=pools.decode.moe_tp if moe_tp is None else moe_tp,
         ),
         prefill=replace(pools.prefill, cache_plane=cache_plane, precision=prec),
     )
