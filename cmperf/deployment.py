@@ -586,9 +586,9 @@ def _parallel_reasons(rec: Deployment, d: Deployment, system: System, model: Mod
                 f"{system.name} (its all-reduce would cross the scale-out network); use at most "
                 f"--attn-tp {domain}"
             )
-        elif model.attention not in ("mla", "gqa"):
+        elif model.attention not in ("mla", "gqa", "kda"):
             out.append(
-                f"--attn-tp: tensor-parallel decode attention is modelled for MLA and GQA models; "
+                f"--attn-tp: tensor-parallel decode attention is modelled for MLA, GQA and KDA models; "
                 f"{model.name} has {model.attention} attention: use --attn-tp 1"
             )
         elif kv % tp and tp % kv:

@@ -203,6 +203,10 @@ def kv_bytes_per_token_layer(m: Model, kv_dtype: str) -> float:
         from . import attention_v4
 
         return attention_v4.entry_bytes(m, kv_dtype)
+    if m.attention == "kda":  # Kimi-K3: its MLA layers' latent (cmperf.attention_kda)
+        from . import attention_kda
+
+        return attention_kda.kv_bytes_per_token_layer(m, kv_dtype)
     return _attention_kv_bytes(m, kv_dtype) + _index_kv_bytes(m)
 
 
@@ -232,6 +236,10 @@ def kv_bytes_per_seq(m: Model, kv_dtype: str, kv_len, mtp_layers: int = 0, tp: i
         from . import attention_v4
 
         return attention_v4.kv_bytes_per_seq(m, kv_dtype, kv_len, mtp_layers)
+    if m.attention == "kda":  # Kimi-K3: MLA latents + KDA states (cmperf.attention_kda)
+        from . import attention_kda
+
+        return attention_kda.kv_bytes_per_seq(m, kv_dtype, kv_len, mtp_layers, tp)
     per = kv_bytes_per_token_layer(m, kv_dtype)
     if tp > 1 and m.attention == "gqa":
         per = _attention_kv_bytes(m, kv_dtype) * kv_heads_per_rank(m, tp) / m.num_key_value_heads
@@ -634,6 +642,10 @@ def attention_decode_ops(
         from . import attention_v4
 
         return attention_v4.decode_ops(m, prec, tokens, seqs, kv_len, variant)
+    if m.attention == "kda":  # Kimi-K3: KDA or gated MLA layers (cmperf.attention_kda)
+        from . import attention_kda
+
+        return attention_kda.decode_ops(m, prec, tokens, seqs, kv_len, variant, tp)
     if variant == "linear":
         return linear_attention_ops(m, prec, tokens, seqs, tp=tp)
     keys = attended_keys(m, variant, kv_len)
@@ -648,6 +660,10 @@ def attention_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_l
         from . import attention_v4
 
         return attention_v4.prefill_ops(m, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant)
+    if m.attention == "kda":  # Kimi-K3: KDA or gated MLA layers (cmperf.attention_kda)
+        from . import attention_kda
+
+        return attention_kda.prefill_ops(m, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant)
     if variant == "linear":
         return linear_attention_ops(m, prec, new_tokens, seqs, prefill_tp=tp)
     if m.attention == "gqa":
@@ -734,6 +750,11 @@ def moe_ops(
     dispatch message), each computes its experts' slices, and a reduce-scatter returns the summed
     outputs (TensorRT-LLM's MoE TP/EP all-gather + reduce-scatter path; aiconfigurator models it so).
     """
+    if m.attention == "kda":  # Kimi-K3's latent MoE and shared experts in h (cmperf.attention_kda)
+        from . import attention_kda
+
+        args = (tokens, expert_tokens, experts_read, copies_per_token, ep_size, dispatch_msg_bytes)
+        return attention_kda.moe_ops(m, prec, *args, combine_msg_bytes, moe_tp)
     h, inter, r, e = m.hidden_size, m.moe_intermediate_size / moe_tp, m.n_routed_experts, prec.experts
     if moe_tp > 1:
         group = np.asarray(ep_size, dtype=float) * moe_tp
@@ -872,6 +893,10 @@ def weight_params(m: Model, tp: int = 1) -> dict[str, float]:
     """Parameter counts by group (for memory and the 671B / 37B check). ``attention_per_layer`` is the
     mean over layers (a model mixing linear and full attention layers). ``tp``: the attention TP degree:
     the attention, dense-FFN, embedding and LM-head counts are one TP rank's (experts unchanged)."""
+    if m.attention == "kda":  # Kimi-K3 (cmperf.attention_kda)
+        from . import attention_kda
+
+        return attention_kda.weight_params(m, tp)
     h = m.hidden_size
     n_linear = m.layer_attention.count("linear")
     full = attention_params(m, tp)

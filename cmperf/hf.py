@@ -32,6 +32,14 @@ cmperf does not model, is refused by name (exit 2), never modelled as something 
   window only, 4 the indexer's top-``index_topk`` of 4-token entries, 128 every 128-token entry; V4.1's 1
   and 2 are refused), ``sliding_window``, ``hc_mult`` hyper-connections, ``num_hash_layers``, MoE as
   DeepSeek-V3's (``n_group`` absent: no group limit).
+* ``kimi_linear`` (Kimi-K3, the ``text_config`` of ``kimi_k3``; Kimi-Linear): Kimi Delta Attention layers
+  (``linear_attn_config``: ``kda_layers`` / ``full_attn_layers``, 1-based, ``num_heads``, ``head_dim``,
+  ``short_conv_kernel_size``, ``use_full_rank_gate``) beside MLA full-attention layers with an output gate
+  (``mla_use_output_gate``), a latent MoE (``routed_expert_hidden_size``, ``latent_moe_use_norm``),
+  attention residuals (``attn_res_block_size``), ``num_shared_experts`` + ``num_experts`` (top
+  ``num_experts_per_token``, ``num_expert_group`` / ``topk_group``), ``first_k_dense_replace`` dense
+  layers (cmperf.attention_kda; SGLang 0.5.23 models/kimi_k3.py, kimi_linear.py). Every field of this
+  config is read, accepted as cost-neutral (``_KIMI_NEUTRAL``, ``_HF_GENERIC``) or refused by name.
 
 Worked example: Kimi-K2-Instruct's config gives 61 layers (1 dense), 384 routed + 1 shared experts of
 2,048, top-8, 64 MLA heads, no MTP: 1.03T parameters, 32.9B activated (model card: 1T / 32B).
@@ -47,9 +55,7 @@ from typing import Any
 from .errors import CmperfError
 
 #: model_type values seen in current configs that need an attention or layer kind cmperf does not build yet.
-NOT_YET = {
-    "kimi_linear": "Kimi Delta Attention layers and a latent MoE (routed_expert_hidden_size)",
-}
+NOT_YET: dict[str, str] = {}
 
 #: The expert-popularity skew of an imported model: the DeepSeek-R1 spec's stated assumption (no measured
 #: per-expert routing of these models is in the references); `--eplb perfect` or `--imbalance` override it.
@@ -304,6 +310,144 @@ def _llama(c: _Config):
     return "gqa", arch, {}
 
 
+#: Hugging Face PretrainedConfig fields that carry no architecture (generation defaults, labels, token ids,
+#: bookkeeping); a kimi_linear config may hold them. The first four change the structure when set and are
+#: refused then (an encoder-decoder, cross-attention, pruned heads, tied encoder and decoder).
+_HF_STRUCTURAL = ("is_encoder_decoder", "add_cross_attention", "pruned_heads", "tie_encoder_decoder")
+_HF_GENERIC = frozenset(
+    (
+        *_HF_STRUCTURAL,
+        *"""_name_or_path architectures auto_map bad_words_ids begin_suppress_tokens bos_token_id
+        chunk_size_feed_forward cross_attention_hidden_size decoder_start_token_id diversity_penalty do_sample
+        dtype torch_dtype early_stopping encoder_no_repeat_ngram_size eos_token_id
+        exponential_decay_length_penalty finetuning_task forced_bos_token_id forced_eos_token_id id2label
+        initializer_range is_decoder label2id length_penalty max_length min_length model_type
+        no_repeat_ngram_size num_beam_groups num_beams num_return_sequences output_attentions
+        output_hidden_states output_scores pad_token_id prefix problem_type remove_invalid_values
+        repetition_penalty return_dict return_dict_in_generate sep_token_id suppress_tokens
+        task_specific_params temperature tf_legacy_loss tie_word_embeddings tokenizer_class top_k top_p
+        torchscript transformers_version typical_p use_bfloat16 use_cache rms_norm_eps""".split(),
+    )
+)
+#: kimi_linear fields that change no cost cmperf counts (SGLang 0.5.23): SiTU's constants
+#: (layers/activation.py SituAndMul: an elementwise GLU like SwiGLU), routing weights' renormalization and
+#: scale, the router's sigmoid or softmax and top-k method (the same gate GEMM and top-k), RoPE's constants,
+#: mla_use_nope (KimiK3MLAAttention skip_rope=True: the rope slice is still projected and cached, only its
+#: rotation, inside the MLA prolog, is skipped), head_dim (KimiLinearConfig's default hidden/heads: no K3
+#: module reads it), KDA's gate_lower_bound (the safe gate's clamp), quantization_config (the checkpoint's
+#: storage: cmperf's datatypes are the deployment's --precision).
+_KIMI_NEUTRAL = frozenset(
+    """activation_situ_beta activation_situ_linear_beta moe_renormalize routed_scaling_factor
+    moe_router_activation_func topk_method use_grouped_topk rope_theta rope_scaling mla_use_nope head_dim
+    quantization_config""".split()
+)
+#: The kimi_linear fields _kimi_linear reads.
+_KIMI_READ = frozenset(
+    """hidden_size num_hidden_layers num_attention_heads vocab_size max_position_embeddings
+    num_key_value_heads q_lora_rank kv_lora_rank qk_nope_head_dim qk_rope_head_dim v_head_dim
+    first_k_dense_replace intermediate_size moe_intermediate_size num_experts num_experts_per_token
+    num_experts_per_tok num_shared_experts num_expert_group topk_group moe_layer_freq num_nextn_predict_layers
+    hidden_act mla_use_output_gate routed_expert_hidden_size latent_moe_use_norm attn_res_block_size
+    linear_attn_config mamba_ssm_dtype""".split()
+)
+#: linear_attn_config's fields (KimiK3DeltaAttention.__init__; gate_lower_bound is cost-neutral).
+_KDA_CONFIG = ("kda_layers", "full_attn_layers", "num_heads", "head_dim", "short_conv_kernel_size")
+_KDA_OPTIONAL = ("use_full_rank_gate", "gate_lower_bound")
+
+
+def _kimi_linear(c: _Config):
+    """Kimi-K3 / Kimi-Linear (SGLang 0.5.23 models/kimi_k3.py, kimi_linear.py; configs/kimi_linear.py
+    KimiLinearConfig): KDA layers where ``(layer + 1) in kda_layers`` (KimiLinearConfig.is_kda_layer), MLA
+    elsewhere; MoE from ``first_k_dense_replace`` on (``_is_moe_layer``). Every field is read, accepted
+    as cost-neutral or refused by name."""
+    cfg = c.cfg
+    for key in sorted(cfg):
+        if key not in _KIMI_READ | _KIMI_NEUTRAL | _HF_GENERIC:
+            raise c.refuse(key, "a kimi_linear field cmperf does not model (refused rather than ignored)")
+    for key in _HF_STRUCTURAL:
+        if cfg.get(key):
+            raise c.refuse(key, f"{cfg[key]!r}: not a decoder-only model as cmperf models it")
+    if cfg.get("cross_attention_hidden_size") is not None:
+        raise c.refuse("cross_attention_hidden_size", "cross-attention is not modelled")
+    act = cfg.get("hidden_act", "silu")
+    if act not in ("silu", "situ"):  # KimiK3MLP: "Unsupported activation" otherwise
+        raise c.refuse("hidden_act", f"{act!r}; Kimi-K3's MLPs take silu or situ")
+    if cfg.get("moe_router_activation_func", "sigmoid") not in ("sigmoid", "softmax"):
+        raise c.refuse(
+            "moe_router_activation_func", f"{cfg['moe_router_activation_func']!r}; sigmoid or softmax"
+        )
+    if cfg.get("topk_method", "noaux_tc") not in ("noaux_tc", "greedy", "group_limited_greedy"):
+        raise c.refuse("topk_method", f"{cfg['topk_method']!r} is not a routing method cmperf knows")
+    if cfg.get("mamba_ssm_dtype", "float32") != "float32":
+        raise c.refuse(
+            "mamba_ssm_dtype",
+            f"{cfg['mamba_ssm_dtype']!r}; cmperf sizes the KDA state in FP32 (SGLang's default)",
+        )
+    if cfg.get("moe_layer_freq", 1) != 1:
+        raise c.refuse("moe_layer_freq", f"{cfg['moe_layer_freq']!r}; cmperf models MoE in every layer")
+    if c.whole("num_nextn_predict_layers", 0):
+        raise c.refuse("num_nextn_predict_layers", "SGLang 0.5.23 has no Kimi-K3 MTP module; not modelled")
+    arch = c.fields(_COMMON + _MLA)
+    heads, kv = arch["num_attention_heads"], cfg.get("num_key_value_heads", arch["num_attention_heads"])
+    if not isinstance(kv, int) or kv < 1 or heads % kv:
+        raise c.refuse("num_key_value_heads", f"{kv!r} does not divide the {heads} heads")
+    top_k = "num_experts_per_token" if "num_experts_per_token" in cfg else "num_experts_per_tok"
+    arch.update(
+        {
+            "first_k_dense": c.whole("first_k_dense_replace", 0),
+            "moe_intermediate_size": c.whole("moe_intermediate_size"),
+            "n_routed_experts": c.whole("num_experts"),
+            "n_shared_experts": c.whole("num_shared_experts", 0),
+            "num_experts_per_tok": c.whole(top_k),
+            "n_group": c.whole("num_expert_group", 1),
+            "topk_group": c.whole("topk_group", 1),
+            "attn_output_gate": int(bool(cfg.get("mla_use_output_gate", False))),
+            "routed_expert_hidden_size": c.whole("routed_expert_hidden_size", 0),
+            "latent_moe_norm": int(bool(cfg.get("latent_moe_use_norm", False))),
+            "attn_res_block_size": c.whole("attn_res_block_size", 0),
+        }
+    )
+    if arch["first_k_dense"]:
+        arch["intermediate_size"] = c.whole("intermediate_size")
+    n = arch["num_layers"]
+    la = cfg.get("linear_attn_config")
+    if la is None:  # KimiLinearConfig.is_linear_attn: no KDA layer
+        return "kda", arch, {}
+    if not isinstance(la, dict):
+        raise c.refuse("linear_attn_config", f"expected a table of KDA fields, got {la!r}")
+    for key in sorted(la):
+        if key not in _KDA_CONFIG + _KDA_OPTIONAL:
+            raise c.refuse(f"linear_attn_config.{key}", "a KDA field cmperf does not model")
+    sub = _Config({f"linear_attn_config.{k}": v for k, v in la.items()}, c.path)
+    sub.kind = c.kind
+
+    def kda_int(key: str) -> int:
+        return sub.whole(f"linear_attn_config.{key}")
+
+    heads_kda, dim = kda_int("num_heads"), kda_int("head_dim")
+    arch.update(
+        {
+            "linear_num_key_heads": heads_kda,
+            "linear_num_value_heads": heads_kda,
+            "linear_key_head_dim": dim,
+            "linear_value_head_dim": dim,
+            "linear_conv_kernel_dim": kda_int("short_conv_kernel_size"),
+            "kda_full_rank_gate": int(bool(la.get("use_full_rank_gate", False))),
+        }
+    )
+    kda, full = la.get("kda_layers"), la.get("full_attn_layers")
+    for key, v in (("kda_layers", kda), ("full_attn_layers", full)):
+        if not isinstance(v, list) or any(not isinstance(i, int) or not 1 <= i <= n for i in v):
+            raise c.refuse(f"linear_attn_config.{key}", f"expected 1-based layer numbers 1..{n}, got {v!r}")
+    assert isinstance(kda, list) and isinstance(full, list)
+    if sorted(kda + full) != list(range(1, n + 1)):
+        raise c.refuse(
+            "linear_attn_config.kda_layers",
+            f"with full_attn_layers it must list each of the {n} layers once (1-based)",
+        )
+    return "kda", arch, {"attention": ["kda" if i + 1 in kda else "full" for i in range(n)]}
+
+
 #: model_type -> importer: (attention kind, architecture integers, [layers] patterns).
 IMPORTERS: dict[str, Callable[[_Config], tuple[str, dict[str, int], dict[str, list[str]]]]] = {
     "deepseek_v3": _deepseek,
@@ -319,6 +463,7 @@ IMPORTERS: dict[str, Callable[[_Config], tuple[str, dict[str, int], dict[str, li
     "step3p7": _step3p7,
     "llama": _llama,
     "deepseek_v4": _deepseek_v4,
+    "kimi_linear": _kimi_linear,
 }
 SUPPORTED = tuple(IMPORTERS)
 

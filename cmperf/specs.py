@@ -64,6 +64,9 @@ ATTENTION_KEYS = {
     # DeepSeek-V4's compressed attention (cmperf.attention_v4): MQA of one K=V head of head_dim, a q LoRA,
     # grouped low-rank output (o_groups groups of o_lora_rank), per-layer compression ([layers] attention)
     "dsv4": ("head_dim", "qk_rope_head_dim", "q_lora_rank", "o_lora_rank", "o_groups", "sliding_window"),
+    # Kimi Delta Attention hybrids (cmperf.attention_kda: Kimi-Linear, Kimi-K3): "kda" layers (the linear_*
+    # integers) beside gated MLA full-attention layers (these MLA integers)
+    "kda": ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"),
 }
 #: MoE integers, required when n_routed_experts > 0 (a model with 0 routed experts is dense).
 MOE_KEYS = ("moe_intermediate_size", "num_experts_per_tok")
@@ -96,8 +99,18 @@ ARCH_OPTIONAL = {
     "hc_mult": 0,
     "num_hash_layers": 0,
     "mtp_compress_ratio": 0,
+    # Kimi-K3 / Kimi-Linear (attention kda only, cmperf.attention_kda): KDA's full-rank output gate (0: the
+    # low-rank g_a/g_b pair), the latent MoE's expert width (0: experts in hidden_size) and its RMSNorm
+    # (0/1), the attention-residual block size (0: a plain residual)
+    "kda_full_rank_gate": 0,
+    "routed_expert_hidden_size": 0,
+    "latent_moe_norm": 0,
+    "attn_res_block_size": 0,
 }
-#: The linear-attention (Gated DeltaNet) integers a "linear" layer needs (Qwen3-Next / Qwen3.5).
+#: The fields only the kda attention kind models (cmperf.attention_kda).
+KDA_ONLY = ("kda_full_rank_gate", "routed_expert_hidden_size", "latent_moe_norm", "attn_res_block_size")
+#: The linear-attention integers a "linear" layer (Gated DeltaNet: Qwen3-Next / Qwen3.5) or a "kda" layer
+#: (Kimi Delta Attention: Kimi-Linear / Kimi-K3, key and value heads and dims equal there) needs.
 LINEAR_KEYS = (
     "linear_num_key_heads",
     "linear_num_value_heads",
@@ -115,9 +128,11 @@ LAYER_ATTENTION = {
     # the 4-token compressed entries (cmperf.attention_v4)
     "c128": "sliding_window",
     "c4": "index_topk",
+    # Kimi Delta Attention (attention kda): the linear_* integers (heads, head dims, conv kernel)
+    "kda": "linear_num_value_heads",
 }
 #: Layer variants of each attention kind that restricts them (any other kind takes the rest).
-KIND_VARIANTS = {"dsv4": ("sliding", "c4", "c128")}
+KIND_VARIANTS = {"dsv4": ("sliding", "c4", "c128"), "kda": ("kda", "full")}
 LAYER_FFN = ("dense", "moe")
 
 
@@ -908,6 +923,33 @@ def _check_dsv4(a: _Table, arch: dict[str, int]) -> None:
         raise CmperfError(f"{a.where('num_hash_layers')}: exceeds num_layers {arch['num_layers']}")
 
 
+def _check_kda(a: _Table, arch: dict[str, int], attention: str) -> None:
+    """The Kimi-K3 / Kimi-Linear integers (cmperf.attention_kda): only with attention kda; flags 0 or 1; a
+    latent expert width below hidden_size, on a model with routed experts; its norm only with it; no MTP
+    modules (SGLang 0.5.23 has no Kimi-K3 / Kimi-Linear NextN module)."""
+    if attention != "kda":
+        for k in KDA_ONLY:
+            if arch[k]:
+                raise CmperfError(f'{a.where(k)}: a Kimi-K3 / Kimi-Linear field; it needs attention = "kda"')
+        return
+    for k in ("kda_full_rank_gate", "latent_moe_norm", "attn_output_gate"):
+        if arch[k] > 1:
+            raise CmperfError(f"{a.where(k)}: expected 0 or 1, got {arch[k]}")
+    r = arch["routed_expert_hidden_size"]
+    if r and (r >= arch["hidden_size"] or not arch["n_routed_experts"]):
+        raise CmperfError(
+            f"{a.where('routed_expert_hidden_size')}: {r} must be below hidden_size {arch['hidden_size']} "
+            "on a model with routed experts (0: experts in the hidden size)"
+        )
+    if arch["latent_moe_norm"] and not r:
+        raise CmperfError(f"{a.where('latent_moe_norm')}: needs routed_expert_hidden_size > 0")
+    if arch["num_mtp_modules"]:
+        raise CmperfError(
+            f"{a.where('num_mtp_modules')}: no MTP module of a kda model is modelled (SGLang 0.5.23 has "
+            "none for Kimi-K3 / Kimi-Linear); use 0"
+        )
+
+
 def _arch_int(a: _Table, key: str, lo: int) -> int:
     a.used.add(key)
     v = a.raw.get(key)
@@ -951,7 +993,7 @@ def _layers(t: _Table, arch: dict[str, int], kind: str = "mla") -> tuple[tuple[s
     attention = _pattern(lt, "attention", tuple(LAYER_ATTENTION), n, ("full",) * n)
     ffn = _pattern(lt, "ffn", LAYER_FFN, n, ffn_default)
     # a kind with no list of its own takes every variant but those only another kind has (c4, c128)
-    only = {v for vs in KIND_VARIANTS.values() for v in vs} - {"sliding"}
+    only = {v for vs in KIND_VARIANTS.values() for v in vs} - {"sliding", "full"}
     allowed = KIND_VARIANTS.get(kind, tuple(v for v in LAYER_ATTENTION if v not in only))
     for variant in sorted(set(attention)):
         if variant not in allowed:
@@ -960,7 +1002,7 @@ def _layers(t: _Table, arch: dict[str, int], kind: str = "mla") -> tuple[tuple[s
                 f"(use {', '.join(allowed)})"
             )
     for variant in sorted(set(attention)):
-        needs = LINEAR_KEYS if variant == "linear" else (LAYER_ATTENTION[variant],)
+        needs = LINEAR_KEYS if variant in ("linear", "kda") else (LAYER_ATTENTION[variant],)
         for need in needs:
             if need and not arch[need]:
                 raise CmperfError(f"{lt.where('attention')}: {variant!r} layers need architecture.{need} > 0")
@@ -1004,6 +1046,7 @@ def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str
         sources["architecture." + k] = src
     a.done()
     _check_architecture(a, arch)
+    _check_kda(a, arch, attention)
     layer_attention, layer_ffn = _layers(t, arch, attention)
     r = t.sub("routing", required=False)
     # Zipf exponent of expert popularity: a plain number (no unit)
