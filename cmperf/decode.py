@@ -46,6 +46,7 @@ from .graph import (
     attention_prefill_ops,
     dense_ffn_ops,
     head_ops,
+    layer_count,
     layer_groups,
     moe_ops,
     principal_stage,
@@ -133,6 +134,39 @@ def routed_imbalance(model: Model, pl: dict, ep, copies_total, eplb: str, imbala
     if constants is None or not int(np.prod(full)):
         return np.ones(full)
     return np.broadcast_to(imbalance_from(n, *constants), full)
+
+
+#: ``--eplb`` modes priced by the measured-statistics routing model (cmperf.routing, docs/routing.md):
+#: none (experts in id order), static (planned on another dataset), dynamic (planned on a recent
+#: window); "model" (Zipf + EPLB on the scored distribution) and "perfect" (max/mean 1) stay as they were.
+MEASURED_EPLB = ("none", "static", "dynamic")
+#: The routing statistics the measured modes use: DeepSeek-R1 on a translation set (TensorRT-LLM's EP
+#: blog, the one measured with and without EPLB; ../shared/reference/routing.md).
+ROUTING_DATASET = "translation"
+
+
+def measured_imbalance(model: Model, pl: dict, eplb: str, tokens_mb, seqs_mb):
+    """(max/mean expert load of the busiest rank, all-to-all volume factor) of the measured routing model
+    (cmperf.routing.rank_load_stats) for ``tokens_mb`` tokens of ``seqs_mb`` sequences per rank and
+    microbatch. The all-to-all waits for its busiest rank: dispatch moves max(busiest sender's copies,
+    busiest receiver's copies), combine the same in reverse, so both scale by max(send, receive) max/mean
+    (issue 14 item 1)."""
+    from . import routing
+
+    st = routing.rank_load_stats(
+        model.n_routed_experts,
+        model.num_experts_per_tok,
+        pl["routed_ranks"],
+        pl["slots"],
+        eplb,
+        ROUTING_DATASET,
+        tokens_mb,
+        np.maximum(seqs_mb, 1e-9),
+        n_groups=model.n_group,
+        n_layers=max(layer_count(model, "moe"), 1),
+    )
+    recv = st["recv_max_over_mean"]
+    return recv, np.maximum(recv, st["send_max_over_mean"])
 
 
 def moe_load(model: Model, pl: dict, ep, tokens_mb, imb):
@@ -270,10 +304,17 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
     c_mb = np.asarray(par.chunk_tokens, dtype=float) / n  # the aggregated step's prompt tokens per rank
     f_mb = t_mb + c_mb if par.chunked else t_mb  # tokens through the FFN layers (MoE, dense)
     eplb, given = imb_args
+    measured = eplb in MEASURED_EPLB and given is None and model.is_moe
     consts = (
-        routing_constants(model, pl, ep) if given is None and eplb != "perfect" and model.is_moe else None
+        routing_constants(model, pl, ep)
+        if given is None and eplb not in ("perfect", *MEASURED_EPLB) and model.is_moe
+        else None
     )
-    imb = routed_imbalance(model, pl, ep, ep * m * f_mb * k, eplb, given, consts)
+    if measured:  # cmperf.routing: the busiest rank's receive load, and the all-to-all timed at it
+        imb, a2a = measured_imbalance(model, pl, eplb, m * f_mb, m * s_mb)
+        disp_msg, comb_msg = disp_msg * a2a, comb_msg * a2a
+    else:
+        imb = routed_imbalance(model, pl, ep, ep * m * f_mb * k, eplb, given, consts)
     exp_tok, exp_read, copies = moe_load(model, pl, ep, m * f_mb, imb)
     if d.copies == "per-rank":
         copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
@@ -295,7 +336,10 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
         stages += _draft_stages(draft, prec, b_rank / n, s_mb, kv_len, mtp)
     elif np.any(on):
         m_tok = b_rank / n  # each MTP module runs on one token per sequence
-        m_imb = routed_imbalance(model, pl, ep, ep * m * m_tok * k, eplb, given, consts)
+        if measured:
+            m_imb, _ = measured_imbalance(model, pl, eplb, m * m_tok, m * m_tok)
+        else:
+            m_imb = routed_imbalance(model, pl, ep, ep * m * m_tok * k, eplb, given, consts)
         m_exp, m_read, _ = moe_load(model, pl, ep, m * m_tok, m_imb)
         stages.append(
             Stage(

@@ -286,6 +286,9 @@ FLAGS = {
 }
 
 PHASES = ("decode", "prefill")
+#: ``--eplb``: the Zipf routing model, perfect balance, or the measured-statistics modes (decode only,
+#: cmperf.decode.MEASURED_EPLB)
+EPLB_MODES = ("model", "perfect", "none", "static", "dynamic")
 
 #: Fields each phase reads (the others are ignored by it); the rest are common to both.
 DECODE_FIELDS = (
@@ -416,8 +419,9 @@ class Deployment:
             out.append(f"--microbatches: {mb!r} is not a count; give {allowed}")
         elif not isinstance(mb, str) and mb not in (1, 2, 3, 4):
             out.append(f"--microbatches: must be {allowed}, got {mb}")
-        if d.eplb not in ("model", "perfect"):
-            out.append(f"--eplb: {d.eplb!r} is not model or perfect")
+        if d.eplb not in EPLB_MODES or (d.phase == "prefill" and d.eplb not in ("model", "perfect")):
+            allowed = ", ".join(EPLB_MODES) if d.phase == "decode" else "model, perfect"
+            out.append(f"--eplb: {d.eplb!r} is not one of {allowed} ({d.phase})")
         if d.imbalance is not None and not d.imbalance >= 1.0:
             out.append(f"--imbalance: max/mean load is at least 1, got {d.imbalance:g}")
         ctx = model.max_position_embeddings

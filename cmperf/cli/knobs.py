@@ -101,9 +101,11 @@ def common_options(fn):
     fn = knob(
         "--eplb",
         "eplb",
-        type=click.Choice(["model", "perfect"]),
-        help="Expert load: statistical routing model, or perfect balance [default: model in decode, "
-        "perfect in prefill (the paper's prefill headline assumes it)].",
+        type=click.Choice(["model", "perfect", "none", "static", "dynamic"]),
+        help="Expert load: model (Zipf routing + EPLB), perfect balance, or (decode) the measured "
+        "DeepSeek-R1 routing statistics with no EPLB, EPLB planned on another dataset (static) or on a "
+        "recent window (dynamic), the all-to-all timed at its busiest rank (cmperf.routing) [default: "
+        "model in decode, perfect in prefill (the paper's prefill headline assumes it)].",
     )(fn)
     fn = knob(
         "--slots-per-rank",
