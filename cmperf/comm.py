@@ -421,9 +421,11 @@ def _ideal_link_s(system, up_plane, out_plane, up_b, out_b, group=None):
 
 def _comm_optime(link_s, alpha_s, ideal_s) -> OpTime:
     link_s, alpha_s = np.broadcast_arrays(np.asarray(link_s, float), np.asarray(alpha_s, float))
-    zero = np.zeros_like(link_s)
+    zero = np.broadcast_to(0.0, link_s.shape)  # read-only views: no full-size zeros or copies
     bound = np.where(link_s >= alpha_s, LINK, LATENCY).astype(np.int8)
-    return OpTime(zero, zero, link_s, alpha_s, link_s + alpha_s, bound, ideal_s + zero, link_s + alpha_s)
+    total = link_s + alpha_s
+    ideal = np.broadcast_to(np.asarray(ideal_s, dtype=float), link_s.shape)
+    return OpTime(zero, zero, link_s, alpha_s, total, bound, ideal, total)
 
 
 def plane_collective_time(system: System, plane_name: str, payload_bytes, group_size) -> OpTime:

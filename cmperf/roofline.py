@@ -102,35 +102,88 @@ def compute_op_time(op: Op, chip: Chip, cube_share: ArrayLike = 1.0, vector_shar
     )
 
 
-def _hbm_bytes(op: Op) -> Any:
-    """``op.hbm_bytes`` without adding the byte counts that are the scalar 0 (x + 0.0 is x: same bits)."""
+def _hbm_bytes(op: Op, out: np.ndarray | None = None) -> Any:
+    """``op.hbm_bytes`` without adding the byte counts that are the scalar 0 (x + 0.0 is x: same bits);
+    ``out``: a buffer of the sum's shape it is written into when it adds arrays (else a new array)."""
     total: Any = None
     for x in (op.weight_bytes, op.act_in_bytes, op.act_out_bytes, op.kv_read_bytes, op.kv_write_bytes):
         if np.ndim(x) == 0 and x == 0.0:
             continue
-        total = x if total is None else total + x
+        if total is None:
+            total = x
+        elif out is not None and total is not out:
+            total = np.add(total, x, out=out)  # (the first sum: into the buffer, then in place)
+        elif out is not None:
+            total += x
+        else:
+            total = total + x
     return np.float64(0.0) if total is None else total
 
 
-def op_totals(op: Op, chip: Chip, rate: Any = None) -> tuple[Any, Any, Any, Any]:
+class Scratch:
+    """Work buffers for ``op_totals``, one per (role, shape), reused from op to op: a step's ops are timed
+    without allocating (a fresh array per result and op costs page faults and cache misses)."""
+
+    __slots__ = ("bufs",)
+
+    def __init__(self) -> None:
+        self.bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+
+    def get(self, role: str, *xs: Any) -> np.ndarray | None:
+        """The ``role`` buffer of the broadcast shape of ``xs``; None for a scalar shape (numpy's ufuncs
+        then return a new scalar, as with no ``out``)."""
+        shape: tuple[int, ...] = ()
+        for x in xs:  # np.broadcast_shapes(*shapes), without its cost when the shapes agree
+            sx = getattr(x, "shape", ())
+            if sx and sx != shape:
+                shape = np.broadcast_shapes(shape, sx) if shape else sx
+        if not shape:
+            return None
+        buf = self.bufs.get((role, shape))
+        if buf is None:
+            buf = self.bufs[(role, shape)] = np.empty(shape)
+        return buf
+
+
+def op_totals(
+    op: Op, chip: Chip, rate: Any = None, scratch: Scratch | None = None
+) -> tuple[Any, Any, Any, Any]:
     """(time_s, ideal_s, serial_s, memory_s) of a compute op: what a step sums, with the arithmetic of
-    ``compute_op_time`` (the same bits) and no other ceiling (no bound, no broadcast padding).
-    ``rate``: its ``compute_rate`` (a stage computes it once per kind, dtype and stream)."""
+    ``compute_op_time`` (the same bits) and no other ceiling (no bound, no broadcast padding):
+
+        memory_s = hbm_bytes / (hbm_bytes_per_s * eff_memory[kind])
+        compute_s = flops / rate                      (0 for a vector op)
+        time_s = max(compute_s, memory_s) + fixed_s,  serial_s = compute_s + memory_s + fixed_s
+        ideal_s = max(flops / peak[dtype], hbm_bytes / hbm_bytes_per_s)
+
+    ``rate``: its ``compute_rate`` (a stage computes it once per kind, dtype and stream). ``scratch``: the
+    results are written into its buffers (valid until its next use: the caller sums them first)."""
     kind = op.kind
-    hbm = _hbm_bytes(op)
+    s = scratch.get if scratch is not None else lambda role, *xs: None
+    hbm = _hbm_bytes(
+        op, s("hbm", op.weight_bytes, op.act_in_bytes, op.act_out_bytes, op.kv_read_bytes, op.kv_write_bytes)
+    )
     fixed = 0.0 if op.fused else chip.overhead_s[kind]
+    bw = chip.hbm_bytes_per_s
     if kind == "vector":  # compute_s = 0: max(0, memory_s) = memory_s, and serial = time
-        memory_s = hbm / (chip.hbm_bytes_per_s * chip.eff["vector_memory"])
-        time_s = memory_s + fixed if fixed else memory_s
-        return time_s, hbm / chip.hbm_bytes_per_s, time_s, memory_s
+        memory_s = np.divide(hbm, bw * chip.eff["vector_memory"], out=s("memory", hbm))
+        time_s = np.add(memory_s, fixed, out=s("time", hbm)) if fixed else memory_s
+        return time_s, np.divide(hbm, bw, out=s("ideal", hbm)), time_s, memory_s
     if rate is None:
         rate = compute_rate(chip, kind, op.dtype, 1.0)
-    compute_s = op.flops / rate
-    memory_s = hbm / (chip.hbm_bytes_per_s * chip.eff[f"{kind}_memory"])
-    time_s = np.maximum(compute_s, memory_s)
-    serial_s = compute_s + memory_s
+    flops = op.flops
+    t_buf = s("time", flops, rate, hbm)
+    compute_s = np.divide(flops, rate, out=t_buf)  # (at time_s's shape: the same numbers, broadcast)
+    memory_s = np.divide(hbm, bw * chip.eff[f"{kind}_memory"], out=s("memory", hbm))
+    serial_s = np.add(compute_s, memory_s, out=s("serial", compute_s, memory_s))
+    time_s = np.maximum(compute_s, memory_s, out=t_buf)  # (compute_s is not needed after this)
     if fixed:  # (+ 0.0 for a fused op: the same bits as skipping it)
         time_s += fixed
         serial_s += fixed
-    ideal_s = np.maximum(op.flops / chip.peak(op.dtype), hbm / chip.hbm_bytes_per_s)
+    i_buf = s("ideal", flops, hbm)
+    ideal_s = np.maximum(
+        np.divide(flops, chip.peak(op.dtype), out=i_buf),
+        np.divide(hbm, bw, out=s("hbm_ideal", hbm)),
+        out=i_buf,
+    )
     return time_s, ideal_s, serial_s, memory_s

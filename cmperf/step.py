@@ -38,7 +38,6 @@ op's ceilings back to back with no overlap at all.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +45,7 @@ import numpy as np
 
 from .comm import DomainDedupOp, allreduce_time, ep_collective_time, plane_collective_time
 from .graph import Array, Op, Stage
-from .roofline import OpTime, compute_op_time, compute_rate, first_max_index, op_totals
+from .roofline import OpTime, Scratch, compute_op_time, compute_rate, first_max_index, op_totals
 from .specs import System
 
 
@@ -102,16 +101,73 @@ class _Sum:
 
     __slots__ = ("owned", "value")
 
-    def __init__(self, first=0.0):
-        self.value, self.owned = first, False  # ``first`` is not ours: never written in place
+    def __init__(self, first=0.0, owned: bool = False):
+        self.value, self.owned = first, owned  # a ``first`` not ours is never written in place
 
     def add(self, x) -> None:
         v = self.value
-        if self.owned and (np.shape(x) == v.shape or np.broadcast_shapes(v.shape, np.shape(x)) == v.shape):
+        sx = getattr(x, "shape", ())
+        if self.owned and (not sx or sx == v.shape or np.broadcast_shapes(v.shape, sx) == v.shape):
             v += x
         else:
             self.value = v + x
             self.owned = isinstance(self.value, np.ndarray)
+
+
+class _StageSums:
+    """The sums a stage keeps over its ops, in op order (``stage_time``): HBM time, serial time, ideal time
+    per stream, each maximal run of one stream's ops (``runs``: [in_m, sum]) and, for a stream of several
+    runs, its total over them. A stream's total is summed from 0.0 over its ops in order; over its first
+    run that is 0.0 + the run's sum, bit for bit (starting from 0.0 rather than from the first term only
+    turns a -0.0 into 0.0, and so does 0.0 + the run's sum), so it starts at the stream's second run."""
+
+    __slots__ = ("hbm", "lo", "runs", "serial", "times", "total")
+
+    def __init__(self) -> None:
+        self.hbm, self.serial = _Sum(), _Sum()
+        self.lo = {True: _Sum(), False: _Sum()}  # keyed by in_a
+        self.total: dict[bool, _Sum | None] = {True: None, False: None}
+        self.runs: list[tuple[bool, _Sum]] = []
+        self.times: list[OpTime | None] = []
+
+    def add(self, in_a: bool, time_s, ideal_s, serial_s, memory_s, scratch: bool) -> None:
+        """Add one op's times (``scratch``: they live in work buffers, so a new run copies its first)."""
+        self.hbm.add(memory_s)
+        self.serial.add(serial_s)
+        self.lo[in_a].add(ideal_s)
+        in_m = not in_a
+        if self.runs and self.runs[-1][0] == in_m:
+            self.runs[-1][1].add(time_s)
+        else:  # a new run
+            first_run = next((r for m, r in self.runs if m == in_m), None)
+            if first_run is not None and self.total[in_a] is None:  # the stream's second run
+                started = self.total[in_a] = _Sum()
+                started.add(first_run.value)  # 0.0 + its first run: its total so far
+            first = np.copy(time_s) if scratch and np.ndim(time_s) else time_s
+            self.runs.append((in_m, _Sum(first, owned=first is not time_s)))
+        total = self.total[in_a]
+        if total is not None:
+            total.add(time_s)
+
+    def stream(self, in_a: bool):
+        """The stream's sum over its ops: its total, its one run, or 0.0 (no op)."""
+        total = self.total[in_a]
+        if total is not None:
+            return total.value
+        return next((r.value for m, r in self.runs if m == (not in_a)), 0.0)
+
+    def snapshot(self) -> _StageSums:
+        """A copy that shares the arrays: from now on neither writes them in place."""
+        out = _StageSums()
+        for s in (self.hbm, self.serial, *self.lo.values(), *self.total.values(), *(r for _, r in self.runs)):
+            if s is not None:
+                s.owned = False
+        out.hbm, out.serial = _Sum(self.hbm.value), _Sum(self.serial.value)
+        out.lo = {k: _Sum(v.value) for k, v in self.lo.items()}
+        out.total = {k: None if v is None else _Sum(v.value) for k, v in self.total.items()}
+        out.runs = [(m, _Sum(r.value)) for m, r in self.runs]
+        out.times = list(self.times)
+        return out
 
 
 def stage_time(
@@ -124,80 +180,87 @@ def stage_time(
     compute_share: float = 1.0,
     keep_ops: bool = True,
     memo: dict | None = None,
+    shared_prefix: int = 0,
 ) -> StageTime:
     """``attn_cube_share``: float or array (broadcasts with the ops' arrays and ``microbatches``), the
     split-cores attention share; ``compute_share``: compute-comm's compute-stream share when n > 1
     (module docstring); ``phase`` picks the EP kernels (``op_time``). ``keep_ops=False``: only what a
-    step sums (``roofline.op_totals`` per compute op, no per-op breakdown; the same bits).
+    step sums (``roofline.op_totals`` per compute op, into work buffers; no per-op breakdown; the same
+    bits). Per stream: a = sum of its ops' time_s; hbm = sum of memory_s, serial = sum of serial_s, lower
+    = sum of ideal_s; then the coarse period = max(n*a, n*m, a + m, n*hbm) (module docstring).
 
     ``memo``: a dict shared by the stages of one step (``step_time``) with the same arguments: an op
     object that several stages hold (decode's attention block in the dense and the MoE layers) is timed
-    once. Its arrays are only read (the sums below copy before adding in place)."""
+    once (its arrays are only read: the sums copy before adding in place), and, with ``keep_ops=False``,
+    the sums over a stage's first ``shared_prefix`` ops, which another stage of the step starts with too
+    (the same op objects), are computed once."""
     n = np.asarray(microbatches, dtype=float)
     if not stage.overlapped:
         n = np.ones_like(n)
-    split = (n > 1) & (policy == "split-cores")
-    # the cube-core share of each stream's ops (every op of a stream has the same)
-    share_a: Any = np.where(split, attn_cube_share, 1.0)
-    if policy == "compute-comm" and compute_share != 1.0:
-        share_a = np.where(n > 1, compute_share, share_a)
-    share_m = np.where(split, 1.0 - attn_cube_share, 1.0)
-    chip = system.chip
     if memo is None:
         memo = {}
+    shares = memo.get(("shares", stage.overlapped))
+    if shares is None:  # the cube-core share of each stream's ops (every op of a stream has the same)
+        split = (n > 1) & (policy == "split-cores")
+        share_a: Any = np.where(split, attn_cube_share, 1.0)
+        if policy == "compute-comm" and compute_share != 1.0:
+            share_a = np.where(n > 1, compute_share, share_a)
+        shares = memo[("shares", stage.overlapped)] = {
+            True: share_a,
+            False: np.where(split, 1.0 - attn_cube_share, 1.0),
+        }
+    chip = system.chip
     # compute_rate per (stream, kind, dtype): one array per stage, not one per op
     rates: dict = memo.setdefault(("rates", stage.overlapped), {})
-    in_a_ops = [_in_a(op, policy) for op in stage.ops]
-    n_runs = {True: 0, False: 0}  # runs per stream: a stream of one run sums to that run (same bits)
-    for i, in_a in enumerate(in_a_ops):
-        if i == 0 or in_a_ops[i - 1] != in_a:
-            n_runs[in_a] += 1
-    times: list[OpTime | None] = []
-    sums = {k: _Sum() for k in ("a", "m", "hbm", "lo_a", "lo_m", "serial")}
-    runs: list[tuple[bool, _Sum]] = []
-    for op, in_a in zip(stage.ops, in_a_ops, strict=True):
-        share = share_a if in_a else share_m
+    scratch = memo.setdefault("scratch", Scratch()) if not keep_ops else None
+    ops = stage.ops
+    prefix_key = (
+        (stage.overlapped, tuple(id(op) for op in ops[:shared_prefix]))
+        if shared_prefix and not keep_ops
+        else None
+    )
+    sums = memo.get(prefix_key) if prefix_key else None
+    start = 0
+    if sums is not None:
+        sums, start = sums.snapshot(), shared_prefix
+    else:
+        sums = _StageSums()
+    for k in range(start, len(ops)):
+        op = ops[k]
+        in_a = _in_a(op, policy)
+        share = shares[in_a]
         op_key = (id(op), in_a, stage.overlapped)  # ops stay alive (in the stages) while memo is used
         if keep_ops or op.kind == "comm":
             t = memo.get(op_key)
             if t is None:
                 t = memo[op_key] = op_time(op, system, share, phase)
-            times.append(t)
-            time_s, ideal_s, serial_s, memory_s = t.time_s, t.ideal_s, t.serial_s, t.memory_s
+            sums.times.append(t)
+            sums.add(in_a, t.time_s, t.ideal_s, t.serial_s, t.memory_s, scratch=False)
         else:
-            times.append(None)
-            totals = memo.get(op_key)
-            if totals is None:
-                key = (in_a, op.kind, op.dtype)
-                if op.kind != "vector" and key not in rates:
-                    rates[key] = compute_rate(chip, op.kind, op.dtype, share)
-                totals = memo[op_key] = op_totals(op, chip, rates.get(key))
-            time_s, ideal_s, serial_s, memory_s = totals
-        sums["hbm"].add(memory_s)
-        sums["serial"].add(serial_s)
-        if n_runs[in_a] > 1:
-            sums["a" if in_a else "m"].add(time_s)
-        sums["lo_a" if in_a else "lo_m"].add(ideal_s)
-        if runs and runs[-1][0] == (not in_a):
-            runs[-1][1].add(time_s)
-        else:
-            runs.append((not in_a, _Sum(time_s)))
-    for in_m, r in runs:  # a stream of one run: its sum is the run's (0.0 + t1 is t1)
-        if n_runs[not in_m] == 1:
-            sums["m" if in_m else "a"] = r
-    a, m, hbm, lo_a, lo_m, serial = (sums[k].value for k in ("a", "m", "hbm", "lo_a", "lo_m", "serial"))
+            sums.times.append(None)
+            key = (in_a, op.kind, op.dtype)
+            if op.kind != "vector" and key not in rates:
+                rates[key] = compute_rate(chip, op.kind, op.dtype, share)
+            sums.add(in_a, *op_totals(op, chip, rates.get(key), scratch), scratch=True)
+        if prefix_key and k + 1 == shared_prefix:
+            memo[prefix_key] = sums.snapshot()
+    a, m = sums.stream(True), sums.stream(False)
+    hbm, lo_a, lo_m, serial = sums.hbm.value, sums.lo[True].value, sums.lo[False].value, sums.serial.value
     if keep_ops:  # the breakdown's arrays broadcast over the stage's points
         a, m = np.asarray(a + 0 * n), np.asarray(m + 0 * n)
+        na, nm, ab, nh = n * a, n * m, a + m, n * hbm
+        period = np.maximum(np.maximum(na, nm), np.maximum(ab, nh))
+        binding = first_max_index(na, nm, ab, nh)
+        upper = n * serial + 0 * period
     else:
         a, m = np.asarray(a), np.asarray(m)
-    na, nm, ab, nh = n * a, n * m, a + m, n * hbm
-    period = np.maximum(np.maximum(na, nm), np.maximum(ab, nh))
-    binding = first_max_index(na, nm, ab, nh) if keep_ops else None
+        period = _coarse_period(n, a, m, hbm)
+        binding = None
+        upper = n * serial
     lower = np.maximum(n * lo_a, n * lo_m)
-    upper = n * serial + 0 * period if keep_ops else n * serial
     return StageTime(
         stage,
-        tuple(times),
+        tuple(sums.times),
         a,
         m,
         period,
@@ -205,8 +268,39 @@ def stage_time(
         upper,
         binding,
         hbm,
-        tuple((in_m, r.value) for in_m, r in runs),
+        tuple((in_m, r.value) for in_m, r in sums.runs),
     )
+
+
+def _coarse_period(n, a, m, hbm) -> np.ndarray:
+    """max(max(n*a, n*m), max(a + m, n*hbm)) in two result-sized arrays (the same bits)."""
+    shape = np.broadcast_shapes(np.shape(n), np.shape(a), np.shape(m), np.shape(hbm))
+    if not shape:
+        return np.maximum(np.maximum(n * a, n * m), np.maximum(a + m, n * hbm))
+    p, q = np.empty(shape), np.empty(shape)
+    np.maximum(np.multiply(n, a, out=p), np.multiply(n, m, out=q), out=p)
+    q2 = np.add(a, m, out=q)
+    np.maximum(q2, n * hbm, out=q2)
+    return np.maximum(p, q2, out=p)
+
+
+def _shared_prefixes(stages: list[Stage]) -> list[int]:
+    """Per stage, the most leading ops (the same objects, in order) it shares with another stage of the
+    same overlap (decode: the dense and the MoE layers' attention block)."""
+    out = []
+    for s in stages:
+        best = 0
+        for t in stages:
+            if t is s or t.overlapped != s.overlapped:
+                continue
+            k = 0
+            for x, y in zip(s.ops, t.ops, strict=False):
+                if x is not y:
+                    break
+                k += 1
+            best = max(best, k)
+        out.append(best)
+    return out
 
 
 def step_time(
@@ -221,10 +315,10 @@ def step_time(
 ):
     """(list of StageTime, step_s, lower_s, upper_s) with the coarse composition: step = sum over stages of
     count * period (the "ideal" step; ``compose`` is the list schedule)."""
-    memo: dict = {}  # per call: an op shared by several stages is timed once
+    memo: dict = {}  # per call: an op (or a run of ops) shared by several stages is timed once
     sts = [
-        stage_time(s, system, microbatches, policy, attn_cube_share, phase, compute_share, keep_ops, memo)
-        for s in stages
+        stage_time(s, system, microbatches, policy, attn_cube_share, phase, compute_share, keep_ops, memo, k)
+        for s, k in zip(stages, _shared_prefixes(stages), strict=True)
     ]
     step = sum(s.stage.count * s.period_s for s in sts)
     lower = sum(s.stage.count * s.lower_s for s in sts)
@@ -263,24 +357,34 @@ def _shape(layers, n) -> tuple[int, ...]:
     return np.broadcast_shapes(*arrays)
 
 
-def _layer(segs, done: list, free: dict) -> None:
-    """One layer of the list schedule, updating ``done`` (end of each microbatch's latest segment) and
-    ``free`` (each stream's free time) in place: their arrays must be distinct and not shared. ``segs``:
-    [(in_m, [duration of microbatch j])]; a point's microbatches j >= n have duration 0: they start at
-    their stream's free time (never later: they follow microbatch n-1, whose previous segment they ended
-    with) and end there, so they change nothing."""
+def _layer(segs, x: np.ndarray, nd: int) -> None:
+    """One layer of the list schedule on the state ``x``, updated in place: rows 0..nd-1 hold the end of
+    each microbatch's latest segment, row nd + in_m stream in_m's free time, one column per point. For each
+    segment (in order) and each microbatch j (in order):
+
+        start = max(free[in_m], done[j]),  done[j] = start + duration[j],  free[in_m] = done[j]
+
+    ``segs``: [(in_m, [duration of microbatch j])]; a point's microbatches j >= n have duration 0: they
+    start at their stream's free time (never later: they follow microbatch n-1, whose previous segment
+    they ended with) and end there, so they change nothing."""
+    done = [x[j, ...] for j in range(nd)]  # row views (0-d arrays for one point)
     for in_m, durs in segs:
-        f = free[in_m]
-        for x, dur in zip(done, durs, strict=True):
-            np.maximum(f, x, out=x)  # start
-            x += dur  # end
-            f = x
-        np.copyto(free[in_m], f)
+        f = x[nd + int(in_m), ...]
+        for d, dur in zip(done, durs, strict=True):
+            np.maximum(f, d, out=d)  # start
+            d += dur  # end
+            f = d
+        x[nd + int(in_m)] = f
 
 
-def _latest(done: list) -> np.ndarray:
-    """Latest microbatch end (a new array)."""
-    return functools.reduce(np.maximum, done) if len(done) > 1 else done[0].copy()
+def _take(durs: list, keep: np.ndarray, shape: tuple[int, ...] | None = None) -> list:
+    """``[d[keep] for d in durs]`` (each array that several microbatches share gathered once). ``shape``:
+    the durations broadcast to it and ``keep`` indexes its flattened points (else they are flat)."""
+    taken: dict[int, np.ndarray] = {}
+    for d in durs:
+        if id(d) not in taken:  # (a broadcast array: flattened by a copy, faster than a 5-index gather)
+            taken[id(d)] = (d if shape is None else np.broadcast_to(d, shape).reshape(-1))[keep]
+    return [taken[id(d)] for d in durs]
 
 
 #: Stages of fewer layers are simulated layer by layer even with ``extrapolate`` (checking costs more).
@@ -291,72 +395,94 @@ EXTRAPOLATE_MIN_LAYERS = 8
 #: periodic misplaces the makespan by at most layers * 1e-12 of it).
 PERIODIC_RTOL = 1e-12
 
+#: Points still simulated after the first check run in rounds of about this many point-layers (at least
+#: one layer per round): a few points run many layers between two checks, many points one.
+ROUND_POINT_LAYERS = 8192
 
-def _periodic_stage(segs, done: list, free: dict, count: int):
-    """``count`` layers of one stage, each point simulated until its schedule is periodic, then extrapolated.
+
+def _periodic_check(before: np.ndarray, after: np.ndarray, rows, nd: int):
+    """(ok, p) of layers that took each point from the state ``before`` to ``after`` (arrays of k states,
+    shape (k, rows, points)): p = the largest move of a state time over the layer, ok = every moved time
+    (``rows``) moved by p to within PERIODIC_RTOL of the latest microbatch end after it."""
+    moved = after[:, rows] - before[:, rows]
+    hi, lo = moved.max(axis=1), moved.min(axis=1)  # max / min are exact: any order, the same bits
+    return hi - lo <= PERIODIC_RTOL * after[:, :nd].max(axis=1), hi
+
+
+def _periodic_stage(segs, x: np.ndarray, nd: int, count: int) -> np.ndarray:
+    """``count`` (>= 3) layers of one stage on the state ``x`` (``_layer``, updated in place), each point
+    simulated until its schedule is periodic, then extrapolated; returns the period per point (flat).
 
     The list schedule is max-plus linear in the state x = (microbatch ends, stream free times): one layer
-    maps x to A (x) x, and A (x) (x + p) = A (x) x + p. So once one layer moved every state time by the same
-    p, every later layer does too, and the remaining (count - i) layers add (count - i) * p to each: the
-    extrapolation is exact. A point that is not periodic yet (a backlog from the previous stage that the
-    slower stream works off, e.g. the 3 dense layers' M stream before MoE layers whose A stream binds) is
-    simulated further; working arrays shrink to those points. Checked from the second layer on (the first
-    carries the previous stage's state). Returns (done, free, period) with the period = p (periodic points)
-    or the growth of the latest microbatch end over the last layer (the others)."""
-    nd = len(done)  # state rows: microbatch ends 0..nd-1, then the free times of streams A (False), M (True)
-    used = sorted({in_m for in_m, _ in segs})
-    rows = list(range(nd)) + [nd + int(k) for k in used]  # the rows a layer moves
-    other = np.array([nd + int(k) for k in (False, True) if k not in used], dtype=np.intp)
-    rows_ix = slice(None) if not other.size else rows  # (every row: a view, no gather)
-    state = np.stack([*done, free[False], free[True]])  # one array: one copy / difference per layer
+    maps x to A (x) x, and A (x) (x + p) = A (x) x + p. So once one layer i moved every state time by the
+    same p, every later layer does too, and the remaining (count - i) layers add (count - i) * p to each:
+    the extrapolation is exact. A point that is not periodic yet (a backlog from the previous stage that
+    the slower stream works off, e.g. the 3 dense layers' M stream before MoE layers whose A stream binds)
+    is simulated further. Checked from the second layer on (the first carries the previous stage's state),
+    never on the last. The period is p (periodic points) or the growth of the latest microbatch end over
+    the last layer (the others).
 
-    def views(x):  # the state as _layer's (done list, free dict): row views, updated in place
-        return list(x[:nd]), {False: x[nd], True: x[nd + 1]}
-
-    out = np.empty(0)  # the extrapolated state, set at the first check (before idx)
-    period = np.empty(0)
-    idx = None  # flat indices of the points still simulated (None: all)
-    w_segs = segs
-    last = None
-    for i in range(1, count + 1):
-        check = 1 < i < count
-        if check:
-            before = state.copy()
-        if i == count:
-            last = state[:nd].max(axis=0)
-        _layer(w_segs, *views(state))
-        if not check:
-            continue
-        moved = state[rows_ix] - before[rows_ix]
-        hi, lo = moved.max(axis=0), moved.min(axis=0)  # max / min are exact: any order, the same bits
-        ok = hi - lo <= PERIODIC_RTOL * state[:nd].max(axis=0)
-        if idx is None:  # first check: every point's extrapolation (the rest are overwritten later)
-            out = state + (count - i) * hi
-            out[other] = state[other]
-            period = hi
-            keep = np.flatnonzero(~ok)
-            idx = keep
-        else:
-            sel = np.flatnonzero(ok)
-            if not sel.size:
-                continue
-            g = idx[sel]
-            out[:, g] = state[:, sel] + (count - i) * hi[sel]
-            if other.size:
-                out[np.ix_(other, g)] = state[other][:, sel]
-            period[g] = hi[sel]
-            keep = np.flatnonzero(~ok)
-            idx = idx[keep]
-        if not idx.size:
-            return (*views(out), period)
-        if keep.size < ok.size:
-            w_segs = [(in_m, [d[keep] for d in durs]) for in_m, durs in w_segs]
-            state = state[:, keep]
-    if idx is None:  # count == 2: nothing checked
-        return (*views(state), state[:nd].max(axis=0) - last)
-    out[:, idx] = state
-    period[idx] = state[:nd].max(axis=0) - last
-    return (*views(out), period)
+    Work: layers 1 and 2 run on every point in place, checked once; the points not periodic yet then run
+    on working copies in rounds of k layers (k * points ~ ROUND_POINT_LAYERS) that keep every state of
+    the round and check its layers together: a point periodic first at layer i of a round is extrapolated
+    from its state after layer i, as a check after every layer would (its later layers in the round are
+    dropped; the arithmetic is per point, so they change no other point)."""
+    used = sorted({bool(in_m) for in_m, _ in segs})
+    other = [nd + int(k) for k in (False, True) if k not in used]  # a stream the stage leaves alone
+    rows: Any = [*range(nd), *(nd + int(k) for k in used)] if other else slice(None)  # the rows that move
+    shape = x.shape[1:]
+    xf = x.reshape(len(x), -1)  # the points flat (a view)
+    _layer(segs, x, nd)
+    moved = xf.copy()  # the state before layer 2, then (in place) each time's move over layer 2
+    _layer(segs, x, nd)
+    moved = np.subtract(xf, moved, out=moved)[rows]
+    hi, spread = moved.max(axis=0), moved.min(axis=0)  # (as _periodic_check, without temporaries)
+    del moved
+    spread = np.subtract(hi, spread, out=spread)
+    latest = xf[:nd].max(axis=0)
+    ok = spread <= np.multiply(PERIODIC_RTOL, latest, out=latest)
+    del latest
+    period = hi
+    idx = np.flatnonzero(~ok)  # points still simulated
+    w = xf[:, idx]
+    xf[rows] += (count - 2) * hi  # every point's extrapolation (the others' are overwritten below)
+    w_segs = [(in_m, _take(durs, idx, shape)) for in_m, durs in segs]
+    i = 2  # layers run
+    while idx.size:
+        m = idx.size
+        k = min(count - i, max(1, ROUND_POINT_LAYERS // m))
+        states = np.empty((k + 1, *w.shape))  # the states of the round: before its first layer, after each
+        states[0] = w
+        for j in range(k):
+            states[j + 1] = states[j]
+            _layer(w_segs, states[j + 1], nd)
+        ok, hi = _periodic_check(states[:-1], states[1:], rows, nd)
+        if i + k == count:
+            ok[-1] = False  # the last layer is not checked
+        first = ok.argmax(axis=0)  # each point's first periodic layer in the round (0 if none)
+        periodic = ok[first, np.arange(m)]
+        sel = np.flatnonzero(periodic)
+        if sel.size:
+            j, g = first[sel], idx[sel]
+            st = states[j + 1, :, sel].T  # (state rows, points) after layer i + 1 + j
+            p = hi[j, sel]
+            ext = st + (count - (i + 1 + j)) * p
+            if other:
+                ext[other] = st[other]
+            xf[:, g] = ext
+            period[g] = p
+        i += k
+        keep = np.flatnonzero(~periodic)
+        if i == count:  # the points not periodic by the last layer: simulated to the end
+            g = idx[keep]
+            xf[:, g] = states[k][:, keep]
+            period[g] = states[k][:nd, keep].max(axis=0) - states[k - 1][:nd, keep].max(axis=0)
+            break
+        idx = idx[keep]
+        if keep.size < m:
+            w_segs = [(in_m, _take(durs, keep)) for in_m, durs in w_segs]
+        w = states[k][:, keep]
+    return period
 
 
 def pipeline_s(
@@ -370,15 +496,17 @@ def pipeline_s(
 
     ``layers``: [(stage name, segments [[in_m, duration]], count)], count an int or an array (per point,
     e.g. 0 or 1 MTP layers). Segment k of microbatch j starts at max(its stream's free time, end of
-    segment k-1 of microbatch j); each stream serves segment k for microbatches 0..n-1, then segment k+1.
-    Returns (makespan_s, steady-state period per stage name): the period is the growth of the latest
-    microbatch end over the stage's last layer (a one-layer stage: over that layer). n = 1 gives the
-    serial sum; equal compute and comm segments with n = 2 give 2*max per layer. Worked case: segments
-    [A=1, C=1] x 1 layer, n = 2 -> 3 (fill + drain).
+    segment k-1 of microbatch j); each stream serves segment k for microbatches 0..n-1, then segment k+1
+    (``_layer``). Returns (makespan_s, steady-state period per stage name): the period is the growth of
+    the latest microbatch end over the stage's last layer (a one-layer stage: over that layer). n = 1
+    gives the serial sum; equal compute and comm segments with n = 2 give 2*max per layer. Worked case:
+    segments [A=1, C=1] x 1 layer, n = 2 -> 3 (fill + drain).
 
     ``extrapolate``: a stage of an int count > 1 runs each point only until its schedule is periodic, then
     adds the rest exactly (``_periodic_stage``: fill + (count - k) * period + drain); False simulates every
     layer (prefill). Per-point arithmetic either way: an array of points equals the points one by one.
+    The state lives at the broadcast shape of the inputs seen so far (an open mesh's first stages need
+    not span the axes only later stages depend on), broadcast further when a stage needs it.
 
     ``floors``: {stage name: minimum time from the previous stage's end to this stage's end} (``compose``:
     the shared-HBM floor count * n * hbm_s); where a stage ends earlier, every state time moves later by
@@ -387,57 +515,67 @@ def pipeline_s(
     if shape is None:
         shape = np.broadcast_shapes(_shape(layers, n), *(np.shape(f) for f in (floors or {}).values()))
     size = int(np.prod(shape))
-
-    def flat(x):
-        return np.broadcast_to(np.asarray(x, dtype=float), shape).reshape(-1)
-
-    nf = flat(n)
+    nf = np.asarray(n, dtype=float)
     nmax, nmin = (int(nf.max()), int(nf.min())) if size else (1, 1)
-    done = [np.zeros(size) for _ in range(nmax)]  # updated in place by _layer
-    free = {False: np.zeros(size), True: np.zeros(size)}
-    stage_end, periods = np.zeros(size), {}
+    cur = np.broadcast_shapes(nf.shape, (1,) * len(shape)) if size else shape  # the state's shape
+    x = np.zeros((nmax + 2, *cur))  # the state (``_layer``): microbatch ends, free times of streams A, M
+    stage_end, periods = np.zeros(cur), {}
     # microbatch j of a point with n <= j has durations 0: np.where(j < n, d, 0.0) as a bit mask (all ones
     # or 0, and +0.0 is the all-zero bit pattern: the same bits, without np.where's per-element branch)
     pad = {j: -(j < nf).astype(np.int64) for j in range(nmin, nmax)}
     for name, segs, count in layers:
-        fsegs = []
+        floor = np.asarray(floors[name], dtype=float) if floors is not None and name in floors else None
+        psegs = []
         for in_m, d in segs:  # per microbatch; 0 for a point's microbatches j >= n (``_layer``)
-            d = np.ascontiguousarray(flat(d))
+            d = np.asarray(d, dtype=float)
+            d = d if d.flags.c_contiguous else d.copy()  # (for the bit view)
             bits = d.view(np.int64)
-            fsegs.append((in_m, [d if j < nmin else (bits & pad[j]).view(float) for j in range(nmax)]))
+            psegs.append((in_m, [d if j < nmin else (bits & pad[j]).view(float) for j in range(nmax)]))
+        need = np.broadcast_shapes(
+            cur,
+            np.shape(count),
+            np.shape(0.0 if floor is None else floor),
+            *(np.shape(t) for _, ts in psegs for t in ts),
+        )
+        if need != cur:  # the state spans a new axis from this stage on
+            x = np.broadcast_to(x, (nmax + 2, *need)).copy()
+            stage_end = np.broadcast_to(stage_end, need).copy()
+            cur = need
         start = stage_end
         if np.ndim(count):  # per-point layer counts: run max(count) layers, keep the state where i < count
-            c = flat(count)
+            c = np.asarray(count, dtype=float)
             for i in range(int(c.max()) if size else 0):
-                on = i < c
-                d0, f0 = [x.copy() for x in done], {k: x.copy() for k, x in free.items()}
-                _layer(fsegs, done, free)
-                done = [np.where(on, x, y) for x, y in zip(done, d0, strict=True)]
-                free = {k: np.where(on, free[k], f0[k]) for k in free}
-            stage_end = _latest(done)
+                before = x.copy()
+                _layer(psegs, x, nmax)
+                np.copyto(x, before, where=~(i < c))
+            stage_end = x[:nmax].max(axis=0)
             periods[name] = stage_end - start
         else:
             count = int(count)
             if count == 0:
-                periods[name] = np.zeros(size)
+                periods[name] = np.zeros(cur)
                 continue
             if extrapolate and count >= EXTRAPOLATE_MIN_LAYERS and size:
-                done, free, periods[name] = _periodic_stage(fsegs, done, free, count)
-                stage_end = _latest(done)
+                periods[name] = _periodic_stage(psegs, x, nmax, count).reshape(cur)
+                stage_end = x[:nmax].max(axis=0)
             else:
                 before = start
                 for i in range(count):
                     if i == count - 1 and count > 1:
-                        before = _latest(done)
-                    _layer(fsegs, done, free)
-                stage_end = _latest(done)
+                        before = x[:nmax].max(axis=0)
+                    _layer(psegs, x, nmax)
+                stage_end = x[:nmax].max(axis=0)
                 periods[name] = stage_end - before
-        if floors is not None and name in floors:
-            late = np.maximum(start + flat(floors[name]) - stage_end, 0.0)
+        if floor is not None:
+            late = np.maximum(start + floor - stage_end, 0.0)
             if late.any():  # (+ 0.0 where the floor does not bind: the same bits as skipping it)
-                for x in (*done, *free.values(), stage_end):
-                    x += late
-    return stage_end.reshape(shape), {k: v.reshape(shape) for k, v in periods.items()}
+                x += late
+                stage_end += late
+
+    def full(v):
+        return v if v.shape == shape else np.broadcast_to(v, shape).copy()
+
+    return full(stage_end), {k: full(v) for k, v in periods.items()}
 
 
 def compose(

@@ -159,7 +159,9 @@ def grid_deployment(system, model, points: int):
 
 
 def bench_grid(system, model, rows: list) -> None:
-    from cmperf import decode
+    from cmperf import decode, runtime
+
+    runtime.keep_heap()  # as the CLI runs (cmperf.runtime)
 
     for target in GRID_POINTS:
         grid, n = grid_deployment(system, model, target)
@@ -185,8 +187,10 @@ def bench_grid(system, model, rows: list) -> None:
 
 
 def bench_scatter(system, model, rows: list) -> None:
-    from cmperf import decode, search
+    from cmperf import decode, runtime, search
     from cmperf.deployment import Deployment
+
+    runtime.keep_heap()  # as the CLI runs (cmperf.runtime)
 
     rng = np.random.default_rng(0)
     n = SCATTER_POINTS
