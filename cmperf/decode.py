@@ -968,7 +968,12 @@ def _point_prediction(ev: DecodeEval, i: int, auto_tpot_s: dict[int, float] | No
 def point(x, shape: tuple[int, ...], i: int):
     """Element ``i`` (flat index) of ``x`` broadcast to ``shape``, as a Python float (bool for bools)."""
     a = np.asarray(x)
-    v = np.broadcast_to(a, shape).flat[i] if shape else a.reshape(-1)[0]
+    if a.size == 1:  # a scalar, or one value for every point
+        v = a.reshape(-1)[0]
+    elif a.shape == shape:
+        v = a.reshape(-1)[i]
+    else:
+        v = np.broadcast_to(a, shape).flat[i]
     return bool(v) if a.dtype == bool else float(v)
 
 
