@@ -35,6 +35,15 @@ def _s(x) -> str:
     return "inf (overloaded)" if not math.isfinite(x) else fmt_s(x)
 
 
+def slo_limit_row(m: dict) -> tuple[str, str]:
+    """The "SLO holds up to" row of a serving result's ``max_rate_rps`` (disaggregated and aggregated)."""
+    return (
+        "SLO holds up to",
+        f"TTFT {_fmt_rate(m['ttft_slo_rps'])}, TPOT {_fmt_rate(m['tpot_slo_rps'])} "
+        f"→ {m['binding_slo']} binds",
+    )
+
+
 def serve_rows(r) -> list[tuple[str, str]]:
     from ..units import fmt_bytes, fmt_rate
 
@@ -93,13 +102,7 @@ def serve_rows(r) -> list[tuple[str, str]]:
     ]
     if r.max_rate_rps:
         m = r.max_rate_rps
-        rows.append(
-            (
-                "SLO holds up to",
-                f"TTFT {_fmt_rate(m['ttft_slo_rps'])}, TPOT {_fmt_rate(m['tpot_slo_rps'])} "
-                f"→ {m['binding_slo']} binds",
-            )
-        )
+        rows.append(slo_limit_row(m))
         rows.append(
             (
                 "capacity (utilization 1)",
@@ -186,13 +189,7 @@ def agg_rows(r) -> list[tuple[str, str]]:
     ]
     if r.max_rate_rps:
         m = r.max_rate_rps
-        rows.append(
-            (
-                "SLO holds up to",
-                f"TTFT {_fmt_rate(m['ttft_slo_rps'])}, TPOT {_fmt_rate(m['tpot_slo_rps'])} "
-                f"→ {m['binding_slo']} binds",
-            )
-        )
+        rows.append(slo_limit_row(m))
     return rows
 
 
