@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from . import memory
+from . import frameworks, memory
 from .comm import ep_message_bytes
 from .deployment import AUTO, Deployment, placement_arrays
 from .graph import (
@@ -685,6 +685,9 @@ def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: boo
     sts = [*sts, h_st]
     # host time per step outside the layers (graph launch, sampling, scheduling): serial, in every bound
     over = np.asarray(dep.step_overhead_s, dtype=float)
+    fw = frameworks.of(dep)
+    if fw is not None:  # the framework's own host time per step (frameworks/*.toml), beyond --step-overhead
+        over = over + fw.step_overhead_s
     step, ideal = chain + h_step + over, ideal + h_step + over
     lower, upper = lower + h_lower + over, upper + h_upper + over
     per_step = 1.0 + accepted_per_step(mtp_a, dep.mtp_accept)
@@ -884,6 +887,9 @@ def predict(system: System, model: Model, dep: Deployment) -> DecodePrediction:
     if dep.microbatches != AUTO:
         return evaluate(system, model, dep).at(0)
     cands = microbatch_candidates(system, dep.batch_per_device)
+    fw = frameworks.of(dep)
+    if fw is not None:  # only the counts the framework runs (SGLang's two-batch overlap: 1 or 2)
+        cands = tuple(c for c in cands if c in fw.microbatches) or (min(fw.microbatches),)
     ev = evaluate(system, model, replace(dep, microbatches=np.array(cands)))
     best = best_microbatches(ev, cands)
     tpot = np.broadcast_to(ev.tpot_s, (len(cands),))
@@ -925,8 +931,9 @@ def _point_prediction(ev: DecodeEval, i: int, auto_tpot_s: dict[int, float] | No
             "ideal_binding": names[int(st.binding)],  # type: ignore[arg-type]  # kept with the ops
         }
     ops = op_rows(sts, dep.microbatches)
-    if dep.step_overhead_s > 0:  # the deployment's per-step host time, a serial latency of its own
-        t = float(dep.step_overhead_s)
+    fw = frameworks.of(dep)
+    t = float(dep.step_overhead_s) + (fw.step_overhead_s if fw is not None else 0.0)
+    if t > 0:  # the deployment's (and its framework's) per-step host time, a serial latency of its own
         ops.append(
             OpRow("step", "step.overhead", "serial", 1, t, t, "latency", 0.0, 0.0, 0.0, t, 0.0, 0.0, 0.0)
         )

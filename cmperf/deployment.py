@@ -283,6 +283,7 @@ FLAGS = {
     "attn_tp": "--attn-tp",
     "moe_tp": "--moe-tp",
     "prefill_chunk_tokens": "--chunk-tokens",
+    "framework": "--framework",
 }
 
 PHASES = ("decode", "prefill")
@@ -338,6 +339,9 @@ class Deployment:
     # (data-parallel attention), the system's attention_tp_devices in prefill (SP-TP-SP)
     attn_tp: Any = None
     moe_tp: Any = None  # ranks each expert's FFN is split over (EP = ranks / moe_tp); None: 1
+    # serving-framework profile (frameworks/NAME.toml, cmperf.frameworks): its microbatch counts, MTP chain
+    # support and per-step host time; None: no profile (every count, no framework step time)
+    framework: str | None = None
     prompt_len: Any = 4096.0  # prefill: the prompts' length; decode: the chunk's prompts (aggregated)
     # decode
     batch_per_device: Any = 96.0
@@ -419,6 +423,9 @@ class Deployment:
             out.append(f"--microbatches: {mb!r} is not a count; give {allowed}")
         elif not isinstance(mb, str) and mb not in (1, 2, 3, 4):
             out.append(f"--microbatches: must be {allowed}, got {mb}")
+        from .frameworks import reasons as framework_reasons
+
+        out += framework_reasons(d)
         if d.eplb not in EPLB_MODES or (d.phase == "prefill" and d.eplb not in ("model", "perfect")):
             allowed = ", ".join(EPLB_MODES) if d.phase == "decode" else "model, perfect"
             out.append(f"--eplb: {d.eplb!r} is not one of {allowed} ({d.phase})")

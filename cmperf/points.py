@@ -2,19 +2,21 @@
 
 A row is posed as one worker (``Deployment``) of attn_tp x attn_dp = moe_tp x moe_ep ranks: attention TP
 ``attn_tp`` (``Deployment.attn_tp``), MoE TP ``moe_tp`` and EP ``moe_ep``; batch per attention-DP rank from
-the row, else concurrency / (attn_dp x workers), so batch per device = batch per rank x attn_dp / devices;
-KV from ISL and OSL as ``cmperf decode --prompt-len/--output-len`` takes them (``deployment.kv_lengths``);
-MTP 0 when the row does not record it; ``microbatches="auto"``. A disaggregated row is a decode instance
-(``decode.predict``); an aggregated row (one engine with in-flight batching) is an aggregated engine of the
-worker's devices under a closed loop of the row's concurrency per worker (``aggregated.evaluate``: TPOT
-with the prefill chunk in every step, TTFT with queueing). Every other row is skipped with a one-word
-reason (``REASONS``). error = predicted / measured - 1 (TPOT; TTFT for posed aggregated rows that
-measured it); statistics are over posed rows.
+the row, else concurrency / (attn_dp x workers), so batch per device = batch per rank x attn_dp / devices; KV
+from ISL and OSL as ``cmperf decode --prompt-len/--output-len`` takes them (``deployment.kv_lengths``); MTP 0
+when the row does not record it; ``microbatches="auto"``; the framework profile of the row's backend
+(``BACKEND_FRAMEWORKS``: trtllm -> tensorrt-llm, sglang -> sglang; frameworks/*.toml). A disaggregated row is
+a decode instance (``decode.predict``); an aggregated row (one engine with in-flight batching) is an
+aggregated engine of the worker's devices under a closed loop of the row's concurrency per worker
+(``aggregated.evaluate``: TPOT with the prefill chunk in every step, TTFT with queueing). Every other row is
+skipped with a one-word reason (``REASONS``). error = predicted / measured - 1 (TPOT; TTFT for posed
+aggregated rows that measured it); statistics are over posed rows.
 
 Worked number (a synthetic row, as in tests/test_points.py): hgx-h200, attn_dp = moe_ep = 8, batch 16 per
 GPU, ISL 1024 / OSL 1024, FP8 -> ``cmperf decode --system hgx-h200 --devices 8 --ep 8 --batch 16
---prompt-len 1024 --output-len 1024 --mtp 0``: TPOT 44.06 ms, moe.experts.up (memory) the heaviest op;
-against a measured 30 ms the error is +46.9%.
+--prompt-len 1024 --output-len 1024 --mtp 0 --framework tensorrt-llm``: TPOT 44.17 ms (44.06 ms of layers
+and head + TensorRT-LLM's 0.110 ms step time), moe.experts.up (memory) the heaviest op; against a measured
+30 ms the error is +47.2%.
 """
 
 from __future__ import annotations
@@ -295,10 +297,15 @@ def concurrency_per_worker(pt: Point) -> float | None:
     return None
 
 
-def pose(pt: Point, system, model):
+#: The framework profile (frameworks/*.toml) a row's backend runs on; a backend not listed runs on none.
+BACKEND_FRAMEWORKS = {"trtllm": "tensorrt-llm", "sglang": "sglang", "vllm": "vllm"}
+
+
+def pose(pt: Point, system, model, frameworks: bool = True):
     """(``Deployment``, "", "") for a row cmperf can express on ``system``, else (None, reason, note); the
     note of an ``invalid`` row is the check that failed. An aggregated row's record is its engine's
-    (``aggregated.Engine``): the batch is set by the closed loop, the record's is the row's."""
+    (``aggregated.Engine``): the batch is set by the closed loop, the record's is the row's. With
+    ``frameworks`` the record names the backend's framework profile (``BACKEND_FRAMEWORKS``)."""
     from .deployment import Deployment, kv_lengths, precision_from
 
     degrees = (pt.attn_tp, pt.attn_dp, pt.moe_tp, pt.moe_ep)
@@ -334,6 +341,7 @@ def pose(pt: Point, system, model):
         kv_cv=kv_cv,
         mtp=pt.mtp if pt.mtp is not None else 0,
         precision=prec,
+        framework=BACKEND_FRAMEWORKS.get(pt.backend) if frameworks else None,
         **knobs,
     )
     if pt.mtp_accept is not None:
@@ -385,9 +393,12 @@ def _predict_agg(pt: Point, system, model, dep):
     return decode.predict(system, model, at), res
 
 
-def evaluate(points: list[Point], spec_dirs: tuple[str, ...] | list[str] = ()) -> list[Result]:
+def evaluate(
+    points: list[Point], spec_dirs: tuple[str, ...] | list[str] = (), frameworks: bool = True
+) -> list[Result]:
     """One ``Result`` per row, in file order: posed disaggregated rows through ``decode.predict``,
-    aggregated ones through ``aggregated.evaluate`` (``_predict_agg``)."""
+    aggregated ones through ``aggregated.evaluate`` (``_predict_agg``). ``frameworks``: each row runs on
+    its backend's framework profile (``BACKEND_FRAMEWORKS``); False: on none (the model without them)."""
     from . import decode
 
     cache: dict = {}
@@ -396,7 +407,7 @@ def evaluate(points: list[Point], spec_dirs: tuple[str, ...] | list[str] = ()) -
         system, model, reason = _specs(pt, spec_dirs, cache)
         dep, note = None, ""
         if not reason:
-            dep, reason, note = pose(pt, system, model)
+            dep, reason, note = pose(pt, system, model, frameworks)
         p = agg = None
         if dep is not None and pt.mode == "agg":
             try:

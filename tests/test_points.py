@@ -62,7 +62,8 @@ def test_posed_row_is_what_cmperf_decode_prints(results):
     """The EP8 row predicts exactly `cmperf decode` with the row's flags; error = predicted / measured - 1."""
     r = run(
         "decode", "--system", "hgx-h200", "--devices", "8", "--ep", "8", "--batch", "16", "--prompt-len",
-        "1024", "--output-len", "1024", "--mtp", "0", "--weights", "fp8", "--format", "json",
+        "1024", "--output-len", "1024", "--mtp", "0", "--weights", "fp8", "--framework", "tensorrt-llm",
+        "--format", "json",
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)

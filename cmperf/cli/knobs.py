@@ -91,7 +91,15 @@ def experts_dtype_option(fn):
 
 
 def common_options(fn):
-    """Knobs both phases read: instance, EP, expert balance."""
+    """Knobs both phases read: instance, EP, expert balance, serving framework."""
+    fn = knob(
+        "--framework",
+        "framework",
+        metavar="NAME",
+        help="Serving-framework profile (frameworks/NAME.toml: cloudmatrix-infer, sglang, tensorrt-llm, "
+        "vllm): the microbatch counts it runs (auto picks among them), whether it runs MTP chains deeper "
+        "than 1, and its per-step host time, added to --step-overhead [default: none, no profile].",
+    )(fn)
     fn = knob(
         "--imbalance",
         "imbalance",

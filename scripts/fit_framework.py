@@ -1,0 +1,87 @@
+"""Fit a framework profile's per-step host time on measured points (frameworks/*.toml, step_overhead).
+
+Usage: .venv/bin/python scripts/fit_framework.py POINTS.csv [--write]
+
+POINTS.csv is the development half of aiconfigurator's measured rows (docs/points.md; never committed).
+Fit rows: disaggregated, batch per rank <= 8 (the step is weight-read and fixed-cost bound there), MTP 0,
+posed by cmperf without a framework profile and run at a microbatch count the framework runs. The
+overhead is the median of measured - predicted TPOT over those rows (the L1 fit of a constant added to
+every step; with MTP 0 a step is one token), floored at 0. Prints the rows used, the fit, and the TPOT
+error table (disagg and agg: median and p90 of |error|) without and with the profiles.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from cmperf import frameworks, points
+
+FIT_BATCH = 8.0  # batch per rank at most (the low-batch rows)
+
+
+def fit(results: list[points.Result], pts: list[points.Point]) -> dict[str, tuple[float, int]]:
+    """{framework: (step overhead s, rows)} from the no-framework results."""
+    by_id = {p.row: p for p in pts}
+    out = {}
+    for backend, name in points.BACKEND_FRAMEWORKS.items():
+        if name not in frameworks.known():
+            continue
+        counts = frameworks.load(name).microbatches
+        res = [
+            r.measured_tpot_s - r.predicted_tpot_s
+            for r in results
+            if r.status == "posed"
+            and r.backend == backend
+            and r.mode == "disagg"
+            and r.batch_per_rank is not None
+            and r.batch_per_rank <= FIT_BATCH
+            and not by_id[r.row].mtp
+            and r.microbatches in counts
+        ]
+        if res:
+            out[name] = (max(float(np.median(res)), 0.0), len(res))
+    return out
+
+
+def table(results: list[points.Result]) -> list[str]:
+    lines = []
+    for backend in sorted({r.backend for r in results}):
+        for mode in points.MODES:
+            e = [
+                abs(r.error)
+                for r in results
+                if r.error is not None and r.backend == backend and r.mode == mode
+            ]
+            if e:
+                lines.append(
+                    f"{backend:8s} {mode:6s} n={len(e):3d} median {100 * np.median(e):5.1f}%  "
+                    f"p90 {100 * np.percentile(e, 90):5.1f}%"
+                )
+    for mode in points.MODES:
+        e = [abs(r.error) for r in results if r.error is not None and r.mode == mode]
+        if e:
+            lines.append(
+                f"{'all':8s} {mode:6s} n={len(e):3d} median {100 * np.median(e):5.1f}%  "
+                f"p90 {100 * np.percentile(e, 90):5.1f}%"
+            )
+    return lines
+
+
+def main(argv: list[str]) -> None:
+    pts = points.read(argv[0])
+    before = points.evaluate(pts, frameworks=False)
+    fits = fit(before, pts)
+    for name, (o, n) in fits.items():
+        print(f"fit {name}: step_overhead = {1e3 * o:.3f} ms on {n} rows")
+    print("TPOT |error| without framework profiles:")
+    print("\n".join(table(before)))
+    if "--after" in argv:
+        after = points.evaluate(pts, frameworks=True)
+        print("TPOT |error| with framework profiles (as shipped):")
+        print("\n".join(table(after)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

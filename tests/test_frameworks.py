@@ -1,0 +1,113 @@
+"""Serving-framework profiles (frameworks/*.toml, cmperf.frameworks): values with sources, the default
+unchanged, the step overhead added exactly, auto microbatches within the framework's counts, and one-line
+errors for an unknown name or a knob the framework cannot run."""
+
+import dataclasses
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from cmperf import decode, frameworks, points, prefill
+from cmperf.cli import main
+from cmperf.deployment import Deployment
+from cmperf.errors import CmperfError
+from cmperf.specs import load_model, load_system
+
+CM = load_system("cloudmatrix384")
+H800 = load_system("dgx-h800")
+R1 = load_model("deepseek-r1")
+
+
+def test_profiles_load_with_a_source_for_every_value():
+    assert frameworks.known() == ["cloudmatrix-infer", "sglang", "tensorrt-llm", "vllm"]
+    for name in frameworks.known():
+        fw = frameworks.load(name)
+        assert set(fw.sources) == {"microbatches", "mtp_chains", "step_overhead"}
+        assert all(s.strip() for s in fw.sources.values())
+        assert 3 not in fw.microbatches  # every shipped framework overlaps two microbatches at most
+    assert frameworks.load("sglang").step_overhead_s == pytest.approx(1.945e-3, abs=1e-12)
+    assert frameworks.load("tensorrt-llm").step_overhead_s == pytest.approx(0.110e-3, abs=1e-12)
+    assert (
+        "fitted on the aiconfigurator development half, 15 rows"
+        in frameworks.load("sglang").sources["step_overhead"]
+    )
+    assert not frameworks.load("cloudmatrix-infer").mtp_chains and frameworks.load("sglang").mtp_chains
+
+
+def test_no_framework_is_bit_identical_and_a_zero_overhead_profile_too():
+    base = decode.predict(CM, R1, Deployment())
+    assert base.deployment["framework"] is None
+    assert base.tpot_s == decode.predict(CM, R1, Deployment(framework=None)).tpot_s
+    # CloudMatrix-Infer: 0 ms of its own, microbatches 1 or 2 (auto picks 2 at batch 96 either way)
+    cmi = decode.predict(CM, R1, Deployment(framework="cloudmatrix-infer"))
+    assert cmi.tpot_s == base.tpot_s and cmi.deployment["microbatches"] == 2
+    assert cmi.tpot_s == pytest.approx(0.04949, rel=1e-3)  # the paper's 49.4 ms headline
+
+
+def test_step_overhead_adds_exactly_its_value_to_the_step():
+    dep = Deployment(microbatches=2, mtp=1)
+    base = decode.predict(CM, R1, dep)
+    sg = decode.predict(CM, R1, dataclasses.replace(dep, framework="sglang"))
+    over = frameworks.load("sglang").step_overhead_s
+    assert sg.step_s - base.step_s == pytest.approx(over, rel=1e-9)
+    per_step = base.step_s / base.tpot_s  # 1 + accepted drafts (1.7 at MTP 1 @ 0.7)
+    assert per_step == pytest.approx(1.7, rel=1e-12)
+    assert sg.tpot_s - base.tpot_s == pytest.approx(over / per_step, rel=1e-9)
+    row = next(o for o in sg.ops if o.name == "step.overhead")
+    assert row.total_s == pytest.approx(over, rel=1e-12)
+    # on top of --step-overhead, not instead of it
+    both = decode.predict(CM, R1, dataclasses.replace(dep, framework="sglang", step_overhead_s=1e-3))
+    assert both.step_s - base.step_s == pytest.approx(over + 1e-3, rel=1e-9)
+    # the vectorized path agrees with the scalar one
+    ev = decode.evaluate(CM, R1, dataclasses.replace(dep, framework="sglang", batch_per_device=96.0))
+    assert float(ev.step_s) == sg.step_s
+
+
+def test_auto_microbatches_stay_within_the_framework_counts():
+    # dgx-h800 batch 192: auto picks 3 without a framework (70.0 ms against 73.6 ms at 2)
+    dep = Deployment(batch_per_device=192.0)
+    free = decode.predict(H800, R1, dep)
+    assert free.deployment["microbatches"] == 3
+    for name in ("sglang", "tensorrt-llm", "vllm"):
+        p = decode.predict(H800, R1, dataclasses.replace(dep, framework=name))
+        assert p.deployment["microbatches"] == 2
+        assert set(p.deployment["microbatches_auto_tpot_s"]) == {"1", "2"}
+        over = frameworks.load(name).step_overhead_s
+        # the count-2 TPOT is the free run's count-2 TPOT plus the framework's step time per token
+        per_step = 1.7
+        assert p.tpot_s == pytest.approx(free.deployment["microbatches_auto_tpot_s"]["2"] + over / per_step)
+
+
+def test_forbidden_knobs_and_unknown_names_are_one_line_errors():
+    with pytest.raises(
+        CmperfError, match=r"--microbatches: framework sglang runs 1 or 2 microbatches, got 3"
+    ):
+        decode.predict(CM, R1, Deployment(framework="sglang", microbatches=3))
+    with pytest.raises(CmperfError, match=r"--mtp: framework cloudmatrix-infer runs MTP chains of one"):
+        decode.predict(CM, R1, Deployment(framework="cloudmatrix-infer", mtp=2))
+    decode.predict(CM, R1, Deployment(framework="sglang", mtp=2))  # SGLang runs deeper chains
+    with pytest.raises(CmperfError, match=r"--framework: unknown framework 'nope'; known: cloudmatrix-infer"):
+        decode.predict(CM, R1, Deployment(framework="nope"))
+    with pytest.raises(CmperfError, match=r"--microbatches: framework vllm runs 1 or 2"):
+        prefill.predict(CM, R1, Deployment(phase="prefill", framework="vllm", microbatches=3))
+    runner = CliRunner()
+    for args, text in (
+        (["--framework", "sglang", "--microbatches", "3"], "--microbatches: framework sglang runs 1 or 2"),
+        (["--framework", "nope"], "known: cloudmatrix-infer, sglang, tensorrt-llm, vllm"),
+    ):
+        for cmd in ("decode", "prefill"):
+            r = runner.invoke(main, [cmd, "--system", "cloudmatrix384", *args])
+            assert r.exit_code == 2, (cmd, args, r.output)
+            err = r.stderr.strip()
+            assert err.count("\n") == 0 and text in err, err
+
+
+def test_points_pick_the_framework_from_the_backend():
+    assert points.BACKEND_FRAMEWORKS == {"trtllm": "tensorrt-llm", "sglang": "sglang", "vllm": "vllm"}
+    system, model = load_system("hgx-h200"), R1
+    dep = Deployment(devices=8, ep_size=8, batch_per_device=16.0, mtp=0, kv_len=1536.0)
+    a = decode.predict(system, model, dep)
+    b = decode.predict(system, model, dataclasses.replace(dep, framework="sglang"))
+    assert b.tpot_s - a.tpot_s == pytest.approx(1.945e-3, rel=1e-9)  # MTP 0: one token per step
+    assert math.isfinite(b.tpot_s)
