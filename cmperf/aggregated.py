@@ -473,27 +473,15 @@ def evaluate(
             f"({curve.top:.1f} sequences per device)"
         )
         b = curve.top
-        mean, mix, zero, f, n, _ = curve.point(np.array([b]))
-        step, step_mix, step0, frac, n_mb = (
-            float(mean[0]),
-            float(mix[0]),
-            float(zero[0]),
-            float(f[0]),
-            int(n[0]),
-        )
+    # the step at the batch (overloaded: the cap), then its p99 and SLO-quantile batches
+    at = [b] if overloaded else [b, curve.batch_quantile(b, 0.99), curve.batch_quantile(b, q)]
+    mean, mix, zero, f, n, _ = curve.point(np.array(at))
+    step, step_mix, step0, frac, n_mb = float(mean[0]), float(mix[0]), float(zero[0]), float(f[0]), int(n[0])
+    if overloaded:
         ttft = dict.fromkeys(("mean", "p50", "p90", "p99", qlabel), inf)
         tpot = dict.fromkeys(("mean", "p99", qlabel), inf)
         wait, att, util = inf, 0.0, rate / cap
     else:
-        b99, bq = curve.batch_quantile(b, 0.99), curve.batch_quantile(b, q)
-        mean, mix, zero, f, n, _ = curve.point(np.array([b, b99, bq]))
-        step, step_mix, step0, frac, n_mb = (
-            float(mean[0]),
-            float(mix[0]),
-            float(zero[0]),
-            float(f[0]),
-            int(n[0]),
-        )
         t_mean, t99, tq = (float(x) / curve.per_step for x in mean)
         tpot = {"mean": t_mean, "p99": t99, qlabel: tq}
         w = curve.queue(rate, step_mix)

@@ -333,6 +333,12 @@ def mla_decode_ops(m: Model, prec, tokens, seqs, kv_len, tp: int = 1) -> list[Op
     return ops
 
 
+def comm_op(name: str, dtype: str, collective: str, comm_bytes, group, stream: str = "moe") -> Op:
+    """A collective of ``comm_bytes`` per rank over ``group`` ranks (cmperf.step.op_time times it by its
+    ``collective``: the EP kernels' dispatch/combine, an all-reduce, else a plane collective)."""
+    return Op(name, "comm", stream, dtype, collective=collective, comm_bytes=comm_bytes, ep_size=group)
+
+
 def tp_allreduce_ops(name: str, payload_bytes, tp: int, stream: str = "moe") -> list[Op]:
     """The all-reduce of a row-parallel projection's partial outputs (``payload_bytes`` per rank, BF16)
     over a TP group of ``tp`` ranks; none for TP1. Timed by cmperf.comm.allreduce_time (the cheapest of
@@ -341,17 +347,7 @@ def tp_allreduce_ops(name: str, payload_bytes, tp: int, stream: str = "moe") -> 
     the same bytes and steps, costed here as one all-reduce."""
     if tp <= 1:
         return []
-    return [
-        Op(
-            name,
-            "comm",
-            stream,
-            "bf16",
-            collective="allreduce",
-            comm_bytes=payload_bytes,
-            ep_size=np.float64(tp),
-        )
-    ]
+    return [comm_op(name, "bf16", "allreduce", payload_bytes, np.float64(tp), stream)]
 
 
 def _mla_prefill_in(m: Model, prec, new_tokens, cached_tokens, tp) -> list[Op]:
@@ -758,46 +754,16 @@ def moe_ops(
     h, inter, r, e = m.hidden_size, m.moe_intermediate_size / moe_tp, m.n_routed_experts, prec.experts
     if moe_tp > 1:
         group = np.asarray(ep_size, dtype=float) * moe_tp
-        dispatch = Op(
-            "moe.tp_allgather",
-            "comm",
-            "moe",
-            prec.dispatch,
-            collective="allgather",
-            comm_bytes=(group - 1.0) * tokens * dispatch_msg_bytes,
-            ep_size=group,
-        )
-        combine = Op(
-            "moe.tp_reducescatter",
-            "comm",
-            "moe",
-            prec.combine,
-            collective="reducescatter",
-            comm_bytes=(group - 1.0) * tokens * combine_msg_bytes,
-            ep_size=group,
+        shares = (group - 1.0) * tokens  # every other rank's tokens in, their partial outputs out
+        dispatch = comm_op("moe.tp_allgather", prec.dispatch, "allgather", shares * dispatch_msg_bytes, group)
+        combine = comm_op(
+            "moe.tp_reducescatter", prec.combine, "reducescatter", shares * combine_msg_bytes, group
         )
         copies_per_token = 0.0  # the residual adds the reduced output only
     else:
-        dispatch = Op(
-            "moe.dispatch",
-            "comm",
-            "moe",
-            prec.dispatch,
-            collective="dispatch",
-            comm_bytes=tokens * copies_per_token * dispatch_msg_bytes,
-            ep_size=ep_size,
-        )
-        combine = Op(
-            "moe.combine",
-            "comm",
-            "moe",
-            prec.combine,
-            collective="combine",
-            comm_bytes=tokens * copies_per_token * combine_msg_bytes,
-            ep_size=ep_size,
-        )
-    # Fused kernels (CM384 §4.2): norm + gating top-k; grouped matmul with SwiGLU and quantization;
-    # the weighted sum and residual inside the combine kernel.
+        sent = tokens * copies_per_token
+        dispatch = comm_op("moe.dispatch", prec.dispatch, "dispatch", sent * dispatch_msg_bytes, ep_size)
+        combine = comm_op("moe.combine", prec.combine, "combine", sent * combine_msg_bytes, ep_size)
     return [
         *fuse(
             [
@@ -836,15 +802,7 @@ def head_ops(m: Model, prec, embed_tokens, head_tokens, mtp_tokens, tp: int = 1)
     if tp > 1:
         logits = (head_tokens + np.asarray(mtp_tokens, dtype=float)) * v * 4.0
         ops.append(
-            Op(
-                "head.tp_allgather",
-                "comm",
-                "attn",
-                "fp32",
-                collective="allgather",
-                comm_bytes=logits * (tp - 1),
-                ep_size=np.float64(tp),
-            )
+            comm_op("head.tp_allgather", "fp32", "allgather", logits * (tp - 1), np.float64(tp), "attn")
         )
     ops.append(vector("sample", "attn", head_tokens, v * tp, 1, "fp32", "fp32"))
     if np.any(np.asarray(mtp_tokens) > 0):

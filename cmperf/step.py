@@ -85,7 +85,7 @@ def op_time(op: Op, system: System, cube_share=1.0, phase: str = "decode") -> Op
         scaleout = op.scaleout_bytes if isinstance(op, DomainDedupOp) else None
         return ep_collective_time(system, op.collective, op.comm_bytes, op.ep_size, phase, scaleout)
     # intra-instance collectives (prefill SP-TP-SP) ride the EP kernels' scale-up plane
-    plane = next(iter(system.collectives.values())).plane if system.collectives else next(iter(system.planes))
+    plane = system.scaleup_plane()
     if op.collective == "allreduce":  # attention / dense TP (cmperf.graph.tp_allreduce_ops)
         return allreduce_time(system, plane, op.comm_bytes, op.ep_size)
     return plane_collective_time(system, plane, op.comm_bytes, op.ep_size)
