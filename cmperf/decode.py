@@ -310,9 +310,9 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
         if given is None and eplb not in ("perfect", *MEASURED_EPLB) and model.is_moe
         else None
     )
+    a2a: Any = 1.0  # all-to-all volume at its busiest rank / the sender's mean (measured routing only)
     if measured:  # cmperf.routing: the busiest rank's receive load, and the all-to-all timed at it
         imb, a2a = measured_imbalance(model, pl, eplb, m * f_mb, m * s_mb)
-        disp_msg, comb_msg = disp_msg * a2a, comb_msg * a2a
     else:
         imb = routed_imbalance(model, pl, ep, ep * m * f_mb * k, eplb, given, consts)
     exp_tok, exp_read, copies = moe_load(model, pl, ep, m * f_mb, imb)
@@ -320,7 +320,8 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
         copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
     ffn = {"dense": dense_ffn_ops(model, prec, t * f_mb, t)}
     if model.is_moe:
-        ffn["moe"] = moe_ops(model, prec, f_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg, m)
+        d_msg, c_msg = (disp_msg * a2a, comb_msg * a2a) if measured else (disp_msg, comb_msg)
+        ffn["moe"] = moe_ops(model, prec, f_mb, exp_tok, exp_read, copies, ep, d_msg, c_msg, m)
     # one attention block per variant: layer groups of one variant share its ops (the same objects, so
     # cmperf.step and cmperf.memory compute their times and footprints once)
     attn: dict[str, list] = {}
@@ -336,8 +337,10 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
         stages += _draft_stages(draft, prec, b_rank / n, s_mb, kv_len, mtp)
     elif np.any(on):
         m_tok = b_rank / n  # each MTP module runs on one token per sequence
-        if measured:
-            m_imb, _ = measured_imbalance(model, pl, eplb, m * m_tok, m * m_tok)
+        md_msg, mc_msg = disp_msg, comb_msg
+        if measured:  # the MTP module's own all-to-all: one token per sequence
+            m_imb, m_a2a = measured_imbalance(model, pl, eplb, m * m_tok, m * m_tok)
+            md_msg, mc_msg = disp_msg * m_a2a, comb_msg * m_a2a
         else:
             m_imb = routed_imbalance(model, pl, ep, ep * m * m_tok * k, eplb, given, consts)
         m_exp, m_read, _ = moe_load(model, pl, ep, m * m_tok, m_imb)
@@ -347,7 +350,7 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
                 mtp_layers(model, mtp),
                 tuple(
                     attention_decode_ops(model, prec, t * m_tok, t * s_mb, kv_len, tp=t)
-                    + moe_ops(model, prec, m_tok, m_exp, m_read, copies, ep, disp_msg, comb_msg, m)
+                    + moe_ops(model, prec, m_tok, m_exp, m_read, copies, ep, md_msg, mc_msg, m)
                 ),
             )
         )
