@@ -412,7 +412,9 @@ class Deployment:
                 f"--devices: {d.devices} is outside 1..{system.num_devices} ({system.name} has "
                 f"{system.num_devices} devices)"
             )
-        if d.ep_size < 1 or ranks % d.ep_size:
+        # a default EP follows --moe-tp (ranks / moe_tp): when that does not divide, --moe-tp is named below
+        derived = self.ep_size is None and isinstance(d.moe_tp, int) and d.moe_tp >= 1 and ranks % d.moe_tp
+        if not derived and (d.ep_size < 1 or ranks % d.ep_size):
             out.append(
                 f"--ep: EP{d.ep_size} must divide the {ranks} ranks of {d.devices} devices "
                 f"({system.ranks_per_device} per device on {system.name}); try --ep {ranks}"

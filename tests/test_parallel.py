@@ -178,3 +178,10 @@ def test_serve_disagg_decode_pool_takes_tp():
     tp = json.loads(CliRunner().invoke(main, [*base, "--attn-tp", "8", "--moe-tp", "8"]).stdout)
     assert (tp["decode"]["attn_tp"], tp["decode"]["moe_tp"], dp["decode"]["attn_tp"]) == (8, 8, 1)
     assert tp["tpot_s"]["mean"] < dp["tpot_s"]["mean"]
+
+
+def test_moe_tp_not_dividing_the_ranks_names_moe_tp():
+    """The default EP follows --moe-tp: a degree that does not divide the ranks is reported as --moe-tp,
+    not as the EP it implies."""
+    r = CliRunner().invoke(main, ["decode", "--moe-tp", "3"])
+    assert r.exit_code == 2 and r.stderr.startswith("cmperf: error: --moe-tp: 3 must divide the 320 ranks")
