@@ -22,6 +22,11 @@ SCHEMA_VERSION = 1
 
 
 def to_jsonable(obj: Any) -> Any:
+    t = type(obj)
+    if t is float:  # most leaves of a prediction: the float branch below without the checks before it
+        return _json_float(obj)
+    if t is str or t is int or obj is None:  # (what the last line returns)
+        return obj
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -35,11 +40,15 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating | float):
-        x = float(obj)
-        if math.isnan(x) or math.isinf(x):
-            return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-        return float(f"{x:.12g}")
+        return _json_float(float(obj))
     return obj
+
+
+def _json_float(x: float) -> float | str | None:
+    """12 significant digits (the same bytes on every platform); NaN is null, infinities are strings."""
+    if math.isnan(x) or math.isinf(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return float(f"{x:.12g}")
 
 
 def to_json(obj: Any, kind: str) -> str:

@@ -136,7 +136,6 @@ from .types import dep, option, workload
 def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, plot, **params):
     """Predict decode TPOT and tokens/s per device (defaults: the paper's 50 ms CloudMatrix384 setup)."""
     from .. import decode as dec
-    from .. import plot as plots
     from .. import render, specs
     from ..deployment import kv_lengths
     from ..errors import CmperfError
@@ -156,7 +155,7 @@ def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, p
         params["prompt_len"] = prompt_len  # the chunk's prompts (--chunk-tokens)
     dep = knobs.deployment("decode", sysm, params, knobs.scenario_precision())
     p = dec.predict(sysm, mod, dep)
-    write_plot(plot, lambda f: plots.prediction_image(f, "decode", p, ops_limit(ops)))
+    write_plot(plot, lambda f: _image(f, p, ops_limit(ops)))
     if fmt == "json":
         text = render.to_json(p, "decode")
     elif fmt == "markdown":
@@ -166,6 +165,13 @@ def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, p
     emit(text, output)
     if not p.feasible:
         raise Infeasible("infeasible deployment: " + "; ".join(p.reasons))
+
+
+def _image(fmt: str, p, ops: int | None) -> bytes:
+    """The --plot image of prediction ``p``: cmperf.plot is imported only when a plot is asked for."""
+    from .. import plot
+
+    return plot.prediction_image(fmt, "decode", p, ops)
 
 
 @click.command()
