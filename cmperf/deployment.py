@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CmperfError
+from .frameworks import CACHE_PREFETCH, cache_facts
 from .specs import DTYPE_BYTES, Model, System
 from .units import accept_text
 
@@ -280,6 +281,7 @@ FLAGS = {
     "prompt_len": "--prompt-len",
     "cache_hit": "--cache-hit",
     "cache_plane": "--cache-plane",
+    "cache_prefetch": "--cache-prefetch",
     "attn_tp": "--attn-tp",
     "moe_tp": "--moe-tp",
     "prefill_chunk_tokens": "--chunk-tokens",
@@ -304,7 +306,7 @@ DECODE_FIELDS = (
     "step_overhead_s",
     "prefill_chunk_tokens",
 )
-PREFILL_FIELDS = ("tokens_per_device", "cache_hit", "cache_plane")
+PREFILL_FIELDS = ("tokens_per_device", "cache_hit", "cache_plane", "cache_prefetch")
 
 
 @dataclass(frozen=True)
@@ -359,6 +361,9 @@ class Deployment:
     tokens_per_device: Any = 16384.0
     cache_hit: Any = 0.0  # fraction of prompt tokens whose KV is loaded from the context cache
     cache_plane: str | None = None  # None: cmperf.deployment.default_cache_plane
+    # "prefix" (every cached block loaded before the compute) | "layer" (layer l+1 loaded behind layer l);
+    # None: the framework's (cmperf.frameworks.cache_facts), "prefix" without one
+    cache_prefetch: str | None = None
 
     def resolve(self, system: System, model: Model) -> Deployment:
         """The record with every ``None`` default filled for ``system`` and ``model`` (idempotent)."""
@@ -391,6 +396,7 @@ class Deployment:
             eplb=self.eplb or ("perfect" if prefill else "model"),
             attention_cube_cores=_int(cores),
             cache_plane=self.cache_plane or (default_cache_plane(system) if prefill else None),
+            cache_prefetch=self.cache_prefetch or (cache_facts(self.framework)[0] if prefill else None),
             attn_tp=_int(tp),
             moe_tp=_int(moe_tp),
         )
@@ -495,6 +501,10 @@ class Deployment:
                     f"--cache-plane: system {system.name} has no plane {d.cache_plane!r} "
                     f"(it has {', '.join(system.planes)})"
                 )
+            if d.cache_prefetch not in CACHE_PREFETCH:
+                out.append(
+                    f"--cache-prefetch: expected one of {', '.join(CACHE_PREFETCH)}, got {d.cache_prefetch!r}"
+                )
         out += _parallel_reasons(self, d, system, model, ranks)
         try:
             assert d.precision is not None
@@ -524,7 +534,7 @@ class Deployment:
                     )
             except CmperfError as e:
                 out[name] = str(e)
-        names = ("eplb", "cache_plane") if self.phase == "prefill" else ("eplb",)
+        names = ("eplb", "cache_plane", "cache_prefetch") if self.phase == "prefill" else ("eplb",)
         for name in names:
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):

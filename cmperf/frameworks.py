@@ -1,10 +1,12 @@
 """Serving-framework profiles (``frameworks/*.toml``, kind = "framework"): what is software, not hardware.
 
 A profile holds the microbatch counts the framework runs (SGLang's two-batch overlap: 1 or 2, so
-``--microbatches auto`` never picks 3 under it), whether it runs MTP chains deeper than one draft, and its
-per-step host and scheduler time outside the layers (graph launch, sampling, scheduling), each value with
-its ``source`` like the hardware specs. ``Deployment.framework`` names one (None: no profile, today's
-behaviour exactly); ``--framework NAME`` sets it. The step overhead adds to ``--step-overhead``
+``--microbatches auto`` never picks 3 under it), whether it runs MTP chains deeper than one draft, its
+per-step host and scheduler time outside the layers (graph launch, sampling, scheduling), and how it loads
+a context-cache hit (``cache_prefetch``: the whole cached prefix before the prefill computes, or layer by
+layer behind the compute; ``cache_block_tokens``: the block one cache message carries; cmperf.prefill),
+each value with its ``source`` like the hardware specs. ``Deployment.framework`` names one (None: no
+profile, the defaults below); ``--framework NAME`` sets it. The step overhead adds to ``--step-overhead``
 (``Deployment.step_overhead_s``: host time beyond the framework's). Profiles: docs/frameworks.md.
 """
 
@@ -27,13 +29,27 @@ class Framework:
     microbatches: tuple[int, ...]  # microbatch counts the framework runs
     mtp_chains: bool  # runs MTP chains deeper than one draft
     step_overhead_s: float  # host time per decode step outside the layers
+    cache_prefetch: str  # "prefix" | "layer" (CACHE_PREFETCH)
+    cache_block_tokens: int  # tokens per context-cache block (one message per block)
     sources: dict[str, str] = field(repr=False)
+
+
+#: ``cache_prefetch`` choices: "prefix" loads every cached block before the prefill computes (the load is on
+#: the critical path); "layer" loads layer l+1's blocks while layer l computes (only the first layer and any
+#: excess over the compute are exposed).
+CACHE_PREFETCH = ("prefix", "layer")
+#: Without a profile: load before compute, the default of most stacks (vLLM + LMCache ``use_layerwise``
+#: false; TensorRT-LLM's KV-cache reuse onboards the reused blocks before the forward), in blocks of 128
+#: tokens (the low end of CM384 §4.4's 128-512: the most messages, so the most per-block cost).
+DEFAULT_CACHE_PREFETCH = "prefix"
+DEFAULT_CACHE_BLOCK_TOKENS = 128
 
 
 def framework_dir() -> Path:
     return builtin_dirs()[0] / "frameworks"
 
 
+@functools.cache
 def known() -> list[str]:
     """Names of the shipped profiles, sorted."""
     d = framework_dir()
@@ -67,14 +83,30 @@ def load(name: str) -> Framework:
     if not isinstance(entry["value"], bool):
         raise CmperfError(f"{t.where('mtp_chains')}: expected true or false, got {entry['value']!r}")
     over = t.quantity("step_overhead", "s", 0.0, 0.999)
+    prefetch = t._entry("cache_prefetch", False)
+    mode = DEFAULT_CACHE_PREFETCH if prefetch is None else prefetch["value"]
+    if mode not in CACHE_PREFETCH:
+        raise CmperfError(
+            f"{t.where('cache_prefetch')}: expected one of {', '.join(CACHE_PREFETCH)}, got {mode!r}"
+        )
+    block = t.integer("cache_block_tokens", 1, 1 << 20, required=False, default=DEFAULT_CACHE_BLOCK_TOKENS)
     t.done()
-    return Framework(fname, desc, str(path), tuple(sorted(set(counts))), entry["value"], over, sources)
+    chains = entry["value"]
+    return Framework(fname, desc, str(path), tuple(sorted(set(counts))), chains, over, mode, block, sources)
 
 
 def of(dep: Any) -> Framework | None:
     """The profile a deployment names, or None."""
     name = getattr(dep, "framework", None)
     return None if name is None else load(name)
+
+
+def cache_facts(name: str | None) -> tuple[str, int]:
+    """(cache_prefetch, cache_block_tokens) of the profile ``name`` (None or unknown: the defaults)."""
+    if name is None or unknown_reason(name):
+        return DEFAULT_CACHE_PREFETCH, DEFAULT_CACHE_BLOCK_TOKENS
+    fw = load(name)
+    return fw.cache_prefetch, fw.cache_block_tokens
 
 
 def reasons(dep: Any) -> list[str]:

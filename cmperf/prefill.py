@@ -38,13 +38,19 @@ layer's trailing residual add runs at the head of the next layer's compute, ``ro
 comm segment behind a short compute one (the all-gather behind the 0.3 ms prolog, the combine behind the
 next layer's prolog) stalls the AI cores as it does on the device.
 
-Context-cache loading (decision, stated): the EMS->HBM load of layer l+1's cached latents is
-prefetched while layer l computes, so loading overlaps compute; it runs on the DMA engines next to
-the all-to-all. It waits on no microbatch, so it is a background transfer that fills the port's idle
-time and binds only when the port saturates: per layer at least n * load over its own plane (VPC), or
-n * (all-to-all + load) over a plane the EP kernels use (UB on CM384, the InfiniBand NIC on DGX/HGX).
-Only the first layer's load is exposed. Default cache plane (``default_cache_plane``): "ub" where the
-system has it, else its scale-out plane.
+Context-cache loading: the cached prefix's KV moves from the pool (EMS on CM384, host memory elsewhere)
+over the cache plane in blocks (``cache_load_layer``): alpha-beta per block message, the plane's latency
+per block plus bytes / (bandwidth x host_read_eff), the messages of one rank issued back to back. How far
+the load overlaps the compute is the serving framework's (``Deployment.cache_prefetch``, cmperf.frameworks):
+* "prefix" (without a profile, and CloudMatrix-Infer, TensorRT-LLM, vLLM + LMCache): every cached block
+  is in HBM before the batch computes, one message per block (a block holds all layers); the whole load is
+  on the critical path of the batch (TTFT and throughput; no overlap with another batch is assumed).
+* "layer" (SGLang HiCache): layer l+1's blocks are prefetched while layer l computes, one message per block
+  per layer, on the DMA engines next to the all-to-all. It waits on no microbatch, so it is a background
+  transfer that fills the port's idle time and binds only when the port saturates: per layer at least
+  n * load over its own plane (VPC), or n * (all-to-all + load) over a plane the EP kernels use (UB on
+  CM384, the InfiniBand NIC on DGX/HGX). Only the first layer's load is exposed.
+Default cache plane (``default_cache_plane``): "ub" where the system has it, else its scale-out plane.
 The crossover (``cache_crossover_*``) is computed from the same model: the hit rate that minimizes
 batch time on the chosen plane (beyond it loading is slower than the compute it saves), and the
 per-rank plane bandwidth below which a fully cached prompt takes longer than recomputing it.
@@ -73,6 +79,7 @@ from .decode import (
     routed_imbalance,
 )
 from .deployment import Deployment, placement_arrays
+from .frameworks import cache_facts
 from .graph import (
     Stage,
     attention_prefill_ops,
@@ -99,7 +106,7 @@ class PrefillEval:
     kv_transfer_s: np.ndarray
     kv_bytes_per_sequence: np.ndarray
     cache_load_s: np.ndarray  # all cached latents of the batch on the cache plane, per rank
-    cache_load_exposed_s: np.ndarray  # the part not hidden behind compute (first layer)
+    cache_load_exposed_s: np.ndarray  # the part not hidden behind compute (all of it, or the first layer)
     layer_s: np.ndarray  # one MoE layer, all microbatches (steady-state pipeline period)
     dense_layer_s: np.ndarray
     head_s: np.ndarray
@@ -255,15 +262,12 @@ def _evaluate_block(
     )
     shape = np.broadcast(t_rank, p, h, n, ep, tp, imb).shape
 
-    # context-cache load per layer and microbatch (prefetched one layer ahead, see module docstring)
-    # per layer: the mean over layers of the cached prefix's KV (a sliding layer needs only its window)
+    # context-cache load per layer and microbatch (module docstring: "prefix" before the compute, "layer"
+    # prefetched one layer ahead)
     kv_seq = kv_bytes_per_seq(model, prec.kv, p)
-    load_layer_b = seqs_mb * kv_bytes_per_seq(model, prec.kv, cached_len) / model.num_layers
-    load_mb = np.where(
-        (h > 0) & load_cache,
-        transfer_s(system, cache_plane, load_layer_b, where="--cache-plane", from_host=True),
-        0.0,
-    )
+    layerwise = dep.cache_prefetch == "layer"
+    load_mb, load_b, _ = cache_load_layer(system, model, dep, seqs_mb, cached_len)
+    load_mb = np.where((h > 0) & load_cache, load_mb, 0.0)  # a recurrent state has bytes at length 0
     shares_port = cache_plane in (d.plane, d.scaleout_plane)  # a plane the EP all-to-all uses
     layers, port_s = [], {}
     layer_sts = sts[:-1]  # every layer stage; the head comes last
@@ -272,7 +276,7 @@ def _evaluate_block(
         layers.append((st.stage.name, segs, st.stage.count))
         # busy time per microbatch of the port the prefetch runs on: the all-to-all's if it shares it
         comm_s = sum(dur for is_comm, dur in segs if is_comm) if shares_port else 0.0
-        port_s[st.stage.name] = (st.stage.count, comm_s + load_mb)
+        port_s[st.stage.name] = (st.stage.count, comm_s + load_mb * layerwise)
     # cmperf.step's list schedule over all layers, floored by the shared HBM (n * HBM time per layer)
     chain_s, periods = compose(layer_sts, n, policy, layers=layers)
     # The prefetch waits on no microbatch: a background transfer that fills the port's idle time, binding
@@ -285,8 +289,15 @@ def _evaluate_block(
     batch_s = np.broadcast_to(chain_s + head_s, shape)
     ideal_s = np.broadcast_to(ideal_step, shape)
     cache_load_s = n * load_mb * model.num_layers
-    exposed = load_mb  # the first layer's prefetch has nothing to hide behind
+    # layer-wise: the first layer's prefetch has nothing to hide behind; prefix: all of it comes first
+    exposed = load_mb if layerwise else cache_load_s
     batch_s = batch_s + exposed
+    # bounds: no overlap runs the whole load serially; speed of light hides a layer-wise load and moves a
+    # prefix load at the plane's raw bandwidth
+    upper = upper + cache_load_s
+    if not layerwise:
+        raw_bw = system.planes[cache_plane].bytes_per_s_per_rank
+        lower = lower + np.where((h > 0) & load_cache, n * model.num_layers * load_b / raw_bw, 0.0)
 
     kv_xfer = np.broadcast_to(
         transfer_s(system, system.kv_transfer_plane(), kv_seq, where=f"{system.path}: kv_transfer_plane"),
@@ -341,6 +352,26 @@ def _evaluate_block(
         dep,
         load_cache,
     )
+
+
+def cache_load_layer(system: System, model: Model, dep: Deployment, seqs_mb, cached_len):
+    """(seconds, bytes, block messages) of one layer's cached KV for one microbatch of ``seqs_mb`` sequences
+    with ``cached_len`` cached tokens each, on ``dep.cache_plane`` (module docstring):
+
+        bytes = seqs_mb * kv_bytes(cached_len) / layers  (mean over layers: a sliding layer reads its window)
+        messages = seqs_mb * ceil(cached_len / block)  per layer ("layer"); / layers ("prefix": a block
+                   holds all layers)
+        seconds = messages * latency + bytes / (bandwidth * host_read_eff)
+
+    ``dep`` is resolved (its cache_prefetch set); the block size is its framework's (cmperf.frameworks)."""
+    assert dep.cache_plane is not None and dep.precision is not None
+    plane = system.plane(dep.cache_plane, where="--cache-plane")
+    block = cache_facts(dep.framework)[1]
+    nbytes = seqs_mb * kv_bytes_per_seq(model, dep.precision.kv, cached_len) / model.num_layers
+    msgs = seqs_mb * np.ceil(np.asarray(cached_len, dtype=float) / block)
+    if dep.cache_prefetch != "layer":
+        msgs = msgs / model.num_layers
+    return msgs * plane.latency_s + nbytes / (plane.bytes_per_s_per_rank * plane.host_read_eff), nbytes, msgs
 
 
 def cache_crossover(system: System, model: Model, dep: Deployment, grid: int = 201):
@@ -437,37 +468,29 @@ def _point_prediction(ev: PrefillEval, i: int) -> PrefillPrediction:
             "ideal_binding": names[int(st.binding)],  # type: ignore[arg-type]  # kept with the ops
         }
     ops = op_rows(sts, dep.microbatches)
-    cache_plane = dep.cache_plane
     if dep.cache_hit > 0:
-        t = transfer_s(
-            system,
-            cache_plane,
-            dep.tokens_per_device
-            / system.ranks_per_device
-            / dep.microbatches
-            * dep.cache_hit
-            * float(kv_bytes_per_seq(model, dep.precision.kv, dep.cache_hit * dep.prompt_len))
-            / (dep.cache_hit * dep.prompt_len * model.num_layers),
-            from_host=True,
+        seqs_mb = dep.tokens_per_device / system.ranks_per_device / dep.microbatches / dep.prompt_len
+        t, nbytes, msgs = (
+            float(x) for x in cache_load_layer(system, model, dep, seqs_mb, dep.cache_hit * dep.prompt_len)
         )
-        pl = system.planes[cache_plane]
+        alpha = msgs * system.planes[dep.cache_plane].latency_s
         reps = model.num_layers * dep.microbatches
         ops.append(
             OpRow(
                 "all",
                 "cache.load",
-                cache_plane,
+                dep.cache_plane,
                 reps,
-                float(t),
-                reps * float(t),
+                t,
+                reps * t,
                 BOUNDS[2],
                 0.0,
                 0.0,
-                float(t) - pl.latency_s,
-                pl.latency_s,
+                t - alpha,
+                alpha,
                 0.0,
                 0.0,
-                (float(t) - pl.latency_s) * pl.bytes_per_s_per_rank * pl.host_read_eff,
+                nbytes,
             )
         )
     dep_d = dep.phase_knobs()

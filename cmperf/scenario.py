@@ -143,6 +143,7 @@ def _table(path: Path, raw: dict, key: str, record=None) -> dict[str, Any]:
 STRING_FIELDS = (
     "eplb",
     "cache_plane",
+    "cache_prefetch",
     "weights",
     "experts_dtype",
     "kv_dtype",

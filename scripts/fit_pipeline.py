@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 
 from cmperf import decode, prefill, specs
-from cmperf.deployment import default_precision
+from cmperf.deployment import Deployment, default_precision
 
 DECODE_TARGET, PREFILL_TARGET = 1943.0, 6688.0  # tokens/s per NPU, CM384 §5.1 (reference/cm384.toml)
 
@@ -37,10 +37,16 @@ def predictions(f: float) -> tuple[float, float, float]:
     model = specs.load_model("deepseek-r1")
     prec = default_precision(sysm)
     d = decode.evaluate(
-        sysm, model, batch_per_device=np.array([96.0, 8.0]), kv_len=4096.0, ep_size=320, precision=prec
+        sysm,
+        model,
+        Deployment(
+            batch_per_device=np.array([96.0, 8.0]), kv_len=4096.0, ep_size=320, microbatches=2, precision=prec
+        ),
     )
     p = prefill.evaluate(
-        sysm, model, tokens_per_device=16384.0, prompt_len=4096.0, ep_size=32, precision=prec
+        sysm,
+        model,
+        Deployment("prefill", tokens_per_device=16384.0, prompt_len=4096.0, ep_size=32, precision=prec),
     )
     tps = np.asarray(d.tokens_per_s_per_device).reshape(-1)
     return float(tps[0]), float(tps[1]), float(np.asarray(p.tokens_per_s_per_device).reshape(-1)[0])

@@ -23,7 +23,14 @@ def test_profiles_load_with_a_source_for_every_value():
     assert frameworks.known() == ["cloudmatrix-infer", "sglang", "tensorrt-llm", "vllm"]
     for name in frameworks.known():
         fw = frameworks.load(name)
-        assert set(fw.sources) == {"microbatches", "mtp_chains", "step_overhead"}
+        assert {"microbatches", "mtp_chains", "step_overhead", "cache_prefetch"} <= set(fw.sources)
+        assert set(fw.sources) <= {
+            "microbatches",
+            "mtp_chains",
+            "step_overhead",
+            "cache_prefetch",
+            "cache_block_tokens",
+        }
         assert all(s.strip() for s in fw.sources.values())
         assert 3 not in fw.microbatches  # every shipped framework overlaps two microbatches at most
     assert frameworks.load("sglang").step_overhead_s == pytest.approx(1.945e-3, abs=1e-12)

@@ -54,14 +54,53 @@ def test_cache_crossover_is_computed(cm384, r1):
     dep = pdep(cache_hit=0.5)
     best_h, bw = prefill.cache_crossover(cm384, r1, dep)
     assert best_h == 1.0 and 0.2e9 < bw < 1.0e9  # UB (137 GB/s) is far above the break-even bandwidth
-    # a plane slower than the break-even: full hit is slower than none, and the best hit rate is interior
+    # a plane slower than the break-even: full hit is slower than none. Loaded before the compute (prefix,
+    # the default) load and compute add, so the best hit rate is 0; loaded layer by layer behind the compute,
+    # a partial hit hides its load and the best hit rate is interior
     slow = dataclasses.replace(cm384.planes["vpc"], bytes_per_s_per_rank=0.5 * bw)
     sysm = dataclasses.replace(cm384, planes={**cm384.planes, "vpc": slow})
     dep_v = dataclasses.replace(dep, cache_plane="vpc")
     ev = prefill.evaluate(sysm, r1, dataclasses.replace(dep_v, cache_hit=np.array([0.0, 1.0])))
     assert ev.batch_s[1] > ev.batch_s[0]
-    best_slow, _ = prefill.cache_crossover(sysm, r1, dep_v)
+    assert prefill.cache_crossover(sysm, r1, dep_v)[0] == 0.0
+    best_slow, _ = prefill.cache_crossover(sysm, r1, dataclasses.replace(dep_v, cache_prefetch="layer"))
     assert 0.0 < best_slow < 1.0
+
+
+def test_cache_fetch_on_the_critical_path(cm384, r1):
+    """Issue 14 item 5: loaded before the compute, the cached prefix's load adds to the batch (VPC: 400 Gb/s
+    per node = 3.125 GB/s per die), so UB beats VPC more the more is cached; loaded layer by layer behind the
+    compute it hides (only the first layer shows). Per-block cost: one plane latency per block message."""
+    kw = dict(cache_hit=np.array([0.5, 0.9]))
+    tps = {
+        (plane, mode): prefill.evaluate(cm384, r1, pdep(cache_plane=plane, cache_prefetch=mode, **kw))
+        for plane in ("ub", "vpc")
+        for mode in ("prefix", "layer")
+    }
+    ratio = tps["ub", "prefix"].tokens_per_s_per_device / tps["vpc", "prefix"].tokens_per_s_per_device
+    assert ratio == pytest.approx([1.087, 1.549], rel=0.01)
+    hidden = tps["ub", "layer"].tokens_per_s_per_device / tps["vpc", "layer"].tokens_per_s_per_device
+    assert np.all(hidden < 1.01)
+    ev = tps["vpc", "prefix"]
+    assert np.allclose(ev.cache_load_exposed_s, ev.cache_load_s)
+    # per-block cost: 4096-token prompts, 0.9 hit, blocks of 128 (no framework): 29 blocks per prompt, one
+    # microbatch of one prompt per die; "layer" sends each block once per layer (61 x the messages)
+    one = pdep(cache_plane="vpc", cache_hit=0.9, prompt_len=4096).resolve(cm384, r1)
+    t, nbytes, msgs = prefill.cache_load_layer(cm384, r1, one, 1.0, 0.9 * 4096)
+    assert msgs == pytest.approx(29 / 61)
+    lay = dataclasses.replace(one, cache_prefetch="layer")
+    assert prefill.cache_load_layer(cm384, r1, lay, 1.0, 0.9 * 4096)[2] == 29
+    pl = cm384.planes["vpc"]
+    assert t == pytest.approx(msgs * pl.latency_s + nbytes / (pl.bytes_per_s_per_rank * pl.host_read_eff))
+
+
+def test_framework_sets_the_cache_prefetch(cm384, r1):
+    assert pdep().resolve(cm384, r1).cache_prefetch == "prefix"
+    assert pdep(framework="sglang").resolve(cm384, r1).cache_prefetch == "layer"
+    assert pdep(framework="sglang", cache_prefetch="prefix").resolve(cm384, r1).cache_prefetch == "prefix"
+    assert pdep(cache_prefetch="later").check(cm384, r1) == [
+        "--cache-prefetch: expected one of prefix, layer, got 'later'"
+    ]
 
 
 def test_default_imbalance_lowers_throughput(cm384, r1):

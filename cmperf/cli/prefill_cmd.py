@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..frameworks import CACHE_PREFETCH
 from . import knobs
 from .common import (
     Infeasible,
@@ -34,7 +35,11 @@ def _summary_rows(p) -> list[tuple[str, str]]:
             f"microbatch{'' if d['microbatches'] == 1 else 'es'}, "
             f"attention TP{d['attn_tp']}",
         ),
-        ("context cache", f"hit {d['cache_hit']:g} over {d['cache_plane']}"),
+        (
+            "context cache",
+            f"hit {d['cache_hit']:g} over {d['cache_plane']}, loaded "
+            + ("before the compute" if d["cache_prefetch"] == "prefix" else "layer by layer behind it"),
+        ),
         ("tokens/s per device (all prompt tokens)", f"{p.tokens_per_s_per_device:,.0f}"),
         ("tokens/s per device (computed tokens)", f"{p.computed_tokens_per_s_per_device:,.0f}"),
         (
@@ -51,7 +56,11 @@ def _summary_rows(p) -> list[tuple[str, str]]:
             f"  KV transfer to decode ({p.kv_transfer_plane})",
             f"{fmt_s(b['kv_transfer_s'])} ({fmt_bytes(p.kv_bytes_per_sequence)} per prompt)",
         ),
-        ("cache load per batch (overlapped)", fmt_s(p.cache_load_s)),
+        (
+            "cache load per batch"
+            + (" (before the compute)" if d["cache_prefetch"] == "prefix" else " (overlapped)"),
+            fmt_s(p.cache_load_s),
+        ),
         (
             "cache crossover",
             f"best hit {p.cache_crossover_hit:.2f} on {d['cache_plane']}; loading beats recompute "
@@ -102,6 +111,13 @@ def _summary_rows(p) -> list[tuple[str, str]]:
     "cache_plane",
     help="Plane the cached KV is loaded over, a plane of the system (CM384: ub, vpc) "
     "[default: ub if the system has it, else its scale-out plane].",
+)
+@knob(
+    "--cache-prefetch",
+    "cache_prefetch",
+    type=click.Choice(CACHE_PREFETCH),
+    help="How the cached KV loads: prefix = every cached block before the compute (on the critical path), "
+    "layer = layer l+1's blocks behind layer l's compute [default: the --framework's; prefix without one].",
 )
 @precision_options
 @format_option()
