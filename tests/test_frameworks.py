@@ -118,3 +118,21 @@ def test_points_pick_the_framework_from_the_backend():
     b = decode.predict(system, model, dataclasses.replace(dep, framework="sglang"))
     assert b.tpot_s - a.tpot_s == pytest.approx(1.945e-3, rel=1e-9)  # MTP 0: one token per step
     assert math.isfinite(b.tpot_s)
+
+
+def test_serve_takes_the_framework_in_both_modes():
+    """--framework on serve reaches the decode pool (disagg) and the engine (agg): SGLang's 1.945 ms per
+    step raises the decode TPOT by that over the tokens per step (MTP 1 at 0.7: 1.7)."""
+    import json
+
+    def tpot(*args):
+        out = CliRunner().invoke(main, ["serve", "--rate", "10", "--format", "json", *args])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.output)["tpot_s"]["mean"]
+
+    base, sg = tpot(), tpot("--framework", "sglang")
+    assert sg - base == pytest.approx(1.945e-3 / 1.7, rel=0.05)
+    agg, agg_sg = tpot("--mode", "agg"), tpot("--mode", "agg", "--framework", "sglang")
+    assert agg_sg > agg + 0.5e-3
+    bad = CliRunner().invoke(main, ["serve", "--rate", "10", "--framework", "nope"])
+    assert bad.exit_code == 2 and "--framework: unknown framework 'nope'" in bad.output

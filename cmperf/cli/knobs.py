@@ -98,7 +98,8 @@ def common_options(fn):
         metavar="NAME",
         help="Serving-framework profile (frameworks/NAME.toml: cloudmatrix-infer, sglang, tensorrt-llm, "
         "vllm): the microbatch counts it runs (auto picks among them), whether it runs MTP chains deeper "
-        "than 1, and its per-step host time, added to --step-overhead [default: none, no profile].",
+        "than 1, its per-step host time, added to --step-overhead, and how it loads a context-cache hit "
+        "[default: none, no profile].",
     )(fn)
     fn = knob(
         "--imbalance",

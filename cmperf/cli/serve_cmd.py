@@ -7,6 +7,7 @@ import math
 import click
 
 from ..domains import whole
+from ..frameworks import CACHE_PREFETCH
 from .common import (
     CheckFailed,
     Infeasible,
@@ -210,6 +211,7 @@ DISAGG_ONLY = {
     "prefill_instance_devices": "--prefill-instance-devices",
     "cache_dram": "--cache-dram",
     "cache_plane": "--cache-plane",
+    "cache_prefetch": "--cache-prefetch",
     "cache_hit": "--cache-hit",
     "num_prefixes": "--prefixes",
     "prefix_skew": "--prefix-skew",
@@ -391,6 +393,20 @@ def cand_header(s) -> tuple[str, ...]:
     help="Plane that loads cached KV (ub, vpc, ib, ...) [default: ub if the system has it, else its "
     "scale-out plane].",
 )
+@click.option(
+    "--cache-prefetch",
+    type=click.Choice(CACHE_PREFETCH),
+    default=None,
+    help="How cached KV loads: prefix = before the prefill computes, layer = layer by layer behind it "
+    "[default: the --framework's; prefix without one].",
+)
+@click.option(
+    "--framework",
+    metavar="NAME",
+    default=None,
+    help="Serving-framework profile for every pool or the engine (frameworks/NAME.toml, `cmperf decode "
+    "--help`) [default: none].",
+)
 @click.option("--ttft-slo", type=SLO_TIME, default="2s", show_default=True, help="TTFT SLO, e.g. 2s.")
 @click.option("--tpot-slo", type=SLO_TIME, default="50ms", show_default=True, help="TPOT SLO, e.g. 50ms.")
 @slo_percentile_option
@@ -482,6 +498,8 @@ def serve(
     prefill_instance_devices,
     cache_dram,
     cache_plane,
+    cache_prefetch,
+    framework,
     ttft_slo,
     tpot_slo,
     slo_percentile,
@@ -542,7 +560,15 @@ def serve(
     prec = make_precision(sysm, weights, kv_dtype)
     if mode == "agg":
         draft = specs.load_model(draft_model, spec_dirs, "--draft-model") if draft_model else None
-        knobs = dict(devices=devices, ep_size=ep, attn_tp=attn_tp, moe_tp=moe_tp, mtp=mtp, draft_model=draft)
+        knobs = dict(
+            devices=devices,
+            ep_size=ep,
+            attn_tp=attn_tp,
+            moe_tp=moe_tp,
+            mtp=mtp,
+            draft_model=draft,
+            framework=framework,
+        )
         _serve_agg(sysm, mod, wl, slo, prec, knobs, mtp_accept, chunk, fmt, output)
         return
     pools = serving.default_pools(sysm, mod)
@@ -563,8 +589,15 @@ def serve(
             draft_model=specs.load_model(draft_model, spec_dirs, "--draft-model") if draft_model else None,
             attn_tp=pools.decode.attn_tp if attn_tp is None else attn_tp,
             moe_tp=pools.decode.moe_tp if moe_tp is None else moe_tp,
+            framework=framework,
         ),
-        prefill=replace(pools.prefill, cache_plane=cache_plane, precision=prec),
+        prefill=replace(
+            pools.prefill,
+            cache_plane=cache_plane,
+            cache_prefetch=cache_prefetch,
+            framework=framework,
+            precision=prec,
+        ),
     )
     if do_size:
         if concurrency is not None:
