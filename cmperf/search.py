@@ -141,12 +141,19 @@ def decode_space(
     max_devices: int | None = None,
 ) -> DecodeSpace:
     """Axes for the decode grid around ``base`` (its KV, precision, ... knobs); the batch axis ends at
-    the largest HBM limit over all instance sizes."""
+    the largest HBM limit over all instance sizes. A framework profile (``base.framework``) keeps the
+    microbatch counts it runs and, without MTP chains, MTP depths up to 1 (cmperf.frameworks)."""
+    from .frameworks import of as framework_of
+
+    fw = framework_of(base)
+    if mtp is None:
+        mtp = tuple(range(0, max(model.num_mtp_modules, 0) + 1))
+    if fw is not None:
+        microbatches = tuple(mb for mb in microbatches if mb in fw.microbatches) or fw.microbatches[:1]
+        mtp = tuple(m for m in mtp if fw.mtp_chains or m <= 1)
     sizes = instance_sizes(system, max_devices)
     ok = placement_ok(model, sizes * system.ranks_per_device)
     rpd = system.ranks_per_device
-    if mtp is None:
-        mtp = tuple(range(0, max(model.num_mtp_modules, 0) + 1))
     if max_batch is None:
         probe = replace(
             base,

@@ -136,3 +136,20 @@ def test_serve_takes_the_framework_in_both_modes():
     assert agg_sg > agg + 0.5e-3
     bad = CliRunner().invoke(main, ["serve", "--rate", "10", "--framework", "nope"])
     assert bad.exit_code == 2 and "--framework: unknown framework 'nope'" in bad.output
+
+
+def test_optimize_searches_within_the_framework():
+    """optimize --framework: the decode grid keeps the profile's microbatch counts (1 or 2: the grid loses
+    every 3-microbatch point) and its step time enters the predictions (SGLang: lower tokens/s at the same
+    TPOT SLO than without a profile)."""
+    import json
+
+    def run(*args):
+        out = CliRunner().invoke(main, ["optimize", "--format", "json", *args])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.output)
+
+    base, cmi, sg = run(), run("--framework", "cloudmatrix-infer"), run("--framework", "sglang")
+    assert cmi["evaluated"] < base["evaluated"] and cmi["best"] == base["best"]  # the best runs 2 anyway
+    assert sg["best"]["microbatches"] in (1, 2)
+    assert sg["best"]["tokens_per_s_per_device"] < 0.99 * base["best"]["tokens_per_s_per_device"]

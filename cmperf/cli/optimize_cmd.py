@@ -388,6 +388,13 @@ def decode_base_options(fn):
     "a degree an instance size cannot hold is counted under placement invalid there.",
 )
 @click.option(
+    "--framework",
+    metavar="NAME",
+    default=None,
+    help="Serving-framework profile (frameworks/NAME.toml): the search keeps its microbatch counts and MTP "
+    "depths, and its step time and cache loading enter every prediction [default: none].",
+)
+@click.option(
     "--top", "top_k", type=option("top"), default=10, show_default=True, help="Configurations to list."
 )
 @precision_options
@@ -423,6 +430,7 @@ def optimize(
     mtp_accept,
     eplb,
     attn_tp,
+    framework,
     top_k,
     weights,
     kv_dtype,
@@ -435,7 +443,7 @@ def optimize(
     """Search EP size, batch, microbatches, core split, MTP and the prefill/decode split under SLOs."""
     import math
 
-    from .. import render, search, serving, specs
+    from .. import frameworks, render, search, serving, specs
     from ..deployment import Deployment
     from ..errors import CmperfError
 
@@ -449,6 +457,8 @@ def optimize(
             raise CmperfError(f"{flag}: must be positive")
     if top_k < 1:
         raise CmperfError("--top: must be at least 1")
+    if framework is not None and frameworks.unknown_reason(framework):
+        raise CmperfError(frameworks.unknown_reason(framework))
     prog = _Progress("searching deployments")
     try:
         prec = make_precision(sysm, weights, kv_dtype)
@@ -463,8 +473,8 @@ def optimize(
                 tpot_s=math.inf if tpot is None else tpot,
                 quantile=pct / 100,
             ),
-            decode=Deployment(mtp_accept=mtp_accept, precision=prec, eplb=eplb),
-            prefill=Deployment(phase="prefill", precision=prec),
+            decode=Deployment(mtp_accept=mtp_accept, precision=prec, eplb=eplb, framework=framework),
+            prefill=Deployment(phase="prefill", precision=prec, framework=framework),
             top_k=top_k,
             progress=prog,
             attn_tp=attn_tp,
