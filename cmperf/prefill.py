@@ -267,7 +267,8 @@ def _evaluate_block(
     kv_seq = kv_bytes_per_seq(model, prec.kv, p)
     layerwise = dep.cache_prefetch == "layer"
     load_mb, load_b, _ = cache_load_layer(system, model, dep, seqs_mb, cached_len)
-    load_mb = np.where((h > 0) & load_cache, load_mb, 0.0)  # a recurrent state has bytes at length 0
+    loads = (h > 0) & load_cache  # (a recurrent state has bytes at cached length 0)
+    load_mb = np.where(loads, load_mb, 0.0)
     shares_port = cache_plane in (d.plane, d.scaleout_plane)  # a plane the EP all-to-all uses
     layers, port_s = [], {}
     layer_sts = sts[:-1]  # every layer stage; the head comes last
@@ -297,7 +298,7 @@ def _evaluate_block(
     upper = upper + cache_load_s
     if not layerwise:
         raw_bw = system.planes[cache_plane].bytes_per_s_per_rank
-        lower = lower + np.where((h > 0) & load_cache, n * model.num_layers * load_b / raw_bw, 0.0)
+        lower = lower + np.where(loads, n * model.num_layers * load_b / raw_bw, 0.0)
 
     kv_xfer = np.broadcast_to(
         transfer_s(system, system.kv_transfer_plane(), kv_seq, where=f"{system.path}: kv_transfer_plane"),

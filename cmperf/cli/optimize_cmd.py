@@ -457,8 +457,8 @@ def optimize(
             raise CmperfError(f"{flag}: must be positive")
     if top_k < 1:
         raise CmperfError("--top: must be at least 1")
-    if framework is not None and frameworks.unknown_reason(framework):
-        raise CmperfError(frameworks.unknown_reason(framework))
+    if framework is not None:
+        frameworks.load(framework)  # an unknown name: its one-line --framework error, before the search
     prog = _Progress("searching deployments")
     try:
         prec = make_precision(sysm, weights, kv_dtype)

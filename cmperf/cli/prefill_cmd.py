@@ -26,6 +26,7 @@ def _summary_rows(p) -> list[tuple[str, str]]:
     from ..units import fmt_bytes, fmt_s
 
     d, b = p.deployment, p.ttft_breakdown_s
+    before = d["cache_prefetch"] == "prefix"  # the cached prefix loads before the compute (cmperf.prefill)
     return [
         ("system / model", f"{p.system} / {p.model}"),
         (
@@ -38,7 +39,7 @@ def _summary_rows(p) -> list[tuple[str, str]]:
         (
             "context cache",
             f"hit {d['cache_hit']:g} over {d['cache_plane']}, loaded "
-            + ("before the compute" if d["cache_prefetch"] == "prefix" else "layer by layer behind it"),
+            + ("before the compute" if before else "layer by layer behind it"),
         ),
         ("tokens/s per device (all prompt tokens)", f"{p.tokens_per_s_per_device:,.0f}"),
         ("tokens/s per device (computed tokens)", f"{p.computed_tokens_per_s_per_device:,.0f}"),
@@ -57,8 +58,7 @@ def _summary_rows(p) -> list[tuple[str, str]]:
             f"{fmt_s(b['kv_transfer_s'])} ({fmt_bytes(p.kv_bytes_per_sequence)} per prompt)",
         ),
         (
-            "cache load per batch"
-            + (" (before the compute)" if d["cache_prefetch"] == "prefix" else " (overlapped)"),
+            "cache load per batch" + (" (before the compute)" if before else " (overlapped)"),
             fmt_s(p.cache_load_s),
         ),
         (
