@@ -34,6 +34,9 @@ class Framework:
     sources: dict[str, str] = field(repr=False)
 
 
+#: The profile each engine name runs on (an aiconfigurator row's backend, ``cmperf optimize --emit``).
+ENGINE_PROFILES = {"trtllm": "tensorrt-llm", "sglang": "sglang", "vllm": "vllm"}
+
 #: ``cache_prefetch`` choices: "prefix" loads every cached block before the prefill computes (the load is on
 #: the critical path); "layer" loads layer l+1's blocks while layer l computes (only the first layer and any
 #: excess over the compute are exposed).

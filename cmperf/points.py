@@ -23,13 +23,19 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import CmperfError
+from .frameworks import ENGINE_PROFILES
 from .specs import DTYPE_BYTES
+
+if TYPE_CHECKING:
+    from .deployment import Deployment
 
 #: column -> (kind, required). Kinds: text, mode, dtype, count (whole >= 1), count0 (whole >= 0), number
 #: (> 0), fraction ([0, 1]), seconds (> 0). An optional cell may be empty (unknown).
@@ -298,7 +304,7 @@ def concurrency_per_worker(pt: Point) -> float | None:
 
 
 #: The framework profile (frameworks/*.toml) a row's backend runs on; a backend not listed runs on none.
-BACKEND_FRAMEWORKS = {"trtllm": "tensorrt-llm", "sglang": "sglang", "vllm": "vllm"}
+BACKEND_FRAMEWORKS = ENGINE_PROFILES
 
 
 def pose(pt: Point, system, model, frameworks: bool = True):
@@ -394,11 +400,16 @@ def _predict_agg(pt: Point, system, model, dep):
 
 
 def evaluate(
-    points: list[Point], spec_dirs: tuple[str, ...] | list[str] = (), frameworks: bool = True
+    points: list[Point],
+    spec_dirs: tuple[str, ...] | list[str] = (),
+    frameworks: bool = True,
+    adjust: Callable[[Deployment], Deployment] | None = None,
 ) -> list[Result]:
     """One ``Result`` per row, in file order: posed disaggregated rows through ``decode.predict``,
     aggregated ones through ``aggregated.evaluate`` (``_predict_agg``). ``frameworks``: each row runs on
-    its backend's framework profile (``BACKEND_FRAMEWORKS``); False: on none (the model without them)."""
+    its backend's framework profile (``BACKEND_FRAMEWORKS``); False: on none (the model without them).
+    ``adjust``: applied to every posed row's record before it is predicted (a mechanism switched off,
+    scripts/mechanisms.py); its check failing makes the row ``invalid``."""
     from . import decode
 
     cache: dict = {}
@@ -408,6 +419,11 @@ def evaluate(
         dep, note = None, ""
         if not reason:
             dep, reason, note = pose(pt, system, model, frameworks)
+        if dep is not None and adjust is not None:
+            dep = adjust(dep)
+            problems = dep.check(system, model)
+            if problems:
+                dep, reason, note = None, "invalid", problems[0]
         p = agg = None
         if dep is not None and pt.mode == "agg":
             try:

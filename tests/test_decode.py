@@ -205,7 +205,7 @@ def test_streams_report_list_schedule_and_ideal_periods(cm384, r1):
     assert p.step_s == pytest.approx(ideal, rel=0.01) and p.step_s > ideal
     h800 = specs.load_system("dgx-h800")
     dep = ddep(
-        devices=144, ep_size=144, batch_per_device=128, microbatches=2, precision=default_precision(h800)
+        devices=144, ep_size=144, batch_per_device=64, microbatches=2, precision=default_precision(h800)
     )
     g = decode.predict(h800, r1, dep)
     # compute-comm: the combine waits behind the short expert segment, the period exceeds the coarse max

@@ -65,7 +65,12 @@ def test_pools_are_the_serving_split(h800):
 
 
 def test_sglang_script_realizes_the_pools(h800):
-    sysm, mod, res = h800
+    sysm, mod, _ = h800
+    # searched under SGLang's profile, as `optimize --emit sglang` does: at most 2 microbatches
+    dep = Deployment(framework="sglang")
+    res = search.optimize(
+        sysm, mod, workload=serving.Workload(rate_per_s=None), slo=serving.SLO(2.0, 0.05), decode=dep
+    )
     ps = engines.pools(sysm, mod, res, "bf16")
     text = engines.emit("sglang", sysm, mod, ps)
     dec, pre = ps
@@ -161,3 +166,16 @@ def test_pools_without_a_split_use_the_searched_instances():
     dec, pre = engines.pools(sysm, mod, res, "bf16")
     assert (dec.devices, dec.ep_size) == (res.decode.best.devices, res.decode.best.ep_size)
     assert pre.instances == 1 and pre.devices == res.prefill.best.devices
+
+
+def test_emit_searches_under_the_engines_profile():
+    """`optimize --emit sglang` without --framework searches under SGLang's profile (at most 2 microbatches):
+    on dgx-h800 the unconstrained best decode pool runs 3, which SGLang cannot launch."""
+    args = ["optimize", "--system", "dgx-h800", "--emit", "sglang"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("#!/bin/sh") and r.output.count("--disaggregation-mode") == 2
+    best = search.optimize(
+        specs.load_system("dgx-h800"), specs.load_model("deepseek-r1"), workload=serving.Workload(None)
+    ).decode.best
+    assert best is not None and best.microbatches == 3  # why the default matters

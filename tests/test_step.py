@@ -127,7 +127,7 @@ def test_cm384_decode_step_is_the_makespan_and_its_period_the_coarse_formula(cm3
 def test_gpu_decode_comm_waits_behind_short_compute(r1):
     h800 = specs.load_system("dgx-h800")
     ev, sts = _check_step_is_the_makespan(
-        h800, r1, batch_per_device=128, kv_len=4096, ep_size=144, microbatches=np.array([2.0, 3.0])
+        h800, r1, batch_per_device=64, kv_len=4096, ep_size=144, microbatches=np.array([2.0, 3.0])
     )
     moe = next(st for st in sts if st.stage.name == "moe")
     segs = step.segments(moe, "compute-comm", rotate=True)

@@ -392,7 +392,8 @@ def decode_base_options(fn):
     metavar="NAME",
     default=None,
     help="Serving-framework profile (frameworks/NAME.toml): the search keeps its microbatch counts and MTP "
-    "depths, and its step time and cache loading enter every prediction [default: none].",
+    "depths, and its step time and cache loading enter every prediction [default: the --emit engine's "
+    "profile, else none].",
 )
 @click.option(
     "--top", "top_k", type=option("top"), default=10, show_default=True, help="Configurations to list."
@@ -457,6 +458,8 @@ def optimize(
             raise CmperfError(f"{flag}: must be positive")
     if top_k < 1:
         raise CmperfError("--top: must be at least 1")
+    if framework is None and engine is not None:  # search what the emitted engine can run
+        framework = frameworks.ENGINE_PROFILES[engine]
     if framework is not None:
         frameworks.load(framework)  # an unknown name: its one-line --framework error, before the search
     prog = _Progress("searching deployments")
