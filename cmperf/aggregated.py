@@ -41,7 +41,8 @@ Percentiles: TTFT mean, p50, p90, p99 and the SLO's (M/G/1 wait law); TPOT mean 
 Stated approximations (``APPROXIMATIONS``): two kinds of step (a chunk step of the mean chunk, and
 decode-only steps), KV of the requests still in prefill not held against HBM, MTP acceptance as decode has
 it, a chunk step's tokens spread evenly over the devices (the step waits for the busiest group: not
-modelled), no host overhead outside the step (HTTP, tokenization, scheduling: not in the TTFT).
+modelled). The request's path outside the steps (HTTP, tokenization, admission, streaming the first token)
+is the framework profile's ``request_overhead``, added to every TTFT (0 without a profile).
 
 Chunk budget default (``default_chunk_tokens``): SGLang 0.5.23's ``_handle_gpu_memory_settings``
 (``srt/arg_groups/memory_hook.py``): 2,048 below 20 GiB of device memory, 4,096 below 60 GiB, 8,192 below
@@ -58,6 +59,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import decode as dec
+from . import frameworks
 from .deployment import AUTO, Deployment
 from .errors import CmperfError
 from .queueing import QueueWait, find_root, mgc_wait
@@ -88,7 +90,8 @@ APPROXIMATIONS = [
     "device per step (one prompt's chunk per group, or the fluid need once it covers every step), the rest "
     "decode only; TPOT = mean step / (1 + a)",
     "TTFT = M/G/1 wait of the request's attention-DP group (budget C / G per step) + ceil(P / C_g) chunk "
-    "steps + half a mean step; percentiles from the exponential-tail wait law",
+    "steps + half a mean step + the framework's request overhead; percentiles from the exponential-tail "
+    "wait law",
     "TPOT p-quantile: the mixed step at batch b + z sqrt(b/D) with its chunk",
     "closed loop: N = X (TTFT + O TPOT), its arrivals taken as Poisson at X; HBM-capped: TTFT = (N - D b)/X",
     "KV of requests still in prefill is not held against HBM; the busiest group's chunk is not modelled",
@@ -190,6 +193,8 @@ class _Curve:
             raise CmperfError(reasons[0])
         self.dep = probe.resolve(system, model)
         d = self.dep
+        fw = frameworks.of(d)
+        self.request_s = fw.request_overhead_s if fw is not None else 0.0  # TTFT outside the steps
         self.devices = int(d.devices)
         ranks = self.devices * system.ranks_per_device
         self.groups = max(ranks // int(d.attn_tp if d.attn_tp is not None else 1), 1)
@@ -336,8 +341,8 @@ class _Curve:
 
     def service(self, mean: float, mix: float) -> float:
         """A prompt's own part of the TTFT: ceil(P / C_g) chunk steps + half a mean step (it arrives
-        mid-step and joins the next)."""
-        return self.prompt_steps * mix + 0.5 * mean
+        mid-step and joins the next) + the framework's request overhead (outside the steps)."""
+        return self.prompt_steps * mix + 0.5 * mean + self.request_s
 
     def ttft_mean(self, rate: float, b: float) -> float:
         mean, mix = self.at(b), self.at_mix(b)
@@ -586,7 +591,7 @@ def _first_wave(curve: _Curve, n: float) -> float:
     chunk_dev = min(curve.chunk, per_group * curve.groups * p) / curve.devices
     b_wave = min(max(n / curve.devices / 2.0, 1e-3), curve.top)
     step = float(curve._eval(np.array([b_wave]), chunk=np.array([chunk_dev]))[0][0])
-    return float(np.mean(steps)) * step
+    return float(np.mean(steps)) * step + curve.request_s
 
 
 def slo_limits(

@@ -322,8 +322,9 @@ def ep_collective_time(
         system, c.plane, c.scaleout_plane, up_b, out_b, c.efficiency, c.scaleout_efficiency, group=e
     )
     alpha = c.alpha_s + c.alpha_per_log2_ep_s * np.log2(np.maximum(e, 1.0)) + _hops_s(system, c.plane, e)
-    alpha_s = np.where(e > 1, alpha, 0.0)
-    link_s = np.where(e > 1, link_s, 0.0)
+    active = e > 1
+    alpha_s = np.where(active, alpha, 0.0)
+    link_s = _where_active(active, link_s)
     ideal = _ideal_link_s(system, c.plane, c.scaleout_plane, up_b, out_b, group=e)
     return _comm_optime(link_s, alpha_s, ideal)
 
@@ -419,10 +420,19 @@ def _ideal_link_s(system, up_plane, out_plane, up_b, out_b, group=None):
     return np.maximum(up_b / up_bw, out_b / out_bw)
 
 
+def _where_active(active: np.ndarray, x) -> np.ndarray:
+    """``np.where(active, x, 0.0)``; ``x`` itself (the same values, no full-size copy) when every point is
+    active and ``x`` already spans ``active``'s shape (an EP group of more than one rank everywhere)."""
+    x = np.asarray(x, dtype=float)
+    if active.all() and np.broadcast_shapes(active.shape, x.shape) == x.shape:
+        return x
+    return np.where(active, x, 0.0)
+
+
 def _comm_optime(link_s, alpha_s, ideal_s) -> OpTime:
     link_s, alpha_s = np.broadcast_arrays(np.asarray(link_s, float), np.asarray(alpha_s, float))
     zero = np.broadcast_to(0.0, link_s.shape)  # read-only views: no full-size zeros or copies
-    bound = np.where(link_s >= alpha_s, LINK, LATENCY).astype(np.int8)
+    bound = np.where(link_s >= alpha_s, np.int8(LINK), np.int8(LATENCY))  # int8 directly: no int64 pass
     total = link_s + alpha_s
     ideal = np.broadcast_to(np.asarray(ideal_s, dtype=float), link_s.shape)
     return OpTime(zero, zero, link_s, alpha_s, total, bound, ideal, total)

@@ -187,7 +187,14 @@ def moe_load(model: Model, pl: dict, ep, tokens_mb, imb):
         ded_tokens = np.maximum(routed, shared_load)
     if not all_ded:
         co_tokens = routed + tokens_mb * model.n_shared_experts
-        p_active = 1.0 - (1.0 - k / max(r, 1)) ** group_tokens  # an expert copy receives at least one token
+        miss = 1.0 - k / max(r, 1)  # an expert copy receives at least one token: 1 - miss**tokens
+        if any_ded:  # the power (the costliest op here) only where a point is co-located: np.where drops
+            # the rest below; an elementwise ufunc gives each computed element the same bits
+            shape = np.broadcast_shapes(np.shape(group_tokens), np.shape(dedicated))
+            p_miss = np.power(miss, group_tokens, out=np.zeros(shape), where=~dedicated)
+        else:
+            p_miss = miss**group_tokens
+        p_active = 1.0 - p_miss
         co_read = pl["slots"] * p_active + model.n_shared_experts
     if all_ded:
         expert_tokens, experts_read = ded_tokens, np.ones(np.shape(dedicated))

@@ -2,7 +2,9 @@
 
 A profile holds the microbatch counts the framework runs (SGLang's two-batch overlap: 1 or 2, so
 ``--microbatches auto`` never picks 3 under it), whether it runs MTP chains deeper than one draft, its
-per-step host and scheduler time outside the layers (graph launch, sampling, scheduling), and how it loads
+per-step host and scheduler time outside the layers (graph launch, sampling, scheduling), a request's time
+to its first token outside the engine's steps (``request_overhead``: HTTP, tokenization, admission,
+streaming the token; added to every TTFT, cmperf.aggregated and cmperf.serving), and how it loads
 a context-cache hit (``cache_prefetch``: the whole cached prefix before the prefill computes, or layer by
 layer behind the compute; ``cache_block_tokens``: the block one cache message carries; cmperf.prefill),
 each value with its ``source`` like the hardware specs. ``Deployment.framework`` names one (None: no
@@ -29,6 +31,7 @@ class Framework:
     microbatches: tuple[int, ...]  # microbatch counts the framework runs
     mtp_chains: bool  # runs MTP chains deeper than one draft
     step_overhead_s: float  # host time per decode step outside the layers
+    request_overhead_s: float  # a request's path to its first token outside the engine's steps (TTFT)
     cache_prefetch: str  # "prefix" | "layer" (CACHE_PREFETCH)
     cache_block_tokens: int  # tokens per context-cache block (one message per block)
     sources: dict[str, str] = field(repr=False)
@@ -86,6 +89,7 @@ def load(name: str) -> Framework:
     if not isinstance(entry["value"], bool):
         raise CmperfError(f"{t.where('mtp_chains')}: expected true or false, got {entry['value']!r}")
     over = t.quantity("step_overhead", "s", 0.0, 0.999)
+    request = t.quantity("request_overhead", "s", 0.0, 60.0, required=False, default=0.0)
     prefetch = t._entry("cache_prefetch", False)
     mode = DEFAULT_CACHE_PREFETCH if prefetch is None else prefetch["value"]
     if mode not in CACHE_PREFETCH:
@@ -95,7 +99,8 @@ def load(name: str) -> Framework:
     block = t.integer("cache_block_tokens", 1, 1 << 20, required=False, default=DEFAULT_CACHE_BLOCK_TOKENS)
     t.done()
     chains = entry["value"]
-    return Framework(fname, desc, str(path), tuple(sorted(set(counts))), chains, over, mode, block, sources)
+    counts_t = tuple(sorted(set(counts)))
+    return Framework(fname, desc, str(path), counts_t, chains, over, request, mode, block, sources)
 
 
 def of(dep: Any) -> Framework | None:
@@ -110,6 +115,11 @@ def cache_facts(name: str | None) -> tuple[str, int]:
         return DEFAULT_CACHE_PREFETCH, DEFAULT_CACHE_BLOCK_TOKENS
     fw = load(name)
     return fw.cache_prefetch, fw.cache_block_tokens
+
+
+def request_overhead_s(name: str | None) -> float:
+    """The profile's request overhead in seconds (None or unknown: 0)."""
+    return 0.0 if name is None or unknown_reason(name) else load(name).request_overhead_s
 
 
 def reasons(dep: Any) -> list[str]:

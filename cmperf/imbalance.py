@@ -61,10 +61,14 @@ def _expected_max_normal(n: int) -> float:
     return a - (math.log(math.log(n)) + math.log(4 * math.pi)) / (2 * a) if n > 2 else 0.5642
 
 
+@lru_cache(maxsize=1024)
 def imbalance_constants(
     n_experts: int, redundant: int, ranks: int, slots: int, zipf: float
 ) -> tuple[float, float, int]:
-    """(busiest rank's share w_max, z_R, ranks): what ``expected_imbalance`` needs of one EP group."""
+    """(busiest rank's share w_max, z_R, ranks): what ``expected_imbalance`` needs of one EP group.
+
+    Cached: a pure function of its five scalars (an immutable tuple back), asked once per EP size on every
+    grid block (cmperf.decode.routing_constants: ~50 sizes per block of the optimizer's mesh)."""
     return rank_shares(n_experts, redundant, ranks, slots, zipf)[0], _expected_max_normal(ranks), ranks
 
 

@@ -11,7 +11,9 @@ attention still reads it (kv_up re-expands it in MHA form).
     batch_s   = two-stream pipeline of the n microbatches over all 61 layers (cmperf.step) + head
     tokens_per_s_per_device          = tokens_per_device / batch_s            (all prompt tokens)
     computed_tokens_per_s_per_device = (1 - h) * tokens_per_device / batch_s
-    ttft_s    = batch_s + kv_transfer_s,  kv_transfer_s = latency + KV bytes per prompt / (bw * eff)
+    ttft_s    = batch_s + kv_transfer_s + request_overhead_s
+    kv_transfer_s = latency + KV bytes per prompt / (bw * eff); request_overhead_s: the framework
+    profile's request path outside the engine (HTTP, tokenization, admission; frameworks/*.toml, else 0)
 
 The KV transfer rides ``System.kv_transfer_plane()``: the spec's ``kv_transfer_plane``, else the scale-out
 plane (CM384 §4: RDMA; DGX/HGX: the InfiniBand NIC). Worked number (dgx-h800, 4,096-token prompt, BF16
@@ -79,7 +81,7 @@ from .decode import (
     routed_imbalance,
 )
 from .deployment import Deployment, placement_arrays
-from .frameworks import cache_facts
+from .frameworks import cache_facts, request_overhead_s
 from .graph import (
     Stage,
     attention_prefill_ops,
@@ -330,7 +332,7 @@ def _evaluate_block(
         batch_s,
         tps,
         tps * (1.0 - h),
-        batch_s + kv_xfer,
+        batch_s + kv_xfer + request_overhead_s(dep.framework),
         kv_xfer,
         np.broadcast_to(kv_seq, shape),
         np.broadcast_to(cache_load_s, shape),
@@ -508,6 +510,7 @@ def _point_prediction(ev: PrefillEval, i: int) -> PrefillPrediction:
             "prefill_batch_s": batch,
             "cache_load_exposed_s": _f(ev.cache_load_exposed_s),
             "kv_transfer_s": _f(ev.kv_transfer_s),
+            "request_overhead_s": request_overhead_s(dep.framework),
         },
         _f(ev.kv_transfer_s),
         system.kv_transfer_plane(),

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from . import decode as dec
+from . import frameworks
 from .deployment import Deployment
 from .errors import CmperfError
 from .graph import kv_bytes_per_seq
@@ -395,6 +396,12 @@ class PrefillGrid:
     kv_transfer_s: np.ndarray
     instances: int
     capacity_rps: float
+    request_s: float = 0.0  # the framework's request overhead (outside the engines' steps)
+
+    def after_s(self, i: int) -> float:
+        """The TTFT's fixed part after batch ``i``'s prefill ends: the KV transfer to the decode pool + the
+        framework's request overhead (HTTP, tokenization, admission, streaming: frameworks/*.toml)."""
+        return float(self.kv_transfer_s[i]) + self.request_s
 
 
 def prefill_grid(system: System, model: Model, wl: Workload, pools: Pools, token_hit: float) -> PrefillGrid:
@@ -414,7 +421,8 @@ def prefill_grid(system: System, model: Model, wl: Workload, pools: Pools, token
         )
     n = pools.num_prefill_instances
     cap = float(np.max(n * b[ok] / batch_s[ok]))
-    return PrefillGrid(b[ok], batch_s[ok], kv_s[ok], n, cap)
+    fw = frameworks.of(pools.prefill)
+    return PrefillGrid(b[ok], batch_s[ok], kv_s[ok], n, cap, fw.request_overhead_s if fw is not None else 0.0)
 
 
 @dataclass(frozen=True)
@@ -446,7 +454,7 @@ def _ttft_for(grid: PrefillGrid, i: int, rate: float, scv: float, qs):
     if w.overloaded:
         return w, np.full(len(qs), np.inf)
     r = np.atleast_1d(response_quantiles_s(w, float(grid.batch_s[i]), list(qs), service_scv=scv))
-    return w, r + float(grid.kv_transfer_s[i])
+    return w, r + grid.after_s(i)
 
 
 def _ttft_at(grid: PrefillGrid, i: int, rate: float, scv: float, q: float) -> float:
@@ -456,7 +464,7 @@ def _ttft_at(grid: PrefillGrid, i: int, rate: float, scv: float, q: float) -> fl
     w = mgc_wait(rate, s, int(grid.instances * grid.batch_prompts[i]), service_scv=scv)
     if w.overloaded:
         return math.inf
-    return float(response_quantiles_s(w, s, float(q), service_scv=scv)) + float(grid.kv_transfer_s[i])
+    return float(response_quantiles_s(w, s, float(q), service_scv=scv)) + grid.after_s(i)
 
 
 #: TTFT percentiles ``cmperf serve`` reports (p50, p90, p99) besides the SLO's and the mean.
@@ -472,7 +480,7 @@ def _ttft_quantiles(grid: PrefillGrid, i: int, rate: float, scv: float, qs, boun
         return _ttft_for(grid, i, rate, scv, qs)[1]
     from scipy import special
 
-    s, kv = float(grid.batch_s[i]), float(grid.kv_transfer_s[i])
+    s, kv = float(grid.batch_s[i]), grid.after_s(i)
     shape = 1.0 / scv
     w = mgc_wait(rate, s, int(grid.instances * grid.batch_prompts[i]), service_scv=scv)
     out = np.full(len(qs), math.inf)
@@ -511,7 +519,7 @@ def prefill_pool(grid: PrefillGrid, rate: float, wl: Workload, slo: SLO) -> Pref
             continue
         r = _ttft_quantiles(grid, i, rate, scv, qs, lowest)
         w = mgc_wait(rate, float(grid.batch_s[i]), int(c), service_scv=scv)
-        mean = w.mean_wait_s + float(grid.batch_s[i]) + float(grid.kv_transfer_s[i])
+        mean = w.mean_wait_s + float(grid.batch_s[i]) + grid.after_s(i)
         lowest = np.minimum(lowest, r)
         rows.append((i, w, np.append(r, mean)))
     util = rate / grid.capacity_rps
@@ -542,7 +550,7 @@ def prefill_pool(grid: PrefillGrid, rate: float, wl: Workload, slo: SLO) -> Pref
     env = table[arg, np.arange(table.shape[1])]
     best, w, _ = rows[int(arg[3])]
     s, kv = float(grid.batch_s[best]), float(grid.kv_transfer_s[best])
-    p_ok = _p_response_within(w, s, scv, slo.ttft_s - kv)
+    p_ok = _p_response_within(w, s, scv, slo.ttft_s - grid.after_s(best))
     labels = ("p50", "p90", "p99", slo.percentile_label, "mean")
     from_b = {k: float(grid.batch_prompts[rows[int(j)][0]]) for k, j in zip(labels, arg, strict=True)}
     return PrefillPoolResult(

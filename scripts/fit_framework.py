@@ -1,4 +1,5 @@
-"""Fit a framework profile's per-step host time on measured points (frameworks/*.toml, step_overhead).
+"""Fit a framework profile's per-step host time and request overhead on measured points (frameworks/*.toml,
+step_overhead and request_overhead).
 
 Usage: .venv/bin/python scripts/fit_framework.py POINTS.csv [--write]
 
@@ -8,6 +9,11 @@ posed by cmperf without a framework profile and run at a microbatch count the fr
 overhead is the median of measured - predicted TPOT over those rows (the L1 fit of a constant added to
 every step; with MTP 0 a step is one token), floored at 0. Prints the rows used, the fit, and the TPOT
 error table (disagg and agg: median and p90 of |error|) without and with the profiles.
+
+Request overhead (a request's path to its first token outside the engine's steps: HTTP, tokenization,
+admission, streaming): aggregated rows with at most ``FIT_CONCURRENCY`` users per worker (the prefill they
+carry is small, so the rest of the TTFT shows), posed with the backend's profile; the median of measured -
+predicted first-wave TTFT with the profile's own request overhead taken out (it adds to that TTFT exactly).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 from cmperf import frameworks, points
 
 FIT_BATCH = 8.0  # batch per rank at most (the low-batch rows)
+FIT_CONCURRENCY = 8.0  # users per aggregated worker at most (the request overhead fit)
 
 
 def fit(results: list[points.Result], pts: list[points.Point]) -> dict[str, tuple[float, int]]:
@@ -43,6 +50,38 @@ def fit(results: list[points.Result], pts: list[points.Point]) -> dict[str, tupl
         if res:
             out[name] = (max(float(np.median(res)), 0.0), len(res))
     return out
+
+
+def fit_request(results: list[points.Result]) -> dict[str, tuple[float, int]]:
+    """{framework: (request overhead s, rows)} from results posed with the profiles."""
+    out = {}
+    for backend, name in points.BACKEND_FRAMEWORKS.items():
+        if name not in frameworks.known():
+            continue
+        own = frameworks.load(name).request_overhead_s
+        res = [
+            r.measured_ttft_s - (r.predicted_ttft_s - own)
+            for r in results
+            if r.backend == backend
+            and r.ttft_error is not None
+            and r.concurrency is not None
+            and r.concurrency <= FIT_CONCURRENCY
+        ]
+        if res:
+            out[name] = (max(float(np.median(res)), 0.0), len(res))
+    return out
+
+
+def ttft_table(results: list[points.Result]) -> list[str]:
+    lines = []
+    for backend in sorted({r.backend for r in results}):
+        e = [abs(r.ttft_error) for r in results if r.ttft_error is not None and r.backend == backend]
+        if e:
+            lines.append(
+                f"{backend:8s} agg TTFT n={len(e):3d} median {100 * np.median(e):5.1f}%  "
+                f"p90 {100 * np.percentile(e, 90):5.1f}%"
+            )
+    return lines
 
 
 def table(results: list[points.Result]) -> list[str]:
@@ -77,10 +116,14 @@ def main(argv: list[str]) -> None:
         print(f"fit {name}: step_overhead = {1e3 * o:.3f} ms on {n} rows")
     print("TPOT |error| without framework profiles:")
     print("\n".join(table(before)))
+    after = points.evaluate(pts, frameworks=True)
+    for name, (o, n) in fit_request(after).items():
+        print(f"fit {name}: request_overhead = {1e3 * o:.1f} ms on {n} rows")
     if "--after" in argv:
-        after = points.evaluate(pts, frameworks=True)
         print("TPOT |error| with framework profiles (as shipped):")
         print("\n".join(table(after)))
+        print("first-wave TTFT |error| with framework profiles (as shipped):")
+        print("\n".join(ttft_table(after)))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,11 @@ def _summary_rows(p) -> list[tuple[str, str]]:
             f"  KV transfer to decode ({p.kv_transfer_plane})",
             f"{fmt_s(b['kv_transfer_s'])} ({fmt_bytes(p.kv_bytes_per_sequence)} per prompt)",
         ),
+        *(
+            [("  request path outside the engine (framework)", fmt_s(b["request_overhead_s"]))]
+            if b["request_overhead_s"]
+            else []
+        ),
         (
             "cache load per batch" + (" (before the compute)" if before else " (overlapped)"),
             fmt_s(p.cache_load_s),
