@@ -289,8 +289,8 @@ FLAGS = {
 }
 
 PHASES = ("decode", "prefill")
-#: ``--eplb``: the Zipf routing model, perfect balance, or the measured-statistics modes (decode only,
-#: cmperf.decode.MEASURED_EPLB)
+#: ``--eplb``: the Zipf routing model, perfect balance, or the measured-statistics modes (decode and
+#: prefill, cmperf.decode.MEASURED_EPLB)
 EPLB_MODES = ("model", "perfect", "none", "static", "dynamic")
 
 #: Fields each phase reads (the others are ignored by it); the rest are common to both.
@@ -331,7 +331,7 @@ class Deployment:
     ep_size: Any = None  # None: every rank of the instance
     microbatches: Any = None  # int, array or "auto" (decode); None: "auto" (decode), 2 (prefill)
     precision: Precision | None = None  # None: default_precision(system)
-    eplb: str | None = None  # "model" | "perfect"; None: "model" (decode), "perfect" (prefill, CM384 §5)
+    eplb: str | None = None  # EPLB_MODES; None: "model" (decode), "perfect" (prefill, CM384 §5)
     imbalance: Any = None  # max/mean routed load; None = from ``eplb``
     num_redundant: int | None = None  # redundant routed-expert copies; None: the placement rule
     slots_per_rank: Any = (
@@ -434,9 +434,8 @@ class Deployment:
         from .frameworks import reasons as framework_reasons
 
         out += framework_reasons(d)
-        if d.eplb not in EPLB_MODES or (d.phase == "prefill" and d.eplb not in ("model", "perfect")):
-            allowed = ", ".join(EPLB_MODES) if d.phase == "decode" else "model, perfect"
-            out.append(f"--eplb: {d.eplb!r} is not one of {allowed} ({d.phase})")
+        if d.eplb not in EPLB_MODES:
+            out.append(f"--eplb: {d.eplb!r} is not one of {', '.join(EPLB_MODES)} ({d.phase})")
         if d.imbalance is not None and not d.imbalance >= 1.0:
             out.append(f"--imbalance: max/mean load is at least 1, got {d.imbalance:g}")
         ctx = model.max_position_embeddings

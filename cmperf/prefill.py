@@ -70,9 +70,11 @@ from .comm import DomainDedupOp, distinct_destinations, domain_scaleout_bytes, e
 from .decode import (
     CHUNK_POINTS,
     DETAIL_MAX_POINTS,
+    MEASURED_EPLB,
     OpRow,
     blockwise,
     grid_shape,
+    measured_imbalance,
     moe_load,
     op_rows,
     point,
@@ -233,8 +235,15 @@ def _evaluate_block(
     seqs_mb = t_mb / p
     cached_len = h * p
     new_mb = t_mb * (1.0 - h)
-    # routed copies over the EP group per microbatch: computed tokens only
-    imb = routed_imbalance(model, pl, ep, ep * new_mb * k, dep.eplb, dep.imbalance)
+    # routed copies over the EP group per microbatch: computed tokens only. The measured-statistics modes
+    # (--eplb none|static|dynamic, cmperf.routing) also time the all-to-all at its busiest rank (a2a), as
+    # decode does; a prompt's tokens are one routing sample (its microbatch's prompts are the sequences)
+    a2a: Any = 1.0
+    if dep.eplb in MEASURED_EPLB and dep.imbalance is None and model.is_moe:
+        imb, a2a = measured_imbalance(model, pl, dep.eplb, new_mb, seqs_mb)
+        disp_msg, comb_msg = disp_msg * a2a, comb_msg * a2a
+    else:
+        imb = routed_imbalance(model, pl, ep, ep * new_mb * k, dep.eplb, dep.imbalance)
     exp_tok, exp_read, copies = moe_load(model, pl, ep, new_mb, imb)
     if d.copies == "per-rank":
         copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))

@@ -3,6 +3,8 @@ the all-to-all binds, the modes order as their planning does, and the old modes 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -30,9 +32,15 @@ def test_imbalance_moves_tpot_where_communication_binds():
     assert 2.0 < none / dyn < 3.5
 
 
-def test_old_modes_unchanged_and_prefill_refuses_measured_modes():
-    """model/perfect keep their numbers (the goldens check them bit for bit); prefill names its modes."""
+def test_old_modes_unchanged_and_prefill_takes_measured_modes():
+    """model/perfect keep their numbers (the goldens check them bit for bit); prefill takes the measured
+    modes (CM384 prefill: 7,173 tokens/s per NPU balanced, 3,786 with dynamic EPLB, whose busiest rank's
+    receive buffers no longer fit 16K tokens per NPU in HBM: exit 3) and names a bad one."""
     s = load_system("cloudmatrix384")
     assert decode.predict(s, R1, Deployment()).tpot_s == pytest.approx(0.04949, rel=2e-3)
-    r = CliRunner().invoke(main, ["prefill", "--eplb", "dynamic"])
-    assert r.exit_code == 2 and r.stderr.startswith("cmperf: error: --eplb")
+    r = CliRunner().invoke(main, ["prefill", "--eplb", "dynamic", "--format", "json"])
+    assert r.exit_code == 3 and "HBM" in r.stderr
+    d = json.loads(r.stdout)
+    assert d["tokens_per_s_per_device"] == pytest.approx(3786, rel=0.02) and d["feasible"] is False
+    bad = CliRunner().invoke(main, ["prefill", "--eplb", "balanced"])
+    assert bad.exit_code == 2 and "--eplb" in bad.stderr

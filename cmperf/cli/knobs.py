@@ -111,7 +111,7 @@ def common_options(fn):
         "--eplb",
         "eplb",
         type=click.Choice(["model", "perfect", "none", "static", "dynamic"]),
-        help="Expert load: model (Zipf routing + EPLB), perfect balance, or (decode) the measured "
+        help="Expert load: model (Zipf routing + EPLB), perfect balance, or the measured "
         "DeepSeek-R1 routing statistics with no EPLB, EPLB planned on another dataset (static) or on a "
         "recent window (dynamic), the all-to-all timed at its busiest rank (cmperf.routing) [default: "
         "model in decode, perfect in prefill (the paper's prefill headline assumes it)].",
