@@ -436,6 +436,7 @@ def summary_section(doc: dict, command: str, elasticities: list | None, slo_s: f
             f"{fmt_s(doc['tpot_s'])}{slo}, batch {doc['batch_per_device']:g} per device"
             + (f" on {dep['devices']} devices" if "devices" in dep else "")
             + (f", EP{dep['ep_size']}" if "ep_size" in dep else "")
+            + (f", framework {dep['framework']}" if dep.get("framework") else "")
             + f"; bounds {fmt_s(doc['lower_tpot_s'])} .. {fmt_s(doc['upper_tpot_s'])}.\n"
         )
         streams = doc["streams"]

@@ -331,6 +331,19 @@ def decode_base_options(fn):
     )(fn)
 
 
+def framework_option(default_text: str = "[default: none]"):
+    """``--framework NAME`` of the searches (optimize, pareto): the profile's microbatch counts and MTP
+    depths bound the search; its step time, request overhead and cache loading enter every prediction."""
+    return click.option(
+        "--framework",
+        metavar="NAME",
+        default=None,
+        help="Serving-framework profile (frameworks/NAME.toml): the search keeps its microbatch counts and "
+        f"MTP depths, and its step time, request overhead and cache loading enter every prediction "
+        f"{default_text}.",
+    )
+
+
 @click.command()
 @scenario_option
 @system_model_options
@@ -387,14 +400,7 @@ def decode_base_options(fn):
     help="Attention-TP degrees the decode search tries, comma-separated (e.g. 1,8: DP and TP8 attention); "
     "a degree an instance size cannot hold is counted under placement invalid there.",
 )
-@click.option(
-    "--framework",
-    metavar="NAME",
-    default=None,
-    help="Serving-framework profile (frameworks/NAME.toml): the search keeps its microbatch counts and MTP "
-    "depths, and its step time and cache loading enter every prediction [default: the --emit engine's "
-    "profile, else none].",
-)
+@framework_option("[default: the --emit engine's profile, else none]")
 @click.option(
     "--top", "top_k", type=option("top"), default=10, show_default=True, help="Configurations to list."
 )
@@ -615,6 +621,7 @@ def optimize(
     help="Output tokens per request.",
 )
 @decode_base_options
+@framework_option()
 @precision_options
 @format_option(("table", "json", "markdown", "csv"))
 @plot_option("the frontier")
@@ -629,6 +636,7 @@ def pareto(
     output_len,
     mtp_accept,
     eplb,
+    framework,
     weights,
     kv_dtype,
     fmt,
@@ -636,13 +644,15 @@ def pareto(
     plot,
 ):
     """Pareto frontier of tokens/s per device against TPOT (decode) or TTFT (prefill)."""
+    from .. import frameworks, render, search, specs
     from .. import plot as plots
-    from .. import render, search, specs
     from ..deployment import Deployment
 
     sysm = specs.load_system(system, spec_dirs)
     mod = specs.load_model(model, spec_dirs)
     prec = make_precision(sysm, weights, kv_dtype)
+    if framework is not None:
+        frameworks.load(framework)  # an unknown name: its one-line --framework error, before the search
     prog = _Progress(f"searching {phase} configurations")
     grid = None
     try:
@@ -653,7 +663,7 @@ def pareto(
                 prompt_len=prompt_len,
                 output_len=output_len,
                 devices=devices,
-                base=Deployment(mtp_accept=mtp_accept, precision=prec, eplb=eplb),
+                base=Deployment(mtp_accept=mtp_accept, precision=prec, eplb=eplb, framework=framework),
                 progress=prog,
                 explain=False,
             )
@@ -668,7 +678,7 @@ def pareto(
                 "constraints": r.constraints,
             }
         else:
-            base = Deployment(phase="prefill", eplb=eplb, precision=prec)
+            base = Deployment(phase="prefill", eplb=eplb, precision=prec, framework=framework)
             r = search.search_prefill(
                 sysm, mod, prompt_len=prompt_len, devices=devices, base=base, progress=prog
             )

@@ -228,13 +228,21 @@ def explain(scenario_name, spec_dirs, fmt, output):
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _optimizer(system, model) -> tuple[dict | None, str]:
+def _optimizer(system, model, framework: str | None = None) -> tuple[dict | None, str]:
     """The optimizer (``search.optimize`` with ``cmperf optimize``'s defaults: 4K/256, TPOT 50 ms, TTFT
-    2 s) on the scenario's system and model: (its JSON body, note)."""
+    2 s) on the scenario's system and model, under ``framework``: (its JSON body, note)."""
     from .. import render, search, serving
+    from ..deployment import Deployment
 
     wl = serving.Workload(rate_per_s=None, prompt_len=4096.0, output_len=256.0)
-    res = search.optimize(system, model, workload=wl, slo=serving.SLO(ttft_s=2.0, tpot_s=0.05))
+    res = search.optimize(
+        system,
+        model,
+        workload=wl,
+        slo=serving.SLO(ttft_s=2.0, tpot_s=0.05),
+        decode=Deployment(framework=framework),
+        prefill=Deployment(phase="prefill", framework=framework),
+    )
     return render.to_jsonable(search.optimize_json(res)), ""
 
 
@@ -248,13 +256,21 @@ def _optimizer(system, model) -> tuple[dict | None, str]:
     help="Scenario to report on (a .toml or a name in scenarios/).",
 )
 @SPEC_DIR
+@click.option(
+    "--framework",
+    metavar="NAME",
+    default=None,
+    help="Serving-framework profile (frameworks/NAME.toml) for every part of the report: the scenario, the "
+    "prefill and serving sections and the optimizer [default: the scenario's deployment.framework, else "
+    "none].",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Markdown file (written atomically).")
 @guarded
-def report(scenario_name, spec_dirs, output):
+def report(scenario_name, spec_dirs, framework, output):
     """One markdown report: what to do, predictions, per-op breakdown, chart, prefill, serving, the
     optimizer, validation, closed forms, sources."""
     with progress("building the report"):
-        text = _report_text(scenario_name, spec_dirs)
+        text = _report_text(scenario_name, spec_dirs, framework)
     emit(text, output)
 
 
@@ -262,14 +278,20 @@ def report(scenario_name, spec_dirs, output):
 REPORT_TPOT_SLO_S = 0.05
 
 
-def _report_text(scenario_name, spec_dirs) -> str:
-    from .. import __version__, render, scenario, sensitivity, serving, symbolic
+def _report_text(scenario_name, spec_dirs, framework: str | None = None) -> str:
+    from dataclasses import replace
+
+    from .. import __version__, frameworks, render, scenario, sensitivity, serving, symbolic
     from .. import prefill as pf
     from .. import report as rep
     from .. import validate as val
     from ..deployment import Deployment
 
     sc = scenario.load(scenario_name, spec_dirs)
+    if framework is not None:
+        frameworks.load(framework)  # an unknown name: its one-line --framework error
+        sc = replace(sc, deployment={**sc.deployment, "framework": framework})
+    framework = sc.deployment.get("framework")  # every section runs on the scenario's profile
     doc, system, model = run_scenario(sc, spec_dirs)
     sweep, forms, note, elasticities = None, None, "Closed forms exist for decode scenarios only.", None
     why = symbolic.closed_form_reason(model)
@@ -294,8 +316,15 @@ def _report_text(scenario_name, spec_dirs) -> str:
             "kernel, alpha collective latencies."
         )
     slo_s = float(sc.slo.get("tpot_s", REPORT_TPOT_SLO_S)) if isinstance(sc.slo, dict) else REPORT_TPOT_SLO_S
-    prefill_doc = render.to_jsonable(pf.predict(system, model, Deployment(phase="prefill")))
+    prefill_dep = Deployment(phase="prefill", framework=framework)
+    prefill_doc = render.to_jsonable(pf.predict(system, model, prefill_dep))
     pools = serving.default_pools(system, model)
+    if framework is not None:
+        pools = replace(
+            pools,
+            decode=replace(pools.decode, framework=framework),
+            prefill=replace(pools.prefill, framework=framework),
+        )
     serve_res = serving.evaluate(system, model, serving.Workload(), pools, serving.SLO())
     serve_doc = render.to_jsonable(serve_res)
     rows = val.rows(spec_dirs)
@@ -307,7 +336,7 @@ def _report_text(scenario_name, spec_dirs) -> str:
         version=__version__,
         doc=doc,
         sweep=sweep,
-        optimizer=_optimizer(system, model),
+        optimizer=_optimizer(system, model, framework),
         validation=(val.TABLE_HEADER, val.table_rows(rows)),
         forms=forms,
         forms_note=note,
