@@ -51,15 +51,33 @@ if TYPE_CHECKING:
 COMMANDS = ("decode", "prefill", "serve", "optimize")
 TOP_KEYS = (*SCENARIO_KEYS, "pools", "frameworks")  # a scenario's keys, [pools] and the framework bundles
 
-_COMMON = ("devices", "ep_size", "microbatches", "eplb", "imbalance", "num_redundant", "slots_per_rank")
+_COMMON = (
+    "devices",
+    "ep_size",
+    "microbatches",
+    "eplb",
+    "imbalance",
+    "num_redundant",
+    "slots_per_rank",
+    "framework",
+)
 #: ``[deployment]`` fields each cell type reads (the others are refused by file and key). serve: the decode
 #: pool's per-step knobs and the prefill pool's plane and TP (the batch comes from the load, the devices from
-#: ``[pools]``); optimize: the device total it searches and the knobs its searches hold fixed.
+#: ``[pools]``); optimize: the device total it searches and the knobs its searches hold fixed. ``framework``
+#: (a frameworks/*.toml profile) reaches every cell type; serve and optimize apply it to both phases.
 DEPLOYMENT_KEYS = {
     "decode": (*_COMMON, *DECODE_FIELDS),
     "prefill": (*_COMMON, *PREFILL_FIELDS),
-    "serve": ("mtp", "mtp_accept", "attention_cube_cores", "step_overhead_s", "cache_plane", "attn_tp"),
-    "optimize": ("devices", "eplb", "mtp_accept"),
+    "serve": (
+        "mtp",
+        "mtp_accept",
+        "attention_cube_cores",
+        "step_overhead_s",
+        "cache_plane",
+        "attn_tp",
+        "framework",
+    ),
+    "optimize": ("devices", "eplb", "mtp_accept", "framework"),
 }
 #: ``[workload]`` fields each cell type reads: decode's prompt + output lengths set the KV knobs as
 #: ``cmperf decode --prompt-len/--output-len`` (``deployment.kv_lengths``); prefill's prompt is the record's.
@@ -348,6 +366,8 @@ def load(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Sweep:
                 if not isinstance(knobs, dict):
                     raise CmperfError(f"{path}: key frameworks.{fw} must be a table [frameworks.{fw}]")
                 frameworks[fw] = _knob_table(path, command, f"frameworks.{fw}", knobs, False)
+                if "framework" in frameworks[fw]:
+                    _check_profile(path, f"frameworks.{fw}.framework", frameworks[fw]["framework"])
                 for k in frameworks[fw]:
                     if f"deployment.{k}" in _deployment_keys(raw):
                         raise CmperfError(
@@ -368,8 +388,19 @@ def _deployment_keys(raw: dict[str, Any]) -> set[str]:
     return out | {f"deployment.precision.{g}" for g in dep.get("precision", {})}
 
 
+def _check_profile(path: Path, key: str, name: Any) -> None:
+    """A framework profile name (frameworks/*.toml) that does not exist: one line naming file and key."""
+    from .frameworks import unknown_reason
+
+    bad = unknown_reason(name)
+    if bad:
+        raise CmperfError(f"{path}: key {key}: {bad.removeprefix('--framework: ')}")
+
+
 def _check_pairs(path: Path, command: str, axes: dict[str, tuple[Any, ...]]) -> None:
-    """Keys that go together or exclude each other, for every cell alike."""
+    """Keys that go together or exclude each other, for every cell alike; profile names exist."""
+    for name in axes.get("deployment.framework", ()):
+        _check_profile(path, "deployment.framework", name)
     if command == "decode" and ("workload.prompt_len" in axes) != ("workload.output_len" in axes):
         given = "prompt_len" if "workload.prompt_len" in axes else "output_len"
         raise CmperfError(
@@ -493,12 +524,15 @@ def _run_serve(cell: Cell, system: System, model: Model, t: dict[str, dict[str, 
     pools = pools.split(
         pl.get("prefill_devices", pools.prefill_devices), pl.get("decode_devices", pools.decode_devices)
     )
+    fw = {"framework": dep["framework"]} if "framework" in dep else {}
     pools = replace(
         pools,
         cache_dram_bytes=pl.get("cache_dram_bytes"),
-        decode=replace(pools.decode, precision=prec, **{k: v for k, v in dep.items() if k in DECODE_FIELDS}),
+        decode=replace(
+            pools.decode, precision=prec, **fw, **{k: v for k, v in dep.items() if k in DECODE_FIELDS}
+        ),
         prefill=replace(
-            pools.prefill, precision=prec, **{k: v for k, v in dep.items() if k in PREFILL_FIELDS}
+            pools.prefill, precision=prec, **fw, **{k: v for k, v in dep.items() if k in PREFILL_FIELDS}
         ),
     )
     r = serving.evaluate(system, model, Workload(**t["workload"]), pools, SLO(**t["slo"]))
@@ -530,7 +564,7 @@ def _run_optimize(cell: Cell, system: System, model: Model, t: dict[str, dict[st
         workload=Workload(**{"rate_per_s": None, **t["workload"]}),
         slo=SLO(**t["slo"]),
         decode=Deployment(precision=prec, **{k: v for k, v in dep.items() if k != "devices"}),
-        prefill=Deployment(phase="prefill", precision=prec),
+        prefill=Deployment(phase="prefill", precision=prec, framework=dep.get("framework")),
         top_k=1,
     )
     d = res.decode

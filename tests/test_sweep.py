@@ -255,6 +255,14 @@ def test_parquet_round_trips(tmp_path):
             "key frameworks.a.mtp: also",
         ),
         ('command = "decode"\n[frameworks.a]\nmtp = [0, 1]\n', "key frameworks.a.mtp: a framework holds one"),
+        (
+            'command = "decode"\n[deployment]\nframework = ["sglang", "bogus"]\n',
+            "key deployment.framework: unknown framework 'bogus'",
+        ),
+        (
+            'command = "decode"\n[frameworks.a]\nframework = "bogus"\n',
+            "key frameworks.a.framework: unknown framework 'bogus'",
+        ),
         ('command = "explain"\n', "key command: 'explain' is not one of"),
         ('system = "dgx-h800"\n', "key command is missing"),
         ('name = "other"\ncommand = "decode"\n', "key name: 'other' must match the file name"),
@@ -310,3 +318,22 @@ def test_thousand_cells_on_two_local_processes(tmp_path):
     assert r["tpot_s"] == p1.tpot_s and math.isfinite(p1.tpot_s)
     tpots = [x["tpot_s"] for x in rows if x["deployment.kv_len"] == 4096]
     assert tpots == sorted(tpots)  # TPOT grows with the batch at fixed KV
+
+
+def test_framework_profile_axis_reaches_every_cell_type(tmp_path):
+    """deployment.framework is an axis of every cell type: decode and prefill cells equal the commands
+    with --framework; serve and optimize apply it to both phases (SGLang's 258.5 ms request overhead over
+    TensorRT-LLM's 123.6 ms shows in the TTFT: dgx-h800 serve at 5 req/s 334 ms against 199 ms)."""
+    text = 'command = "{}"\nsystem = "dgx-h800"\n[deployment]\nframework = ["sglang", "tensorrt-llm"]\n'
+    serve = sweep.run(
+        sweep.load(str(write(tmp_path, "s", text.format("serve") + "[workload]\nrate_per_s = 5\n")))
+    )
+    sg, trt = (r["ttft_s"] for r in serve)
+    assert (sg, trt) == pytest.approx((0.334, 0.199), abs=0.002) and sg - trt > 0.13
+    dec = sweep.run(sweep.load(str(write(tmp_path, "d", text.format("decode")))))
+    want = decode.predict(
+        cmperf.load_system("dgx-h800"), cmperf.load_model("deepseek-r1"), Deployment(framework="sglang")
+    )
+    assert dec[0]["tpot_s"] == want.tpot_s and dec[0]["deployment.framework"] == "sglang"
+    opt = sweep.run(sweep.load(str(write(tmp_path, "o", text.format("optimize")))))
+    assert all(r["status"] == "ok" for r in opt) and opt[0]["ttft_s"] > opt[1]["ttft_s"]
