@@ -239,8 +239,14 @@ def _hops_s(system: System, plane_name: str, group):
     return plane.hop_latency_s * torus_diameter_hops(plane.dims, np.minimum(chips, plane.domain_devices))
 
 
-def _split_bytes(system: System, plane_name: str, payload, group_size, send_local: bool = False):
-    """(bytes over the scale-up plane, bytes over the scale-out plane) for one rank's payload."""
+def _split_bytes(
+    system: System, plane_name: str, payload, group_size, send_local: bool = False, drop_zero: bool = False
+):
+    """(bytes over the scale-up plane, bytes over the scale-out plane) for one rank's payload.
+
+    ``drop_zero``: None for the scale-out bytes when they are remote * 0.0 at every point (every group
+    inside one scale-up domain) and every remote byte count is finite and >= 0: those zeros then change
+    no time they enter (``_link_s``, ``_ideal_link_s``: t + 0.0 and max(t, 0.0) are t for t >= 0)."""
     plane = system.planes[plane_name]
     e = np.maximum(np.asarray(group_size, dtype=float), 1.0)
     remote = np.asarray(payload, dtype=float) * (1.0 if send_local else (e - 1.0) / e)
@@ -248,6 +254,8 @@ def _split_bytes(system: System, plane_name: str, payload, group_size, send_loca
         return np.zeros_like(remote), remote
     domain_ranks = plane.domain_devices * system.ranks_per_device
     f_in = np.where(e > 1, (np.minimum(e, domain_ranks) - 1.0) / np.maximum(e - 1.0, 1.0), 1.0)
+    if drop_zero and np.all(f_in == 1.0) and remote.size and remote.min() >= 0.0 and remote.max() < np.inf:
+        return remote * f_in, None  # (NaN fails both tests: it keeps the general path)
     return remote * f_in, remote * (1.0 - f_in)
 
 
@@ -262,10 +270,13 @@ def _link_s(
     group=None,
 ):
     """Slower of the two planes; ``eff`` / ``eff_out`` (a kernel's fitted efficiencies) replace the
-    scale-up / scale-out plane's; ``group`` (ranks) sets a torus plane's all-to-all rate (``_rate``)."""
+    scale-up / scale-out plane's; ``group`` (ranks) sets a torus plane's all-to-all rate (``_rate``).
+    ``out_bytes`` None: no scale-out bytes (``_split_bytes(drop_zero=True)``), the scale-up time."""
     up = system.planes[up_plane]
     up_bw = _rate(system, up_plane, group)
     t_up = up_bytes / (up_bw * (eff or up.efficiency))
+    if out_bytes is None:
+        return t_up
     if out_plane is None:
         # no scale-out plane named: traffic beyond the domain also rides the scale-up plane
         return t_up + out_bytes / (up_bw * (eff or up.efficiency))
@@ -274,17 +285,24 @@ def _link_s(
 
 
 def ep_link_bytes(
-    system: System, name: str, payload_bytes, ep_size, phase: str = "decode", scaleout_bytes=None
+    system: System,
+    name: str,
+    payload_bytes,
+    ep_size,
+    phase: str = "decode",
+    scaleout_bytes=None,
+    drop_zero: bool = False,
 ):
     """(bytes over the scale-up plane, bytes over the scale-out plane) of one rank's dispatch or combine.
 
     Flat kernels: the (E-1)/E remote share split by f_in (module docstring). ``copies = "per-domain"``
     with ``scaleout_bytes`` given: the hierarchical split (forwarding inside the destination domain); a
-    per-domain kernel without it (a caller that does not know the routing) falls back to the flat split."""
+    per-domain kernel without it (a caller that does not know the routing) falls back to the flat split.
+    ``drop_zero``: the flat split may give None for all-zero scale-out bytes (``_split_bytes``)."""
     c = system.collective(name, phase)
     e = np.asarray(ep_size, dtype=float)
     if c.copies != "per-domain" or scaleout_bytes is None or system.planes[c.plane].scale == "out":
-        return _split_bytes(system, c.plane, payload_bytes, e, c.local_copies == "send")
+        return _split_bytes(system, c.plane, payload_bytes, e, c.local_copies == "send", drop_zero)
     d = system.planes[c.plane].domain_devices * system.ranks_per_device
     m = np.maximum(np.minimum(e, d), 1.0)
     payload = np.asarray(payload_bytes, dtype=float)
@@ -317,7 +335,7 @@ def ep_collective_time(
     kernel ``phase`` uses (``System.collective``); ``scaleout_bytes`` only for ``copies = "per-domain"``."""
     c = system.collective(name, phase)
     e = np.asarray(ep_size, dtype=float)
-    up_b, out_b = ep_link_bytes(system, name, payload_bytes, e, phase, scaleout_bytes)
+    up_b, out_b = ep_link_bytes(system, name, payload_bytes, e, phase, scaleout_bytes, drop_zero=True)
     link_s = _link_s(
         system, c.plane, c.scaleout_plane, up_b, out_b, c.efficiency, c.scaleout_efficiency, group=e
     )
@@ -416,6 +434,8 @@ def ep_collective_estimate(
 
 def _ideal_link_s(system, up_plane, out_plane, up_b, out_b, group=None):
     up_bw = _rate(system, up_plane, group)
+    if out_b is None:  # no scale-out bytes (``_split_bytes(drop_zero=True)``)
+        return up_b / up_bw
     out_bw = _rate(system, out_plane, group) if out_plane else up_bw
     return np.maximum(up_b / up_bw, out_b / out_bw)
 

@@ -220,3 +220,80 @@ def test_prefill_search_one_call_equals_one_call_per_size(h200):
         )
         assert float(ev.ttft_s) == c.ttft_s and float(ev.tokens_per_s_per_device) == c.tokens_per_s_per_device
     assert res.best is not None and res.rejected["TTFT SLO"] + res.rejected["HBM fit"] > 0
+
+
+# ------------------------------------------------------------------------- decode grid per-call shortcuts
+
+
+def _bits(x) -> bytes:
+    a = np.ascontiguousarray(np.asarray(x, dtype=float))
+    return bytes(str(a.shape), "ascii") + a.tobytes()
+
+
+@pytest.mark.parametrize("system_name", ["cloudmatrix384", "hgx-h200"])
+@np.errstate(invalid="ignore")  # inf * 0 in the general path: NaN, as it gives
+def test_ep_collective_time_without_zero_scaleout_bytes_keeps_every_bit(system_name):
+    """``_split_bytes(drop_zero=True)`` (all EP groups inside the scale-up domain: no scale-out bytes) gives
+    the link and ideal times of the general path, bit for bit, and the general path runs whenever a
+    payload is negative, infinite or NaN (where the zeros would matter) or a group leaves the domain."""
+    from cmperf import comm
+
+    s = specs.load_system(system_name)
+    c = s.collective("dispatch", "decode")
+    ep = np.array([1.0, 2.0, 8.0, 16.0, 64.0, 320.0])[:, None]
+    for payload in (
+        np.array([0.0, -0.0, 1.0, 7e3, 3.3e7])[None, :],
+        np.array([1.0, -2.0])[None, :],
+        np.array([1.0, np.inf])[None, :],
+        np.array([1.0, np.nan])[None, :],
+    ):
+        for e in (ep, ep[:3], ep[:2]):
+            up, out = comm._split_bytes(s, c.plane, payload, e, c.local_copies == "send")
+            up2, out2 = comm._split_bytes(s, c.plane, payload, e, c.local_copies == "send", drop_zero=True)
+            assert _bits(up2) == _bits(up)
+            if out2 is None:
+                assert np.isfinite(payload).all() and (payload >= 0).all()
+            else:
+                assert _bits(out2) == _bits(out)
+            args = (c.efficiency, c.scaleout_efficiency)
+            link = comm._link_s(s, c.plane, c.scaleout_plane, up, out, *args, group=e)
+            link2 = comm._link_s(s, c.plane, c.scaleout_plane, up2, out2, *args, group=e)
+            assert _bits(link2) == _bits(link)
+            ideal = comm._ideal_link_s(s, c.plane, c.scaleout_plane, up, out, group=e)
+            ideal2 = comm._ideal_link_s(s, c.plane, c.scaleout_plane, up2, out2, group=e)
+            assert _bits(ideal2) == _bits(ideal)
+
+
+def test_moe_load_power_only_where_co_located_keeps_every_bit(cm):
+    """``moe_load`` on EP sizes on both sides of the routed-expert count (dedicated and co-located
+    points) equals its formula computed on every point."""
+    from cmperf import decode
+    from cmperf.deployment import placement_arrays
+
+    _, m = cm
+    ep = np.array([16.0, 64.0, 256.0, 288.0, 320.0, 768.0])[:, None]
+    tokens = np.array([0.0, 0.5, 1.0, 7.0, 96.0, 1e4])[None, :]
+    pl = placement_arrays(m, ep)
+    assert pl["dedicated"].any() and not pl["dedicated"].all()
+    imb = np.full((ep.size, tokens.size), 1.25)
+    _, exp_read, _ = decode.moe_load(m, pl, ep, tokens, imb)
+    k, r = m.num_experts_per_tok, m.n_routed_experts
+    co_read = pl["slots"] * (1.0 - (1.0 - k / max(r, 1)) ** (ep * tokens)) + m.n_shared_experts
+    assert _bits(exp_read) == _bits(np.where(pl["dedicated"], 1.0, co_read))
+    # the dedicated-only and co-located-only grids take the branches without the masked power
+    for sub in (ep[:2], ep[3:]):
+        p = placement_arrays(m, sub)
+        _, r2, _ = decode.moe_load(m, p, sub, tokens, imb[: sub.size])
+        want_r = np.where(
+            p["dedicated"],
+            1.0,
+            p["slots"] * (1.0 - (1.0 - k / max(r, 1)) ** (sub * tokens)) + m.n_shared_experts,
+        )
+        assert _bits(np.broadcast_to(r2, want_r.shape)) == _bits(want_r)
+
+
+def test_cached_imbalance_constants_equal_uncached():
+    from cmperf.imbalance import imbalance_constants
+
+    for args in ((256, 32, 288, 1, 1.0), (256, 32, 32, 9, 0.8), (256, 0, 64, 4, 0.0)):
+        assert imbalance_constants(*args) == imbalance_constants.__wrapped__(*args)
