@@ -44,7 +44,8 @@ it, a chunk step's tokens spread evenly over the devices (the step waits for the
 modelled). The request's path outside the steps (HTTP, tokenization, admission, streaming the first token)
 is the framework profile's ``request_overhead``, added to every TTFT (0 without a profile).
 
-Chunk budget default (``default_chunk_tokens``): SGLang 0.5.23's ``_handle_gpu_memory_settings``
+Chunk budget default (``default_chunk_tokens``): the framework profile's ``chunk_tokens`` where it sets
+one (TensorRT-LLM), else SGLang 0.5.23's ``_handle_gpu_memory_settings``
 (``srt/arg_groups/memory_hook.py``): 2,048 below 20 GiB of device memory, 4,096 below 60 GiB, 8,192 below
 160 GiB (H100, H200), 16,384 above (B200, GB200); on Ascend (``hardware_backend/npu/utils.py``) 4,096 up to
 32 GiB, 8,192 above. TensorRT-LLM's ``max_num_tokens`` default is 8,192 (its BuildConfig / LLM API
@@ -98,10 +99,14 @@ APPROXIMATIONS = [
 ]
 
 
-def default_chunk_tokens(system: System) -> int:
-    """The chunked-prefill budget per engine step a framework starts with on ``system``'s devices (module
-    docstring: SGLang 0.5.23 by device memory; TensorRT-LLM 8,192). hgx-h200: 8,192; hgx-b200: 16,384;
-    cloudmatrix384 (64 GB per die): 8,192."""
+def default_chunk_tokens(system: System, framework: str | None = None) -> int:
+    """The chunked-prefill budget per engine step a framework starts with on ``system``'s devices: the
+    profile's ``chunk_tokens`` (TensorRT-LLM's max_num_tokens: 8,192), else by device memory (module
+    docstring: SGLang 0.5.23's rule). hgx-h200: 8,192; hgx-b200: 16,384; cloudmatrix384 (64 GB per die):
+    8,192."""
+    fw = frameworks.load(framework) if framework is not None else None
+    if fw is not None and fw.chunk_tokens is not None:
+        return fw.chunk_tokens
     mib = system.chip.hbm_bytes / 2**20
     if system.chip.name.startswith("ascend"):
         return 4096 if mib <= 32 * 1024 else 8192
@@ -115,15 +120,15 @@ def default_chunk_tokens(system: System) -> int:
 class Engine:
     """One aggregated engine: ``deployment`` is its decode record (devices, ep_size, attn_tp, moe_tp, mtp,
     precision, microbatches; the batch, KV and chunk knobs are set here), ``chunk_tokens`` the prompt tokens
-    one step may carry over the whole engine (None: ``default_chunk_tokens``)."""
+    one step may carry over the whole engine (None: ``default_chunk_tokens`` of its framework)."""
 
     deployment: Deployment = field(default_factory=Deployment)
     chunk_tokens: float | None = None
 
     def chunk(self, system: System) -> float:
-        return (
-            float(self.chunk_tokens) if self.chunk_tokens is not None else float(default_chunk_tokens(system))
-        )
+        if self.chunk_tokens is not None:
+            return float(self.chunk_tokens)
+        return float(default_chunk_tokens(system, self.deployment.framework))
 
 
 @dataclass(frozen=True)
@@ -707,7 +712,9 @@ def compare_modes(
     wl = replace(wl, rate_per_s=wl.rate_per_s or 1.0, concurrency=None)
     _check(wl, model, slo)
     chunks = (
-        [chunk_tokens] if chunk_tokens is not None else sorted({*CHUNK_GRID, default_chunk_tokens(system)})
+        [chunk_tokens]
+        if chunk_tokens is not None
+        else sorted({*CHUNK_GRID, default_chunk_tokens(system, base.framework)})
     )
     cands = []
     for size in engine_sizes(system, devices):

@@ -4,7 +4,9 @@ A profile holds the microbatch counts the framework runs (SGLang's two-batch ove
 ``--microbatches auto`` never picks 3 under it), whether it runs MTP chains deeper than one draft, its
 per-step host and scheduler time outside the layers (graph launch, sampling, scheduling), a request's time
 to its first token outside the engine's steps (``request_overhead``: HTTP, tokenization, admission,
-streaming the token; added to every TTFT, cmperf.aggregated and cmperf.serving), and how it loads
+streaming the token; added to every TTFT, cmperf.aggregated and cmperf.serving), the prompt tokens an
+aggregated engine's step carries by default (``chunk_tokens``; unset: the rule by device memory,
+``cmperf.aggregated.default_chunk_tokens``), and how it loads
 a context-cache hit (``cache_prefetch``: the whole cached prefix before the prefill computes, or layer by
 layer behind the compute; ``cache_block_tokens``: the block one cache message carries; cmperf.prefill),
 each value with its ``source`` like the hardware specs. ``Deployment.framework`` names one (None: no
@@ -32,6 +34,7 @@ class Framework:
     mtp_chains: bool  # runs MTP chains deeper than one draft
     step_overhead_s: float  # host time per decode step outside the layers
     request_overhead_s: float  # a request's path to its first token outside the engine's steps (TTFT)
+    chunk_tokens: int | None  # aggregated engine's prompt tokens per step (None: by device memory)
     cache_prefetch: str  # "prefix" | "layer" (CACHE_PREFETCH)
     cache_block_tokens: int  # tokens per context-cache block (one message per block)
     sources: dict[str, str] = field(repr=False)
@@ -97,10 +100,11 @@ def load(name: str) -> Framework:
             f"{t.where('cache_prefetch')}: expected one of {', '.join(CACHE_PREFETCH)}, got {mode!r}"
         )
     block = t.integer("cache_block_tokens", 1, 1 << 20, required=False, default=DEFAULT_CACHE_BLOCK_TOKENS)
+    chunk = t.integer("chunk_tokens", 1, 1 << 24, required=False, default=0) or None
     t.done()
     chains = entry["value"]
     counts_t = tuple(sorted(set(counts)))
-    return Framework(fname, desc, str(path), counts_t, chains, over, request, mode, block, sources)
+    return Framework(fname, desc, str(path), counts_t, chains, over, request, chunk, mode, block, sources)
 
 
 def of(dep: Any) -> Framework | None:

@@ -40,6 +40,12 @@ def test_default_chunk_follows_sglang(h200):
     assert agg.default_chunk_tokens(h200[0]) == 8192
     assert agg.default_chunk_tokens(load_system("hgx-b200")) == 16384
     assert agg.default_chunk_tokens(load_system("cloudmatrix384")) == 8192
+    # a profile's own budget wins: TensorRT-LLM's max_num_tokens 8,192 on B200 too; SGLang's is the rule
+    b200 = load_system("hgx-b200")
+    assert agg.default_chunk_tokens(b200, "tensorrt-llm") == 8192
+    assert agg.default_chunk_tokens(b200, "sglang") == 16384
+    engine = agg.Engine(Deployment(devices=8, framework="tensorrt-llm"))
+    assert engine.chunk(b200) == 8192.0 and agg.Engine(Deployment(devices=8)).chunk(b200) == 16384.0
 
 
 def test_ttft_grows_with_the_prefill_share(h200):

@@ -29,6 +29,7 @@ def test_profiles_load_with_a_source_for_every_value():
             "mtp_chains",
             "step_overhead",
             "request_overhead",
+            "chunk_tokens",
             "cache_prefetch",
             "cache_block_tokens",
         }
