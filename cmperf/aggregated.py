@@ -63,8 +63,8 @@ from . import decode as dec
 from . import frameworks
 from .deployment import AUTO, Deployment
 from .errors import CmperfError
-from .queueing import QueueWait, find_root, mgc_wait
-from .serving import SLO, Workload, _norm_cdf, _z, workload_inputs
+from .queueing import QueueWait, find_root, mgc_wait, normal_cdf, normal_quantile
+from .serving import SLO, Workload, workload_inputs
 from .specs import Model, System
 
 __all__ = [
@@ -358,7 +358,7 @@ class _Curve:
         return float(self.queue(rate, mix).wait_quantile_s(q)) + self.service(mean, mix)
 
     def batch_quantile(self, b: float, q: float) -> float:
-        return min(b + _z(q) * math.sqrt(b / self.devices), self.top)
+        return min(b + normal_quantile(q) * math.sqrt(b / self.devices), self.top)
 
     def solve_concurrency(self, n: float) -> tuple[float, float, bool]:
         """(batch per device, throughput X, HBM-capped) of a closed loop of ``n`` requests."""
@@ -506,8 +506,8 @@ def evaluate(
             if extra > 0:
                 wait += extra
                 ttft = {k: v + extra for k, v in ttft.items()}
-        sigma = max(t99 - t_mean, 0.0) / _z(0.99)
-        p_tpot = _norm_cdf((slo.tpot_s - t_mean) / sigma) if sigma > 0 else float(t_mean <= slo.tpot_s)
+        sigma = max(t99 - t_mean, 0.0) / normal_quantile(0.99)
+        p_tpot = normal_cdf((slo.tpot_s - t_mean) / sigma) if sigma > 0 else float(t_mean <= slo.tpot_s)
         t_left = slo.ttft_s - service - (wait - w.mean_wait_s)
         p_ttft = 0.0 if t_left < 0 else 1.0 - float(w.wait_tail(t_left))
         att = p_ttft * p_tpot

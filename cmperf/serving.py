@@ -39,7 +39,6 @@ caching pool over UB) are modelled separately and meet only through the arrival 
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
@@ -51,7 +50,15 @@ from . import frameworks
 from .deployment import Deployment
 from .errors import CmperfError
 from .graph import kv_bytes_per_seq
-from .queueing import QueueWait, che_lru_hit_rate_zipf, find_root, mgc_wait, response_quantiles_s
+from .queueing import (
+    QueueWait,
+    che_lru_hit_rate_zipf,
+    find_root,
+    mgc_wait,
+    normal_cdf,
+    normal_quantile,
+    response_quantiles_s,
+)
 from .specs import Model, System
 
 __all__ = [
@@ -69,27 +76,6 @@ __all__ = [
 
 # Prompts per prefill instance batch the scheduler may choose (grid; infeasible ones are dropped).
 PREFILL_BATCH_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-
-
-@functools.lru_cache(maxsize=64)
-def _z(p: float) -> float:
-    """Standard normal quantile z_p (z_0.99 = 2.3263); stdlib and cached: the sizing calls it for every
-    grid batch of every decode pool, and scipy.stats alone takes ~0.9 s to import."""
-    from statistics import NormalDist  # here, not at import: ~2.5 ms of every serve start-up
-
-    return NormalDist().inv_cdf(p)
-
-
-def _norm_cdf(x: float) -> float:
-    """Standard normal CDF Φ(x) from the error function, branch for branch as Cephes ``ndtr`` (the code
-    behind scipy.stats.norm.cdf): 1/2 + erf(x/√2)/2 near 0, erfc(|x|/√2)/2 in the tails (no cancellation
-    below Φ = 1e-16). Φ(2.3263) = 0.99 (Abramowitz & Stegun 26.2.2, 7.1.2)."""
-    y = x * math.sqrt(0.5)
-    z = abs(y)
-    if z < math.sqrt(0.5):
-        return 0.5 + 0.5 * math.erf(y)
-    tail = 0.5 * math.erfc(z)
-    return 1.0 - tail if y > 0 else tail
 
 
 #: The flag that sets each ``Workload`` field (``cmperf serve``), for error messages.
@@ -758,7 +744,7 @@ class _DecodeCurve:
     def quantile_point(self, b: float, q: float):
         """(b_q, kv): per-device batch b + z√(b/D) (capped at the HBM cap) at the mean KV (the KV spread
         is in every step already, as the slowest rank's attention: class docstring)."""
-        bq = min(b + _z(q) * math.sqrt(b / self.devices), self.max_batch)
+        bq = min(b + normal_quantile(q) * math.sqrt(b / self.devices), self.max_batch)
         return bq, self.wl.kv_mean_len
 
 
@@ -799,9 +785,9 @@ def _decode_pool(curve: _DecodeCurve, rate: float, slo: SLO) -> DecodePoolResult
     pts = curve.tpot(np.asarray([b, b99, bq]), np.asarray([curve.wl.kv_mean_len, kv99, kvq]))
     slowest = curve.slowest_kv_len(b)
     mean, p99, pq = (float(x) for x in pts)
-    sigma = max(p99 - mean, 0.0) / _z(0.99)
+    sigma = max(p99 - mean, 0.0) / normal_quantile(0.99)
     # per-request TPOT normal between the mean and the p99 (a step at the mean when they coincide)
-    p_ok = _norm_cdf((slo.tpot_s - mean) / sigma) if sigma > 0 else float(mean <= slo.tpot_s)
+    p_ok = normal_cdf((slo.tpot_s - mean) / sigma) if sigma > 0 else float(mean <= slo.tpot_s)
     return DecodePoolResult(
         curve.devices,
         curve.ep,
@@ -863,7 +849,8 @@ def tpot_limits_rps(curves: list[_DecodeCurve], slo: SLO) -> np.ndarray:
     dev = np.array([c.devices for c in curves])[:, None]
     b = _padded([c.grid_b for c in curves])
     cap = np.array([c.max_batch for c in curves])[:, None]
-    bq = np.minimum(b + _z(slo.quantile) * np.sqrt(b / dev), cap)  # quantile_point on every grid batch
+    # quantile_point on every grid batch
+    bq = np.minimum(b + normal_quantile(slo.quantile) * np.sqrt(b / dev), cap)
     ev = _pool_evaluate(
         c0.system,
         c0.model,

@@ -1,7 +1,7 @@
 """The fast paths of serve / serve --size / optimize give the numbers of the slow ones.
 
 No scipy on the serve and optimize paths (``queueing.find_root`` is scipy's brentq step for step,
-``serving._norm_cdf`` is Cephes ``ndtr``); the decode curves of many pools in one evaluate equal one pool
+``queueing.normal_cdf`` is Cephes ``ndtr``); the decode curves of many pools in one evaluate equal one pool
 at a time; the pruned decode search (HBM cut, accepted-only ranking, staircase before the Pareto sort)
 equals the exhaustive one; the prefill search's one evaluate equals one call per instance size.
 """
@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from cmperf import prefill, search, serving, specs
+from cmperf import prefill, queueing, search, serving, specs
 from cmperf.deployment import Deployment
 from cmperf.queueing import erlang_b, erlang_c, find_root, mgc_wait, response_quantiles_s
 
@@ -90,9 +90,9 @@ def test_find_root_is_scipy_brentq_step_for_step():
 def test_norm_cdf_is_scipys():
     norm = pytest.importorskip("scipy.stats").norm
     for x in np.concatenate([np.linspace(-9, 9, 721), [-38.0, -0.5, 0.0, 1e-9, 2.3263478740408408]]):
-        got, want = serving._norm_cdf(float(x)), float(norm.cdf(x))
+        got, want = queueing.normal_cdf(float(x)), float(norm.cdf(x))
         assert got == pytest.approx(want, rel=1e-13, abs=1e-300), x
-    assert serving._norm_cdf(2.3263478740408408) == pytest.approx(0.99, rel=1e-12)
+    assert queueing.normal_cdf(2.3263478740408408) == pytest.approx(0.99, rel=1e-12)
 
 
 def test_scalar_erlang_and_quantile_paths_equal_the_array_paths():
