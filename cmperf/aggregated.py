@@ -160,6 +160,7 @@ class AggregatedResult:
     input_tokens_per_s_per_device: float
     ttft_s: dict[str, float]  # mean, p50, p90, p99 and the SLO's
     ttft_wait_s: float  # mean queueing part of the TTFT
+    ttft_request_s: float  # the framework's request overhead in every TTFT (outside the steps)
     ttft_first_wave_s: float | None  # closed loop: mean TTFT of N users started at once
     tpot_s: dict[str, float]  # mean, p99 and the SLO's
     slo: dict[str, float | str]
@@ -571,6 +572,7 @@ def evaluate(
         input_tokens_per_s_per_device=rate * p / d if not overloaded else c_step / step / d,
         ttft_s=ttft,
         ttft_wait_s=wait,
+        ttft_request_s=curve.request_s,
         ttft_first_wave_s=first_wave,
         tpot_s=tpot,
         slo={"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s, "quantile": qlabel},

@@ -432,6 +432,7 @@ class PrefillPoolResult:
     service_scv: float
     # the batch size each TTFT value is the lowest at ({"p50": 2.0, ..., "mean": 1.0}); {} when overloaded
     ttft_batch_prompts: dict[str, float] = field(default_factory=dict)
+    request_s: float = 0.0  # the framework's request overhead in every TTFT (PrefillGrid.request_s)
 
 
 def _ttft_for(grid: PrefillGrid, i: int, rate: float, scv: float, qs):
@@ -530,6 +531,7 @@ def prefill_pool(grid: PrefillGrid, rate: float, wl: Workload, slo: SLO) -> Pref
             grid.capacity_rps,
             True,
             scv,
+            request_s=grid.request_s,
         )
     table = np.array([r for _, _, r in rows])  # [stable B, (p50, p90, p99, SLO quantile, mean)]
     arg = np.argmin(table, axis=0)  # first minimum: the smaller B on ties
@@ -558,6 +560,7 @@ def prefill_pool(grid: PrefillGrid, rate: float, wl: Workload, slo: SLO) -> Pref
         False,
         scv,
         from_b,
+        grid.request_s,
     )
 
 

@@ -86,7 +86,8 @@ def serve_rows(r) -> list[tuple[str, str]]:
         (
             "prefill batch (scheduler's choice)",
             f"{p.batch_prompts:g} prompts per instance, {_s(p.batch_s)} per batch, "
-            f"KV transfer {_s(p.kv_transfer_s)}, mean wait {_s(p.mean_wait_s)}",
+            f"KV transfer {_s(p.kv_transfer_s)}, mean wait {_s(p.mean_wait_s)}"
+            + (f", request path (framework) {_s(p.request_s)}" if p.request_s else ""),
         ),
         (
             "decode batch",
@@ -173,6 +174,7 @@ def agg_rows(r) -> list[tuple[str, str]]:
             f"{r.chunk_tokens_per_chunk_step:,.0f} prompt tokens",
         ),
         ("TTFT queueing (mean)", _s(r.ttft_wait_s)),
+        *([("TTFT request path (framework)", _s(r.ttft_request_s))] if r.ttft_request_s else []),
     ]
     if r.ttft_first_wave_s is not None:
         rows.append(("TTFT, first wave (all users at once)", _s(r.ttft_first_wave_s)))
