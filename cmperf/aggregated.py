@@ -95,7 +95,9 @@ APPROXIMATIONS = [
     "wait law",
     "TPOT p-quantile: the mixed step at batch b + z sqrt(b/D) with its chunk",
     "closed loop: N = X (TTFT + O TPOT), its arrivals taken as Poisson at X; HBM-capped: TTFT = (N - D b)/X",
-    "KV of requests still in prefill is not held against HBM; the busiest group's chunk is not modelled",
+    "HBM cap: each running sequence holds the KV its framework's admission reserves (frameworks."
+    "reserved_kv_len; P + O without a profile); KV of requests still in prefill is not held against HBM; "
+    "the busiest group's chunk is not modelled",
 ]
 
 
@@ -190,11 +192,13 @@ class _Curve:
         self.chunk = engine.chunk(system)
         if not math.isfinite(self.chunk) or self.chunk < 1 or self.chunk != int(self.chunk):
             raise CmperfError(f"--chunk: must be a whole number of tokens >= 1, got {self.chunk:g}")
-        kv_cap = wl.prompt_len + wl.output_len
+        kv_cap = wl.prompt_len + wl.output_len  # one sequence must fit whole
+        # the batch cap: the KV a running sequence holds under the framework's admission rule
+        kv_held = frameworks.reserved_kv_len(wl.prompt_len, wl.output_len, base.framework)
         probe = replace(
-            base, batch_per_device=1.0, kv_len=wl.kv_mean_len, kv_capacity_len=kv_cap, kv_cv=wl.kv_cv
+            base, batch_per_device=1.0, kv_len=wl.kv_mean_len, kv_capacity_len=kv_held, kv_cv=wl.kv_cv
         )
-        reasons = replace(probe, kv_len=kv_cap).check(system, model)
+        reasons = replace(probe, kv_len=kv_cap, kv_capacity_len=kv_cap).check(system, model)
         if reasons:
             raise CmperfError(reasons[0])
         self.dep = probe.resolve(system, model)
@@ -217,7 +221,7 @@ class _Curve:
         cap = float(np.asarray(self._eval(np.array([1.0]), counts=(1,))[2]).reshape(-1)[0])
         if not cap >= 1e-3:
             raise CmperfError(
-                f"--devices: not even one {kv_cap:g}-token sequence per device fits in HBM on "
+                f"--devices: not even one {kv_held:g}-token sequence per device fits in HBM on "
                 f"{self.devices} devices of {system.name}; use more devices or shorter lengths"
             )
         top = min(cap, b_chunk * (1.0 - 1e-6))

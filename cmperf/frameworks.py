@@ -35,6 +35,8 @@ class Framework:
     step_overhead_s: float  # host time per decode step outside the layers
     request_overhead_s: float  # a request's path to its first token outside the engine's steps (TTFT)
     chunk_tokens: int | None  # aggregated engine's prompt tokens per step (None: by device memory)
+    kv_reserve_ratio: float  # share of a running sequence's remaining output its KV admission reserves
+    kv_reserve_clip_tokens: int | None  # the remaining output counted at most this many tokens (None: all)
     cache_prefetch: str  # "prefix" | "layer" (CACHE_PREFETCH)
     cache_block_tokens: int  # tokens per context-cache block (one message per block)
     sources: dict[str, str] = field(repr=False)
@@ -101,10 +103,32 @@ def load(name: str) -> Framework:
         )
     block = t.integer("cache_block_tokens", 1, 1 << 20, required=False, default=DEFAULT_CACHE_BLOCK_TOKENS)
     chunk = t.integer("chunk_tokens", 1, 1 << 24, required=False, default=0) or None
+    reserve = t.number("kv_reserve_ratio", 0.0, 1.0, required=False, default=1.0)
+    clip = t.integer("kv_reserve_clip_tokens", 1, 1 << 30, required=False, default=0) or None
     t.done()
     chains = entry["value"]
     counts_t = tuple(sorted(set(counts)))
-    return Framework(fname, desc, str(path), counts_t, chains, over, request, chunk, mode, block, sources)
+    return Framework(
+        fname, desc, str(path), counts_t, chains, over, request, chunk, reserve, clip, mode, block, sources
+    )
+
+
+def reserved_kv_len(prompt_len: float, output_len: float, framework: str | None) -> float:
+    """Mean KV tokens a running sequence holds against HBM under the profile's admission rule: its current
+    length plus ``kv_reserve_ratio`` of its remaining output (counted at most ``kv_reserve_clip_tokens``),
+    averaged over a sequence's life (progress t uniform on [0, O]):
+
+        L = P + O/2 + r * E[min(O - t, C)],  E = O/2 (no clip, or O <= C), else C - C^2 / (2 O)
+
+    r = 1 without a clip (no profile, or TensorRT-LLM's GUARANTEED_NO_EVICT) gives P + O: every sequence
+    holds its whole length from admission. SGLang reserves r = 0.098 of min(remaining, 4,096)."""
+    fw = load(framework) if framework is not None else None
+    r, c = (fw.kv_reserve_ratio, fw.kv_reserve_clip_tokens) if fw is not None else (1.0, None)
+    if r == 1.0 and c is None:
+        return float(prompt_len) + float(output_len)  # the whole length (and its bits: P + O)
+    o = float(output_len)
+    mean_left = o / 2 if c is None or o <= c else c - c * c / (2 * o)
+    return float(prompt_len) + o / 2 + r * mean_left
 
 
 def of(dep: Any) -> Framework | None:

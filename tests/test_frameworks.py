@@ -30,6 +30,8 @@ def test_profiles_load_with_a_source_for_every_value():
             "step_overhead",
             "request_overhead",
             "chunk_tokens",
+            "kv_reserve_ratio",
+            "kv_reserve_clip_tokens",
             "cache_prefetch",
             "cache_block_tokens",
         }
@@ -202,3 +204,25 @@ def test_pareto_and_report_take_the_framework():
     rep = runner.invoke(main, ["report", "--framework", "sglang"])
     assert rep.exit_code == 0, rep.output
     assert "TPOT 50.63 ms (OVER the 50.00 ms TPOT SLO)" in rep.stdout and "framework sglang" in rep.stdout
+
+
+def test_admission_reserves_what_the_framework_reserves():
+    """The aggregated engine's batch cap holds each running sequence at its framework's reservation:
+    P + O without a profile or under TensorRT-LLM (GUARANTEED_NO_EVICT), and under SGLang (0.5.8 scheduler:
+    new_token_ratio 0.098 of min(remaining, 4,096)) P + O/2 + 0.098 (C - C^2/2O): 1K/8K holds 5,421 tokens,
+    not 9,216, so hgx-b200's TP8 engine (default precision) caps at 20 sequences per GPU instead of 11."""
+    from cmperf import aggregated as agg
+    from cmperf import serving
+
+    assert frameworks.reserved_kv_len(1024, 8192, None) == 9216.0
+    assert frameworks.reserved_kv_len(1024, 8192, "tensorrt-llm") == 9216.0
+    assert frameworks.reserved_kv_len(1024, 8192, "sglang") == pytest.approx(1024 + 4096 + 0.098 * 3072)
+    assert frameworks.reserved_kv_len(1024, 1024, "sglang") == pytest.approx(1024 + 512 + 0.098 * 512)
+    b200 = load_system("hgx-b200")
+    wl = serving.Workload(rate_per_s=None, concurrency=256, prompt_len=1024, output_len=8192)
+
+    def top(fw):
+        return agg._Curve(b200, R1, wl, agg.Engine(Deployment(devices=8, attn_tp=8, framework=fw))).top
+
+    assert top(None) == pytest.approx(11.0, abs=0.5) and top("tensorrt-llm") == pytest.approx(top(None))
+    assert top("sglang") == pytest.approx(20.0, abs=0.5)
