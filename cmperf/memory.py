@@ -25,12 +25,31 @@ if TYPE_CHECKING:
     from .deployment import Precision
 
 
+def expert_units(m: Model, experts_per_rank: ArrayLike) -> np.ndarray:
+    """Expert weight sets on the busiest rank in routed-expert units: ``experts_per_rank`` (placement:
+    routed slots + one shared set co-located, or 1 set on a dedicated rank, the busiest kind being a
+    shared-expert rank) with the shared set counted at its size: n_shared x a shared expert / a routed
+    expert = 1 for DeepSeek-V3's single same-size shared expert (the count unchanged, same bits); Kimi-K3's
+    2 shared experts in hidden 7168 over routed ones in 3584: 4."""
+    units = np.asarray(experts_per_rank, dtype=float)
+    w = weight_params(m)
+    n_moe = max(layer_count(m, "moe"), 1)
+    shared_units = w["experts_shared"] / n_moe / w["expert"] if m.n_shared_experts and w["expert"] else 1.0
+    extra = shared_units - 1.0
+    return units + extra if extra else units
+
+
 def weight_bytes_per_rank(
-    m: Model, prec: Precision, experts_per_rank: ArrayLike, mtp: int, attn_tp: int = 1, moe_tp: int = 1
+    m: Model,
+    prec: Precision,
+    experts_per_rank: ArrayLike,
+    mtp: int,
+    attn_tp: int = 1,
+    moe_tp: int = 1,
 ) -> dict[str, np.ndarray]:
     """Weight bytes held by one rank, by group: attention, dense layers, embedding and head replicated on
     every rank (data-parallel attention) or one ``attn_tp`` rank's share (graph.weight_params), each
-    expert's FFN one ``moe_tp`` slice."""
+    expert's FFN one ``moe_tp`` slice, the shared set at its own size (``expert_units``)."""
     w = weight_params(m, attn_tp)
     b = DTYPE_BYTES
     n_moe = layer_count(m, "moe")
@@ -39,7 +58,7 @@ def weight_bytes_per_rank(
     return {
         "attention": attn,
         "dense_ffn": np.asarray(w["dense_ffn"] * b[prec.gemm]),
-        "experts": np.asarray(experts_per_rank, dtype=float)
+        "experts": expert_units(m, experts_per_rank)
         * (w["expert"] / moe_tp)
         * (n_moe + mtp_layers)
         * b[prec.experts],

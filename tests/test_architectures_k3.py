@@ -220,9 +220,11 @@ def test_tpot_non_decreasing_in_batch_and_kv_length(k3, system):
 def test_commands_run(k3, system):
     """decode, prefill, serve, optimize and compare: exit 0, or 3 (infeasible: 2.78T parameters and
     449 MB of KDA state per sequence with data-parallel attention), never a crash."""
-    # CloudMatrix384 fits 4 sequences per NPU (2 per die) at 4K: 41 GB of replicated attention-side weights
+    # hgx-h200 fits 4 sequences per GPU at 4K. A CloudMatrix384 die does not (67.0 GB of 58): 41 GB of
+    # replicated attention-side weights, and a shared-expert die of EP768 holds both 7168-wide shared
+    # experts, 4 routed-expert units (memory.expert_units)
     p = decode.predict(specs.load_system(system), k3, Deployment(batch_per_device=4, microbatches=2))
-    assert p.tpot_s > 0 and p.feasible
+    assert p.tpot_s > 0 and p.feasible == (system == "hgx-h200"), p.reasons
     pf = prefill.predict(
         specs.load_system(system), k3, Deployment(phase="prefill", devices=128, microbatches=2)
     )
@@ -400,3 +402,14 @@ def test_decode_attention_tp_ops_split_the_heads(k3):
     assert float(mla["mla.g_proj"].flops) == 2 * 64 * 7168 * 96 * 128 / 8 and "attn.tp_allreduce" in mla
     r = run("optimize", "--model", "kimi-k3", "--system", "hgx-h200", "--attn-tp", "1,8", "--format", "json")
     assert r.exit_code in (0, 1, 3) and "Traceback" not in r.output, r.output
+
+
+def test_shared_experts_count_at_their_size(k3):
+    """Kimi-K3's two shared experts run in the full hidden 7168, its routed experts in the latent 3584: a
+    rank's shared set is 2 x 7168 / 3584 = 4 routed-expert units (DeepSeek-R1's one same-size shared
+    expert: 1, the units unchanged)."""
+    from cmperf import memory
+
+    sets = np.array([10.0, 1.0])  # 9 routed slots + the shared set; a dedicated rank's one set
+    assert memory.expert_units(k3, sets).tolist() == [13.0, 4.0]
+    assert memory.expert_units(specs.load_model("deepseek-r1"), sets).tolist() == [10.0, 1.0]
