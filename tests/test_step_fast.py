@@ -1,7 +1,8 @@
 """cmperf.step's fast paths give the bits of the plain computations they replace.
 
 * ``_periodic_stage`` checks the points still simulated in rounds of several layers: equal, bit for bit,
-  to checking after every layer (``_reference_periodic``, the plain form of the same rule).
+  to checking after every layer (``_reference_periodic``, the plain form of the same rule), whether a
+  round is one layer (a plain gather of its periodic points) or many.
 * ``pipeline_s`` keeps its state at the broadcast shape of the inputs seen so far: an open mesh equals the
   same points given as flat arrays.
 * ``stage_time(keep_ops=False)`` sums op times from work buffers and sums a prefix of ops that two stages
@@ -73,6 +74,21 @@ def test_rounds_of_checks_equal_a_check_after_every_layer(monkeypatch, round_poi
         assert at.min() == 2 and (at == count + 1).any() and len(set(at.tolist())) > 10
     np.testing.assert_array_equal(x, ref_x)
     np.testing.assert_array_equal(period, ref_period)
+
+
+def test_rounds_of_one_layer_and_of_all_layers_give_the_same_bytes(monkeypatch):
+    """A round of one layer takes its periodic points by a plain gather (each one's first periodic layer
+    is that layer); one round of all the layers searches each point's first: the same bytes, those of the
+    check after every layer."""
+    k, nd, count = 300, 3, 40
+    segs, x0 = _backlogged_stage(np.random.default_rng(5), k, nd)
+    got = []
+    for round_point_layers in (1, 10**9):  # k = 1 in every round; one round of count - 2 layers
+        monkeypatch.setattr(step, "ROUND_POINT_LAYERS", round_point_layers)
+        x = x0.copy()
+        got.append((step._periodic_stage(segs, x, nd, count).tobytes(), x.tobytes()))
+    ref_x, ref_period, _ = _reference_periodic(segs, x0, nd, count)
+    assert got[0] == got[1] == (ref_period.tobytes(), ref_x.tobytes())
 
 
 def test_an_open_mesh_equals_its_points_flat():
