@@ -72,39 +72,31 @@ def fit_request(results: list[points.Result]) -> dict[str, tuple[float, int]]:
     return out
 
 
+def _line(label: str, e: list[float]) -> str:
+    """One row of an error table: label, rows, median and p90 of |error|."""
+    return f"{label} n={len(e):3d} median {100 * np.median(e):5.1f}%  p90 {100 * np.percentile(e, 90):5.1f}%"
+
+
 def ttft_table(results: list[points.Result]) -> list[str]:
     lines = []
     for backend in sorted({r.backend for r in results}):
         e = [abs(r.ttft_error) for r in results if r.ttft_error is not None and r.backend == backend]
         if e:
-            lines.append(
-                f"{backend:8s} agg TTFT n={len(e):3d} median {100 * np.median(e):5.1f}%  "
-                f"p90 {100 * np.percentile(e, 90):5.1f}%"
-            )
+            lines.append(_line(f"{backend:8s} agg TTFT", e))
     return lines
 
 
 def table(results: list[points.Result]) -> list[str]:
     lines = []
-    for backend in sorted({r.backend for r in results}):
+    for backend in [*sorted({r.backend for r in results}), None]:  # None: all backends
         for mode in points.MODES:
             e = [
                 abs(r.error)
                 for r in results
-                if r.error is not None and r.backend == backend and r.mode == mode
+                if r.error is not None and backend in (None, r.backend) and r.mode == mode
             ]
             if e:
-                lines.append(
-                    f"{backend:8s} {mode:6s} n={len(e):3d} median {100 * np.median(e):5.1f}%  "
-                    f"p90 {100 * np.percentile(e, 90):5.1f}%"
-                )
-    for mode in points.MODES:
-        e = [abs(r.error) for r in results if r.error is not None and r.mode == mode]
-        if e:
-            lines.append(
-                f"{'all':8s} {mode:6s} n={len(e):3d} median {100 * np.median(e):5.1f}%  "
-                f"p90 {100 * np.percentile(e, 90):5.1f}%"
-            )
+                lines.append(_line(f"{backend or 'all':8s} {mode:6s}", e))
     return lines
 
 
