@@ -580,11 +580,10 @@ class Deployment:
 _FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Deployment)}
 
 
-def _parallel_reasons(rec: Deployment, d: Deployment, system: System, model: Model, ranks: int) -> list[str]:
-    """What is wrong with the attention TP and MoE TP degrees of the resolved record ``d`` (``rec`` as
-    given: a default TP that does not fit names --devices): each must divide the ranks; attention TP the
-    heads (and the KV heads, or be a multiple of them) and, in decode, fit one scale-up domain; MoE TP the
-    experts' intermediate size, with MoE TP x EP dividing the ranks."""
+def attn_tp_reasons(rec: Deployment, d: Deployment, system: System, model: Model, ranks: int) -> list[str]:
+    """What is wrong with the attention TP degree of the resolved record ``d`` on ``ranks`` ranks (``rec``
+    as given: a default TP that does not fit names --devices): it must divide the ranks and the heads (and
+    the KV heads, or be a multiple of them) and, in decode, fit one scale-up domain; [] when it is valid."""
     out = []
     tp, heads = d.attn_tp, model.num_attention_heads
     fits = math.gcd(ranks, heads)  # the largest TP that divides both
@@ -618,6 +617,14 @@ def _parallel_reasons(rec: Deployment, d: Deployment, system: System, model: Mod
                 f"--attn-tp: TP{tp} neither splits nor replicates the {kv} KV heads evenly; "
                 f"use a divisor or multiple of {kv}"
             )
+    return out
+
+
+def _parallel_reasons(rec: Deployment, d: Deployment, system: System, model: Model, ranks: int) -> list[str]:
+    """What is wrong with the attention TP and MoE TP degrees of the resolved record ``d`` (``rec`` as
+    given: a default TP that does not fit names --devices): ``attn_tp_reasons``; MoE TP must divide the
+    ranks and the experts' intermediate size, with MoE TP x EP dividing the ranks."""
+    out = attn_tp_reasons(rec, d, system, model, ranks)
     m_tp = d.moe_tp
     if m_tp != 1:
         inter = model.moe_intermediate_size

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import decode, serving, sizing
-from .deployment import Deployment, kv_lengths, place_experts
+from .deployment import Deployment, attn_tp_reasons, kv_lengths, place_experts
 from .errors import CmperfError
 from .queueing import find_root
 from .serving import DEFAULT_SLO_PERCENTILE
@@ -69,21 +69,17 @@ def instance_sizes(system: System, max_devices: int | None = None) -> np.ndarray
 
 
 def tp_fits(system: System, model: Model, devices: np.ndarray, tp: int) -> np.ndarray:
-    """Per instance size: attention TP ``tp`` is valid there (``Deployment.check``'s rule: it divides the
-    ranks and the heads, fits one scale-up domain, the attention kind has a TP form)."""
+    """Per instance size: attention TP ``tp`` is valid there (``deployment.attn_tp_reasons``, the rule
+    ``Deployment.check`` applies: it divides the ranks and the heads, fits one scale-up domain, the
+    attention kind has a TP form)."""
     if tp == 1:
         return np.ones(np.shape(devices), dtype=bool)
-    return np.array(
-        [
-            not [
-                r
-                for r in Deployment(devices=int(d), attn_tp=tp).check(system, model)
-                if r.startswith("--attn-tp")
-            ]
-            for d in devices
-        ],
-        dtype=bool,
-    )
+    out = []
+    for n in devices:
+        rec = Deployment(devices=int(n), attn_tp=tp)
+        d = rec.resolve(system, model)
+        out.append(not attn_tp_reasons(rec, d, system, model, d.devices * system.ranks_per_device))
+    return np.array(out, dtype=bool)
 
 
 def placement_ok(model: Model, ep_sizes) -> np.ndarray:
