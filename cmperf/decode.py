@@ -604,8 +604,9 @@ def evaluate(
         if keep_ops:
             return replace(ev, **full)
         return replace(ev, **full, stages=(), memory_parts={}, periods={})
+    dtypes = {k: bool if k == "feasible" else float for k in _SUMMARY}
     out, ev = blockwise(
-        dep, shape, chunk_points, lambda d: _evaluate_block(system, model, d, False), _SUMMARY
+        dep, shape, chunk_points, lambda d, v: _evaluate_block(system, model, d, False, v), _SUMMARY, dtypes
     )
     return DecodeEval(
         **{k: v for k, v in out.items() if k != "ideal_step_s"},
@@ -620,17 +621,26 @@ def evaluate(
     )
 
 
-def blockwise(dep: Deployment, shape: tuple[int, ...], chunk_points: int, block, names):
+def blockwise(dep: Deployment, shape: tuple[int, ...], chunk_points: int, block, names, dtypes=None):
     """({name: array over ``shape``}, the last block's result): ``block(record)`` evaluated on every block
     of ``grid_blocks(shape, chunk_points)``, its fields ``names`` written into arrays allocated once (the
-    summary of the grid; nothing else of a block outlives it)."""
+    summary of the grid; nothing else of a block outlives it). ``dtypes`` ({name: dtype}): the arrays are
+    allocated up front and ``block(record, views)`` gets the block's views of them to compute its results
+    straight into (a field that is its view is already in place; any other is copied in)."""
     out: dict[str, np.ndarray] = {}
+    if dtypes is not None:
+        out = {k: np.empty(shape, dtype=dtypes[k]) for k in names}
     ev = None
     for index in grid_blocks(shape, chunk_points):
         ev = None  # the previous block's arrays go before the next block allocates its own
-        ev = block(block_deployment(dep, shape, index))
+        views = {k: out[k][index] for k in names} if dtypes is not None else {}
+        record = block_deployment(dep, shape, index)
+        ev = block(record) if dtypes is None else block(record, views)
         for k in names:
-            x = np.asarray(getattr(ev, k))
+            x = getattr(ev, k)
+            if k in views and x is views[k]:
+                continue  # computed in place (ufunc ``out=``: the same bits as a copy)
+            x = np.asarray(x)
             if k not in out:
                 out[k] = np.empty(shape, dtype=x.dtype)
             view = out[k][index]
@@ -638,7 +648,9 @@ def blockwise(dep: Deployment, shape: tuple[int, ...], chunk_points: int, block,
     return out, ev
 
 
-def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: bool) -> DecodeEval:
+def _evaluate_block(
+    system: System, model: Model, dep: Deployment, keep_ops: bool, out: dict | None = None
+) -> DecodeEval:
     """Vectorized decode prediction of ``dep`` (a decode ``Deployment``); its numeric knobs may be numpy
     arrays and broadcast together; ``microbatches`` is a count here (``predict`` resolves "auto").
 
@@ -649,6 +661,7 @@ def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: boo
     the numbers a scalar call with that point's knobs gives (tests/test_decode_vector.py): a mix of MTP
     depths adds the MTP stage with 0 executions where MTP is off, and cube-core shares broadcast through
     cmperf.step (share = cores / cube_cores, e.g. 16/24 on 910C). ``.at(i)`` gives point i's breakdown.
+    ``out``: {summary field: array of the block's shape} to compute those fields into (``blockwise``).
     """
     dep = dep.resolve(system, model)
     prec = dep.precision
@@ -698,10 +711,14 @@ def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: boo
     fw = frameworks.of(dep)
     if fw is not None:  # the framework's own host time per step (frameworks/*.toml), beyond --step-overhead
         over = over + fw.step_overhead_s
-    step, ideal = chain + h_step + over, ideal + h_step + over
+    # ``into(name)``: the output array (view) to compute a summary field straight into (blockwise), else
+    # None: a ufunc with ``out=`` computes the same elementwise numbers, broadcast to the block's shape
+    into = (out or {}).get
+    step = np.add(chain + h_step, over, out=into("step_s"))
+    ideal = np.add(ideal + h_step, over, out=into("ideal_step_s"))
     lower, upper = lower + h_lower + over, upper + h_upper + over
     per_step = 1.0 + accepted_per_step(mtp_a, dep.mtp_accept)
-    tpot = step / per_step
+    tpot = np.divide(step, per_step, out=into("tpot_s"))
     # memory
     kv_cap = kv_len if dep.kv_capacity_len is None else np.asarray(dep.kv_capacity_len, dtype=float)
     # batch-independent parts, computed once for the two batches mem_at is called with
@@ -734,12 +751,13 @@ def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: boo
         return parts
 
     parts = mem_at(b_rank)
-    total = sum(parts.values())
+    vals = list(parts.values())
+    total = np.add(sum(vals[:-1]), vals[-1], out=into("hbm_bytes_per_rank"))  # = sum(vals), in order
     cap = system.chip.hbm_bytes - system.chip.hbm_reserved_bytes
     slope = sum(mem_at(b_rank + 1.0).values()) - total
     b_max = np.floor((cap - (total - slope * b_rank)) / slope)
-    max_batch = np.maximum(b_max, 0.0) * rpd
-    feasible = total <= cap
+    max_batch = np.multiply(np.maximum(b_max, 0.0), rpd, out=into("max_batch_per_device"))
+    feasible = np.less_equal(total, cap, out=into("feasible"))
     # the Insights bound: the EP all-to-all of the (first) MoE stage in every layer; 0 for a dense model
     main = principal_stage(model)  # "moe" (R1); a dense model: "dense", no all-to-all
     moe_st = next((s for s in sts if s.stage.name == main), None) if model.is_moe else None
@@ -747,9 +765,9 @@ def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: boo
     return DecodeEval(
         step,
         tpot,
-        np.asarray(dep.batch_per_device, dtype=float) / tpot,
-        lower / per_step,
-        upper / per_step,
+        np.divide(np.asarray(dep.batch_per_device, dtype=float), tpot, out=into("tokens_per_s_per_device")),
+        np.divide(lower, per_step, out=into("lower_tpot_s")),
+        np.divide(upper, per_step, out=into("upper_tpot_s")),
         periods[main],
         periods.get("dense", 0.0),
         imb,
@@ -757,7 +775,7 @@ def _evaluate_block(system: System, model: Model, dep: Deployment, keep_ops: boo
         cap,
         max_batch,
         feasible,
-        comm_bound_step / per_step,
+        np.divide(comm_bound_step, per_step, out=into("comm_bound_tpot_s")),
         tuple(sts),
         parts,
         ideal,

@@ -79,8 +79,19 @@ def imbalance_from(
     n = np.asarray(copies_total, dtype=float)
     mu = n * w_max  # mu + z*sqrt(mu) grows with mu, so the busiest rank by share is the worst
     mean = n / ranks
-    worst = mu + z * np.sqrt(mu)
-    return np.where(mean > 0, worst / np.maximum(mean, 1e-300), 1.0)
+    arrays = isinstance(mu, np.ndarray) and isinstance(mean, np.ndarray)
+    if not (arrays and mu.shape == np.broadcast_shapes(mu.shape, np.shape(z), mean.shape)):
+        worst = mu + z * np.sqrt(mu)
+        return np.where(mean > 0, worst / np.maximum(mean, 1e-300), 1.0)
+    # the same ops in place (* and + commute bit for bit); np.where's 1.0 written only where mean <= 0
+    worst = np.sqrt(mu)
+    np.multiply(worst, z, out=worst)
+    np.add(worst, mu, out=worst)
+    empty = ~(mean > 0)
+    np.divide(worst, np.maximum(mean, 1e-300, out=mean), out=worst)
+    if empty.any():
+        worst[np.broadcast_to(empty, worst.shape)] = 1.0
+    return worst
 
 
 def expected_imbalance(

@@ -95,6 +95,7 @@ def activation_bytes(ops: Iterable[Op], microbatches: ArrayLike) -> np.ndarray:
     one array of its own (max is exact: the order of the ops does not change it)."""
     peak: Any = 0.0
     owned = False  # peak is an array of ours: updated in place
+    buf = None  # a work array for a + b at peak's shape (the same sum as a new array)
     seen = set()
     for op in ops:
         if id(op) in seen:
@@ -103,13 +104,20 @@ def activation_bytes(ops: Iterable[Op], microbatches: ArrayLike) -> np.ndarray:
         a_in, a_out = op.act_in_bytes, op.act_out_bytes
         if np.ndim(a_in) == 0 and np.ndim(a_out) == 0 and a_in == 0.0 and a_out == 0.0:
             continue  # 0 + 0: cannot raise a peak of act bytes (>= 0)
+        if owned and np.broadcast_shapes(np.shape(a_in), np.shape(a_out)) == peak.shape:
+            buf = np.add(a_in, a_out, out=buf)
+            np.maximum(peak, buf, out=peak)
+            continue
         x = a_in + a_out
         if owned and np.shape(x) == peak.shape:
             np.maximum(peak, x, out=peak)
         else:
             peak = np.maximum(peak, x)
-            owned = isinstance(peak, np.ndarray)
-    return np.asarray(microbatches, dtype=float) * peak
+            owned, buf = isinstance(peak, np.ndarray), None
+    mb = np.asarray(microbatches, dtype=float)
+    if owned and np.broadcast_shapes(mb.shape, peak.shape) == peak.shape:
+        return np.multiply(mb, peak, out=peak)  # (in place: the same products)
+    return mb * peak
 
 
 def draft_weight_bytes(draft: Model, prec: Precision) -> np.ndarray:
