@@ -203,8 +203,7 @@ class _Curve:
             raise CmperfError(reasons[0])
         self.dep = probe.resolve(system, model)
         d = self.dep
-        fw = frameworks.of(d)
-        self.request_s = fw.request_overhead_s if fw is not None else 0.0  # TTFT outside the steps
+        self.request_s = frameworks.request_overhead_s(d.framework)  # TTFT outside the steps
         self.devices = int(d.devices)
         ranks = self.devices * system.ranks_per_device
         self.groups = max(ranks // int(d.attn_tp if d.attn_tp is not None else 1), 1)

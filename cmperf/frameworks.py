@@ -137,17 +137,23 @@ def of(dep: Any) -> Framework | None:
     return None if name is None else load(name)
 
 
+def _known_or_none(name: str | None) -> Framework | None:
+    """The profile ``name``, or None for None or a name no profile has (its check reports that)."""
+    return None if name is None or unknown_reason(name) else load(name)
+
+
 def cache_facts(name: str | None) -> tuple[str, int]:
     """(cache_prefetch, cache_block_tokens) of the profile ``name`` (None or unknown: the defaults)."""
-    if name is None or unknown_reason(name):
+    fw = _known_or_none(name)
+    if fw is None:
         return DEFAULT_CACHE_PREFETCH, DEFAULT_CACHE_BLOCK_TOKENS
-    fw = load(name)
     return fw.cache_prefetch, fw.cache_block_tokens
 
 
 def request_overhead_s(name: str | None) -> float:
     """The profile's request overhead in seconds (None or unknown: 0)."""
-    return 0.0 if name is None or unknown_reason(name) else load(name).request_overhead_s
+    fw = _known_or_none(name)
+    return fw.request_overhead_s if fw else 0.0
 
 
 def reasons(dep: Any) -> list[str]:

@@ -25,14 +25,15 @@ if TYPE_CHECKING:
     from .deployment import Precision
 
 
-def expert_units(m: Model, experts_per_rank: ArrayLike) -> np.ndarray:
+def expert_units(m: Model, experts_per_rank: ArrayLike, w: dict[str, float] | None = None) -> np.ndarray:
     """Expert weight sets on the busiest rank in routed-expert units: ``experts_per_rank`` (placement:
     routed slots + one shared set co-located, or 1 set on a dedicated rank, the busiest kind being a
     shared-expert rank) with the shared set counted at its size: n_shared x a shared expert / a routed
     expert = 1 for DeepSeek-V3's single same-size shared expert (the count unchanged, same bits); Kimi-K3's
-    2 shared experts in hidden 7168 over routed ones in 3584: 4."""
+    2 shared experts in hidden 7168 over routed ones in 3584: 4. ``w``: ``graph.weight_params(m)`` when the
+    caller has it (its expert counts do not depend on the attention TP)."""
     units = np.asarray(experts_per_rank, dtype=float)
-    w = weight_params(m)
+    w = w or weight_params(m)
     n_moe = max(layer_count(m, "moe"), 1)
     shared_units = w["experts_shared"] / n_moe / w["expert"] if m.n_shared_experts and w["expert"] else 1.0
     extra = shared_units - 1.0
@@ -58,7 +59,7 @@ def weight_bytes_per_rank(
     return {
         "attention": attn,
         "dense_ffn": np.asarray(w["dense_ffn"] * b[prec.gemm]),
-        "experts": expert_units(m, experts_per_rank)
+        "experts": expert_units(m, experts_per_rank, w)
         * (w["expert"] / moe_tp)
         * (n_moe + mtp_layers)
         * b[prec.experts],

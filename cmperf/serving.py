@@ -407,8 +407,8 @@ def prefill_grid(system: System, model: Model, wl: Workload, pools: Pools, token
         )
     n = pools.num_prefill_instances
     cap = float(np.max(n * b[ok] / batch_s[ok]))
-    fw = frameworks.of(pools.prefill)
-    return PrefillGrid(b[ok], batch_s[ok], kv_s[ok], n, cap, fw.request_overhead_s if fw is not None else 0.0)
+    request_s = frameworks.request_overhead_s(pools.prefill.framework)
+    return PrefillGrid(b[ok], batch_s[ok], kv_s[ok], n, cap, request_s)
 
 
 @dataclass(frozen=True)

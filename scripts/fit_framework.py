@@ -28,15 +28,24 @@ FIT_BATCH = 8.0  # batch per rank at most (the low-batch rows)
 FIT_CONCURRENCY = 8.0  # users per aggregated worker at most (the request overhead fit)
 
 
-def fit(results: list[points.Result], pts: list[points.Point]) -> dict[str, tuple[float, int]]:
-    """{framework: (step overhead s, rows)} from the no-framework results."""
-    by_id = {p.row: p for p in pts}
+def _median_fits(residuals) -> dict[str, tuple[float, int]]:
+    """{framework: (median residual floored at 0 s, rows)} over the backends with a shipped profile;
+    ``residuals(backend, profile)`` lists one backend's measured - predicted seconds."""
     out = {}
     for backend, name in points.BACKEND_FRAMEWORKS.items():
         if name not in frameworks.known():
             continue
-        counts = frameworks.load(name).microbatches
-        res = [
+        res = residuals(backend, frameworks.load(name))
+        if res:
+            out[name] = (max(float(np.median(res)), 0.0), len(res))
+    return out
+
+
+def fit(results: list[points.Result], pts: list[points.Point]) -> dict[str, tuple[float, int]]:
+    """{framework: (step overhead s, rows)} from the no-framework results."""
+    by_id = {p.row: p for p in pts}
+    return _median_fits(
+        lambda backend, fw: [
             r.measured_tpot_s - r.predicted_tpot_s
             for r in results
             if r.status == "posed"
@@ -45,31 +54,24 @@ def fit(results: list[points.Result], pts: list[points.Point]) -> dict[str, tupl
             and r.batch_per_rank is not None
             and r.batch_per_rank <= FIT_BATCH
             and not by_id[r.row].mtp
-            and r.microbatches in counts
+            and r.microbatches in fw.microbatches
         ]
-        if res:
-            out[name] = (max(float(np.median(res)), 0.0), len(res))
-    return out
+    )
 
 
 def fit_request(results: list[points.Result]) -> dict[str, tuple[float, int]]:
-    """{framework: (request overhead s, rows)} from results posed with the profiles."""
-    out = {}
-    for backend, name in points.BACKEND_FRAMEWORKS.items():
-        if name not in frameworks.known():
-            continue
-        own = frameworks.load(name).request_overhead_s
-        res = [
-            r.measured_ttft_s - (r.predicted_ttft_s - own)
+    """{framework: (request overhead s, rows)} from results posed with the profiles (each row's own
+    overhead taken out: it adds to the first-wave TTFT exactly)."""
+    return _median_fits(
+        lambda backend, fw: [
+            r.measured_ttft_s - (r.predicted_ttft_s - fw.request_overhead_s)
             for r in results
             if r.backend == backend
             and r.ttft_error is not None
             and r.concurrency is not None
             and r.concurrency <= FIT_CONCURRENCY
         ]
-        if res:
-            out[name] = (max(float(np.median(res)), 0.0), len(res))
-    return out
+    )
 
 
 def _line(label: str, e: list[float]) -> str:

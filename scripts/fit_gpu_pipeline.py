@@ -29,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cmperf import points
+from cmperf import points, specs
 
-ROOT = Path(__file__).resolve().parent.parent
 #: Chips per architecture (hardware/*.toml) and the systems of the measured rows that run them.
 ARCHITECTURES = {
     "hopper": (("h100", "h200", "h800", "h20"), ("dgx-h100", "hgx-h200", "dgx-h800", "hgx-h20")),
@@ -45,16 +44,19 @@ SENSITIVE = 0.05  # |TPOT(0.5) / TPOT(1.0) - 1| above this: the row's TPOT depen
 _LINE = re.compile(r"^pipeline_compute = \{ value = [0-9.]+", re.M)
 
 
+def write_shares(d: str, shares: dict[str, float]) -> None:
+    """Shadow each chip spec in folder ``d`` (a --spec-dir) with its ``pipeline_compute`` set to
+    ``shares[chip]``, the rest of the file as shipped."""
+    for chip, share in shares.items():
+        text = specs.find(chip, "chip").read_text()
+        (Path(d) / f"{chip}.toml").write_text(_LINE.sub(f"pipeline_compute = {{ value = {share}", text))
+
+
 def evaluate_at(pts: list[points.Point], share: float) -> dict[int, points.Result]:
     """Results by row with every GPU chip's ``pipeline_compute`` set to ``share`` (spec files shadowed
     through a temporary --spec-dir)."""
     with tempfile.TemporaryDirectory() as d:
-        for chips, _ in ARCHITECTURES.values():
-            for chip in chips:
-                text = (ROOT / "hardware" / f"{chip}.toml").read_text()
-                (Path(d) / f"{chip}.toml").write_text(
-                    _LINE.sub(f"pipeline_compute = {{ value = {share}", text)
-                )
+        write_shares(d, {chip: share for chips, _ in ARCHITECTURES.values() for chip in chips})
         return {r.row: r for r in points.evaluate(pts, spec_dirs=[d])}
 
 

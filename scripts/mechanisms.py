@@ -16,7 +16,6 @@ Prints a markdown table (docs/calibration.md keeps the one as run).
 
 from __future__ import annotations
 
-import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from fit_gpu_pipeline import write_shares  # (scripts/: the folder this script runs from)
 
 from cmperf import decode, points, prefill, scenario, specs, validate
 from cmperf.deployment import Deployment, Precision
@@ -32,7 +32,6 @@ from cmperf.errors import CmperfError
 ROOT = Path(__file__).resolve().parent.parent
 HEADLINE = ("decode-50ms.tokens_per_s", "decode-15ms.tokens_per_s", "prefill.tokens_per_s")
 GPU_CHIPS = ("h100", "h200", "h800", "h20", "b200", "b300", "gb200", "gb300", "rubin", "mi355x", "tpu7x")
-_SHARE = re.compile(r"^pipeline_compute = \{ value = [0-9.]+", re.M)
 
 
 @dataclass(frozen=True)
@@ -69,9 +68,7 @@ MECHANISMS = (
 def _spec_dir(d: str, shares: dict[str, float] | None) -> list[str]:
     if not shares:
         return []
-    for chip, v in shares.items():
-        text = specs.find(chip, "chip").read_text()
-        (Path(d) / f"{chip}.toml").write_text(_SHARE.sub(f"pipeline_compute = {{ value = {v}", text))
+    write_shares(d, shares)
     return [d]
 
 
