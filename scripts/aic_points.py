@@ -15,6 +15,13 @@ that records the decode batch, then the lowest id; ``copies`` counts the rows me
   one 4-bit peak).
 * parallel degrees, batch and workers: the ``decode_*`` columns for disagg rows, the plain ones for agg.
   MTP, its acceptance and the KV datatype are not recorded: left empty.
+* agg rows whose MoE degrees are equal and above 1 (moe_tp = moe_ep = e) and whose attention degrees
+  multiply to e * e (``agg_degrees``): the 2026-04-06 file and the db-dump encode the configuration the
+  row's name calls ``tpX_epY`` with tp_size (or attention_dp_size) and moe_tp_size multiplied by Y. The
+  same configuration in the 2026-03-25 file, on the same 8-GPU systems, is (tp 8, dp 1, moe_tp 1,
+  moe_ep 8) where the newer dumps say (64, 1, 8, 8), and (1, 8, 1, 8) where they say (1, 64, 8, 8);
+  a 64-GPU HGX row named ``tp8_ep8`` would not be. Those rows are divided back: tp and dp by e, moe_tp 1,
+  and the batch per rank is the concurrency over the attention-DP degree.
 
 The output holds measured rows: keep it out of the repository.
 """
@@ -69,10 +76,30 @@ def four_bit_name(system: str) -> str:
     return "nvfp4" if "nvfp4" in load_system(system).chip.peak_flops else "fp4"
 
 
+#: The columns of a row's parallel degrees and batch (prefixed ``decode_`` in a disagg row).
+DEGREES = ("tp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size", "batch_size")
+
+
+def agg_degrees(row: dict) -> tuple[str, ...]:
+    """The ``DEGREES`` of an agg row, undoing the newer dumps' encoding (module docstring): moe_tp = moe_ep
+    = e > 1 and tp * dp = e * e -> (tp / e, dp / e, 1, e, concurrency / dp)."""
+    tp, dp, mtp, ep, batch = (row[k] for k in DEGREES)
+    try:
+        t, d, m, e = int(tp), int(dp), int(mtp), int(ep)
+    except ValueError:
+        return tp, dp, mtp, ep, batch
+    if not (m == e > 1 and t * d == e * e):
+        return tp, dp, mtp, ep, batch
+    t, d, c = t // e if t > 1 else t, d // e if d > 1 else d, concurrency(row)
+    batch = str(int(c) // d) if c and int(c) % d == 0 else ""
+    return str(t), str(d), "1", str(e), batch
+
+
 def convert(row: dict, copies: int) -> dict:
     system = SYSTEMS.get(row["system"], row["system"])
     four = four_bit_name(system)
     p = "decode_" if row["mode"] == "disagg" else ""
+    tp, dp, mtp, ep, batch = tuple(row[p + k] for k in DEGREES) if p else agg_degrees(row)
     return {
         "id": row["id"],
         "system": system,
@@ -80,12 +107,12 @@ def convert(row: dict, copies: int) -> dict:
         "backend": row["backend"],
         "backend_version": row["backend_version"],
         "mode": row["mode"],
-        "attn_tp": row[f"{p}tp_size"],
-        "attn_dp": row[f"{p}attention_dp_size"],
-        "moe_tp": row[f"{p}moe_tp_size"],
-        "moe_ep": row[f"{p}moe_ep_size"],
+        "attn_tp": tp,
+        "attn_dp": dp,
+        "moe_tp": mtp,
+        "moe_ep": ep,
         "workers": row["decode_num_workers"] if p else "",
-        "batch_per_rank": row[f"{p}batch_size"],
+        "batch_per_rank": batch,
         "concurrency": concurrency(row),
         "isl": row["isl"],
         "osl": row["osl"],

@@ -335,3 +335,39 @@ def test_agg_row_is_a_closed_loop_on_an_aggregated_engine(tmp_path):
     g = next(g for g in points.groups([r]) if g.mode == "agg" and g.batch_range == "all")
     assert g.ttft_posed == 1 and g.ttft_median_abs_error == pytest.approx(abs(r.ttft_error))
     assert "TTFT (1 aggregated rows, first wave)" in points.summary_line([r])
+
+
+def test_adapter_undoes_the_newer_dumps_agg_encoding(tmp_path):
+    """SYNTHETIC agg rows in aiconfigurator's layout: the 2026-04-06 / db-dump encoding of a ``tp8_ep8``
+    configuration on an 8-GPU system, (tp 64, dp 1, moe_tp 8, moe_ep 8) and (1, 64, 8, 8), maps back to
+    the 2026-03-25 file's (8, 1, 1, 8) and (1, 8, 1, 8) with the batch per rank concurrency / dp; a plain
+    TP8 row and a disagg row with equal MoE degrees keep their columns."""
+    import csv
+
+    base = dict.fromkeys(AIC_COLUMNS, "")
+    base.update(backend="trtllm", backend_version="9.9", system="b200_sxm", isl="1024", osl="1024",
+                mode="agg", precision="fp8", gemm_quant_mode="fp8", moe_quant_mode="fp8",
+                silicon_ttft_ms="500",
+                silicon_data_source="db-dump/x; silicon_concurrency=256")  # fmt: skip
+    tp = {**base, "id": "syn-tp", "tp_size": "64", "attention_dp_size": "1", "moe_tp_size": "8",
+          "moe_ep_size": "8", "batch_size": "256", "silicon_tpot_ms": "20"}  # fmt: skip
+    dp = {**tp, "id": "syn-dp", "tp_size": "1", "attention_dp_size": "64", "batch_size": "4",
+          "silicon_tpot_ms": "21"}  # fmt: skip
+    plain = {**tp, "id": "syn-plain", "tp_size": "8", "moe_tp_size": "8", "moe_ep_size": "1",
+             "silicon_tpot_ms": "22"}  # fmt: skip
+    dis = {**base, "id": "syn-dis", "mode": "disagg", "decode_tp_size": "16", "decode_attention_dp_size": "1",
+           "decode_moe_tp_size": "4", "decode_moe_ep_size": "4", "decode_batch_size": "8",
+           "decode_num_workers": "1", "silicon_tpot_ms": "23"}  # fmt: skip
+    src, out = tmp_path / "aic.csv", tmp_path / "points.csv"
+    with open(src, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=AIC_COLUMNS)
+        w.writeheader()
+        w.writerows([tp, dp, plain, dis])
+    assert _adapter().main([str(src), str(out)]) == 0
+    got = {p.id: (p.attn_tp, p.attn_dp, p.moe_tp, p.moe_ep, p.batch_per_rank) for p in points.read(out)}
+    assert got == {
+        "syn-tp": (8, 1, 1, 8, 256.0),
+        "syn-dp": (1, 8, 1, 8, 32.0),
+        "syn-plain": (8, 1, 8, 1, 256.0),
+        "syn-dis": (16, 1, 4, 4, 8.0),
+    }
