@@ -21,9 +21,12 @@ from __future__ import annotations
 import heapq
 import math
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 @lru_cache(maxsize=256)

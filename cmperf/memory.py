@@ -16,12 +16,13 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import ArrayLike
 
 from .graph import Op, kv_bytes_per_seq, layer_count, weight_params
 from .specs import DTYPE_BYTES, Model
 
 if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
     from .deployment import Precision
 
 

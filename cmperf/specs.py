@@ -18,12 +18,14 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from . import units
 from .domains import MAX_DEVICES
 from .errors import CmperfError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DTYPE_BYTES = {
     "fp32": 4.0,
@@ -367,14 +369,27 @@ class Model:
 # ---------------------------------------------------------------------------------------------- search path
 
 
+# A command's lookup of a built-in spec runs on str paths (os.path, ``_locate``): pathlib costs ~2.5 ms of a
+# `cmperf decode` (it imports urllib.parse and ipaddress). The public functions answer with Path objects.
+
+
+def _builtin_dir() -> str:
+    """``builtin_dirs()[0]`` as a str path."""
+    here = os.path.dirname(os.path.realpath(__file__))
+    data = os.path.join(here, "data")
+    return data if os.path.isdir(data) else os.path.dirname(here)
+
+
 def builtin_dirs() -> list[Path]:
     """Built-in spec folders: cmperf/data in a wheel, else the repository root beside the package."""
-    here = Path(__file__).resolve().parent
-    data = here / "data"
-    return [data] if data.is_dir() else [here.parent]
+    from pathlib import Path
+
+    return [Path(_builtin_dir())]
 
 
 def search_dirs(spec_dirs: tuple[str, ...] | list[str] = ()) -> list[Path]:
+    from pathlib import Path
+
     dirs = [Path(d) for d in spec_dirs]
     for d in dirs:
         if not d.is_dir():
@@ -393,9 +408,9 @@ def _candidate_files(dirs: list[Path]) -> list[Path]:
     return files
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: str | Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
+        with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise CmperfError(f"{path}: not valid TOML ({e}); fix the syntax") from None
@@ -410,12 +425,13 @@ _HEAD_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*=")
 _HEAD_STRING = re.compile(r'^([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*"([^"\\]*)"\s*(?:#.*)?$')
 
 
-def _head(path: Path) -> dict[str, Any]:
+def _head(path: str | Path) -> dict[str, Any]:
     """The top-level keys a lookup needs (name, kind, description, aliases): each parsed from its own line
     before the first table header, so that finding a spec by name does not parse every file on the
     search path; a header these lines do not parse goes through tomllib whole."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
     except UnicodeDecodeError:
         raise CmperfError(f"{path}: not UTF-8 text (a binary file?); a spec file is UTF-8 TOML") from None
     except OSError as e:
@@ -466,7 +482,7 @@ def catalog(spec_dirs: tuple[str, ...] | list[str] = ()) -> list[dict[str, str]]
     return sorted(seen.values(), key=lambda r: (r["kind"], r["name"]))
 
 
-def _aliases(path: Path, head: dict[str, Any]) -> list[str]:
+def _aliases(path: str | Path, head: dict[str, Any]) -> list[str]:
     """A spec header's ``aliases``: a list of names, or CmperfError naming the file and the key."""
     aliases = head.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
@@ -474,13 +490,13 @@ def _aliases(path: Path, head: dict[str, Any]) -> list[str]:
     return aliases
 
 
-def _named_file(d: Path, name: str) -> Path | None:
+def _named_file(d: str | Path, name: str) -> str | None:
     """The file ``name``.toml of search folder ``d`` (itself, then hardware/, models/), if there is one."""
-    if not name or Path(name).name != name:  # a path, not a file stem
+    if name in ("", ".") or os.path.basename(name) != name:  # a path, not a file stem
         return None
-    for sub in (d, d / "hardware", d / "models"):
-        path = sub / f"{name}.toml"
-        if path.is_file():
+    for sub in (d, os.path.join(d, "hardware"), os.path.join(d, "models")):
+        path = os.path.join(sub, f"{name}.toml")
+        if os.path.isfile(path):
             return path
     return None
 
@@ -504,6 +520,18 @@ def _scan(name: str, kind: str, files: list[Path]) -> Path | None:
     return None
 
 
+def _named_spec(d: str | Path, name: str, kind: str) -> str | None:
+    """``_named_file`` of folder ``d`` when it holds a spec of ``kind`` (its header alone is read)."""
+    named = _named_file(d, name)
+    if named is None:
+        return None
+    raw = _head(named)
+    if raw.get("kind") != kind:
+        return None
+    _aliases(named, raw)
+    return named
+
+
 def find(name: str, kind: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "") -> Path:
     """Path of the spec ``name`` (or a model alias) of ``kind``; the error lists what exists.
 
@@ -511,23 +539,48 @@ def find(name: str, kind: str, spec_dirs: tuple[str, ...] | list[str] = (), flag
     alone (the built-in specs are named like their files): a lookup then reads one header, not the
     header of every file on the search path (~3 ms of a `cmperf decode`). Other folders, aliases and
     names that differ from their file's stem go through every header of the folder."""
+    from pathlib import Path
+
     flag = flag or f"--{'system' if kind == 'system' else kind}"
     p = Path(name)
     if p.suffix == ".toml" and p.is_file():
         _aliases(p, _head(p))
         return p
     for d in search_dirs(spec_dirs):
-        named = _named_file(d, name)
+        named = _named_spec(d, name, kind)
         if named is not None:
-            raw = _head(named)
-            if raw.get("kind") == kind:
-                _aliases(named, raw)
-                return named
+            return Path(named)
         found = _scan(name, kind, _candidate_files([d]))  # (a named file of another kind: its error)
         if found is not None:
             return found
     have = ", ".join(r["name"] for r in catalog(spec_dirs) if r["kind"] == kind) or "none"
     raise CmperfError(f"{flag}: unknown {kind} {name!r}; available: {have} (or add a folder with --spec-dir)")
+
+
+def _suffix(file: str) -> str:
+    """The suffix of a file name as pathlib has it: from the last dot, unless it leads or ends the name."""
+    dot = file.rfind(".")
+    return file[dot:] if 0 < dot < len(file) - 1 else ""
+
+
+def _json_path(name: str) -> Path | None:
+    """``Path(name)`` when it names a .json file (a config.json), else None; pathlib only for such a name."""
+    if ".json" not in name:
+        return None
+    from pathlib import Path
+
+    path = Path(name)
+    return path if path.suffix == ".json" else None
+
+
+def _locate(name: str, kind: str, spec_dirs: tuple[str, ...] | list[str], flag: str) -> str | Path:
+    """``find``'s answer; without --spec-dir and CMPERF_PATH, a built-in file named like the spec (a
+    command's usual lookup) as a str path, without pathlib."""
+    if not spec_dirs and not os.environ.get("CMPERF_PATH") and ".toml" not in name:  # (a .toml path: find)
+        named = _named_spec(_builtin_dir(), name, kind)
+        if named is not None:
+            return named
+    return find(name, kind, spec_dirs, flag)
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -536,7 +589,7 @@ def find(name: str, kind: str, spec_dirs: tuple[str, ...] | list[str] = (), flag
 class _Table:
     """Reads one TOML table, tracking which keys were used so unknown keys can be reported."""
 
-    def __init__(self, raw: dict[str, Any], path: Path, prefix: str, sources: dict[str, str]) -> None:
+    def __init__(self, raw: dict[str, Any], path: str | Path, prefix: str, sources: dict[str, str]) -> None:
         self.raw, self.path, self.prefix, self.sources = raw, path, prefix, sources
         self.used: set[str] = set()
 
@@ -667,13 +720,16 @@ def _header(t: _Table, kind: str) -> tuple[str, str]:
         raise CmperfError(f"{t.path}: kind = {t.raw.get('kind')!r}, expected {kind!r}")
     t.used.add("kind")
     name = t.string("name")
-    if name != t.path.stem and t.path.suffix == ".toml":  # a config.json is named by its importer
-        raise CmperfError(f"{t.path}: name = {name!r} must match the file name {t.path.stem!r}")
+    file = os.path.basename(t.path)
+    suffix = _suffix(file)
+    stem = file[: len(file) - len(suffix)]
+    if name != stem and suffix == ".toml":  # a config.json is named by its importer
+        raise CmperfError(f"{t.path}: name = {name!r} must match the file name {stem!r}")
     return name, t.string("description", required=False)
 
 
 def load_chip(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--chip") -> Chip:
-    path = find(name, "chip", spec_dirs, flag)
+    path = _locate(name, "chip", spec_dirs, flag)
     sources: dict[str, str] = {}
     t = _Table(_read(path), path, "", sources)
     name, desc = _header(t, "chip")
@@ -707,7 +763,7 @@ def load_chip(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str 
 
 
 def load_system(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--system") -> System:
-    path = find(name, "system", spec_dirs, flag)
+    path = _locate(name, "system", spec_dirs, flag)
     sources: dict[str, str] = {}
     t = _Table(_read(path), path, "", sources)
     name, desc = _header(t, "system")
@@ -1048,15 +1104,16 @@ def _layers(t: _Table, arch: dict[str, int], kind: str = "mla") -> tuple[tuple[s
 def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--model") -> Model:
     """A model by name or alias, a models/*.toml path, or a Hugging Face config.json path (cmperf.hf);
     errors name ``flag``."""
-    if Path(name).suffix == ".json":
+    config = _json_path(name)
+    path: str | Path
+    if config is not None:
         from . import hf
 
-        path = Path(name)
-        if not path.is_file():
+        if not config.is_file():
             raise CmperfError(f"{flag}: file {name} does not exist; give a config.json, .toml or model name")
-        raw = hf.spec_from_config(path)
+        path, raw = config, hf.spec_from_config(config)
     else:
-        path = find(name, "model", spec_dirs, flag)
+        path = _locate(name, "model", spec_dirs, flag)
         raw = _read(path)
     sources: dict[str, str] = {}
     t = _Table(raw, path, "", sources)
@@ -1090,6 +1147,7 @@ def load_model(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str
 def spec_hash(*paths: str) -> str:
     """sha256 over the bytes of the given spec files (for snapshots): first 16 hex digits."""
     import hashlib
+    from pathlib import Path
 
     h = hashlib.sha256()
     for p in sorted(paths):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -133,6 +132,8 @@ def _plot_path(ctx, param, value):
     """Check ``--plot FILE`` before any work: a .png or .svg suffix and an existing folder (exit 2)."""
     if value is None:
         return None
+    from pathlib import Path
+
     from ..plot import image_format
 
     image_format(value)
@@ -177,6 +178,8 @@ def write_atomic(path: str, text: str | bytes, flag: str = "--output") -> None:
     The file gets the mode a plain write would: an existing file keeps its mode, a new one gets 0666 less
     the umask (mkstemp's 0600 is replaced before the rename). On any error the temporary file is removed
     and the target is untouched. Bytes (an image) are written as they are; errors name ``flag``."""
+    from pathlib import Path  # only when writing a file (keeps the stdout path light, as below)
+
     target = Path(path)
     if not target.parent.exists():
         raise CmperfError(f"{flag}: folder {target.parent} does not exist; create it or choose another path")
