@@ -20,8 +20,8 @@ that records the decode batch, then the lowest id; ``copies`` counts the rows me
   row's name calls ``tpX_epY`` with tp_size (or attention_dp_size) and moe_tp_size multiplied by Y. The
   same configuration in the 2026-03-25 file, on the same 8-GPU systems, is (tp 8, dp 1, moe_tp 1,
   moe_ep 8) where the newer dumps say (64, 1, 8, 8), and (1, 8, 1, 8) where they say (1, 64, 8, 8);
-  a 64-GPU HGX row named ``tp8_ep8`` would not be. Those rows are divided back: tp and dp by e, moe_tp 1,
-  and the batch per rank is the concurrency over the attention-DP degree.
+  a 64-GPU HGX row named ``tp8_ep8`` would not be. Those rows are divided back: the one of tp and dp that
+  is e * e by e, moe_tp 1, and the batch per rank is the concurrency over the attention-DP degree.
 
 The output holds measured rows: keep it out of the repository.
 """
@@ -82,15 +82,16 @@ DEGREES = ("tp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size", "batch_
 
 def agg_degrees(row: dict) -> tuple[str, ...]:
     """The ``DEGREES`` of an agg row, undoing the newer dumps' encoding (module docstring): moe_tp = moe_ep
-    = e > 1 and tp * dp = e * e -> (tp / e, dp / e, 1, e, concurrency / dp)."""
+    = e > 1 and one of tp and dp is 1, the other e * e -> that one / e, moe_tp 1, the batch per rank
+    concurrency / dp."""
     tp, dp, mtp, ep, batch = (row[k] for k in DEGREES)
     try:
         t, d, m, e = int(tp), int(dp), int(mtp), int(ep)
     except ValueError:
         return tp, dp, mtp, ep, batch
-    if not (m == e > 1 and t * d == e * e):
+    if not (m == e > 1 and min(t, d) == 1 and t * d == e * e):
         return tp, dp, mtp, ep, batch
-    t, d, c = t // e if t > 1 else t, d // e if d > 1 else d, concurrency(row)
+    (t, d), c = ((t // e, d) if t > 1 else (t, d // e)), concurrency(row)
     batch = str(int(c) // d) if c and int(c) % d == 0 else ""
     return str(t), str(d), "1", str(e), batch
 

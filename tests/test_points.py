@@ -341,7 +341,8 @@ def test_adapter_undoes_the_newer_dumps_agg_encoding(tmp_path):
     """SYNTHETIC agg rows in aiconfigurator's layout: the 2026-04-06 / db-dump encoding of a ``tp8_ep8``
     configuration on an 8-GPU system, (tp 64, dp 1, moe_tp 8, moe_ep 8) and (1, 64, 8, 8), maps back to
     the 2026-03-25 file's (8, 1, 1, 8) and (1, 8, 1, 8) with the batch per rank concurrency / dp; a plain
-    TP8 row and a disagg row with equal MoE degrees keep their columns."""
+    TP8 row, a row with both tp and dp above 1 (not that encoding) and a disagg row with equal MoE degrees
+    keep their columns."""
     import csv
 
     base = dict.fromkeys(AIC_COLUMNS, "")
@@ -355,6 +356,8 @@ def test_adapter_undoes_the_newer_dumps_agg_encoding(tmp_path):
           "silicon_tpot_ms": "21"}  # fmt: skip
     plain = {**tp, "id": "syn-plain", "tp_size": "8", "moe_tp_size": "8", "moe_ep_size": "1",
              "silicon_tpot_ms": "22"}  # fmt: skip
+    both = {**tp, "id": "syn-both", "tp_size": "4", "attention_dp_size": "4", "moe_tp_size": "4",
+            "moe_ep_size": "4", "silicon_tpot_ms": "24"}  # fmt: skip
     dis = {**base, "id": "syn-dis", "mode": "disagg", "decode_tp_size": "16", "decode_attention_dp_size": "1",
            "decode_moe_tp_size": "4", "decode_moe_ep_size": "4", "decode_batch_size": "8",
            "decode_num_workers": "1", "silicon_tpot_ms": "23"}  # fmt: skip
@@ -362,12 +365,13 @@ def test_adapter_undoes_the_newer_dumps_agg_encoding(tmp_path):
     with open(src, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=AIC_COLUMNS)
         w.writeheader()
-        w.writerows([tp, dp, plain, dis])
+        w.writerows([tp, dp, plain, both, dis])
     assert _adapter().main([str(src), str(out)]) == 0
     got = {p.id: (p.attn_tp, p.attn_dp, p.moe_tp, p.moe_ep, p.batch_per_rank) for p in points.read(out)}
     assert got == {
         "syn-tp": (8, 1, 1, 8, 256.0),
         "syn-dp": (1, 8, 1, 8, 32.0),
         "syn-plain": (8, 1, 8, 1, 256.0),
+        "syn-both": (4, 4, 4, 4, 256.0),
         "syn-dis": (16, 1, 4, 4, 8.0),
     }
