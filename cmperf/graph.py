@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .specs import DTYPE_BYTES, Model
+from .specs import DTYPE_BYTES, EXPERT_MEMORY, Model
 
 Array = np.ndarray | np.float64
 ZERO = np.float64(0.0)
@@ -61,6 +61,7 @@ class Op:
     comm_bytes: Array = ZERO
     ep_size: Array = ZERO
     fused: bool = False  # runs inside the previous op's kernel: no fixed per-kernel cost of its own
+    memory_key: str = ""  # the chip efficiency of its memory ceiling ("": ``kind``_memory)
 
     @property
     def hbm_bytes(self) -> Array:
@@ -106,8 +107,10 @@ def gemm(
     out_dtype: str = "bf16",
     num_weights=1.0,
     weight_rows=None,
+    memory_key: str = "",
 ) -> Op:
-    """y[tokens, n_out] = x[tokens, k_in] @ W[k_in, n_out]; ``num_weights`` distinct weight matrices read."""
+    """y[tokens, n_out] = x[tokens, k_in] @ W[k_in, n_out]; ``num_weights`` distinct weight matrices read;
+    ``memory_key``: the chip efficiency of its memory ceiling ("": gemm_memory)."""
     a_dtype = a_dtype or w_dtype
     return Op(
         name,
@@ -118,6 +121,7 @@ def gemm(
         weight_bytes=np.asarray(num_weights, dtype=float) * k_in * n_out * _b(w_dtype),
         act_in_bytes=tokens * k_in * _b(a_dtype),
         act_out_bytes=tokens * n_out * _b(out_dtype),
+        memory_key=memory_key,
     )
 
 
@@ -774,11 +778,29 @@ def moe_ops(
         dispatch,
         *fuse(
             [
-                gemm("moe.experts.up", "moe", expert_tokens, h, 2 * inter, e, num_weights=experts_read),
+                gemm(
+                    "moe.experts.up",
+                    "moe",
+                    expert_tokens,
+                    h,
+                    2 * inter,
+                    e,
+                    num_weights=experts_read,
+                    memory_key=EXPERT_MEMORY,
+                ),
                 vector("moe.experts.act", "moe", expert_tokens, 2 * inter, inter, "bf16", e),
             ]
         ),
-        gemm("moe.experts.down", "moe", expert_tokens, inter, h, e, num_weights=experts_read),
+        gemm(
+            "moe.experts.down",
+            "moe",
+            expert_tokens,
+            inter,
+            h,
+            e,
+            num_weights=experts_read,
+            memory_key=EXPERT_MEMORY,
+        ),
         *fuse(
             [
                 combine,

@@ -1,8 +1,8 @@
 """Time of one compute op on one rank: every ceiling and the binding one.
 
     compute_s = flops / (peak[dtype] * eff_compute[kind] * eff_pipeline * core_share)
-    memory_s  = hbm_bytes / (hbm_bytes_per_s * eff_memory[kind])
-    time_s    = max(compute_s, memory_s) + fixed_s[kind]
+    memory_s  = hbm_bytes / (hbm_bytes_per_s * eff_memory[kind])    (eff[op.memory_key] where it is set:
+    time_s    = max(compute_s, memory_s) + fixed_s[kind]              the routed experts' expert_memory)
 
 ``eff_pipeline`` (chip key ``pipeline_compute``, default 1) is the fraction of the microbenchmark compute
 efficiency that a kernel sustains inside the serving loop; see hardware/ascend-910c.toml for its physics
@@ -82,7 +82,7 @@ def compute_op_time(op: Op, chip: Chip, cube_share: ArrayLike = 1.0, vector_shar
     else:
         compute_s = op.flops / compute_rate(chip, kind, op.dtype, cube_share)
         peak_s = op.flops / chip.peak(op.dtype)
-        mem_eff = chip.eff[f"{kind}_memory"]
+        mem_eff = chip.eff[op.memory_key or f"{kind}_memory"]
     if kind == "vector":
         del vector_share  # memory-bound streaming: the HBM, not the vector cores, sets the pace
     hbm = op.hbm_bytes
@@ -151,7 +151,7 @@ def op_totals(
     """(time_s, ideal_s, serial_s, memory_s) of a compute op: what a step sums, with the arithmetic of
     ``compute_op_time`` (the same bits) and no other ceiling (no bound, no broadcast padding):
 
-        memory_s = hbm_bytes / (hbm_bytes_per_s * eff_memory[kind])
+        memory_s = hbm_bytes / (hbm_bytes_per_s * eff_memory[kind])   (an op's memory_key, if set)
         compute_s = flops / rate                      (0 for a vector op)
         time_s = max(compute_s, memory_s) + fixed_s,  serial_s = compute_s + memory_s + fixed_s
         ideal_s = max(flops / peak[dtype], hbm_bytes / hbm_bytes_per_s)
@@ -174,7 +174,7 @@ def op_totals(
     flops = op.flops
     t_buf = s("time", flops, rate, hbm)
     compute_s = np.divide(flops, rate, out=t_buf)  # (at time_s's shape: the same numbers, broadcast)
-    memory_s = np.divide(hbm, bw * chip.eff[f"{kind}_memory"], out=s("memory", hbm))
+    memory_s = np.divide(hbm, bw * chip.eff[op.memory_key or f"{kind}_memory"], out=s("memory", hbm))
     serial_s = np.add(compute_s, memory_s, out=s("serial", compute_s, memory_s))
     time_s = np.maximum(compute_s, memory_s, out=t_buf)  # (compute_s is not needed after this)
     if fixed:  # (+ 0.0 for a fused op: the same bits as skipping it)

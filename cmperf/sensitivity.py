@@ -113,6 +113,7 @@ def perturbations(system: System, prec: Precision) -> list[tuple[str, str, Scale
     eff_sym = {
         "gemm_compute": "e_gc",
         "gemm_memory": "e_gm",
+        "expert_memory": "e_em",
         "attention_compute": "e_ac",
         "attention_memory": "e_am",
         "pipeline_compute": "e_p",

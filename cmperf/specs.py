@@ -55,6 +55,9 @@ EFFICIENCY_KEYS = ("gemm_compute", "gemm_memory", "attention_compute", "attentio
 #: Optional efficiency keys and their defaults. pipeline_compute: the fraction of the microbenchmark compute
 #: efficiency (gemm_compute, attention_compute) a kernel sustains inside the serving loop (cmperf.roofline).
 OPTIONAL_EFFICIENCY = {"pipeline_compute": 1.0}
+#: expert_memory: the HBM fraction the routed experts' grouped GEMMs stream their weights at (cmperf.graph's
+#: moe.experts.* ops); a file without it streams them at its gemm_memory.
+EXPERT_MEMORY = "expert_memory"
 OVERHEAD_KEYS = ("gemm", "attention", "vector", "comm")
 #: Architecture integers (config.json field names) every model has.
 ARCH_KEYS = "hidden_size num_layers num_attention_heads vocab_size max_position_embeddings".split()
@@ -750,6 +753,7 @@ def load_chip(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str 
     eff_t = t.sub("efficiency")
     eff = {k: eff_t.fraction(k) for k in EFFICIENCY_KEYS}
     eff.update({k: eff_t.fraction(k, required=False, default=d) for k, d in OPTIONAL_EFFICIENCY.items()})
+    eff[EXPERT_MEMORY] = eff_t.fraction(EXPERT_MEMORY, required=False, default=eff["gemm_memory"])
     eff_t.done()
     ov = t.sub("overhead")
     overhead = {k: ov.quantity(k, "s", hi=1e-2) for k in OVERHEAD_KEYS}

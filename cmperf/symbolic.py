@@ -10,7 +10,7 @@ attention stream's share of the cube cores (split-cores, CM384 §4.2) and s_m = 
     t_core  = max(2 T H (2 d_c + d_r) L / (P_a e_ac s_a),  S L kv / (B_HBM e_am)) + c_a       (MLA core)
     t_proj  = max(2 T W_att / (P_g e_gc s_a),  W_att w / (B_HBM e_gm)) + 2 c_g        (MLA projections)
     A       = t_proj + t_core                                                     (attention stream)
-    t_exp   = max(2 x 3 h I / (P_g e_gc s_m),  n_read 3 h I w / (B_HBM e_gm)) + 2 c_g   (experts; x tokens)
+    t_exp   = max(2 x 3 h I / (P_g e_gc s_m),  n_read 3 h I w / (B_HBM e_em)) + 2 c_g   (experts; x tokens)
     t_a2a   = alpha + T k_c m (E-1)/E / (B_EP e_EP)                        (dispatch, combine each)
     M       = t_exp + t_disp + t_comb                                               (MoE stream)
     TPOT    = (N_moe n max(A, M) + N_dense n max(A, D) + t_head) / (1 + accept)
@@ -52,6 +52,7 @@ HW_SYMBOLS = {
     "B_EP": "EP plane bandwidth per rank",
     "e_gc": "gemm_compute efficiency",
     "e_gm": "gemm_memory efficiency",
+    "e_em": "expert_memory efficiency (routed experts' grouped GEMMs)",
     "e_ac": "attention_compute efficiency",
     "e_am": "attention_memory efficiency",
     "e_p": "pipeline_compute (in-pipeline share of the compute efficiencies)",
@@ -97,6 +98,7 @@ def hardware_values(system: System, prec: Precision) -> dict[str, float]:
         "B_EP": plane.bytes_per_s_per_rank,
         "e_gc": chip.eff["gemm_compute"],
         "e_gm": chip.eff["gemm_memory"],
+        "e_em": chip.eff["expert_memory"],
         "e_ac": chip.eff["attention_compute"],
         "e_am": chip.eff["attention_memory"],
         "e_p": chip.eff["pipeline_compute"],
@@ -149,7 +151,7 @@ def decode_forms(
     sy = {n: sp.Symbol(n, positive=True) for n in names}
     b, L = sy["b"], sy["L"]
     P_g, P_a, B_HBM, B_EP = sy["P_g"], sy["P_a"], sy["B_HBM"], sy["B_EP"]
-    e_gm, e_am, e_EP = sy["e_gm"], sy["e_am"], sy["e_EP"]
+    e_gm, e_em, e_am, e_EP = sy["e_gm"], sy["e_em"], sy["e_am"], sy["e_EP"]
     e_gc, e_ac = sy["e_gc"] * sy["e_p"], sy["e_ac"] * sy["e_p"]  # microbenchmark x in-pipeline share
     c_g, c_a = sy["c_g"], sy["c_a"]
 
@@ -195,7 +197,7 @@ def decode_forms(
     else:
         x = sp.nsimplify(imbalance) * routed_mean + T * m.n_shared_experts
         n_read, copies = _f(pl["slots"]) + m.n_shared_experts, k  # every slot active at decode batch sizes
-    t_exp = sp.Max(2 * x * 3 * h * I / (P_g * e_gc * s_m), n_read * 3 * h * I * w / (B_HBM * e_gm)) + 2 * c_g
+    t_exp = sp.Max(2 * x * 3 * h * I / (P_g * e_gc * s_m), n_read * 3 * h * I * w / (B_HBM * e_em)) + 2 * c_g
     dcol, ccol = system.collectives["dispatch"], system.collectives["combine"]
     m_d = message_bytes(h, prec.dispatch, dcol.scale_bytes, dcol.message_align_bytes)
     m_c = message_bytes(h, prec.combine, ccol.scale_bytes, ccol.message_align_bytes)

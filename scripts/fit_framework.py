@@ -1,14 +1,11 @@
-"""Fit a framework profile's per-step host time and request overhead on measured points (frameworks/*.toml,
-step_overhead and request_overhead).
+"""Fit a framework profile's request overhead on measured points (frameworks/*.toml, request_overhead), and
+print the TPOT error tables without and with the profiles.
 
-Usage: .venv/bin/python scripts/fit_framework.py POINTS.csv [--write]
+Usage: .venv/bin/python scripts/fit_framework.py POINTS.csv [--after]
 
 POINTS.csv is the development half of aiconfigurator's measured rows (docs/points.md; never committed).
-Fit rows: disaggregated, batch per rank <= 8 (the step is weight-read and fixed-cost bound there), MTP 0,
-posed by cmperf without a framework profile and run at a microbatch count the framework runs. The
-overhead is the median of measured - predicted TPOT over those rows (the L1 fit of a constant added to
-every step; with MTP 0 a step is one token), floored at 0. Prints the rows used, the fit, and the TPOT
-error table (disagg and agg: median and p90 of |error|) without and with the profiles.
+The per-step host time (``step_overhead``) is fitted jointly with the GPUs' expert weight-streaming
+fraction, which trades off against it on the same rows: scripts/fit_gpu_pipeline.py.
 
 Request overhead (a request's path to its first token outside the engine's steps: HTTP, tokenization,
 admission, streaming): aggregated rows with at most ``FIT_CONCURRENCY`` users per worker (the prefill they
@@ -24,7 +21,6 @@ import numpy as np
 
 from cmperf import frameworks, points
 
-FIT_BATCH = 8.0  # batch per rank at most (the low-batch rows)
 FIT_CONCURRENCY = 8.0  # users per aggregated worker at most (the request overhead fit)
 
 
@@ -39,24 +35,6 @@ def _median_fits(residuals) -> dict[str, tuple[float, int]]:
         if res:
             out[name] = (max(float(np.median(res)), 0.0), len(res))
     return out
-
-
-def fit(results: list[points.Result], pts: list[points.Point]) -> dict[str, tuple[float, int]]:
-    """{framework: (step overhead s, rows)} from the no-framework results."""
-    by_id = {p.row: p for p in pts}
-    return _median_fits(
-        lambda backend, fw: [
-            r.measured_tpot_s - r.predicted_tpot_s
-            for r in results
-            if r.status == "posed"
-            and r.backend == backend
-            and r.mode == "disagg"
-            and r.batch_per_rank is not None
-            and r.batch_per_rank <= FIT_BATCH
-            and not by_id[r.row].mtp
-            and r.microbatches in fw.microbatches
-        ]
-    )
 
 
 def fit_request(results: list[points.Result]) -> dict[str, tuple[float, int]]:
@@ -104,12 +82,8 @@ def table(results: list[points.Result]) -> list[str]:
 
 def main(argv: list[str]) -> None:
     pts = points.read(argv[0])
-    before = points.evaluate(pts, frameworks=False)
-    fits = fit(before, pts)
-    for name, (o, n) in fits.items():
-        print(f"fit {name}: step_overhead = {1e3 * o:.3f} ms on {n} rows")
     print("TPOT |error| without framework profiles:")
-    print("\n".join(table(before)))
+    print("\n".join(table(points.evaluate(pts, frameworks=False))))
     after = points.evaluate(pts, frameworks=True)
     for name, (o, n) in fit_request(after).items():
         print(f"fit {name}: request_overhead = {1e3 * o:.1f} ms on {n} rows")

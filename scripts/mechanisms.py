@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from fit_gpu_pipeline import write_shares  # (scripts/: the folder this script runs from)
+from fit_gpu_pipeline import FITTED_GPU_CHIPS, write_values  # (scripts/: the folder this script runs from)
 
 from cmperf import decode, points, prefill, scenario, specs, validate
 from cmperf.deployment import Deployment, Precision
@@ -38,7 +38,8 @@ GPU_CHIPS = ("h100", "h200", "h800", "h20", "b200", "b300", "gb200", "gb300", "r
 class Mechanism:
     name: str  # what is switched off (or replaced)
     adjust: Callable[[Deployment], Deployment] | None = None  # applied to every record
-    shares: dict[str, float] | None = None  # chip -> pipeline_compute (spec files shadowed)
+    shares: dict[str, float] | None = None  # chip -> its value of ``key`` (spec files shadowed)
+    key: str = "pipeline_compute"
     frameworks: bool = True
 
 
@@ -62,13 +63,18 @@ MECHANISMS = (
     Mechanism(
         "GPU in-loop share transferred from the 910C (0.74, before)", shares=dict.fromkeys(GPU_CHIPS, 0.74)
     ),
+    Mechanism(
+        "GPU experts' weight streaming at gemm_memory (0.6, before; step overheads as shipped)",
+        shares=dict.fromkeys(FITTED_GPU_CHIPS, 0.6),
+        key="expert_memory",
+    ),
 )
 
 
-def _spec_dir(d: str, shares: dict[str, float] | None) -> list[str]:
-    if not shares:
+def _spec_dir(d: str, mech: Mechanism) -> list[str]:
+    if not mech.shares:
         return []
-    write_shares(d, shares)
+    write_values(d, mech.key, mech.shares)
     return [d]
 
 
@@ -134,7 +140,7 @@ def main(argv: list[str]) -> None:
     print(rule)
     for mech in MECHANISMS:
         with tempfile.TemporaryDirectory() as d:
-            dirs = _spec_dir(d, mech.shares)
+            dirs = _spec_dir(d, mech)
             h = headline(mech, dirs)
             cells = [f"{100 * h[k]:+.1f}%" if k in h else "n/a" for k in HEADLINE]
             cells.append(f"{100 * insights(mech):+.1f}%")

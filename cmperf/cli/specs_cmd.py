@@ -199,6 +199,10 @@ KEY_DOCS: dict[str, tuple[str, str]] = {
     "efficiency.attention_compute": ("fraction in (0, 1]", "achieved share of peak FLOP/s of attention"),
     "efficiency.attention_memory": ("fraction in (0, 1]", "achieved share of HBM bandwidth of attention"),
     "efficiency.vector_memory": ("fraction in (0, 1]", "achieved share of HBM bandwidth of vector ops"),
+    "efficiency.expert_memory": (
+        "fraction in (0, 1]",
+        "achieved share of HBM bandwidth of routed experts' grouped GEMMs (optional, default gemm_memory)",
+    ),
     "efficiency.pipeline_compute": (
         "fraction in (0, 1]",
         "share of the compute efficiencies sustained inside the serving loop (optional, default 1)",
