@@ -458,17 +458,49 @@ def _comm_optime(link_s, alpha_s, ideal_s) -> OpTime:
     return OpTime(zero, zero, link_s, alpha_s, total, bound, ideal, total)
 
 
-def plane_collective_time(system: System, plane_name: str, payload_bytes, group_size) -> OpTime:
-    """A generic collective (all-gather, all-to-all) moving ``payload_bytes`` per rank on one plane:
-    t = latency * ceil(log2 group) + fixed comm cost + bytes / (bw * eff); zero for a group of one."""
+def _plane_collective(system: System, plane_name: str, payload_bytes, g):
+    """(link_s, alpha_s, ideal_s) of a generic collective on one plane (``plane_collective_time``)."""
     plane = system.planes[plane_name]
-    g = np.asarray(group_size, dtype=float)
     bw = _rate(system, plane_name, g)
     link_s = np.asarray(payload_bytes, dtype=float) / (bw * plane.efficiency)
     alpha_s = plane.latency_s * np.ceil(np.log2(np.maximum(g, 1.0))) + system.chip.overhead_s["comm"]
     alpha_s = alpha_s + _hops_s(system, plane_name, g)
+    return link_s, alpha_s, np.asarray(payload_bytes, dtype=float) / bw
+
+
+def plane_collective_time(
+    system: System, plane_name: str, payload_bytes, group_size, collective: str = "allgather"
+) -> OpTime:
+    """A generic collective (all-gather, all-to-all) moving ``payload_bytes`` per rank on one plane:
+    t = latency * ceil(log2 group) + fixed comm cost + bytes / (bw * eff); zero for a group of one.
+
+    A group of g ranks larger than the plane's domain (D ranks, n = g / D domains) sends part of the
+    payload over the scale-out plane: an all-gather hierarchically (each rank first gathers its n - 1
+    peers' shards in the other domains over the scale-out plane, then the domain all-gathers n shards
+    per rank: (n - 1) / (g - 1) and (g - n) / (g - 1) of the payload, one after the other); an
+    all-to-all directly (the g - D remote peers' share over the scale-out plane while the D - 1 local
+    peers' goes over the scale-up plane: the slower of the two)."""
+    g = np.asarray(group_size, dtype=float)
+    link_s, alpha_s, ideal = _plane_collective(system, plane_name, payload_bytes, g)
+    domain = float(system.planes[plane_name].domain_devices * system.ranks_per_device)
+    across = g > domain
+    if np.any(across):
+        s = np.asarray(payload_bytes, dtype=float)
+        d = np.full_like(g, domain)
+        n, peers = np.maximum(g / d, 1.0), np.maximum(g - 1.0, 1.0)
+        hier = collective == "allgather"
+        local, remote = (g - n, n - 1.0) if hier else (d - 1.0, g - d)
+        up = _plane_collective(system, plane_name, s * local / peers, d)
+        out = _plane_collective(system, system.scaleout_plane(), s * remote / peers, n if hier else g)
+        if hier:
+            both = [u + o for u, o in zip(up, out, strict=True)]
+        else:  # concurrent: the slower plane's link and latency
+            slow = up[0] + up[1] >= out[0] + out[1]
+            both = [np.where(slow, u, o) for u, o in zip(up, out, strict=True)]
+        link_s, alpha_s, ideal = (
+            np.where(across, x, y) for x, y in zip(both, (link_s, alpha_s, ideal), strict=True)
+        )
     active = g > 1
-    ideal = np.asarray(payload_bytes, dtype=float) / bw
     return _comm_optime(
         np.where(active, link_s, 0.0), np.where(active, alpha_s, 0.0), np.where(active, ideal, 0.0)
     )
@@ -486,16 +518,9 @@ ALLREDUCE_ALGORITHMS = {
 }
 
 
-def allreduce_time(system: System, plane_name: str, payload_bytes, group_size) -> OpTime:
-    """All-reduce of ``payload_bytes`` per rank over ``group_size`` ranks on one plane: the cheapest of
-    ``ALLREDUCE_ALGORITHMS`` per point (the runtimes pick by message size: TensorRT-LLM's AUTO strategy,
-    NCCL's tuner), t = steps * latency + fixed comm cost + hops + bytes moved / (bw * eff); zero for a
-    group of one. Worked number (hgx-h200 NVLink, 450 GB/s x 0.8, 1.5 us per step, 2 us fixed; TP8,
-    1.835 MB = 128 tokens x 7,168 x 2 B): one-shot 1.5 + 2 + 12.8 MB / 360 GB/s = 39.2 us, two-shot
-    3.0 + 2 + 3.21 MB / 360 GB/s = 13.9 us, ring 21 + 2 + 8.9 = 31.9 us: two-shot."""
+def _best_allreduce(system: System, plane_name: str, s, g):
+    """(link_s, alpha_s, ideal_s) of the cheapest ``ALLREDUCE_ALGORITHMS`` per point on one plane."""
     plane = system.planes[plane_name]
-    g = np.maximum(np.asarray(group_size, dtype=float), 1.0)
-    s = np.asarray(payload_bytes, dtype=float)
     bw = _rate(system, plane_name, g)
     fixed = system.chip.overhead_s["comm"] + _hops_s(system, plane_name, g)
     best_link = best_alpha = best_ideal = np.full(np.broadcast(s, g).shape, np.inf)
@@ -506,9 +531,43 @@ def allreduce_time(system: System, plane_name: str, payload_bytes, group_size) -
         best_link = np.where(better, link, best_link)
         best_alpha = np.where(better, alpha, best_alpha)
         best_ideal = np.where(better, s * factor(g) / bw, best_ideal)
+    return best_link, best_alpha, best_ideal
+
+
+def allreduce_time(system: System, plane_name: str, payload_bytes, group_size) -> OpTime:
+    """All-reduce of ``payload_bytes`` per rank over ``group_size`` ranks on one plane: the cheapest of
+    ``ALLREDUCE_ALGORITHMS`` per point (the runtimes pick by message size: TensorRT-LLM's AUTO strategy,
+    NCCL's tuner), t = steps * latency + fixed comm cost + hops + bytes moved / (bw * eff); zero for a
+    group of one. Worked number (hgx-h200 NVLink, 450 GB/s x 0.8, 1.5 us per step, 2 us fixed; TP8,
+    1.835 MB = 128 tokens x 7,168 x 2 B): one-shot 1.5 + 2 + 12.8 MB / 360 GB/s = 39.2 us, two-shot
+    3.0 + 2 + 3.21 MB / 360 GB/s = 13.9 us, ring 21 + 2 + 8.9 = 31.9 us: two-shot.
+
+    A group larger than the plane's domain (D ranks; TP16 over two 8-GPU nodes) runs hierarchically, as
+    NCCL's tree / CollNet algorithms and every multi-node TP runtime do: a reduce-scatter inside each
+    domain (two-shot's first half), an all-reduce of each rank's 1/D shard with its peers in the other
+    g / D domains over the scale-out plane (the cheapest algorithm there, every rank on its own NIC), and
+    an all-gather inside the domain: t = two-shot(s, D) + all-reduce_out(s / D, g / D)."""
+    g = np.maximum(np.asarray(group_size, dtype=float), 1.0)
+    s = np.asarray(payload_bytes, dtype=float)
+    link, alpha, ideal = _best_allreduce(system, plane_name, s, g)
+    plane = system.planes[plane_name]
+    domain = float(plane.domain_devices * system.ranks_per_device)
+    across = g > domain
+    if np.any(across):
+        steps, factor = ALLREDUCE_ALGORITHMS["two-shot"]
+        d = np.full_like(g, domain)
+        in_link = s * factor(d) / (_rate(system, plane_name, d) * plane.efficiency)
+        in_alpha = (
+            plane.latency_s * steps(d) + system.chip.overhead_s["comm"] + _hops_s(system, plane_name, d)
+        )
+        in_ideal = s * factor(d) / _rate(system, plane_name, d)
+        out_link, out_alpha, out_ideal = _best_allreduce(system, system.scaleout_plane(), s / d, g / d)
+        link = np.where(across, in_link + out_link, link)
+        alpha = np.where(across, in_alpha + out_alpha, alpha)
+        ideal = np.where(across, in_ideal + out_ideal, ideal)
     active = g > 1
     return _comm_optime(
-        np.where(active, best_link, 0.0), np.where(active, best_alpha, 0.0), np.where(active, best_ideal, 0.0)
+        np.where(active, link, 0.0), np.where(active, alpha, 0.0), np.where(active, ideal, 0.0)
     )
 
 

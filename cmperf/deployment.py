@@ -583,7 +583,8 @@ _FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Deployment)
 def attn_tp_reasons(rec: Deployment, d: Deployment, system: System, model: Model, ranks: int) -> list[str]:
     """What is wrong with the attention TP degree of the resolved record ``d`` on ``ranks`` ranks (``rec``
     as given: a default TP that does not fit names --devices): it must divide the ranks and the heads (and
-    the KV heads, or be a multiple of them) and, in decode, fit one scale-up domain; [] when it is valid."""
+    the KV heads, or be a multiple of them) and, in decode, fit one scale-up domain or be a whole number of
+    them (its all-reduce then crosses the scale-out plane hierarchically); [] when it is valid."""
     out = []
     tp, heads = d.attn_tp, model.num_attention_heads
     fits = math.gcd(ranks, heads)  # the largest TP that divides both
@@ -600,12 +601,14 @@ def attn_tp_reasons(rec: Deployment, d: Deployment, system: System, model: Model
             )
     elif d.phase == "decode" and tp > 1:
         kv = model.num_key_value_heads if model.attention == "gqa" else 1
-        domain = system.plane(system.scaleup_plane()).domain_devices * system.ranks_per_device
-        if tp > domain:
+        up = system.scaleup_plane()
+        domain = system.plane(up).domain_devices * system.ranks_per_device
+        if tp > domain and (tp % domain or system.scaleout_plane() == up):
             out.append(
                 f"--attn-tp: TP{tp} spans more than the {domain} ranks of one scale-up domain on "
-                f"{system.name} (its all-reduce would cross the scale-out network); use at most "
-                f"--attn-tp {domain}"
+                f"{system.name} and is not a whole number of domains joined by a scale-out plane (a "
+                f"hierarchical all-reduce, cmperf.comm.allreduce_time); use --attn-tp {domain} or a "
+                f"multiple of it"
             )
         elif model.attention not in ("mla", "gqa", "kda"):
             out.append(

@@ -88,7 +88,7 @@ def op_time(op: Op, system: System, cube_share=1.0, phase: str = "decode") -> Op
     plane = system.scaleup_plane()
     if op.collective == "allreduce":  # attention / dense TP (cmperf.graph.tp_allreduce_ops)
         return allreduce_time(system, plane, op.comm_bytes, op.ep_size)
-    return plane_collective_time(system, plane, op.comm_bytes, op.ep_size)
+    return plane_collective_time(system, plane, op.comm_bytes, op.ep_size, op.collective)
 
 
 def _in_a(op: Op, policy: str) -> bool:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from cmperf import decode
 from cmperf.cli import main
-from cmperf.comm import allreduce_time
+from cmperf.comm import allreduce_time, plane_collective_time
 from cmperf.deployment import Deployment
 from cmperf.specs import load_model, load_system
 
@@ -33,6 +33,32 @@ def test_allreduce_picks_the_cheapest_algorithm():
     small = allreduce_time(H200, "nvlink", 2e4, 8)
     assert float(small.time_s) == pytest.approx(1.5e-6 + 2e-6 + 7 * 2e4 / 360e9, rel=1e-9)
     assert float(allreduce_time(H200, "nvlink", payload, 1).time_s) == 0.0
+
+
+def test_allreduce_beyond_the_domain_is_hierarchical():
+    """TP16 over two 8-GPU NVLink nodes (dgx-h100): a reduce-scatter and all-gather inside each node (two-
+    shot over 8) around an all-reduce of each rank's 1/8 shard with its peer in the other node over IB
+    (50 GB/s x 0.9, 4 us; two ranks: one-shot, one step). 1.835 MB: 14.0 + 11.0 = 25.0 us, not the 16-rank
+    NVLink two-shot a flat model would give (14.6 us). A group inside the domain is unchanged. The
+    generic collectives split their bytes the same way (``plane_collective_time``)."""
+    h100 = load_system("dgx-h100")
+    payload = 128 * 7168 * 2.0
+    intra = 2 * 1.5e-6 + 2e-6 + 2 * 7 / 8 * payload / (450e9 * 0.8)
+    inter = 4e-6 + 2e-6 + (payload / 8) / (50e9 * 0.9)
+    t = allreduce_time(h100, "nvlink", np.array([payload, payload]), np.array([8.0, 16.0]))
+    assert t.time_s == pytest.approx([intra, intra + inter], rel=1e-9)
+    assert float(t.time_s[1]) == pytest.approx(25.0e-6, abs=0.05e-6)
+    # the all-gather of the head's logits: 1/15 of them over IB from the other node, 14/15 over NVLink
+    big = 1e7
+    gather = plane_collective_time(h100, "nvlink", big, 16.0)
+    want = (3 * 1.5e-6 + 2e-6 + big * 14 / 15 / 360e9) + (4e-6 + 2e-6 + big / 15 / 45e9)
+    assert float(gather.time_s) == pytest.approx(want, rel=1e-9)
+    a2a = plane_collective_time(h100, "nvlink", big, 16.0, "alltoall")  # direct: IB's 8/15 binds
+    assert float(a2a.time_s) == pytest.approx(4 * 4e-6 + 2e-6 + big * 8 / 15 / 45e9, rel=1e-9)
+    ok = CliRunner().invoke(
+        main, ["decode", "--system", "dgx-h100", "--devices", "16", "--attn-tp", "16", "--batch", "4"]
+    )
+    assert ok.exit_code == 0, ok.output
 
 
 def test_tp1_is_the_default():
@@ -103,7 +129,6 @@ def test_chunk_adds_prefill_work_to_the_step():
     "args, flag",
     [
         (["--attn-tp", "3"], "--attn-tp"),  # does not divide 8 ranks / 128 heads
-        (["--devices", "16", "--attn-tp", "16"], "--attn-tp"),  # beyond one 8-GPU NVLink domain
         (["--moe-tp", "5"], "--moe-tp"),
         (["--moe-tp", "2", "--ep", "8"], "--ep"),  # 2 x 8 > 8 ranks
         (["--slots-per-rank", "2"], "--slots-per-rank"),  # 16 slots for 256 experts
