@@ -46,7 +46,7 @@ import numpy as np
 
 from .errors import CmperfError
 from .graph import ZERO, Array, Op
-from .roofline import LATENCY, LINK, OpTime
+from .roofline import LINK, OpTime
 from .specs import DTYPE_BYTES, Model, System
 
 
@@ -335,16 +335,41 @@ def ep_collective_time(
     kernel ``phase`` uses (``System.collective``); ``scaleout_bytes`` only for ``copies = "per-domain"``."""
     c = system.collective(name, phase)
     e = np.asarray(ep_size, dtype=float)
+    alpha = c.alpha_s + c.alpha_per_log2_ep_s * np.log2(np.maximum(e, 1.0)) + _hops_s(system, c.plane, e)
+    active = e > 1
+    alpha_s = np.where(active, alpha, 0.0)
+    share = _scaleup_share(system, c, e, scaleout_bytes)
+    payload = np.asarray(payload_bytes, dtype=float)
+    if share is not None and payload.size and payload.min() >= 0.0 and payload.max() < np.inf:
+        # every remote byte on the scale-up plane: link and ideal times are the payload times a factor
+        # per EP size (one pass over the points each; ``_split_bytes(drop_zero=True)`` otherwise)
+        up_bw = _rate(system, c.plane, e)
+        eff = c.efficiency or system.planes[c.plane].efficiency
+        link_s = payload * np.where(active, share / (up_bw * eff), 0.0)
+        return _comm_optime(link_s, alpha_s, payload * (share / up_bw))
     up_b, out_b = ep_link_bytes(system, name, payload_bytes, e, phase, scaleout_bytes, drop_zero=True)
     link_s = _link_s(
         system, c.plane, c.scaleout_plane, up_b, out_b, c.efficiency, c.scaleout_efficiency, group=e
     )
-    alpha = c.alpha_s + c.alpha_per_log2_ep_s * np.log2(np.maximum(e, 1.0)) + _hops_s(system, c.plane, e)
-    active = e > 1
-    alpha_s = np.where(active, alpha, 0.0)
     link_s = _where_active(active, link_s)
     ideal = _ideal_link_s(system, c.plane, c.scaleout_plane, up_b, out_b, group=e)
     return _comm_optime(link_s, alpha_s, ideal)
+
+
+def _scaleup_share(system: System, c, e: np.ndarray, scaleout_bytes) -> np.ndarray | None:
+    """The share of a dispatch or combine payload that crosses the scale-up plane per EP size ``e``, when
+    the flat split (``ep_link_bytes``) sends every remote byte there (every group inside one scale-up
+    domain); None otherwise."""
+    plane = system.planes[c.plane]
+    if (c.copies == "per-domain" and scaleout_bytes is not None) or plane.scale == "out":
+        return None
+    e1 = np.maximum(e, 1.0)
+    domain_ranks = plane.domain_devices * system.ranks_per_device
+    if not (e1.size and e1.min() >= 2.0 and e1.max() <= domain_ranks):  # (then f_in = 1 everywhere)
+        f_in = np.where(e1 > 1, (np.minimum(e1, domain_ranks) - 1.0) / np.maximum(e1 - 1.0, 1.0), 1.0)
+        if not np.all(f_in == 1.0):  # some bytes leave the domain (``_split_bytes``)
+            return None
+    return np.ones_like(e1) if c.local_copies == "send" else (e1 - 1.0) / e1
 
 
 @dataclass(frozen=True)
@@ -450,12 +475,15 @@ def _where_active(active: np.ndarray, x) -> np.ndarray:
 
 
 def _comm_optime(link_s, alpha_s, ideal_s) -> OpTime:
-    link_s, alpha_s = np.broadcast_arrays(np.asarray(link_s, float), np.asarray(alpha_s, float))
-    zero = np.broadcast_to(0.0, link_s.shape)  # read-only views: no full-size zeros or copies
-    bound = np.where(link_s >= alpha_s, np.int8(LINK), np.int8(LATENCY))  # int8 directly: no int64 pass
-    total = link_s + alpha_s
-    ideal = np.broadcast_to(np.asarray(ideal_s, dtype=float), link_s.shape)
-    return OpTime(zero, zero, link_s, alpha_s, total, bound, ideal, total)
+    link_s, alpha_s = np.asarray(link_s, float), np.asarray(alpha_s, float)
+    total = link_s + alpha_s  # (on the inputs' own shapes: no pass over a broadcast view)
+    shape = total.shape
+    # np.where(link >= alpha, LINK, LATENCY) in int8 (LATENCY = LINK + 1; NaN: LATENCY) in one pass
+    bound = np.add(~np.greater_equal(link_s, alpha_s), np.int8(LINK))
+    zero = np.broadcast_to(0.0, shape)  # read-only views: no full-size zeros or copies
+    link_s, alpha_s = np.broadcast_to(link_s, shape), np.broadcast_to(alpha_s, shape)
+    ideal = np.broadcast_to(np.asarray(ideal_s, dtype=float), shape)
+    return OpTime(zero, zero, link_s, alpha_s, total, np.broadcast_to(bound, shape), ideal, total)
 
 
 def _plane_collective(system: System, plane_name: str, payload_bytes, g):

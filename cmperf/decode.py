@@ -170,32 +170,32 @@ def measured_imbalance(model: Model, pl: dict, eplb: str, tokens_mb, seqs_mb):
 
 
 def moe_load(model: Model, pl: dict, ep, tokens_mb, imb):
-    """(token-copies through the busiest rank's experts, weight sets it reads, dispatch copies per token)."""
-    k, r = model.num_experts_per_tok, model.n_routed_experts
+    """(token-copies through the busiest rank's experts, weight sets it reads, dispatch copies per token).
+
+    Every per-EP-group factor (ranks, slots, shared ranks) is folded into one small array before it meets
+    the per-point ``tokens_mb``: one full-size pass per product."""
+    k, r, ns = model.num_experts_per_tok, model.n_routed_experts, model.n_shared_experts
     ep = np.asarray(ep, dtype=float)
-    group_tokens = ep * tokens_mb
+    tokens_mb = np.asarray(tokens_mb, dtype=float)
     dedicated = pl["dedicated"]
-    routed = imb * (group_tokens * k / pl["routed_ranks"])  # the busiest routed rank's token-copies
+    # the busiest routed rank's token-copies: imb * ep * tokens_mb * k / routed_ranks
+    routed = tokens_mb * (ep * k / pl["routed_ranks"]) * imb
     any_ded, all_ded = bool(np.any(dedicated)), bool(np.all(dedicated))
-    # each branch only where some point takes it (np.where picks per point: the same numbers)
+    # each branch only where some point takes it (np.where picks per point)
     if any_ded:
-        shared_load = np.where(
-            pl["shared_ranks"] > 0,
-            group_tokens * model.n_shared_experts / np.maximum(pl["shared_ranks"], 1),
-            0.0,
-        )
-        ded_tokens = np.maximum(routed, shared_load)
+        shared = pl["shared_ranks"]
+        per_token = np.where(shared > 0, ep * ns / np.maximum(shared, 1), 0.0)
+        ded_tokens = np.maximum(routed, tokens_mb * per_token)
     if not all_ded:
-        co_tokens = routed + tokens_mb * model.n_shared_experts
-        miss = 1.0 - k / max(r, 1)  # an expert copy receives at least one token: 1 - miss**tokens
-        if any_ded:  # the power (the costliest op here) only where a point is co-located: np.where drops
-            # the rest below; an elementwise ufunc gives each computed element the same bits
-            shape = np.broadcast_shapes(np.shape(group_tokens), np.shape(dedicated))
-            p_miss = np.power(miss, group_tokens, out=np.zeros(shape), where=~dedicated)
+        co_tokens = routed + tokens_mb * ns
+        # an expert copy receives at least one of the group's tokens: 1 - miss**(ep * tokens_mb), as an exp
+        miss = 1.0 - k / max(r, 1)
+        if miss > 0:  # exp of at least -40: 1 - exp(-40) is 1.0 already (and exp's underflow path is slow)
+            y = tokens_mb * (ep * np.log(miss))
+            p_miss = np.exp(np.maximum(y, -40.0, out=y if np.ndim(y) else None))
         else:
-            p_miss = miss**group_tokens
-        p_active = 1.0 - p_miss
-        co_read = pl["slots"] * p_active + model.n_shared_experts
+            p_miss = np.power(miss, ep * tokens_mb)
+        co_read = pl["slots"] * (1.0 - p_miss) + ns
     if all_ded:
         expert_tokens, experts_read = ded_tokens, np.ones(np.shape(dedicated))
     elif not any_ded:
@@ -203,7 +203,7 @@ def moe_load(model: Model, pl: dict, ep, tokens_mb, imb):
     else:
         expert_tokens = np.where(dedicated, ded_tokens, co_tokens)
         experts_read = np.where(dedicated, 1.0, co_read)
-    copies = k + np.where(dedicated, model.n_shared_experts, 0.0)
+    copies = k + np.where(dedicated, ns, 0.0)
     return expert_tokens, experts_read, copies
 
 
@@ -321,7 +321,7 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
     if measured:  # cmperf.routing: the busiest rank's receive load, and the all-to-all timed at it
         imb, a2a = measured_imbalance(model, pl, eplb, m * f_mb, m * s_mb)
     else:
-        imb = routed_imbalance(model, pl, ep, ep * m * f_mb * k, eplb, given, consts)
+        imb = routed_imbalance(model, pl, ep, f_mb * (ep * (m * k)), eplb, given, consts)
     exp_tok, exp_read, copies = moe_load(model, pl, ep, m * f_mb, imb)
     if d.copies == "per-rank":
         copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
@@ -349,7 +349,7 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
             m_imb, m_a2a = measured_imbalance(model, pl, eplb, m * m_tok, m * m_tok)
             md_msg, mc_msg = disp_msg * m_a2a, comb_msg * m_a2a
         else:
-            m_imb = routed_imbalance(model, pl, ep, ep * m * m_tok * k, eplb, given, consts)
+            m_imb = routed_imbalance(model, pl, ep, m_tok * (ep * (m * k)), eplb, given, consts)
         m_exp, m_read, _ = moe_load(model, pl, ep, m * m_tok, m_imb)
         stages.append(
             Stage(
@@ -714,9 +714,9 @@ def _evaluate_block(
     # ``into(name)``: the output array (view) to compute a summary field straight into (blockwise), else
     # None: a ufunc with ``out=`` computes the same elementwise numbers, broadcast to the block's shape
     into = (out or {}).get
-    step = np.add(chain + h_step, over, out=into("step_s"))
-    ideal = np.add(ideal + h_step, over, out=into("ideal_step_s"))
-    lower, upper = lower + h_lower + over, upper + h_upper + over
+    step = _plus(chain, h_step, over, into("step_s"))
+    ideal = _plus(ideal, h_step, over, into("ideal_step_s"))
+    lower, upper = _plus(lower, h_lower, over), _plus(upper, h_upper, over)
     per_step = 1.0 + accepted_per_step(mtp_a, dep.mtp_accept)
     tpot = np.divide(step, per_step, out=into("tpot_s"))
     # memory
@@ -747,7 +747,8 @@ def _evaluate_block(
             ep, b * (1 + mtp_a), model.num_experts_per_tok, pl["experts_per_rank"], disp_msg, comb_msg
         )
         scale = np.asarray(b, dtype=float) / np.maximum(b_rank, 1e-12)
-        parts["activations"] = act * scale
+        ones = np.all(scale == 1.0) and np.broadcast_shapes(np.shape(act), scale.shape) == np.shape(act)
+        parts["activations"] = act if ones else act * scale  # (act * 1.0 is act: no pass at b = b_rank)
         return parts
 
     parts = mem_at(b_rank)
@@ -761,7 +762,7 @@ def _evaluate_block(
     # the Insights bound: the EP all-to-all of the (first) MoE stage in every layer; 0 for a dense model
     main = principal_stage(model)  # "moe" (R1); a dense model: "dense", no all-to-all
     moe_st = next((s for s in sts if s.stage.name == main), None) if model.is_moe else None
-    comm_bound_step = _comm_bound_s(moe_st, n) * model.num_layers if moe_st else np.zeros_like(step)
+    comm_bound_step = _comm_bound_s(moe_st, n, model.num_layers) if moe_st else np.zeros_like(step)
     return DecodeEval(
         step,
         tpot,
@@ -786,17 +787,26 @@ def _evaluate_block(
     )
 
 
-def _comm_bound_s(moe_st: StageTime, n):
-    """EP all-to-all bound per layer ("Insights into DeepSeek-V3", ISCA'25): n * (dispatch + combine).
+def _plus(x, y, over, out=None):
+    """(x + y) + over, into ``out`` (None: a new array); no pass for an ``over`` of 0 (x + 0.0 is x)."""
+    if np.ndim(over) == 0 and over == 0.0:
+        return np.add(x, y, out=out)
+    return np.add(x + y, over, out=out)
 
-    Times num_layers and divided by tokens per step it bounds TPOT: 2 * 61 * 120.96 us = 14.76 ms for
+
+def _comm_bound_s(moe_st: StageTime, n, layers: int = 1):
+    """EP all-to-all bound ("Insights into DeepSeek-V3", ISCA'25): n * (dispatch + combine) per layer,
+    times ``layers``.
+
+    Over num_layers and divided by tokens per step it bounds TPOT: 2 * 61 * 120.96 us = 14.76 ms for
     32 tokens x 9 copies x 7,000 B x (1 + 2) over 50 GB/s."""
-    total: float | np.ndarray = 0.0
+    total: Any = None
     for op, t in zip(moe_st.stage.ops, moe_st.op_times, strict=True):
         if op.collective in ("dispatch", "combine"):
             assert t is not None  # stage_time keeps the collectives' times
-            total = total + t.time_s
-    return np.asarray(n, dtype=float) * total
+            total = t.time_s if total is None else total + t.time_s
+    scale = np.asarray(n, dtype=float) * layers  # (the scalars first: one pass over the points)
+    return scale * (0.0 if total is None else total)
 
 
 # ---------------------------------------------------------------------------------------------- scalar record

@@ -117,10 +117,10 @@ def gemm(
         "gemm",
         stream,
         w_dtype,
-        flops=2.0 * tokens * k_in * n_out,
-        weight_bytes=np.asarray(num_weights, dtype=float) * k_in * n_out * _b(w_dtype),
-        act_in_bytes=tokens * k_in * _b(a_dtype),
-        act_out_bytes=tokens * n_out * _b(out_dtype),
+        flops=tokens * (2.0 * k_in * n_out),  # (per-op constants folded: one pass over the points)
+        weight_bytes=np.asarray(num_weights, dtype=float) * (k_in * n_out * _b(w_dtype)),
+        act_in_bytes=tokens * (k_in * _b(a_dtype)),
+        act_out_bytes=tokens * (n_out * _b(out_dtype)),
         memory_key=memory_key,
     )
 
@@ -134,8 +134,8 @@ def vector(
         "vector",
         stream,
         in_dtype,
-        act_in_bytes=tokens * width_in * _b(in_dtype),
-        act_out_bytes=tokens * width_out * _b(out_dtype),
+        act_in_bytes=tokens * (width_in * _b(in_dtype)),
+        act_out_bytes=tokens * (width_out * _b(out_dtype)),
     )
 
 
@@ -765,9 +765,11 @@ def moe_ops(
         )
         copies_per_token = 0.0  # the residual adds the reduced output only
     else:
-        sent = tokens * copies_per_token
-        dispatch = comm_op("moe.dispatch", prec.dispatch, "dispatch", sent * dispatch_msg_bytes, ep_size)
-        combine = comm_op("moe.combine", prec.combine, "combine", sent * combine_msg_bytes, ep_size)
+        # tokens x copies x message, the per-EP-group factors first (one pass over the points each)
+        sent_d = tokens * (copies_per_token * np.asarray(dispatch_msg_bytes, dtype=float))
+        sent_c = tokens * (copies_per_token * np.asarray(combine_msg_bytes, dtype=float))
+        dispatch = comm_op("moe.dispatch", prec.dispatch, "dispatch", sent_d, ep_size)
+        combine = comm_op("moe.combine", prec.combine, "combine", sent_c, ep_size)
     return [
         *fuse(
             [

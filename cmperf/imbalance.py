@@ -78,23 +78,21 @@ def imbalance_constants(
 def imbalance_from(
     copies_total: ArrayLike, w_max: float | np.ndarray, z: float | np.ndarray, ranks: float | np.ndarray
 ) -> np.ndarray:
-    """E[max rank load] / mean rank load from ``imbalance_constants`` (scalars, or arrays per point)."""
+    """E[max rank load] / mean rank load from ``imbalance_constants`` (scalars, or arrays per point):
+    (mu + z sqrt(mu)) / mean with mu = n w_max, mean = n / ranks, i.e. ranks w_max + ranks z sqrt(w_max / n)
+    (1 where n <= 0). The constants enter per EP group; ``copies_total`` is per point."""
     n = np.asarray(copies_total, dtype=float)
-    mu = n * w_max  # mu + z*sqrt(mu) grows with mu, so the busiest rank by share is the worst
-    mean = n / ranks
-    arrays = isinstance(mu, np.ndarray) and isinstance(mean, np.ndarray)
-    if not (arrays and mu.shape == np.broadcast_shapes(mu.shape, np.shape(z), mean.shape)):
-        worst = mu + z * np.sqrt(mu)
-        return np.where(mean > 0, worst / np.maximum(mean, 1e-300), 1.0)
-    # the same ops in place (* and + commute bit for bit); np.where's 1.0 written only where mean <= 0
-    worst = np.sqrt(mu)
-    np.multiply(worst, z, out=worst)
-    np.add(worst, mu, out=worst)
-    empty = ~(mean > 0)
-    np.divide(worst, np.maximum(mean, 1e-300, out=mean), out=worst)
-    if empty.any():
-        worst[np.broadcast_to(empty, worst.shape)] = 1.0
-    return worst
+    if not (n.size and n.min() > 0.0 and n.max() < np.inf):  # n <= 0, NaN or inf somewhere: term by term
+        mu = n * w_max  # mu + z*sqrt(mu) grows with mu, so the busiest rank by share is the worst
+        mean = n / ranks
+        return np.where(mean > 0, (mu + z * np.sqrt(mu)) / np.maximum(mean, 1e-300), 1.0)
+    r = np.asarray(ranks, dtype=float)
+    base, spread = r * w_max, r * np.asarray(z, dtype=float) * np.sqrt(w_max)  # per EP group
+    out = np.sqrt(n)
+    if not out.ndim or out.shape != np.broadcast_shapes(out.shape, base.shape, spread.shape):
+        return base + spread / out
+    np.divide(spread, out, out=out)
+    return np.add(out, base, out=out)
 
 
 def expected_imbalance(

@@ -94,15 +94,14 @@ def buffer_bytes(
 def activation_bytes(ops: Iterable[Op], microbatches: ArrayLike) -> np.ndarray:
     """microbatches * the largest act_in + act_out of any op. An op listed twice (decode's attention block,
     shared by its layer groups) and ops without activations count once; the running maximum is kept in
-    one array of its own (max is exact: the order of the ops does not change it)."""
+    one array of its own (max is exact: the order of the ops does not change it, so the ops with the
+    smallest arrays go first: they are maxed at their own size, not at the grid's)."""
     peak: Any = 0.0
     owned = False  # peak is an array of ours: updated in place
     buf = None  # a work array for a + b at peak's shape (the same sum as a new array)
-    seen = set()
-    for op in ops:
-        if id(op) in seen:
-            continue
-        seen.add(id(op))
+    unique = list({id(op): op for op in ops}.values())
+    unique.sort(key=lambda op: max(np.size(op.act_in_bytes), np.size(op.act_out_bytes)))  # (stable)
+    for op in unique:
         a_in, a_out = op.act_in_bytes, op.act_out_bytes
         if np.ndim(a_in) == 0 and np.ndim(a_out) == 0 and a_in == 0.0 and a_out == 0.0:
             continue  # 0 + 0: cannot raise a peak of act bytes (>= 0)

@@ -114,6 +114,11 @@ class _Sum:
             self.owned = isinstance(self.value, np.ndarray)
 
 
+def _zero_view(x) -> bool:
+    """True for a read-only broadcast of one 0.0 (``comm._comm_optime``'s zero ceilings)."""
+    return isinstance(x, np.ndarray) and x.size > 0 and not any(x.strides) and x.flat[0] == 0.0
+
+
 class _StageSums:
     """The sums a stage keeps over its ops, in op order (``stage_time``): HBM time, serial time, ideal time
     per stream, each maximal run of one stream's ops (``runs``: [in_m, sum]) and, for a stream of several
@@ -132,7 +137,8 @@ class _StageSums:
 
     def add(self, in_a: bool, time_s, ideal_s, serial_s, memory_s, scratch: bool) -> None:
         """Add one op's times (``scratch``: they live in work buffers, so a new run copies its first)."""
-        self.hbm.add(memory_s)
+        if not _zero_view(memory_s):  # (a collective's memory_s: x + 0.0 is x, no pass for it)
+            self.hbm.add(memory_s)
         self.serial.add(serial_s)
         self.lo[in_a].add(ideal_s)
         in_m = not in_a
@@ -273,15 +279,16 @@ def stage_time(
 
 
 def _coarse_period(n, a, m, hbm) -> np.ndarray:
-    """max(max(n*a, n*m), max(a + m, n*hbm)) in two result-sized arrays (the same bits)."""
+    """max(n*a, n*m, a + m, n*hbm) in two result-sized arrays."""
     shape = np.broadcast_shapes(np.shape(n), np.shape(a), np.shape(m), np.shape(hbm))
     if not shape:
         return np.maximum(np.maximum(n * a, n * m), np.maximum(a + m, n * hbm))
     p, q = np.empty(shape), np.empty(shape)
-    np.maximum(np.multiply(n, a, out=p), np.multiply(n, m, out=q), out=p)
-    q2 = np.add(a, m, out=q)
-    np.maximum(q2, n * hbm, out=q2)
-    return np.maximum(p, q2, out=p)
+    # n * a at its own shape (the attention stream's sum spans fewer axes than the MoE stream's); max is
+    # exact, so the order of the four terms changes no bit
+    np.maximum(n * a, np.multiply(n, m, out=p), out=p)
+    np.maximum(p, np.add(a, m, out=q), out=p)
+    return np.maximum(p, np.multiply(n, hbm, out=q), out=p)
 
 
 def _shared_prefixes(stages: list[Stage]) -> list[int]:
@@ -320,10 +327,17 @@ def step_time(
         stage_time(s, system, microbatches, policy, attn_cube_share, phase, compute_share, keep_ops, memo, k)
         for s, k in zip(stages, _shared_prefixes(stages), strict=True)
     ]
-    step = sum(s.stage.count * s.period_s for s in sts)
-    lower = sum(s.stage.count * s.lower_s for s in sts)
-    upper = sum(s.stage.count * s.upper_s for s in sts)
-    return sts, step, lower, upper
+    return sts, _count_sum(sts, "period_s"), _count_sum(sts, "lower_s"), _count_sum(sts, "upper_s")
+
+
+def _count_sum(sts: list[StageTime], name: str):
+    """sum(st.stage.count * st.<name> for st in sts), the same sum in place once it holds an array of its
+    own, and no product for a count of 1 (x * 1 is x)."""
+    total = _Sum()
+    for st in sts:
+        x, count = getattr(st, name), st.stage.count
+        total.add(x if np.ndim(count) == 0 and count == 1 else count * x)
+    return total.value
 
 
 # ------------------------------------------------------------------------------------- list schedule
