@@ -128,7 +128,7 @@ def domain_scaleout_bytes(system: System, name: str, phase: str, ep_size, tokens
     c = system.collective(name, phase)
     if c.copies != "per-domain":
         return None
-    dom = system.planes[c.plane].domain_devices * system.ranks_per_device
+    dom = system.domain_ranks(c.plane)
     n_dom = np.maximum(np.asarray(ep_size, dtype=float) / dom, 1.0)
     groups = (model.n_group, model.topk_group, model.n_routed_experts) if model is not None else (1, 1, 0)
     hit = distinct_destinations(n_dom, k, *groups)
@@ -252,7 +252,7 @@ def _split_bytes(
     remote = np.asarray(payload, dtype=float) * (1.0 if send_local else (e - 1.0) / e)
     if plane.scale == "out":
         return np.zeros_like(remote), remote
-    domain_ranks = plane.domain_devices * system.ranks_per_device
+    domain_ranks = system.domain_ranks(plane_name)
     f_in = np.where(e > 1, (np.minimum(e, domain_ranks) - 1.0) / np.maximum(e - 1.0, 1.0), 1.0)
     if drop_zero and np.all(f_in == 1.0) and remote.size and remote.min() >= 0.0 and remote.max() < np.inf:
         return remote * f_in, None  # (NaN fails both tests: it keeps the general path)
@@ -303,7 +303,7 @@ def ep_link_bytes(
     e = np.asarray(ep_size, dtype=float)
     if c.copies != "per-domain" or scaleout_bytes is None or system.planes[c.plane].scale == "out":
         return _split_bytes(system, c.plane, payload_bytes, e, c.local_copies == "send", drop_zero)
-    d = system.planes[c.plane].domain_devices * system.ranks_per_device
+    d = system.domain_ranks(c.plane)
     m = np.maximum(np.minimum(e, d), 1.0)
     payload = np.asarray(payload_bytes, dtype=float)
     up = payload * (1.0 if c.local_copies == "send" else (m - 1.0) / m)
@@ -364,7 +364,7 @@ def _scaleup_share(system: System, c, e: np.ndarray, scaleout_bytes) -> np.ndarr
     if (c.copies == "per-domain" and scaleout_bytes is not None) or plane.scale == "out":
         return None
     e1 = np.maximum(e, 1.0)
-    domain_ranks = plane.domain_devices * system.ranks_per_device
+    domain_ranks = system.domain_ranks(c.plane)
     if not (e1.size and e1.min() >= 2.0 and e1.max() <= domain_ranks):  # (then f_in = 1 everywhere)
         f_in = np.where(e1 > 1, (np.minimum(e1, domain_ranks) - 1.0) / np.maximum(e1 - 1.0, 1.0), 1.0)
         if not np.all(f_in == 1.0):  # some bytes leave the domain (``_split_bytes``)
@@ -510,7 +510,7 @@ def plane_collective_time(
     peers' goes over the scale-up plane: the slower of the two)."""
     g = np.asarray(group_size, dtype=float)
     link_s, alpha_s, ideal = _plane_collective(system, plane_name, payload_bytes, g)
-    domain = float(system.planes[plane_name].domain_devices * system.ranks_per_device)
+    domain = float(system.domain_ranks(plane_name))
     across = g > domain
     if np.any(across):
         s = np.asarray(payload_bytes, dtype=float)
@@ -546,19 +546,27 @@ ALLREDUCE_ALGORITHMS = {
 }
 
 
+def _allreduce_terms(system: System, plane_name: str, s, g, algorithm: str, bw=None, fixed=None):
+    """(link_s, alpha_s, ideal_s) of one of ``ALLREDUCE_ALGORITHMS`` on one plane (``bw``, ``fixed``: the
+    plane's rate and fixed cost for ``g``, when the caller has them)."""
+    plane = system.planes[plane_name]
+    steps, factor = ALLREDUCE_ALGORITHMS[algorithm]
+    bw = _rate(system, plane_name, g) if bw is None else bw
+    fixed = system.chip.overhead_s["comm"] + _hops_s(system, plane_name, g) if fixed is None else fixed
+    return s * factor(g) / (bw * plane.efficiency), plane.latency_s * steps(g) + fixed, s * factor(g) / bw
+
+
 def _best_allreduce(system: System, plane_name: str, s, g):
     """(link_s, alpha_s, ideal_s) of the cheapest ``ALLREDUCE_ALGORITHMS`` per point on one plane."""
-    plane = system.planes[plane_name]
     bw = _rate(system, plane_name, g)
     fixed = system.chip.overhead_s["comm"] + _hops_s(system, plane_name, g)
     best_link = best_alpha = best_ideal = np.full(np.broadcast(s, g).shape, np.inf)
-    for steps, factor in ALLREDUCE_ALGORITHMS.values():
-        link = s * factor(g) / (bw * plane.efficiency)
-        alpha = plane.latency_s * steps(g) + fixed
+    for algorithm in ALLREDUCE_ALGORITHMS:
+        link, alpha, ideal = _allreduce_terms(system, plane_name, s, g, algorithm, bw, fixed)
         better = link + alpha < best_link + best_alpha
         best_link = np.where(better, link, best_link)
         best_alpha = np.where(better, alpha, best_alpha)
-        best_ideal = np.where(better, s * factor(g) / bw, best_ideal)
+        best_ideal = np.where(better, ideal, best_ideal)
     return best_link, best_alpha, best_ideal
 
 
@@ -578,17 +586,11 @@ def allreduce_time(system: System, plane_name: str, payload_bytes, group_size) -
     g = np.maximum(np.asarray(group_size, dtype=float), 1.0)
     s = np.asarray(payload_bytes, dtype=float)
     link, alpha, ideal = _best_allreduce(system, plane_name, s, g)
-    plane = system.planes[plane_name]
-    domain = float(plane.domain_devices * system.ranks_per_device)
+    domain = float(system.domain_ranks(plane_name))
     across = g > domain
     if np.any(across):
-        steps, factor = ALLREDUCE_ALGORITHMS["two-shot"]
         d = np.full_like(g, domain)
-        in_link = s * factor(d) / (_rate(system, plane_name, d) * plane.efficiency)
-        in_alpha = (
-            plane.latency_s * steps(d) + system.chip.overhead_s["comm"] + _hops_s(system, plane_name, d)
-        )
-        in_ideal = s * factor(d) / _rate(system, plane_name, d)
+        in_link, in_alpha, in_ideal = _allreduce_terms(system, plane_name, s, d, "two-shot")
         out_link, out_alpha, out_ideal = _best_allreduce(system, system.scaleout_plane(), s / d, g / d)
         link = np.where(across, in_link + out_link, link)
         alpha = np.where(across, in_alpha + out_alpha, alpha)

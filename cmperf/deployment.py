@@ -602,7 +602,7 @@ def attn_tp_reasons(rec: Deployment, d: Deployment, system: System, model: Model
     elif d.phase == "decode" and tp > 1:
         kv = model.num_key_value_heads if model.attention == "gqa" else 1
         up = system.scaleup_plane()
-        domain = system.plane(up).domain_devices * system.ranks_per_device
+        domain = system.domain_ranks(up)
         if tp > domain and (tp % domain or system.scaleout_plane() == up):
             out.append(
                 f"--attn-tp: TP{tp} spans more than the {domain} ranks of one scale-up domain on "

@@ -323,6 +323,11 @@ class System:
         up = [p.name for p in self.planes.values() if p.scale == "up"]
         return up[0] if up else next(iter(self.planes))
 
+    def domain_ranks(self, plane_name: str) -> int:
+        """Ranks in one domain of ``plane_name`` (its domain_devices x ranks per device): a collective over
+        more ranks than this crosses the scale-out plane."""
+        return self.planes[plane_name].domain_devices * self.ranks_per_device
+
     def kv_transfer_plane(self) -> str:
         """Plane that moves prefill's KV cache to the decode instances: key ``kv_transfer_plane``, else the
         scale-out plane (CM384 §4: "KV moves prefill->decode over the RDMA plane")."""

@@ -125,8 +125,7 @@ def crosses_domain(r: points.Result) -> bool:
     its all-reduce crosses the scale-out network through NCCL, whose cross-node latency has no source in
     the references, so it would fit the step overhead to a missing term; the joint fit leaves it out."""
     system = specs.load_system(r.system)
-    domain = system.planes[system.scaleup_plane()].domain_devices * system.ranks_per_device
-    return (r.attn_tp or 1) > domain
+    return (r.attn_tp or 1) > system.domain_ranks(system.scaleup_plane())
 
 
 def joint_fit(pts: list[points.Point]) -> tuple[dict[str, float], dict[str, float]]:
