@@ -285,7 +285,7 @@ def _gate_ops(m: Model, prec, tokens, tp: int = 1) -> list[Op]:
     kernel) before o_proj."""
     if not m.attn_output_gate:
         return []
-    h, Hdv, g = m.hidden_size, m.num_attention_heads * m.v_head_dim / tp, prec.gemm
+    h, Hdv, g = m.hidden_size, graph.heads_per_rank(m, tp) * m.v_head_dim, prec.gemm
     return [
         gemm("mla.g_proj", "attn", tokens, h, Hdv, g),
         vector("mla.output_gate", "attn", tokens, 2 * Hdv, Hdv),
@@ -366,7 +366,7 @@ def moe_ops(
     r = m.routed_expert_hidden_size or h
     g = prec.gemm
     moe_tp = args[0] if args else kwargs.get("moe_tp", 1)
-    inter = m.moe_intermediate_size / moe_tp
+    inter = m.moe_intermediate_size / graph.expert_split(m, moe_tp)
     d_lat = dispatch_msg_bytes - (h - r) * _b(prec.dispatch)
     c_lat = combine_msg_bytes - (h - r) * _b(prec.combine)
     ded = np.asarray(copies_per_token, dtype=float) > k if ns else np.asarray(False)

@@ -46,6 +46,7 @@ from .graph import (
     attention_prefill_ops,
     dense_ffn_ops,
     head_ops,
+    heads_per_rank,
     layer_count,
     layer_groups,
     moe_ops,
@@ -976,6 +977,11 @@ def _point_prediction(ev: DecodeEval, i: int, auto_tpot_s: dict[int, float] | No
             OpRow("step", "step.overhead", "serial", 1, t, t, "latency", 0.0, 0.0, 0.0, t, 0.0, 0.0, 0.0)
         )
     dep_d = dep.phase_knobs()
+    tp, m_tp = int(dep.attn_tp or 1), int(dep.moe_tp or 1)
+    if model.num_attention_heads % tp:  # an uneven head split: what its busiest rank holds
+        dep_d["attn_heads_per_rank"] = heads_per_rank(model, tp)
+    if model.is_moe and model.moe_intermediate_size % m_tp:
+        dep_d["moe_intermediate_per_rank"] = -(-model.moe_intermediate_size // m_tp)
     if auto_tpot_s is not None:
         dep_d["microbatches_auto"] = True
         dep_d["microbatches_auto_tpot_s"] = {str(k): v for k, v in auto_tpot_s.items()}

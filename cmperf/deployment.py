@@ -583,12 +583,16 @@ _FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Deployment)
 def attn_tp_reasons(rec: Deployment, d: Deployment, system: System, model: Model, ranks: int) -> list[str]:
     """What is wrong with the attention TP degree of the resolved record ``d`` on ``ranks`` ranks (``rec``
     as given: a default TP that does not fit names --devices): it must divide the ranks and the heads (and
-    the KV heads, or be a multiple of them) and, in decode, fit one scale-up domain or be a whole number of
+    the KV heads, or be a multiple of them; MLA's heads may split unevenly, at least one per rank,
+    ``graph.heads_per_rank``) and, in decode, fit one scale-up domain or be a whole number of
     them (its all-reduce then crosses the scale-out plane hierarchically); [] when it is valid."""
     out = []
     tp, heads = d.attn_tp, model.num_attention_heads
     fits = math.gcd(ranks, heads)  # the largest TP that divides both
-    if tp < 1 or ranks % tp or heads % tp:
+    # MLA's heads may split unevenly (graph.heads_per_rank: the busiest rank's ceil(H / tp)); other
+    # attention kinds split KV or linear heads with them, so their degree divides the heads
+    uneven = model.attention == "mla" and tp <= heads
+    if tp < 1 or ranks % tp or (heads % tp and not uneven):
         if rec.attn_tp is None:  # the system's default TP: the device count is what does not fit
             out.append(
                 f"--devices: {d.devices} devices ({ranks} ranks) do not split into the default "
@@ -596,9 +600,8 @@ def attn_tp_reasons(rec: Deployment, d: Deployment, system: System, model: Model
                 f"{tp // system.ranks_per_device or 1} devices, or --attn-tp {fits}"
             )
         else:
-            out.append(
-                f"--attn-tp: {tp} must divide the {ranks} ranks and the {heads} heads; try --attn-tp {fits}"
-            )
+            what = f"divide the {ranks} ranks" + ("" if uneven else f" and the {heads} heads")
+            out.append(f"--attn-tp: {tp} must {what}; try --attn-tp {fits}")
     elif d.phase == "decode" and tp > 1:
         kv = model.num_key_value_heads if model.attention == "gqa" else 1
         up = system.scaleup_plane()
@@ -626,7 +629,8 @@ def attn_tp_reasons(rec: Deployment, d: Deployment, system: System, model: Model
 def _parallel_reasons(rec: Deployment, d: Deployment, system: System, model: Model, ranks: int) -> list[str]:
     """What is wrong with the attention TP and MoE TP degrees of the resolved record ``d`` (``rec`` as
     given: a default TP that does not fit names --devices): ``attn_tp_reasons``; MoE TP must divide the
-    ranks and the experts' intermediate size, with MoE TP x EP dividing the ranks."""
+    ranks and be at most the experts' intermediate size (an uneven split: ``graph.expert_split``), with
+    MoE TP x EP dividing the ranks."""
     out = attn_tp_reasons(rec, d, system, model, ranks)
     m_tp = d.moe_tp
     if m_tp != 1:
@@ -635,10 +639,10 @@ def _parallel_reasons(rec: Deployment, d: Deployment, system: System, model: Mod
             out.append(f"--moe-tp: {model.name} is a dense model (no experts to split); leave it out")
         elif d.phase == "prefill":
             out.append("--moe-tp: prefill's MoE is modelled expert-parallel only; use --moe-tp 1 in prefill")
-        elif m_tp < 1 or ranks % m_tp or inter % m_tp:
+        elif m_tp < 1 or ranks % m_tp or m_tp > inter:
             out.append(
-                f"--moe-tp: {m_tp} must divide the {ranks} ranks and the experts' {inter} intermediate "
-                f"size; try --moe-tp {math.gcd(ranks, inter)}"
+                f"--moe-tp: {m_tp} must divide the {ranks} ranks and be at most the experts' {inter} "
+                f"intermediate size; try --moe-tp {math.gcd(ranks, inter)}"
             )
         elif ranks % (m_tp * d.ep_size):
             out.append(

@@ -301,7 +301,7 @@ def mla_decode_ops(m: Model, prec, tokens, seqs, kv_len, tp: int = 1) -> list[Op
     rank: one latent head cannot be split (SGLang deepseek_v2.py, vLLM MLA, TensorRT-LLM MLA; the reason
     DP attention exists, SGLang v0.4 blog), so each rank reads the whole latent of all the group's
     sequences; o_proj is row-parallel and ``tp_allreduce_op`` sums its outputs."""
-    h, H = m.hidden_size, m.num_attention_heads // tp
+    h, H = m.hidden_size, heads_per_rank(m, tp)
     dn, dr, dc, dv = m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank, m.v_head_dim
     g = prec.gemm
     qk = m.q_lora_rank
@@ -477,6 +477,22 @@ def _qkv_width(m: Model) -> int:
     return ((2 if m.attn_output_gate else 1) * H + 2 * kv) * d
 
 
+def heads_per_rank(m: Model, tp) -> int:
+    """Query heads on the busiest rank of an attention-TP group: ceil(H / tp). A degree that does not divide
+    the heads (TP72 over DeepSeek's 128: 2 heads on 56 ranks, 1 on 16; TensorRT-LLM and SGLang run such
+    layouts on GB200 NVL72) is timed at its busiest rank, which is also the time of padding the heads to a
+    multiple of tp (128 -> 144); a divisor gives H / tp."""
+    return -(-m.num_attention_heads // int(tp))
+
+
+def expert_split(m: Model, moe_tp: int) -> float:
+    """How many times smaller one rank's slice of an expert's FFN is than the expert under MoE TP: moe_tp
+    when it divides the intermediate size I, else I / ceil(I / moe_tp) (the busiest rank's slice, as
+    ``heads_per_rank``: TP72 over 2048 -> slices of 29, 2048 / 29 = 70.6)."""
+    inter = m.moe_intermediate_size
+    return float(moe_tp) if inter % moe_tp == 0 else inter / -(-inter // moe_tp)
+
+
 def kv_heads_per_rank(m: Model, tp: int) -> float:
     """KV heads a TP rank holds: KV / TP when TP divides them, else 1 (each KV head replicated TP / KV
     times: vLLM and SGLang QKVParallelLinear replicate KV heads when tp_size > num_key_value_heads)."""
@@ -490,7 +506,7 @@ def gqa_decode_ops(m: Model, prec, tokens, seqs, keys, tp: int = 1) -> list[Op]:
     split or replicated (``kv_heads_per_rank``), QKV column- and o_proj row-parallel, then the group's
     all-reduce (Megatron-LM attention TP, Shoeybi et al. 2019 §3)."""
     h, g = m.hidden_size, prec.gemm
-    H, kv, d = m.num_attention_heads // tp, kv_heads_per_rank(m, tp), m.head_dim
+    H, kv, d = heads_per_rank(m, tp), kv_heads_per_rank(m, tp), m.head_dim
     kvb = _attention_kv_bytes(m, prec.kv) * kv / m.num_key_value_heads
     width = ((2 if m.attn_output_gate else 1) * H + 2 * kv) * d  # _qkv_width of this rank's heads
     return [
@@ -755,7 +771,8 @@ def moe_ops(
 
         args = (tokens, expert_tokens, experts_read, copies_per_token, ep_size, dispatch_msg_bytes)
         return attention_kda.moe_ops(m, prec, *args, combine_msg_bytes, moe_tp)
-    h, inter, r, e = m.hidden_size, m.moe_intermediate_size / moe_tp, m.n_routed_experts, prec.experts
+    h, r, e = m.hidden_size, m.n_routed_experts, prec.experts
+    inter = m.moe_intermediate_size / expert_split(m, moe_tp)  # one rank's slice of an expert
     if moe_tp > 1:
         group = np.asarray(ep_size, dtype=float) * moe_tp
         shares = (group - 1.0) * tokens  # every other rank's tokens in, their partial outputs out
@@ -842,7 +859,7 @@ def attention_params(m: Model, tp: int = 1) -> float:
     projections) or GQA's q, k, v and o; norms included. DeepSeek-V4: its MTP layer's
     (cmperf.attention_v4.layer_params). ``tp``: what one rank of a TP group holds (the head-split parts
     divided, MLA's down projections, norms and indexer whole; GQA's KV heads per ``kv_heads_per_rank``)."""
-    h, H = m.hidden_size, m.num_attention_heads / tp
+    h, H = m.hidden_size, heads_per_rank(m, tp)
     if m.attention == "dsv4":
         from . import attention_v4
 

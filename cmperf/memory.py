@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .graph import Op, kv_bytes_per_seq, layer_count, weight_params
+from .graph import Op, expert_split, kv_bytes_per_seq, layer_count, weight_params
 from .specs import DTYPE_BYTES, Model
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def weight_bytes_per_rank(
         "attention": attn,
         "dense_ffn": np.asarray(w["dense_ffn"] * b[prec.gemm]),
         "experts": expert_units(m, experts_per_rank, w)
-        * (w["expert"] / moe_tp)
+        * (w["expert"] / expert_split(m, moe_tp))
         * (n_moe + mtp_layers)
         * b[prec.experts],
         "gate": np.asarray((n_moe + mtp_layers) * m.hidden_size * m.n_routed_experts * b[prec.head]),

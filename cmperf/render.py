@@ -73,8 +73,12 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
     par = f"EP{d['ep_size']}"
     if d.get("moe_tp", 1) > 1:
         par = f"MoE TP{d['moe_tp']} x EP{d['ep_size']}"
+        if "moe_intermediate_per_rank" in d:  # uneven: the busiest rank's slice
+            par += f" ({d['moe_intermediate_per_rank']} of the intermediate on the busiest rank)"
     if d.get("attn_tp", 1) > 1:
-        par = f"attention TP{d['attn_tp']}, {par}"
+        heads = d.get("attn_heads_per_rank")  # set when the split is uneven: the busiest rank's heads
+        note = f" ({heads} heads on the busiest rank)" if heads else ""
+        par = f"attention TP{d['attn_tp']}{note}, {par}"
     rows = [
         ("system / model", f"{p.system} / {p.model}"),
         (

@@ -210,3 +210,30 @@ def test_moe_tp_not_dividing_the_ranks_names_moe_tp():
     not as the EP it implies."""
     r = CliRunner().invoke(main, ["decode", "--moe-tp", "3"])
     assert r.exit_code == 2 and r.stderr.startswith("cmperf: error: --moe-tp: 3 must divide the 320 ranks")
+
+
+def test_uneven_mla_head_split_is_timed_at_its_busiest_rank():
+    """TP72 over DeepSeek-R1's 128 heads (a layout TensorRT-LLM and SGLang run on GB200 NVL72): the busiest
+    rank holds ceil(128 / 72) = 2 heads, so its attention ops are TP64's (also 2 heads), not 128/72 = 1.78;
+    MoE TP72 over the 2048-wide experts gives slices of ceil(2048 / 72) = 29. A GQA model keeps the rule
+    that the degree divides its heads (its KV heads split with them), and no degree exceeds the heads."""
+    from cmperf import graph
+
+    assert [graph.heads_per_rank(R1, t) for t in (1, 8, 48, 64, 72, 128)] == [128, 16, 3, 2, 2, 1]
+    assert graph.expert_split(R1, 8) == 8.0 and graph.expert_split(R1, 72) == pytest.approx(2048 / 29)
+    from cmperf.deployment import default_precision
+
+    prec = default_precision(H200)
+    ops72, ops64 = (graph.mla_decode_ops(R1, prec, 512.0, 256.0, 2048.0, t) for t in (72, 64))
+    assert [(o.name, o.flops) for o in ops72] == [(o.name, o.flops) for o in ops64]
+    gb = load_system("gb200-nvl72")
+    dep = Deployment(devices=72, attn_tp=72, moe_tp=72, ep_size=1, batch_per_device=4.0, kv_len=2048.0)
+    assert dep.check(gb, R1) == []
+    p = decode.predict(gb, R1, dep)
+    assert p.deployment["attn_heads_per_rank"] == 2 and p.deployment["moe_intermediate_per_rank"] == 29
+    assert "attn_heads_per_rank" not in _pred(R1, attn_tp=8).deployment  # an even split adds no key
+    cmd = ["decode", "--system", "gb200-nvl72", "--devices", "72", "--attn-tp", "72", "--batch", "4"]
+    r = CliRunner().invoke(main, cmd)
+    assert r.exit_code == 0 and "attention TP72 (2 heads on the busiest rank)" in " ".join(r.output.split())
+    bad = Deployment(devices=72, attn_tp=72).check(gb, load_model("qwen3-235b-a22b"))  # 64 heads, GQA
+    assert any(x.startswith("--attn-tp: 72 must divide the 72 ranks and the 64 heads") for x in bad), bad
