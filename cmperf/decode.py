@@ -39,7 +39,7 @@ import numpy as np
 
 from . import frameworks, memory
 from .comm import ep_message_bytes
-from .deployment import AUTO, Deployment, placement_arrays
+from .deployment import AUTO, Deployment, placement_arrays, redundant_for
 from .graph import (
     Stage,
     attention_decode_ops,
@@ -677,7 +677,7 @@ def _evaluate_block(
     n = np.asarray(dep.microbatches, dtype=float)
     mtp_a = np.asarray(dep.mtp, dtype=float)
     on = mtp_a > 0
-    pl = placement_arrays(model, ep, dep.num_redundant, dep.slots_per_rank)
+    pl = placement_arrays(model, ep, redundant_for(dep, model, ep), dep.slots_per_rank)
     draft = dep.draft_model
     par = parallel_of(dep, system)
     t, m = par.attn_tp, par.moe_tp

@@ -10,7 +10,9 @@ performance does not. Placement follows CloudMatrix-Infer (CM384 §4.2) and Deep
   experts, slots = ceil(R * 9/8 / EP) when that adds at most R/8 redundant copies (32 of 256, the
   redundancy both CM384 and DeepSeek use), else ceil(R / EP). EP32 -> 9 routed slots (8 + 1
   redundant) + 1 shared = 10 experts per die (CM384 §4.3); EP144 -> 2 + 1 shared (DeepSeek decode);
-  EP72 -> 4 + 1 (SGLang); EP64 -> 4 + 1 with no redundancy.
+  EP72 -> 4 + 1 (SGLang); EP64 -> 4 + 1 with no redundancy; EP1 (every expert on one rank, MoE TP) none.
+* A framework whose EPLB is off by default (``expert_redundancy = "even"``: SGLang, TensorRT-LLM, vLLM)
+  places only the copies that split the experts evenly (``even_redundant``: EP8 none, EP72 32).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CmperfError
-from .frameworks import CACHE_PREFETCH, cache_facts
+from .frameworks import CACHE_PREFETCH, cache_facts, expert_redundancy
 from .specs import DTYPE_BYTES, Model, System
 from .units import accept_text
 
@@ -80,9 +82,11 @@ def placement_arrays(model: Model, ep_size, num_redundant=None, slots_per_rank=N
         ep1 = np.maximum(ep, 1)
         slots_co = np.ceil(r * 9 / 8 / ep1)
         slots_co = np.where(slots_co * ep - r > r / 8, np.ceil(r / ep1), slots_co)
+        # one rank holds every expert: a copy beside its original moves no load, so none is placed
+        slots_co = np.where(ep <= 1, float(r), slots_co)
         red_co = slots_co * ep - r
     else:
-        red_ded = np.full_like(ep, float(num_redundant))
+        red_ded = np.zeros_like(ep) + np.asarray(num_redundant, dtype=float)  # (one per EP size)
         red_co = red_ded
         slots_co = (r + red_co) / np.maximum(ep, 1)
     red = np.where(dedicated, red_ded, red_co)
@@ -98,6 +102,25 @@ def placement_arrays(model: Model, ep_size, num_redundant=None, slots_per_rank=N
         "routed_ranks": routed_ranks,
         "experts_per_rank": experts_per_rank,
     }
+
+
+def even_redundant(model: Model, ep_size) -> Any:
+    """The fewest redundant copies that split the R routed experts evenly over ``ep_size`` ranks:
+    ceil(R / EP) EP - R (EP8: 0, EP72: 32, EP48: 32); 0 beyond R ranks, where the extra ranks hold
+    shared-expert copies (``frameworks.EXPERT_REDUNDANCY`` "even")."""
+    r = model.n_routed_experts
+    ep = np.asarray(ep_size)
+    red = np.where(ep > r, 0, (-r) % np.maximum(ep, 1))
+    return int(red) if red.ndim == 0 else red
+
+
+def redundant_for(dep: Any, model: Model, ep_size) -> Any:
+    """Redundant expert copies of ``dep`` on ``ep_size`` ranks: its ``num_redundant`` (``--redundant``),
+    else ``even_redundant`` under a framework that places no more (``expert_redundancy = "even"``), else
+    None (``placement_arrays``' rule); None with ``--slots-per-rank``, which sets them."""
+    if dep.num_redundant is not None or dep.slots_per_rank is not None:
+        return dep.num_redundant
+    return even_redundant(model, ep_size) if expert_redundancy(dep.framework) == "even" else None
 
 
 def place_experts(
@@ -509,7 +532,9 @@ class Deployment:
             assert d.precision is not None
             d.precision.check(system)
             if not out:
-                place_experts(model, d.ep_size, d.num_redundant, slots_per_rank=d.slots_per_rank)
+                place_experts(
+                    model, d.ep_size, redundant_for(d, model, d.ep_size), slots_per_rank=d.slots_per_rank
+                )
         except CmperfError as e:
             out.append(str(e))
         return out
@@ -546,7 +571,9 @@ class Deployment:
         if reasons:
             raise CmperfError(reasons[0])
         d = self.resolve(system, model)
-        return d, place_experts(model, d.ep_size, d.num_redundant, slots_per_rank=d.slots_per_rank)
+        return d, place_experts(
+            model, d.ep_size, redundant_for(d, model, d.ep_size), slots_per_rank=d.slots_per_rank
+        )
 
     def knobs(self) -> dict[str, Any]:
         """The record as plain values (precision as a dict): the ``deployment`` of JSON outputs."""

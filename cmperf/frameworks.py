@@ -9,7 +9,8 @@ aggregated engine's step carries by default (``chunk_tokens``; unset: the rule b
 ``cmperf.aggregated.default_chunk_tokens``), and how it loads
 a context-cache hit (``cache_prefetch``: the whole cached prefix before the prefill computes, or layer by
 layer behind the compute; ``cache_block_tokens``: the block one cache message carries; cmperf.prefill),
-each value with its ``source`` like the hardware specs. ``Deployment.framework`` names one (None: no
+the redundant expert copies it places unless told (``expert_redundancy``, ``EXPERT_REDUNDANCY``), each value
+with its ``source`` like the hardware specs. ``Deployment.framework`` names one (None: no
 profile, the defaults below); ``--framework NAME`` sets it. The step overhead adds to ``--step-overhead``
 (``Deployment.step_overhead_s``: host time beyond the framework's). Profiles: docs/frameworks.md.
 """
@@ -41,11 +42,20 @@ class Framework:
     kv_reserve_clip_tokens: int | None  # the remaining output counted at most this many tokens (None: all)
     cache_prefetch: str  # "prefix" | "layer" (CACHE_PREFETCH)
     cache_block_tokens: int  # tokens per context-cache block (one message per block)
+    expert_redundancy: (
+        str  # default redundant expert copies: "eplb" (cmperf's rule) | "even" (EXPERT_REDUNDANCY)
+    )
     sources: dict[str, str] = field(repr=False)
 
 
 #: The profile each engine name runs on (an aiconfigurator row's backend, ``cmperf optimize --emit``).
 ENGINE_PROFILES = {"trtllm": "tensorrt-llm", "sglang": "sglang", "vllm": "vllm"}
+
+#: ``expert_redundancy`` choices: "eplb" places up to R/8 redundant copies of hot experts (the CM384 and
+#: DeepSeek layouts, cmperf.deployment.placement_arrays; the default without a profile); "even" only the
+#: fewest that split the R experts evenly over EP ranks, ceil(R / EP) EP - R (0 at EP8, 32 at EP72), as
+#: frameworks whose EPLB is off by default place them (SGLang, TensorRT-LLM, vLLM).
+EXPERT_REDUNDANCY = ("eplb", "even")
 
 #: ``cache_prefetch`` choices: "prefix" loads every cached block before the prefill computes (the load is on
 #: the critical path); "layer" loads layer l+1's blocks while layer l computes (only the first layer and any
@@ -107,11 +117,29 @@ def load(name: str) -> Framework:
     chunk = t.integer("chunk_tokens", 1, 1 << 24, required=False, default=0) or None
     reserve = t.number("kv_reserve_ratio", 0.0, 1.0, required=False, default=1.0)
     clip = t.integer("kv_reserve_clip_tokens", 1, 1 << 30, required=False, default=0) or None
+    red = t._entry("expert_redundancy", False)
+    redundancy = "eplb" if red is None else red["value"]
+    if redundancy not in EXPERT_REDUNDANCY:
+        choices = ", ".join(EXPERT_REDUNDANCY)
+        raise CmperfError(f"{t.where('expert_redundancy')}: expected one of {choices}, got {redundancy!r}")
     t.done()
     chains = entry["value"]
     counts_t = tuple(sorted(set(counts)))
     return Framework(
-        fname, desc, str(path), counts_t, chains, over, request, chunk, reserve, clip, mode, block, sources
+        fname,
+        desc,
+        str(path),
+        counts_t,
+        chains,
+        over,
+        request,
+        chunk,
+        reserve,
+        clip,
+        mode,
+        block,
+        redundancy,
+        sources,
     )
 
 
@@ -150,6 +178,12 @@ def cache_facts(name: str | None) -> tuple[str, int]:
     if fw is None:
         return DEFAULT_CACHE_PREFETCH, DEFAULT_CACHE_BLOCK_TOKENS
     return fw.cache_prefetch, fw.cache_block_tokens
+
+
+def expert_redundancy(name: str | None) -> str:
+    """The profile's ``expert_redundancy`` (None or unknown: "eplb")."""
+    fw = _known_or_none(name)
+    return fw.expert_redundancy if fw else "eplb"
 
 
 def request_overhead_s(name: str | None) -> float:

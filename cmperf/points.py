@@ -15,7 +15,7 @@ aggregated rows that measured it); statistics are over posed rows.
 Worked number (a synthetic row, as in tests/test_points.py): hgx-h200, attn_dp = moe_ep = 8, batch 16 per
 GPU, ISL 1024 / OSL 1024, FP8 -> ``cmperf decode --system hgx-h200 --devices 8 --ep 8 --batch 16
 --prompt-len 1024 --output-len 1024 --mtp 0 --framework tensorrt-llm``: TPOT 36.17 ms (35.75 ms of layers
-and head + TensorRT-LLM's 0.420 ms step time), moe.experts.up (memory) the heaviest op; against a measured
+and head + TensorRT-LLM's 0.400 ms step time), moe.experts.up (memory) the heaviest op; against a measured
 30 ms the error is +20.6%.
 """
 

@@ -82,7 +82,7 @@ from .decode import (
     point_stage,
     routed_imbalance,
 )
-from .deployment import Deployment, placement_arrays
+from .deployment import Deployment, placement_arrays, redundant_for
 from .frameworks import cache_facts, request_overhead_s
 from .graph import (
     Stage,
@@ -230,7 +230,9 @@ def _evaluate_block(
     k, hid = model.num_experts_per_tok, model.hidden_size
     disp_msg, comb_msg = ep_message_bytes(system, hid, prec, phase="prefill")
     d = system.collective("dispatch", "prefill")
-    pl = placement_arrays(model, ep, None, dep.slots_per_rank)
+    # the framework's placement; prefill keeps its own rule for --redundant (none: its default)
+    red = redundant_for(replace(dep, num_redundant=None), model, ep)
+    pl = placement_arrays(model, ep, red, dep.slots_per_rank)
     t_mb = t_rank / n  # prompt tokens per microbatch per rank
     seqs_mb = t_mb / p
     cached_len = h * p

@@ -34,11 +34,12 @@ def test_profiles_load_with_a_source_for_every_value():
             "kv_reserve_clip_tokens",
             "cache_prefetch",
             "cache_block_tokens",
+            "expert_redundancy",
         }
         assert all(s.strip() for s in fw.sources.values())
         assert 3 not in fw.microbatches  # every shipped framework overlaps two microbatches at most
-    assert frameworks.load("sglang").step_overhead_s == pytest.approx(2.705e-3, abs=1e-12)
-    assert frameworks.load("tensorrt-llm").step_overhead_s == pytest.approx(0.420e-3, abs=1e-12)
+    assert frameworks.load("sglang").step_overhead_s == pytest.approx(2.725e-3, abs=1e-12)
+    assert frameworks.load("tensorrt-llm").step_overhead_s == pytest.approx(0.400e-3, abs=1e-12)
     assert (
         "fitted jointly with the GPUs' expert_memory (scripts/fit_gpu_pipeline.py joint_fit"
         in frameworks.load("sglang").sources["step_overhead"]
@@ -57,7 +58,7 @@ def test_no_framework_is_bit_identical_and_a_zero_overhead_profile_too():
 
 
 def test_step_overhead_adds_exactly_its_value_to_the_step():
-    dep = Deployment(microbatches=2, mtp=1)
+    dep = Deployment(microbatches=2, mtp=1, num_redundant=32)  # the placement set: SGLang's would differ
     base = decode.predict(CM, R1, dep)
     sg = decode.predict(CM, R1, dataclasses.replace(dep, framework="sglang"))
     over = frameworks.load("sglang").step_overhead_s
@@ -77,20 +78,20 @@ def test_step_overhead_adds_exactly_its_value_to_the_step():
 
 def test_request_overhead_adds_exactly_its_value_to_every_ttft():
     """The request path outside the engine (fitted on the development half's low-concurrency aggregated
-    rows, scripts/fit_framework.py: TensorRT-LLM 141.8 ms, SGLang 154.5 ms) adds to the prefill command's
+    rows, scripts/fit_framework.py: TensorRT-LLM 141.8 ms, SGLang 153.7 ms) adds to the prefill command's
     TTFT, the aggregated engine's (steady state and first wave) and the disaggregated prefill pool's."""
     from cmperf import aggregated as agg
     from cmperf import prefill, serving
 
     trt, sg = frameworks.load("tensorrt-llm"), frameworks.load("sglang")
-    assert (trt.request_overhead_s, sg.request_overhead_s) == pytest.approx((0.1418, 0.1545), abs=1e-12)
+    assert (trt.request_overhead_s, sg.request_overhead_s) == pytest.approx((0.1418, 0.1537), abs=1e-12)
     assert frameworks.load("cloudmatrix-infer").request_overhead_s == 0.0
     pdep = Deployment(phase="prefill", devices=32, ep_size=32)
     base = prefill.predict(H800, R1, pdep)
     with_sg = prefill.predict(H800, R1, dataclasses.replace(pdep, framework="sglang"))
-    assert with_sg.ttft_s - base.ttft_s == pytest.approx(0.1545, rel=1e-9)
+    assert with_sg.ttft_s - base.ttft_s == pytest.approx(0.1537, rel=1e-9)
     assert (
-        with_sg.ttft_breakdown_s["request_overhead_s"] == pytest.approx(0.1545, rel=1e-12)
+        with_sg.ttft_breakdown_s["request_overhead_s"] == pytest.approx(0.1537, rel=1e-12)
         and with_sg.batch_s == base.batch_s
     )
     h200 = load_system("hgx-h200")
@@ -104,7 +105,7 @@ def test_request_overhead_adds_exactly_its_value_to_every_ttft():
     pools = serving.default_pools(H800, R1)
     pools = dataclasses.replace(pools, prefill=dataclasses.replace(pools.prefill, framework="sglang"))
     grid = serving.prefill_grid(H800, R1, serving.Workload(rate_per_s=1.0), pools, 0.0)
-    assert grid.after_s(0) - float(grid.kv_transfer_s[0]) == pytest.approx(0.1545, rel=1e-12)
+    assert grid.after_s(0) - float(grid.kv_transfer_s[0]) == pytest.approx(0.1537, rel=1e-12)
 
 
 def test_auto_microbatches_stay_within_the_framework_counts():
@@ -149,15 +150,15 @@ def test_forbidden_knobs_and_unknown_names_are_one_line_errors():
 def test_points_pick_the_framework_from_the_backend():
     assert points.BACKEND_FRAMEWORKS == {"trtllm": "tensorrt-llm", "sglang": "sglang", "vllm": "vllm"}
     system, model = load_system("hgx-h200"), R1
-    dep = Deployment(devices=8, ep_size=8, batch_per_device=16.0, mtp=0, kv_len=1536.0)
+    dep = Deployment(devices=8, ep_size=8, batch_per_device=16.0, mtp=0, kv_len=1536.0, num_redundant=0)
     a = decode.predict(system, model, dep)
     b = decode.predict(system, model, dataclasses.replace(dep, framework="sglang"))
-    assert b.tpot_s - a.tpot_s == pytest.approx(2.705e-3, rel=1e-9)  # MTP 0: one token per step
+    assert b.tpot_s - a.tpot_s == pytest.approx(2.725e-3, rel=1e-9)  # MTP 0: one token per step
     assert math.isfinite(b.tpot_s)
 
 
 def test_serve_takes_the_framework_in_both_modes():
-    """--framework on serve reaches the decode pool (disagg) and the engine (agg): SGLang's 2.705 ms per
+    """--framework on serve reaches the decode pool (disagg) and the engine (agg): SGLang's 2.725 ms per
     step raises the decode TPOT by that over the tokens per step (MTP 1 at 0.7: 1.7)."""
     import json
 
@@ -167,7 +168,7 @@ def test_serve_takes_the_framework_in_both_modes():
         return json.loads(out.output)["tpot_s"]["mean"]
 
     base, sg = tpot(), tpot("--framework", "sglang")
-    assert sg - base == pytest.approx(2.705e-3 / 1.7, rel=0.05)
+    assert sg - base == pytest.approx(2.725e-3 / 1.7, rel=0.05)
     agg, agg_sg = tpot("--mode", "agg"), tpot("--mode", "agg", "--framework", "sglang")
     assert agg_sg > agg + 0.5e-3
     bad = CliRunner().invoke(main, ["serve", "--rate", "10", "--framework", "nope"])
@@ -194,7 +195,8 @@ def test_optimize_searches_within_the_framework():
 def test_pareto_and_report_take_the_framework():
     """--framework on pareto (the profile's microbatch counts bound the frontier's search: dgx-h800 decode
     evaluates 12,096 configurations instead of 18,144, none at 3 microbatches) and on report (every
-    section: the CM384 default scenario at SGLang's 2.705 ms per step goes over the 50 ms SLO)."""
+    section: the CM384 default scenario at SGLang's 2.725 ms per step, and without EPLB's 32 redundant
+    experts, goes over the 50 ms SLO)."""
     import json
 
     runner = CliRunner()
@@ -206,14 +208,15 @@ def test_pareto_and_report_take_the_framework():
     assert bad.exit_code == 2 and bad.stderr.startswith("cmperf: error: --framework: unknown framework")
     rep = runner.invoke(main, ["report", "--framework", "sglang"])
     assert rep.exit_code == 0, rep.output
-    assert "TPOT 51.08 ms (OVER the 50.00 ms TPOT SLO)" in rep.stdout and "framework sglang" in rep.stdout
+    assert "TPOT 54.17 ms (OVER the 50.00 ms TPOT SLO)" in rep.stdout and "framework sglang" in rep.stdout
 
 
 def test_admission_reserves_what_the_framework_reserves():
     """The aggregated engine's batch cap holds each running sequence at its framework's reservation:
     P + O without a profile or under TensorRT-LLM (GUARANTEED_NO_EVICT), and under SGLang (0.5.8 scheduler:
     new_token_ratio 0.098 of min(remaining, 4,096)) P + O/2 + 0.098 (C - C^2/2O): 1K/8K holds 5,421 tokens,
-    not 9,216, so hgx-b200's TP8 engine (default precision) caps at 20 sequences per GPU instead of 11."""
+    not 9,216, so hgx-b200's TP8 engine (default precision) caps at 20 sequences per GPU instead of 11 (at
+    32 redundant experts; with the frameworks' own placement, no redundant copies, at 23 and 13)."""
     from cmperf import aggregated as agg
     from cmperf import serving
 
@@ -224,8 +227,33 @@ def test_admission_reserves_what_the_framework_reserves():
     b200 = load_system("hgx-b200")
     wl = serving.Workload(rate_per_s=None, concurrency=256, prompt_len=1024, output_len=8192)
 
-    def top(fw):
-        return agg._Curve(b200, R1, wl, agg.Engine(Deployment(devices=8, attn_tp=8, framework=fw))).top
+    def top(fw, red=None):
+        dep = Deployment(devices=8, attn_tp=8, framework=fw, num_redundant=red)
+        return agg._Curve(b200, R1, wl, agg.Engine(dep)).top
 
-    assert top(None) == pytest.approx(11.0, abs=0.5) and top("tensorrt-llm") == pytest.approx(top(None))
-    assert top("sglang") == pytest.approx(20.0, abs=0.5)
+    assert top(None) == pytest.approx(11.0, abs=0.5) and top("tensorrt-llm", 32) == pytest.approx(top(None))
+    assert top("sglang", 32) == pytest.approx(20.0, abs=0.5)
+    assert (top("tensorrt-llm"), top("sglang")) == pytest.approx((13.0, 23.0), abs=0.5)
+
+
+def test_framework_places_no_redundant_experts_unless_asked():
+    """SGLang, TensorRT-LLM and vLLM run EPLB only when asked (frameworks/*.toml expert_redundancy "even"):
+    at EP8 each GPU holds 32 routed experts + the shared one, not the CM384 rule's 36 + 1; at EP72 the 32
+    copies that make 256 split evenly (4 per rank); MoE TP (EP1) holds every expert once under any rule.
+    --redundant still wins. What it moves: the expert weights each rank holds and reads."""
+    from cmperf.deployment import even_redundant, placement_arrays, redundant_for
+
+    assert [even_redundant(R1, e) for e in (1, 8, 48, 72, 256, 320)] == [0, 0, 32, 32, 0, 0]
+    assert {frameworks.load(n).expert_redundancy for n in ("sglang", "tensorrt-llm", "vllm")} == {"even"}
+    assert frameworks.load("cloudmatrix-infer").expert_redundancy == "eplb"
+    h200 = load_system("hgx-h200")
+    dep = Deployment(devices=8, ep_size=8, batch_per_device=16.0, mtp=0, kv_len=1536.0)
+    sg = dataclasses.replace(dep, framework="sglang")
+    assert redundant_for(dep, R1, 8) is None and redundant_for(sg, R1, 8) == 0
+    assert redundant_for(dataclasses.replace(sg, num_redundant=32), R1, 8) == 32
+    assert float(placement_arrays(R1, 8.0, redundant_for(sg, R1, 8))["experts_per_rank"]) == 33.0
+    assert float(placement_arrays(R1, 8.0)["experts_per_rank"]) == 37.0
+    assert float(placement_arrays(R1, 1.0)["experts_per_rank"]) == 257.0  # EP1: no copy beside its original
+    assert float(placement_arrays(R1, 72.0, even_redundant(R1, 72))["slots"]) == 4.0
+    a, b = (decode.predict(h200, R1, d).hbm_breakdown_bytes["weights.experts"] for d in (dep, sg))
+    assert b / a == pytest.approx(33 / 37, rel=1e-12)

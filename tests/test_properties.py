@@ -99,14 +99,14 @@ def test_ttft_and_tpot_never_fall_as_the_rate_rises(name, loads):
 
 def test_ttft_rises_with_the_rate_where_the_batch_policy_switches():
     """The issue's case: hgx-h20's p99-best prefill batch falls from 2 to 1 prompts between 1.01055 and
-    2.0211 req/s; the p50 fell from 0.211 s to 0.112 s when it was the p99-best batch's p50 (0.088 s with
+    2.0211 req/s; the p50 fell from 0.211 s to 0.112 s when it was the p99-best batch's p50 (0.087 s with
     Hopper's own fitted efficiencies, scripts/fit_gpu_pipeline.py)."""
     svc = service("hgx-h20")
     lo, hi = (svc.at(r)[0] for r in (1.01055, 2.0211))
     assert lo.batch_prompts == 2.0 and hi.batch_prompts == 1.0  # the SLO (p99) batch does switch
     for k in ("ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "ttft_mean_s"):
         assert getattr(hi, k) >= getattr(lo, k), k
-    assert lo.ttft_p50_s == pytest.approx(0.0884, abs=1e-4)  # the 1-prompt batch's, not the 2-prompt's
+    assert lo.ttft_p50_s == pytest.approx(0.0869, abs=1e-4)  # the 1-prompt batch's, not the 2-prompt's
     assert lo.ttft_batch_prompts == {"p50": 1.0, "p90": 1.0, "p99": 2.0, "mean": 1.0}
 
 
