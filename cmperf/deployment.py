@@ -293,7 +293,7 @@ FLAGS = {
     "slots_per_rank": "--slots-per-rank",
     "batch_per_device": "--batch",
     "kv_len": "--kv-len",
-    "kv_capacity_len": "--kv-len",
+    "kv_capacity_len": "--kv-capacity-len",
     "kv_cv": "--kv-cv",
     "mtp": "--mtp",
     "mtp_accept": "--mtp-accept",
@@ -468,7 +468,10 @@ class Deployment:
             if not 1 <= d.kv_len <= ctx:
                 out.append(f"--kv-len: {d.kv_len:g} is outside 1..{ctx} (the model's context)")
             if d.kv_capacity_len is not None and not d.kv_len <= d.kv_capacity_len <= ctx:
-                out.append(f"--kv-len: capacity {d.kv_capacity_len:g} is outside {d.kv_len:g}..{ctx}")
+                out.append(
+                    f"--kv-capacity-len: {d.kv_capacity_len:g} is outside {d.kv_len:g}..{ctx}; give a length "
+                    f"from the mean KV length ({d.kv_len:g}) to {model.name}'s context ({ctx})"
+                )
             if not 0.0 <= d.kv_cv <= 10.0:
                 out.append(f"--kv-cv: must be in [0, 10], got {d.kv_cv:g}")
             draft = d.draft_model

@@ -110,6 +110,10 @@ def find(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--
     if p.suffix == ".toml":
         if p.is_file():
             return p
+        if p.exists():
+            raise CmperfError(
+                f"{flag}: {name} is not a file; give a scenario .toml or a name from scenarios/"
+            )
         raise CmperfError(
             f"{flag}: file {name} does not exist; give a scenario .toml or a name from scenarios/"
         )
@@ -130,7 +134,7 @@ def _table(path: Path, raw: dict, key: str, record=None) -> dict[str, Any]:
     for k, v in t.items():
         if isinstance(v, dict) and not (key == "deployment" and k == "precision"):
             raise CmperfError(f"{path}: key {key}.{k}: nested tables are not values; give a plain value")
-        if isinstance(v, list):
+        if isinstance(v, list) and (key, k) not in LIST_FIELDS:
             raise CmperfError(f"{path}: key {key}.{k}: a list is not a value; give one number or string")
         if names is not None and k not in names:
             raise CmperfError(
@@ -138,6 +142,10 @@ def _table(path: Path, raw: dict, key: str, record=None) -> dict[str, Any]:
             )
     return dict(t)
 
+
+#: (table, key) pairs that may hold a list: per-depth MTP acceptance rates (``--mtp-accept 0.9,0.7``) and
+#: the attention-TP degrees optimize searches (``--attn-tp 1,8``).
+LIST_FIELDS = {("deployment", "mtp_accept"), ("options", "mtp_accept"), ("options", "attn_tp")}
 
 #: Fields of the records that hold a name (a string), not a number.
 STRING_FIELDS = (
@@ -160,7 +168,12 @@ def _values(path: Path, table: str, values: dict[str, Any], numeric: dict[str, D
     out = dict(values)
     for k, v in values.items():
         where = f"{path}: key {table}.{k}"
-        if k in numeric:
+        if isinstance(v, list):  # a LIST_FIELDS key: one or more numbers, each in the field's domain
+            if not v:
+                raise CmperfError(f"{where}: an empty list; give one or more numbers, e.g. [0.9, 0.7]")
+            if k in numeric:
+                out[k] = tuple(numeric[k].check(x, where, text=False) for x in v)
+        elif k in numeric:
             out[k] = numeric[k].check(v, where, text=False)
         elif k in STRING_FIELDS and not isinstance(v, str):
             raise CmperfError(f'{where}: {v!r} is not a name; write {k} = "..."')

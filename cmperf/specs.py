@@ -517,6 +517,8 @@ def _scan(name: str, kind: str, files: list[Path]) -> Path | None:
         aliases = _aliases(path, raw) if found in SPEC_KINDS else []
         if found != kind:
             if path.stem == name:  # a file named like the spec asked for: never skip it silently
+                if found is None:
+                    _read(path)  # not TOML at all: that error (line and column), not "no kind"
                 what = f"has kind = {found!r}" if found is not None else "has no kind (empty or unfinished?)"
                 raise CmperfError(
                     f'{path}: named like the {kind} {name!r} but {what}; write kind = "{kind}" or rename '
@@ -724,6 +726,8 @@ class _Table:
 
 
 def _header(t: _Table, kind: str) -> tuple[str, str]:
+    if "kind" not in t.raw:
+        raise CmperfError(f'{t.path}: has no kind (empty or unfinished?); write kind = "{kind}" at the top')
     if t.raw.get("kind") != kind:
         raise CmperfError(f"{t.path}: kind = {t.raw.get('kind')!r}, expected {kind!r}")
     t.used.add("kind")

@@ -202,7 +202,8 @@ def find(name: str, spec_dirs: tuple[str, ...] | list[str] = ()) -> Path:
     if p.suffix == ".toml":
         if p.is_file():
             return p
-        raise CmperfError(f"SWEEP: file {name} does not exist; give a sweep .toml or a name from sweeps/")
+        what = "is not a file" if p.exists() else "does not exist"
+        raise CmperfError(f"SWEEP: {name} {what}; give a sweep .toml or a name from sweeps/")
     folders = [d / "sweeps" for d in scenario_dirs(spec_dirs) if (d / "sweeps").is_dir()]
     for d in folders:
         if (d / f"{name}.toml").is_file():

@@ -106,6 +106,23 @@ def _skip_exit_collection() -> None:
     gc.freeze()
 
 
+def _scenario_key(e: click.UsageError) -> str | None:
+    """``FILE: key TABLE.FIELD (or --flag)`` when click refused a value that a ``--scenario`` file set
+    (``cmperf.cli.types.where``), else None (the value came from the command line)."""
+    param = getattr(e, "param", None)
+    if not isinstance(e, click.BadParameter) or param is None or e.ctx is None or param.name is None:
+        return None
+    from click.core import ParameterSource
+
+    if e.ctx.get_parameter_source(param.name) != ParameterSource.DEFAULT_MAP:
+        return None
+    if e.ctx.meta.get("cmperf.scenario") is None:
+        return None
+    from .types import where
+
+    return where(param, e.ctx)
+
+
 class LazyGroup(click.Group):
     """A click group that imports a command's module only when that command runs."""
 
@@ -151,6 +168,10 @@ class LazyGroup(click.Group):
         except click.UsageError as e:
             # click's own parse errors (an unknown flag, a value outside a Choice): one line too, exit 2
             where = e.ctx.command_path if e.ctx is not None else "cmperf"
+            from_file = _scenario_key(e)
+            if from_file is not None:  # a bad value a scenario file set: name the file and its key
+                click.echo(f"cmperf: error: {from_file}: {e.message}", err=True)
+                ctx.exit(e.exit_code)
             click.echo(f"cmperf: error: {e.format_message()} (see `{where} --help`)", err=True)
             ctx.exit(e.exit_code)
 

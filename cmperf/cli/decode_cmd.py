@@ -26,7 +26,7 @@ from .knobs import (
     precision_options,
 )
 from .scenario_opt import scenario_option
-from .types import dep, option, workload
+from .types import MODEL_NAME, dep, option, workload
 
 
 @click.command()
@@ -51,7 +51,7 @@ from .types import dep, option, workload
 @knob(
     "--kv-capacity-len",
     "kv_capacity_len",
-    type=float,
+    type=dep("kv_capacity_len"),
     help="KV length per sequence the HBM must hold [default: --kv-len; prompt + output with --prompt-len].",
 )
 @click.option(
@@ -89,6 +89,7 @@ from .types import dep, option, workload
 @knob(
     "--draft-model",
     "draft_model",
+    type=MODEL_NAME,
     help="A separate dense draft model (name, spec file or config.json) run --mtp times per step instead "
     "of the model's MTP modules [default: none].",
 )
@@ -150,7 +151,10 @@ def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, p
         if params["kv_len"] is not None:
             raise CmperfError("--kv-len conflicts with --prompt-len/--output-len; give one or the other")
         kv_len, kv_cap, spread = kv_lengths(mod, prompt_len, output_len)
-        params.update(kv_len=kv_len, kv_capacity_len=kv_cap)
+        params["kv_len"] = kv_len
+        # a --kv-capacity-len given with them overrides prompt + output (as --kv-cv does the spread, and as
+        # a scenario's deployment.kv_capacity_len does in cmperf.scenario.records)
+        params["kv_capacity_len"] = kv_cap if params["kv_capacity_len"] is None else params["kv_capacity_len"]
         params["kv_cv"] = spread if params["kv_cv"] is None else params["kv_cv"]
         params["prompt_len"] = prompt_len  # the chunk's prompts (--chunk-tokens)
     dep = knobs.deployment("decode", sysm, params, knobs.scenario_precision())
@@ -216,6 +220,7 @@ def comm(system, model, spec_dirs, op, ep_size, tokens_per_rank, top_k, dtype, p
 
     sysm = specs.load_system(system, spec_dirs)
     mod = specs.load_model(model, spec_dirs)
+    _check_comm(sysm, mod, ep_size, top_k)
     e = cm.ep_collective_estimate(sysm, mod, op, ep_size, tokens_per_rank, top_k, dtype, phase)
     if fmt == "json":
         emit(render.to_json({"system": sysm.name, **render.to_jsonable(e)}, "comm"), output)
@@ -238,6 +243,29 @@ def comm(system, model, spec_dirs, op, ep_size, tokens_per_rank, top_k, dtype, p
         emit(render.markdown_table(("quantity", "value"), rows), output)
     else:
         emit(render.tables("cmperf comm", rows, []), output)
+
+
+def _check_comm(sysm, mod, ep_size: int, top_k: int | None) -> None:
+    """What ``cmperf comm`` can model: an MoE model (a dense one has no EP collective), an EP group that
+    fits in the system's ranks, and at most one copy per routed expert (exit 2, one line naming the flag)."""
+    from ..errors import CmperfError
+
+    if not mod.is_moe:
+        raise CmperfError(
+            f"--model: {mod.name} is a dense model: it has no expert-parallel dispatch or combine; "
+            "give an MoE model"
+        )
+    if ep_size > sysm.num_ranks:
+        raise CmperfError(
+            f"--ep: EP{ep_size} exceeds the {sysm.num_ranks} ranks of {sysm.name}; give at most "
+            f"--ep {sysm.num_ranks}"
+        )
+    experts = mod.n_routed_experts
+    if top_k is not None and top_k > experts:
+        raise CmperfError(
+            f"--top-k: {top_k} copies per token exceed {mod.name}'s {experts} routed experts; give at most "
+            f"--top-k {experts} (the model routes to {mod.num_experts_per_tok})"
+        )
 
 
 COMMANDS = [decode, comm]

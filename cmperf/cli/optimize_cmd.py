@@ -580,7 +580,7 @@ def optimize(
                 else ""
             )
         )
-        raise CheckFailed(f"no configuration meets --tpot-slo {_ms(tpot)}{where}{binds}; relax the SLO")
+        raise CheckFailed(f"no configuration meets --tpot-slo {_s(tpot)}{where}{binds}; relax the SLO")
     if res.serving is not None and rate_v is not None and not res.serving.best["feasible"]:
         from .serve_cmd import slo_text
 
@@ -729,6 +729,13 @@ def pareto(
         chart = plots.search_text_chart(phase, r.pareto, grid, r.constraints["devices"], width)
         text = render.tables(title, summary, [], width) + "\n" + chart + "\n"
         emit(text + render.tables("", [], [("frontier", header, rows)], width), output)
+    if not r.pareto:  # nothing fits: an empty frontier is no answer (as `cmperf optimize`: exit 3)
+        why = ", ".join(f"{k} {v:,}" for k, v in r.rejected.items() if v) or "none evaluated"
+        raise Infeasible(
+            f"no {phase} configuration fits on {r.constraints.get('devices') or sysm.num_devices} devices "
+            f"of {sysm.name} (rejected: {why}); give more --devices or a shorter --prompt-len"
+            + ("/--output-len" if phase == "decode" else "")
+        )
 
 
 COMMANDS = [optimize, pareto]

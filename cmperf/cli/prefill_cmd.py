@@ -19,7 +19,7 @@ from .common import (
 )
 from .knobs import common_options, knob, precision_options
 from .scenario_opt import scenario_option
-from .types import PREFILL_MICROBATCHES, dep
+from .types import PLANE, PREFILL_MICROBATCHES, dep
 
 
 def _summary_rows(p) -> list[tuple[str, str]]:
@@ -114,6 +114,7 @@ def _summary_rows(p) -> list[tuple[str, str]]:
 @knob(
     "--cache-plane",
     "cache_plane",
+    type=PLANE,
     help="Plane the cached KV is loaded over, a plane of the system (CM384: ub, vpc) "
     "[default: ub if the system has it, else its scale-out plane].",
 )

@@ -20,7 +20,19 @@ from .common import (
 )
 from .knobs import make_precision, precision_options
 from .scenario_opt import scenario_option
-from .types import BYTES, RATE, SLO_PERCENTILE, SLO_TIME, Number, dep, option, pools, workload
+from .types import (
+    BYTES,
+    MODEL_NAME,
+    PLANE,
+    RATE,
+    SLO_PERCENTILE,
+    SLO_TIME,
+    Number,
+    dep,
+    option,
+    pools,
+    workload,
+)
 
 #: ``--chunk``: a whole number of tokens >= 1.
 CHUNK = Number(whole(1, 1e9))
@@ -392,6 +404,7 @@ def cand_header(s) -> tuple[str, ...]:
 @click.option(
     "--cache-plane",
     default=None,
+    type=PLANE,
     help="Plane that loads cached KV (ub, vpc, ib, ...) [default: ub if the system has it, else its "
     "scale-out plane].",
 )
@@ -428,6 +441,7 @@ def cand_header(s) -> tuple[str, ...]:
 @click.option(
     "--draft-model",
     default=None,
+    type=MODEL_NAME,
     help="A separate dense draft model run --mtp times per decode step instead of MTP modules "
     "[default: none].",
 )
@@ -532,6 +546,8 @@ def serve(
     if wrong is not None:
         other = "disagg" if mode == "agg" else "agg"
         raise CmperfError(f"{wrong}: applies to --mode {other} only; leave it out with --mode {mode}")
+    if not do_size and _given(ctx, {"devices_total": "--devices-total"}):
+        raise CmperfError("--devices-total: applies with --size only (the devices to split); add --size")
     sysm = specs.load_system(system, spec_dirs)
     mod = specs.load_model(model, spec_dirs)
     rate_v = parse_quantity(rate, "per_s", "--rate") if rate is not None else None

@@ -147,6 +147,25 @@ def option(name: str) -> Number:
     return Number(domains.OPTIONS[name])
 
 
+class Name(click.ParamType):
+    """A name (a plane, a spec): any non-blank string. A blank one ("", from a script's empty variable)
+    is one line naming the flag, not a silent fall-back to the default."""
+
+    name = "TEXT"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str) or not value.strip():
+            raise CmperfError(f"{where(param, ctx)}: {value!r} is not a name; give {self.what}")
+        return value.strip()
+
+
+#: Names of a system's planes (``--cache-plane``) and of a model spec (``--draft-model``).
+PLANE = Name("a plane of the system (e.g. ub, vpc; `cmperf specs show SYSTEM`), or leave the flag out")
+MODEL_NAME = Name("a model spec name, .toml path or config.json, or leave the flag out")
+
 #: Quantities with units on the command line.
 RATE = Quantity("per_s", domains.WORKLOAD["rate_per_s"], "RATE")
 BYTES = Quantity("bytes", domains.POOLS["cache_dram_bytes"], "BYTES")
