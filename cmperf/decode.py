@@ -55,7 +55,7 @@ from .graph import (
 from .imbalance import imbalance_constants, imbalance_from
 from .roofline import BOUNDS, OpTime
 from .specs import Model, System
-from .step import StageTime, binding_names, compose, schedule_binding, step_time
+from .step import StageTime, binding_names, compose, op_time, schedule_binding, step_time
 
 
 def accepted_per_step(mtp, accept):
@@ -168,6 +168,90 @@ def measured_imbalance(model: Model, pl: dict, eplb: str, tokens_mb, seqs_mb):
     )
     recv = st["recv_max_over_mean"]
     return recv, np.maximum(recv, st["send_max_over_mean"])
+
+
+@dataclass(frozen=True)
+class CountFold:
+    """The microbatch counts ``n`` of an open mesh folded to their distinct values along the one axis
+    they vary on (the optimizer's mode axis: CloudMatrix384's 23 (count, core split) modes hold 3
+    counts), for what depends on the count but not on the split: the expert side of a step (routing
+    imbalance, expert load, the MoE ops' arrays; ``_stages``), built on ``counts`` and gathered back
+    to every entry of n by ``expand``. Where nothing folds (n varies along several axes, another input
+    varies along its axis, or few counts repeat), ``counts`` is n itself and ``expand`` returns its input.
+
+    Exact: every array of that side is computed per point from the count and inputs constant along the
+    axis (``of`` checks them), so the gathered entry holds the bits its own count gives; the any/all
+    branches on the way (imbalance_from, moe_load) see the same set of values either way."""
+
+    counts: np.ndarray  # the distinct counts, shaped as n with the folded axis of their number
+    axis: int = 0  # the folded axis, counted from the end (negative)
+    index: np.ndarray | None = None  # per entry of n along the axis, its count's position; None: no fold
+    folded: list = field(default_factory=list)  # (collective, its folded op) of every expand_ops call
+
+    @classmethod
+    def of(cls, n, *inputs) -> CountFold:
+        """The fold of ``n`` when it varies along one axis only, none of ``inputs`` varies along it, and
+        that axis holds at most half as many distinct counts as entries (else no fold: nothing to gain)."""
+        n = np.asarray(n, dtype=float)
+        long = [ax - n.ndim for ax, d in enumerate(n.shape) if d > 1]
+        if len(long) != 1 or any(_spans(x, long[0]) for x in inputs):
+            return cls(n)
+        line = n.reshape(-1).tolist()
+        vals = sorted(set(line))  # (not np.unique: it imports numpy.ma)
+        if 2 * len(vals) > len(line):
+            return cls(n)
+        pos = {v: i for i, v in enumerate(vals)}
+        shape = list(n.shape)
+        shape[long[0]] = len(vals)
+        index = np.array([pos[v] for v in line], dtype=np.intp)
+        return cls(np.array(vals, dtype=float).reshape(shape), long[0], index)
+
+    def expand(self, x):
+        """``x`` computed on ``counts``, gathered to n's entries (as it is where it does not span the axis;
+        a view where it is constant along it, e.g. a collective's broadcast zeros)."""
+        if self.index is None or not _spans(x, self.axis):
+            return x
+        if x.strides[self.axis] == 0:
+            shape = list(x.shape)
+            shape[self.axis] = self.index.size
+            first = (Ellipsis, slice(0, 1), *(slice(None),) * (-1 - self.axis))
+            return np.broadcast_to(x[first], tuple(shape))
+        return np.take(x, self.index, axis=self.axis)
+
+    def expand_ops(self, ops: list) -> list:
+        """``ops`` built on ``counts``, each with its arrays gathered (``expand``). The collectives among
+        them are remembered with their folded selves: ``collective_times`` times those."""
+        if self.index is None:
+            return ops
+        out = []
+        for op in ops:
+            arrays = {f.name: getattr(op, f.name) for f in fields(op)}
+            new = {k: self.expand(v) for k, v in arrays.items() if isinstance(v, np.ndarray)}
+            out.append(replace(op, **{k: v for k, v in new.items() if v is not arrays[k]}))
+            if op.kind == "comm":
+                self.folded.append((out[-1], op))
+        return out
+
+    def collective_times(self, system: System) -> dict:
+        """{id(op): OpTime} of the collectives ``expand_ops`` returned (``step.step_time``'s ``op_times``),
+        each timed on its folded op and gathered: a collective's time depends on its bytes and group, not
+        on the cores' split (``step.op_time``), so these are the bits of timing the gathered op."""
+        out = {}
+        for op, op_q in self.folded:
+            t = op_time(op_q, system)
+            done: dict[int, Any] = {}  # (an array two fields share, e.g. time_s and serial_s: gathered once)
+            for f in fields(t):
+                x = getattr(t, f.name)
+                if id(x) not in done:
+                    done[id(x)] = self.expand(x)
+            out[id(op)] = OpTime(*(done[id(getattr(t, f.name))] for f in fields(t)))
+        return out
+
+
+def _spans(x, axis: int) -> bool:
+    """Whether ``x`` has more than one entry along ``axis`` (counted from the end of a broadcast)."""
+    sx = np.shape(x)
+    return len(sx) >= -axis and sx[axis] > 1
 
 
 def moe_load(model: Model, pl: dict, ep, tokens_mb, imb):
@@ -293,8 +377,10 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
     model instead of the model's MTP modules, ``_draft_stages``; ``par``: ``Parallel`` degrees and the
     aggregated step's prefill chunk, default data-parallel attention, expert-parallel MoE, no chunk).
 
-    The head stage comes last. With a mix of MTP depths (some points 0) a second head stage without the
-    MTP head ops is returned too (``head_off``): ``evaluate`` picks per point which one the step adds.
+    Returns (stages, head_off, imbalance, dispatch and combine message bytes, the ``CountFold`` the
+    expert side was built on: its collectives' times go to step.step_time as ``op_times``). The head
+    stage comes last. With a mix of MTP depths (some points 0) a second head stage without the MTP head
+    ops is returned too (``head_off``): ``evaluate`` picks per point which one the step adds.
 
     Attention TP t: a group of t ranks holds t times a rank's sequences; the attention ops see the
     group's tokens with 1/t of the heads (graph.attention_decode_ops), dense FFN and head likewise; the
@@ -309,7 +395,8 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
     t_mb, s_mb = tokens / n, b_rank / n
     # the slowest attention group's KV (DP straggler): m * ep / t groups of t * s_mb sequences
     kv_len = straggler_kv_len(kv_len, kv_cv, t * s_mb, ep * m / t)
-    c_mb = np.asarray(par.chunk_tokens, dtype=float) / n  # the aggregated step's prompt tokens per rank
+    chunk = np.asarray(par.chunk_tokens, dtype=float)
+    c_mb = chunk / n  # the aggregated step's prompt tokens per rank
     f_mb = t_mb + c_mb if par.chunked else t_mb  # tokens through the FFN layers (MoE, dense)
     eplb, given = imb_args
     measured = eplb in MEASURED_EPLB and given is None and model.is_moe
@@ -318,18 +405,28 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
         if given is None and eplb not in ("perfect", *MEASURED_EPLB) and model.is_moe
         else None
     )
+    # the expert side (routing imbalance, expert load, the MoE ops) depends on the microbatch count, not
+    # on a mode's core split: built once per distinct count (``CountFold``), gathered to every mode
+    fold = CountFold.of(n, tokens, b_rank, chunk, ep, given, *pl.values())
+    nq = fold.counts
+    f_q, s_q = f_mb, s_mb  # f_mb and s_mb at the fold's counts (themselves where nothing folds)
+    if fold.index is not None:
+        f_q, s_q = (tokens / nq + chunk / nq if par.chunked else tokens / nq), b_rank / nq
     a2a: Any = 1.0  # all-to-all volume at its busiest rank / the sender's mean (measured routing only)
     if measured:  # cmperf.routing: the busiest rank's receive load, and the all-to-all timed at it
-        imb, a2a = measured_imbalance(model, pl, eplb, m * f_mb, m * s_mb)
+        imb, a2a = measured_imbalance(model, pl, eplb, m * f_q, m * s_q)
     else:
-        imb = routed_imbalance(model, pl, ep, f_mb * (ep * (m * k)), eplb, given, consts)
-    exp_tok, exp_read, copies = moe_load(model, pl, ep, m * f_mb, imb)
+        imb = routed_imbalance(model, pl, ep, f_q * (ep * (m * k)), eplb, given, consts)
+    exp_tok, exp_read, copies = moe_load(model, pl, ep, m * f_q, imb)
     if d.copies == "per-rank":
         copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
     ffn = {"dense": dense_ffn_ops(model, prec, t * f_mb, t)}
     if model.is_moe:
         d_msg, c_msg = (disp_msg * a2a, comb_msg * a2a) if measured else (disp_msg, comb_msg)
-        ffn["moe"] = moe_ops(model, prec, f_mb, exp_tok, exp_read, copies, ep, d_msg, c_msg, m)
+        ffn["moe"] = fold.expand_ops(
+            moe_ops(model, prec, f_q, exp_tok, exp_read, copies, ep, d_msg, c_msg, m)
+        )
+    imb = fold.expand(imb)
     # one attention block per variant: layer groups of one variant share its ops (the same objects, so
     # cmperf.step and cmperf.memory compute their times and footprints once)
     attn: dict[str, list] = {}
@@ -345,20 +442,22 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
         stages += _draft_stages(draft, prec, b_rank / n, s_mb, kv_len, mtp)
     elif np.any(on):
         m_tok = b_rank / n  # each MTP module runs on one token per sequence
+        m_q = m_tok if fold.index is None else b_rank / nq  # m_tok per distinct count
         md_msg, mc_msg = disp_msg, comb_msg
         if measured:  # the MTP module's own all-to-all: one token per sequence
-            m_imb, m_a2a = measured_imbalance(model, pl, eplb, m * m_tok, m * m_tok)
+            m_imb, m_a2a = measured_imbalance(model, pl, eplb, m * m_q, m * m_q)
             md_msg, mc_msg = disp_msg * m_a2a, comb_msg * m_a2a
         else:
-            m_imb = routed_imbalance(model, pl, ep, m_tok * (ep * (m * k)), eplb, given, consts)
-        m_exp, m_read, _ = moe_load(model, pl, ep, m * m_tok, m_imb)
+            m_imb = routed_imbalance(model, pl, ep, m_q * (ep * (m * k)), eplb, given, consts)
+        m_exp, m_read, _ = moe_load(model, pl, ep, m * m_q, m_imb)
+        m_moe = moe_ops(model, prec, m_q, m_exp, m_read, copies, ep, md_msg, mc_msg, m)
         stages.append(
             Stage(
                 "mtp",
                 mtp_layers(model, mtp),
                 tuple(
                     attention_decode_ops(model, prec, t * m_tok, t * s_mb, kv_len, tp=t)
-                    + moe_ops(model, prec, m_tok, m_exp, m_read, copies, ep, md_msg, mc_msg, m)
+                    + fold.expand_ops(m_moe)
                 ),
             )
         )
@@ -371,7 +470,7 @@ def _stages(system, model, prec, b_rank, kv_len, ep, n, mtp, pl, imb_args, kv_cv
         head_off = Stage(
             "head", 1, tuple(head_ops(model, prec, t * tokens, t * tokens, 0.0, t)), overlapped=False
         )
-    return stages, head_off, imb, disp_msg, comb_msg, tokens
+    return stages, head_off, imb, disp_msg, comb_msg, fold
 
 
 @dataclass(frozen=True)
@@ -681,7 +780,7 @@ def _evaluate_block(
     draft = dep.draft_model
     par = parallel_of(dep, system)
     t, m = par.attn_tp, par.moe_tp
-    stages, head_off, imb, disp_msg, comb_msg, _ = _stages(
+    stages, head_off, imb, disp_msg, comb_msg, fold = _stages(
         system,
         model,
         prec,
@@ -697,7 +796,10 @@ def _evaluate_block(
         par,
     )
     # the head runs last; summing it on its own keeps the scalar path's order of additions (same bits)
-    sts, ideal, lower, upper = step_time(stages[:-1], system, n, policy, share, keep_ops=keep_ops)
+    op_times = fold.collective_times(system)
+    sts, ideal, lower, upper = step_time(
+        stages[:-1], system, n, policy, share, keep_ops=keep_ops, op_times=op_times
+    )
     chain, periods = compose(sts, n, policy, rotate=True, extrapolate=True)
     (h_st,), h_step, h_lower, h_upper = step_time(stages[-1:], system, n, policy, share, keep_ops=keep_ops)
     if head_off is not None:

@@ -239,7 +239,8 @@ def stage_time(
         if keep_ops or op.kind == "comm":
             t = memo.get(op_key)
             if t is None:
-                t = memo[op_key] = op_time(op, system, share, phase)
+                t = memo.get(("given", id(op)))  # (timed by the caller: ``step_time``'s ``op_times``)
+                t = memo[op_key] = op_time(op, system, share, phase) if t is None else t
             sums.times.append(t)
             sums.add(in_a, t.time_s, t.ideal_s, t.serial_s, t.memory_s, scratch=False)
         else:
@@ -319,10 +320,15 @@ def step_time(
     phase: str = "decode",
     compute_share: float = 1.0,
     keep_ops: bool = True,
+    op_times: dict | None = None,
 ):
     """(list of StageTime, step_s, lower_s, upper_s) with the coarse composition: step = sum over stages of
-    count * period (the "ideal" step; ``compose`` is the list schedule)."""
+    count * period (the "ideal" step; ``compose`` is the list schedule). ``op_times``: {id(op): OpTime}
+    the caller computed for some collectives of ``stages`` (``op_time``'s numbers: decode times the expert
+    side's once per distinct microbatch count, cmperf.decode.CountFold)."""
     memo: dict = {}  # per call: an op (or a run of ops) shared by several stages is timed once
+    for key, t in (op_times or {}).items():
+        memo[("given", key)] = t
     sts = [
         stage_time(s, system, microbatches, policy, attn_cube_share, phase, compute_share, keep_ops, memo, k)
         for s, k in zip(stages, _shared_prefixes(stages), strict=True)
