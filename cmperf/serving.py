@@ -951,8 +951,13 @@ class _Service:
     def __init__(self, system: System, model: Model, wl: Workload, pools: Pools, slo: SLO):
         wl.check(model)
         pools.check_numbers()
+        given_ep = pools.decode.ep_size
         pools = pools.resolve(system, model)
-        pools.check(system, model, wl)
+        # checked with the decode EP as given: one derived from --moe-tp is reported as --moe-tp, not --ep
+        as_given = (
+            pools if given_ep is not None else replace(pools, decode=replace(pools.decode, ep_size=None))
+        )
+        as_given.check(system, model, wl)
         if not slo.ttft_s > 0 or not slo.tpot_s > 0:
             raise CmperfError("--ttft-slo and --tpot-slo must be positive times")
         if not 0.5 <= slo.quantile < 1.0:

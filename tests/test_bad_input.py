@@ -222,3 +222,12 @@ def test_spec_files_not_toml_or_without_kind(tmp_path):
     line = one_error_line(run(["decode", "--system", empty]), 2, f"{empty}: has no kind", 'kind = "system"')
     assert "None" not in line
     one_error_line(run(["decode", "--model", empty]), 2, f"{empty}: has no kind", 'kind = "model"')
+
+
+def test_serve_moe_tp_that_does_not_divide_names_moe_tp():
+    """serve resolves the decode pool before checking it; an EP derived from --moe-tp is still reported as
+    --moe-tp (as `cmperf decode --moe-tp 3` does), not as the --ep the user never gave."""
+    r = CliRunner().invoke(main, ["serve", "--rate", "2", "--moe-tp", "3"])
+    assert r.exit_code == 2 and r.stderr.startswith("cmperf: error: --moe-tp: 3 must divide the 320 ranks"), (
+        r.stderr
+    )
