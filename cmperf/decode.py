@@ -45,6 +45,7 @@ from .graph import (
     attention_decode_ops,
     attention_prefill_ops,
     dense_ffn_ops,
+    expert_inter_per_rank,
     head_ops,
     heads_per_rank,
     layer_count,
@@ -1083,7 +1084,7 @@ def _point_prediction(ev: DecodeEval, i: int, auto_tpot_s: dict[int, float] | No
     if model.num_attention_heads % tp:  # an uneven head split: what its busiest rank holds
         dep_d["attn_heads_per_rank"] = heads_per_rank(model, tp)
     if model.is_moe and model.moe_intermediate_size % m_tp:
-        dep_d["moe_intermediate_per_rank"] = -(-model.moe_intermediate_size // m_tp)
+        dep_d["moe_intermediate_per_rank"] = expert_inter_per_rank(model, m_tp)
     if auto_tpot_s is not None:
         dep_d["microbatches_auto"] = True
         dep_d["microbatches_auto_tpot_s"] = {str(k): v for k, v in auto_tpot_s.items()}

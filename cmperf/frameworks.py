@@ -42,9 +42,8 @@ class Framework:
     kv_reserve_clip_tokens: int | None  # the remaining output counted at most this many tokens (None: all)
     cache_prefetch: str  # "prefix" | "layer" (CACHE_PREFETCH)
     cache_block_tokens: int  # tokens per context-cache block (one message per block)
-    expert_redundancy: (
-        str  # default redundant expert copies: "eplb" (cmperf's rule) | "even" (EXPERT_REDUNDANCY)
-    )
+    # the redundant expert copies it places by default: "eplb" (cmperf's rule) | "even" (EXPERT_REDUNDANCY)
+    expert_redundancy: str
     sources: dict[str, str] = field(repr=False)
 
 
@@ -107,21 +106,12 @@ def load(name: str) -> Framework:
         raise CmperfError(f"{t.where('mtp_chains')}: expected true or false, got {entry['value']!r}")
     over = t.quantity("step_overhead", "s", 0.0, 0.999)
     request = t.quantity("request_overhead", "s", 0.0, 60.0, required=False, default=0.0)
-    prefetch = t._entry("cache_prefetch", False)
-    mode = DEFAULT_CACHE_PREFETCH if prefetch is None else prefetch["value"]
-    if mode not in CACHE_PREFETCH:
-        raise CmperfError(
-            f"{t.where('cache_prefetch')}: expected one of {', '.join(CACHE_PREFETCH)}, got {mode!r}"
-        )
+    mode = t.choice("cache_prefetch", CACHE_PREFETCH, DEFAULT_CACHE_PREFETCH)
     block = t.integer("cache_block_tokens", 1, 1 << 20, required=False, default=DEFAULT_CACHE_BLOCK_TOKENS)
     chunk = t.integer("chunk_tokens", 1, 1 << 24, required=False, default=0) or None
     reserve = t.number("kv_reserve_ratio", 0.0, 1.0, required=False, default=1.0)
     clip = t.integer("kv_reserve_clip_tokens", 1, 1 << 30, required=False, default=0) or None
-    red = t._entry("expert_redundancy", False)
-    redundancy = "eplb" if red is None else red["value"]
-    if redundancy not in EXPERT_REDUNDANCY:
-        choices = ", ".join(EXPERT_REDUNDANCY)
-        raise CmperfError(f"{t.where('expert_redundancy')}: expected one of {choices}, got {redundancy!r}")
+    redundancy = t.choice("expert_redundancy", EXPERT_REDUNDANCY, "eplb")
     t.done()
     chains = entry["value"]
     counts_t = tuple(sorted(set(counts)))

@@ -485,12 +485,17 @@ def heads_per_rank(m: Model, tp) -> int:
     return -(-m.num_attention_heads // int(tp))
 
 
+def expert_inter_per_rank(m: Model, moe_tp: int) -> int:
+    """Intermediate width of the busiest rank's slice of an expert under MoE TP: ceil(I / moe_tp), as
+    ``heads_per_rank`` (TP72 over 2048: 29)."""
+    return -(-m.moe_intermediate_size // int(moe_tp))
+
+
 def expert_split(m: Model, moe_tp: int) -> float:
     """How many times smaller one rank's slice of an expert's FFN is than the expert under MoE TP: moe_tp
-    when it divides the intermediate size I, else I / ceil(I / moe_tp) (the busiest rank's slice, as
-    ``heads_per_rank``: TP72 over 2048 -> slices of 29, 2048 / 29 = 70.6)."""
+    when it divides the intermediate size I, else I / ``expert_inter_per_rank`` (2048 / 29 = 70.6 at TP72)."""
     inter = m.moe_intermediate_size
-    return float(moe_tp) if inter % moe_tp == 0 else inter / -(-inter // moe_tp)
+    return float(moe_tp) if inter % moe_tp == 0 else inter / expert_inter_per_rank(m, moe_tp)
 
 
 def kv_heads_per_rank(m: Model, tp: int) -> float:

@@ -693,6 +693,14 @@ class _Table:
             raise CmperfError(f"{self.where(key)}: expected a fraction in (0, 1], got {v!r}")
         return float(v)
 
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        """An optional entry's value, one of ``choices`` (``default`` where the key is absent)."""
+        entry = self._entry(key, False)
+        v = default if entry is None else entry["value"]
+        if v not in choices:
+            raise CmperfError(f"{self.where(key)}: expected one of {', '.join(choices)}, got {v!r}")
+        return v
+
     def string(
         self, key: str, choices: tuple[str, ...] | None = None, required: bool = True, default: str = ""
     ) -> str:

@@ -257,3 +257,25 @@ def test_framework_places_no_redundant_experts_unless_asked():
     assert float(placement_arrays(R1, 72.0, even_redundant(R1, 72))["slots"]) == 4.0
     a, b = (decode.predict(h200, R1, d).hbm_breakdown_bytes["weights.experts"] for d in (dep, sg))
     assert b / a == pytest.approx(33 / 37, rel=1e-12)
+
+
+def test_bad_choice_in_a_profile_is_one_line_naming_its_key(tmp_path, monkeypatch):
+    """A profile's choice keys (cache_prefetch, expert_redundancy) outside their choices: one CmperfError
+    naming the file and key (specs._Table.choice)."""
+    from cmperf.errors import CmperfError
+
+    text = (frameworks.framework_dir() / "sglang.toml").read_text()
+    bad = text.replace('expert_redundancy = { value = "even"', 'expert_redundancy = { value = "most"')
+    assert bad != text
+    (tmp_path / "sglang.toml").write_text(bad)
+    monkeypatch.setattr(frameworks, "framework_dir", lambda: tmp_path)
+    frameworks.known.cache_clear()
+    frameworks.load.cache_clear()
+    try:
+        with pytest.raises(
+            CmperfError, match=r"sglang.toml: key expert_redundancy: expected one of eplb, even"
+        ):
+            frameworks.load("sglang")
+    finally:
+        frameworks.known.cache_clear()
+        frameworks.load.cache_clear()
