@@ -120,11 +120,11 @@ def test_zero_prompt_is_plain_decode(h200):
 
 
 def test_overload_and_slo_limits(h200):
-    """Past its capacity (18.8 req/s: the HBM batch cap of 93 per GPU) the engine is overloaded: inf TTFT
-    and TPOT, exit 3 from the CLI; the SLO limits are at most the capacity."""
+    """Past its capacity (24.7 req/s: the HBM batch cap of 162 per GPU of 141 GiB) the engine is
+    overloaded: inf TTFT and TPOT, exit 3 from the CLI; the SLO limits are at most the capacity."""
     r = agg.evaluate(*h200, wl(40), ENGINE)
     assert r.overloaded and r.limited_by == "HBM" and r.ttft_s["mean"] == float("inf")
-    assert r.capacity_rps == pytest.approx(18.76, rel=0.02)
+    assert r.capacity_rps == pytest.approx(24.70, rel=0.02) and r.max_batch_per_device == 162
     lim = agg.slo_limits(*h200, wl(1), ENGINE, serving.SLO(ttft_s=2.0, tpot_s=0.03))
     assert 0 < lim["tpot_slo_rps"] < lim["capacity_rps"] and lim["binding_slo"] == "tpot"
     ok = agg.evaluate(*h200, wl(0.999 * lim["tpot_slo_rps"]), ENGINE, serving.SLO(tpot_s=0.03))

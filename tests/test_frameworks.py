@@ -194,7 +194,7 @@ def test_optimize_searches_within_the_framework():
 
 def test_pareto_and_report_take_the_framework():
     """--framework on pareto (the profile's microbatch counts bound the frontier's search: dgx-h800 decode
-    evaluates 12,096 configurations instead of 18,144, none at 3 microbatches) and on report (every
+    evaluates 13,608 configurations instead of 20,412, none at 3 microbatches) and on report (every
     section: the CM384 default scenario at SGLang's 2.725 ms per step, and without EPLB's 32 redundant
     experts, goes over the 50 ms SLO)."""
     import json
@@ -202,7 +202,7 @@ def test_pareto_and_report_take_the_framework():
     runner = CliRunner()
     base = ["pareto", "--system", "dgx-h800", "--format", "json"]
     free, sg = (json.loads(runner.invoke(main, base + x).stdout) for x in ([], ["--framework", "sglang"]))
-    assert (free["evaluated"], sg["evaluated"]) == (18144, 12096)
+    assert (free["evaluated"], sg["evaluated"]) == (20412, 13608)
     assert {p["microbatches"] for p in sg["pareto"]} <= {1, 2}
     bad = runner.invoke(main, ["pareto", "--framework", "nope"])
     assert bad.exit_code == 2 and bad.stderr.startswith("cmperf: error: --framework: unknown framework")
@@ -215,8 +215,8 @@ def test_admission_reserves_what_the_framework_reserves():
     """The aggregated engine's batch cap holds each running sequence at its framework's reservation:
     P + O without a profile or under TensorRT-LLM (GUARANTEED_NO_EVICT), and under SGLang (0.5.8 scheduler:
     new_token_ratio 0.098 of min(remaining, 4,096)) P + O/2 + 0.098 (C - C^2/2O): 1K/8K holds 5,421 tokens,
-    not 9,216, so hgx-b200's TP8 engine (default precision) caps at 20 sequences per GPU instead of 11 (at
-    32 redundant experts; with the frameworks' own placement, no redundant copies, at 23 and 13)."""
+    not 9,216, so hgx-b200's TP8 engine (default precision, 180 GiB) caps at 24 sequences per GPU instead of
+    14 (at 32 redundant experts; with the frameworks' own placement, no redundant copies, at 27 and 16)."""
     from cmperf import aggregated as agg
     from cmperf import serving
 
@@ -231,9 +231,9 @@ def test_admission_reserves_what_the_framework_reserves():
         dep = Deployment(devices=8, attn_tp=8, framework=fw, num_redundant=red)
         return agg._Curve(b200, R1, wl, agg.Engine(dep)).top
 
-    assert top(None) == pytest.approx(11.0, abs=0.5) and top("tensorrt-llm", 32) == pytest.approx(top(None))
-    assert top("sglang", 32) == pytest.approx(20.0, abs=0.5)
-    assert (top("tensorrt-llm"), top("sglang")) == pytest.approx((13.0, 23.0), abs=0.5)
+    assert top(None) == pytest.approx(14.0, abs=0.5) and top("tensorrt-llm", 32) == pytest.approx(top(None))
+    assert top("sglang", 32) == pytest.approx(24.0, abs=0.5)
+    assert (top("tensorrt-llm"), top("sglang")) == pytest.approx((16.0, 27.0), abs=0.5)
 
 
 def test_framework_places_no_redundant_experts_unless_asked():
