@@ -35,7 +35,10 @@ device, with a = accepted draft tokens per step (``decode.accepted_per_step``), 
 * **First wave** (closed loop): a client that starts its N users at once has each group prefill its N / G
   prompts back to back at the full budget: the k-th first token after ceil(k P / C_g) steps of the step
   with a full chunk at half the wave's decode batch. Reported beside the steady state
-  (``ttft_first_wave_s``), since a short benchmark's mean TTFT is mostly its first wave.
+  (``ttft_first_wave_s``), since a short benchmark's mean TTFT is mostly its first wave. When the
+  N users do not fit in KV memory, the loop runs in rounds of the D b_cap that fit (the users stay
+  bunched: equal lengths finish together): the wave is D b_cap users and every request also waits
+  (N / (D b_cap) - 1) rounds of D b_cap / X each, (N - D b_cap) / X, the steady state's memory wait.
 
 Percentiles: TTFT mean, p50, p90, p99 and the SLO's (M/G/1 wait law); TPOT mean and p99 and the SLO's.
 Stated approximations (``APPROXIMATIONS``): two kinds of step (a chunk step of the mean chunk, and
@@ -524,7 +527,11 @@ def evaluate(
         )
     first_wave = None
     if load == "closed-loop" and not overloaded:
-        first_wave = _first_wave(curve, float(wl.concurrency or 0))
+        users = float(wl.concurrency or 0)
+        if hbm_wait:  # rounds of the d b users that fit; the rest wait for KV memory (module docstring)
+            first_wave = _first_wave(curve, d * b) + max(users - d * b, 0.0) / rate
+        else:
+            first_wave = _first_wave(curve, users)
     c_step = curve.k * b * d
     met = (not overloaded) and ttft[qlabel] <= slo.ttft_s and tpot[qlabel] <= slo.tpot_s
     lim = _limits(curve, slo) if limits else {}

@@ -99,6 +99,19 @@ def test_closed_loop_identity(h200):
     assert r.load == "closed-loop" and r.ttft_first_wave_s > r.ttft_s["mean"]
 
 
+def test_first_wave_beyond_kv_memory_waits_in_rounds(h200):
+    """Past the HBM cap (162 per GPU: 1,296 sequences) the closed loop runs in rounds of the users that
+    fit: the first wave is the wave of those 1,296 plus every request's wait for KV memory, (N - 1,296) / X
+    as in the steady state, so 1,000 more users add 1,000 / X (40.5 s at X = 24.7 req/s) exactly, and 2,000
+    users wait the 1,296 users' wave (9.9 s) plus 704 / X (28.5 s)."""
+    r2, r3 = (agg.evaluate(*h200, wl(n=n), ENGINE, limits=False) for n in (2000, 3000))
+    assert r2.waits_for_memory and r3.waits_for_memory and r2.rate_rps == r3.rate_rps
+    assert r3.ttft_first_wave_s - r2.ttft_first_wave_s == pytest.approx(1000 / r2.rate_rps, rel=1e-9)
+    fits = agg.evaluate(*h200, wl(n=1296), ENGINE, limits=False)
+    assert not fits.waits_for_memory and fits.ttft_first_wave_s == pytest.approx(9.9, rel=0.02)
+    assert r2.ttft_first_wave_s == pytest.approx(fits.ttft_first_wave_s + 704 / r2.rate_rps, rel=0.01)
+
+
 def test_zero_prompt_is_plain_decode(h200):
     """A one-token prompt (the smallest a workload takes) with 16K outputs: the chunk steps are 7e-5 of the
     step, so the engine's TPOT is `cmperf decode`'s at its batch and KV within 1e-4; the decode-only step
