@@ -14,7 +14,13 @@ that records the decode batch, then the lowest id; ``copies`` counts the rows me
   -> fp8; nvfp4 -> nvfp4 where the system's chip has an nvfp4 peak, else fp4 (B200 and GB200 specs list
   one 4-bit peak).
 * parallel degrees, batch and workers: the ``decode_*`` columns for disagg rows, the plain ones for agg.
-  MTP, its acceptance and the KV datatype are not recorded: left empty.
+  MTP and its acceptance are not recorded: left empty.
+* KV datatype (not recorded): fp8 (``KV_DTYPE``). aiconfigurator-core 0.12.0, whose validation rows these
+  are, models an FP8-block or NVFP4 checkpoint (every row here) with an FP8 KV cache and FP8 attention
+  (sdk/models/helpers.py ``_infer_quant_modes_from_raw_config``), and the rows' memory agrees: hgx-h200
+  TensorRT-LLM at attention TP8, 1K/8K, ran 128 users without a wait for memory (TTFT 1.4 s), which its
+  admission rule (the whole 9,216 tokens held per request) fits in 141 GiB only with 1-byte KV (41 GB of
+  KV beside 84 GB of experts; BF16 would need 83 GB).
 * agg rows whose MoE degrees are equal and above 1 (moe_tp = moe_ep = e) and whose attention degrees
   multiply to e * e (``agg_degrees``): the 2026-04-06 file and the db-dump encode the configuration the
   row's name calls ``tpX_epY`` with tp_size (or attention_dp_size) and moe_tp_size multiplied by Y. The
@@ -76,6 +82,9 @@ def four_bit_name(system: str) -> str:
     return "nvfp4" if "nvfp4" in load_system(system).chip.peak_flops else "fp4"
 
 
+#: The KV-cache datatype the rows are posed with (module docstring: not recorded; aiconfigurator's).
+KV_DTYPE = "fp8"
+
 #: The columns of a row's parallel degrees and batch (prefixed ``decode_`` in a disagg row).
 DEGREES = ("tp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size", "batch_size")
 
@@ -121,7 +130,7 @@ def convert(row: dict, copies: int) -> dict:
         "mtp_accept": "",
         "weights": dtype(row["gemm_quant_mode"], four),
         "experts_dtype": dtype(row["moe_quant_mode"], four),
-        "kv_dtype": "",
+        "kv_dtype": KV_DTYPE,
         "tpot_s": f"{float(row['silicon_tpot_ms']) / 1e3:.9g}",
         "ttft_s": f"{float(row['silicon_ttft_ms']) / 1e3:.9g}",
         "tokens_per_s_per_device": "",

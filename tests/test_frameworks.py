@@ -38,8 +38,8 @@ def test_profiles_load_with_a_source_for_every_value():
         }
         assert all(s.strip() for s in fw.sources.values())
         assert 3 not in fw.microbatches  # every shipped framework overlaps two microbatches at most
-    assert frameworks.load("sglang").step_overhead_s == pytest.approx(2.725e-3, abs=1e-12)
-    assert frameworks.load("tensorrt-llm").step_overhead_s == pytest.approx(0.400e-3, abs=1e-12)
+    assert frameworks.load("sglang").step_overhead_s == pytest.approx(3.055e-3, abs=1e-12)
+    assert frameworks.load("tensorrt-llm").step_overhead_s == pytest.approx(0.535e-3, abs=1e-12)
     assert (
         "fitted jointly with the GPUs' expert_memory (scripts/fit_gpu_pipeline.py joint_fit"
         in frameworks.load("sglang").sources["step_overhead"]
@@ -78,34 +78,34 @@ def test_step_overhead_adds_exactly_its_value_to_the_step():
 
 def test_request_overhead_adds_exactly_its_value_to_every_ttft():
     """The request path outside the engine (fitted on the development half's low-concurrency aggregated
-    rows, scripts/fit_framework.py: TensorRT-LLM 141.8 ms, SGLang 153.7 ms) adds to the prefill command's
+    rows, scripts/fit_framework.py: TensorRT-LLM 136.3 ms, SGLang 156.7 ms) adds to the prefill command's
     TTFT, the aggregated engine's (steady state and first wave) and the disaggregated prefill pool's."""
     from cmperf import aggregated as agg
     from cmperf import prefill, serving
 
     trt, sg = frameworks.load("tensorrt-llm"), frameworks.load("sglang")
-    assert (trt.request_overhead_s, sg.request_overhead_s) == pytest.approx((0.1418, 0.1537), abs=1e-12)
+    assert (trt.request_overhead_s, sg.request_overhead_s) == pytest.approx((0.1363, 0.1567), abs=1e-12)
     assert frameworks.load("cloudmatrix-infer").request_overhead_s == 0.0
     pdep = Deployment(phase="prefill", devices=32, ep_size=32)
     base = prefill.predict(H800, R1, pdep)
     with_sg = prefill.predict(H800, R1, dataclasses.replace(pdep, framework="sglang"))
-    assert with_sg.ttft_s - base.ttft_s == pytest.approx(0.1537, rel=1e-9)
+    assert with_sg.ttft_s - base.ttft_s == pytest.approx(0.1567, rel=1e-9)
     assert (
-        with_sg.ttft_breakdown_s["request_overhead_s"] == pytest.approx(0.1537, rel=1e-12)
+        with_sg.ttft_breakdown_s["request_overhead_s"] == pytest.approx(0.1567, rel=1e-12)
         and with_sg.batch_s == base.batch_s
     )
     h200 = load_system("hgx-h200")
     wl = serving.Workload(rate_per_s=None, concurrency=8, prompt_len=1024, output_len=1024)
     curve = agg._Curve(h200, R1, wl, agg.Engine(Deployment(devices=8, framework="tensorrt-llm")))
-    assert curve.request_s == pytest.approx(0.1418, rel=1e-12)
+    assert curve.request_s == pytest.approx(0.1363, rel=1e-12)
     first = agg._first_wave(curve, 8.0)
-    assert curve.service(0.01, 0.02) == pytest.approx(curve.prompt_steps * 0.02 + 0.005 + 0.1418, rel=1e-12)
+    assert curve.service(0.01, 0.02) == pytest.approx(curve.prompt_steps * 0.02 + 0.005 + 0.1363, rel=1e-12)
     curve.request_s = 0.0
-    assert first - agg._first_wave(curve, 8.0) == pytest.approx(0.1418, rel=1e-9)
+    assert first - agg._first_wave(curve, 8.0) == pytest.approx(0.1363, rel=1e-9)
     pools = serving.default_pools(H800, R1)
     pools = dataclasses.replace(pools, prefill=dataclasses.replace(pools.prefill, framework="sglang"))
     grid = serving.prefill_grid(H800, R1, serving.Workload(rate_per_s=1.0), pools, 0.0)
-    assert grid.after_s(0) - float(grid.kv_transfer_s[0]) == pytest.approx(0.1537, rel=1e-12)
+    assert grid.after_s(0) - float(grid.kv_transfer_s[0]) == pytest.approx(0.1567, rel=1e-12)
 
 
 def test_auto_microbatches_stay_within_the_framework_counts():
@@ -153,12 +153,12 @@ def test_points_pick_the_framework_from_the_backend():
     dep = Deployment(devices=8, ep_size=8, batch_per_device=16.0, mtp=0, kv_len=1536.0, num_redundant=0)
     a = decode.predict(system, model, dep)
     b = decode.predict(system, model, dataclasses.replace(dep, framework="sglang"))
-    assert b.tpot_s - a.tpot_s == pytest.approx(2.725e-3, rel=1e-9)  # MTP 0: one token per step
+    assert b.tpot_s - a.tpot_s == pytest.approx(3.055e-3, rel=1e-9)  # MTP 0: one token per step
     assert math.isfinite(b.tpot_s)
 
 
 def test_serve_takes_the_framework_in_both_modes():
-    """--framework on serve reaches the decode pool (disagg) and the engine (agg): SGLang's 2.725 ms per
+    """--framework on serve reaches the decode pool (disagg) and the engine (agg): SGLang's 3.055 ms per
     step raises the decode TPOT by that over the tokens per step (MTP 1 at 0.7: 1.7)."""
     import json
 
@@ -168,7 +168,7 @@ def test_serve_takes_the_framework_in_both_modes():
         return json.loads(out.output)["tpot_s"]["mean"]
 
     base, sg = tpot(), tpot("--framework", "sglang")
-    assert sg - base == pytest.approx(2.725e-3 / 1.7, rel=0.05)
+    assert sg - base == pytest.approx(3.055e-3 / 1.7, rel=0.05)
     agg, agg_sg = tpot("--mode", "agg"), tpot("--mode", "agg", "--framework", "sglang")
     assert agg_sg > agg + 0.5e-3
     bad = CliRunner().invoke(main, ["serve", "--rate", "10", "--framework", "nope"])
@@ -195,7 +195,7 @@ def test_optimize_searches_within_the_framework():
 def test_pareto_and_report_take_the_framework():
     """--framework on pareto (the profile's microbatch counts bound the frontier's search: dgx-h800 decode
     evaluates 13,608 configurations instead of 20,412, none at 3 microbatches) and on report (every
-    section: the CM384 default scenario at SGLang's 2.725 ms per step, and without EPLB's 32 redundant
+    section: the CM384 default scenario at SGLang's 3.055 ms per step, and without EPLB's 32 redundant
     experts, goes over the 50 ms SLO)."""
     import json
 
@@ -208,7 +208,7 @@ def test_pareto_and_report_take_the_framework():
     assert bad.exit_code == 2 and bad.stderr.startswith("cmperf: error: --framework: unknown framework")
     rep = runner.invoke(main, ["report", "--framework", "sglang"])
     assert rep.exit_code == 0, rep.output
-    assert "TPOT 54.17 ms (OVER the 50.00 ms TPOT SLO)" in rep.stdout and "framework sglang" in rep.stdout
+    assert "TPOT 54.36 ms (OVER the 50.00 ms TPOT SLO)" in rep.stdout and "framework sglang" in rep.stdout
 
 
 def test_admission_reserves_what_the_framework_reserves():
