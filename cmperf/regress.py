@@ -75,10 +75,11 @@ def _is_num(v: object) -> TypeGuard[int | float]:
 
 
 def rtol_for(metric: str, rtol: float, per_metric: dict[str, float]) -> float:
-    """Per-metric tolerance: exact name, the part after 'scenario/', or a glob pattern; else rtol."""
-    leaf = metric.split("/", 1)[-1]
+    """Per-metric tolerance: exact name, the part after 'scenario/', the metric's own name (after the last
+    '/': a grid snapshot's scenario names hold '/' themselves), or a glob of any of them; else rtol."""
+    names = {metric, metric.split("/", 1)[-1], metric.rsplit("/", 1)[-1]}
     for pat in sorted(per_metric):
-        if pat in (metric, leaf) or fnmatch.fnmatchcase(metric, pat) or fnmatch.fnmatchcase(leaf, pat):
+        if pat in names or any(fnmatch.fnmatchcase(n, pat) for n in names):
             return per_metric[pat]
     return rtol
 

@@ -237,6 +237,12 @@ def load(name: str, spec_dirs: tuple[str, ...] | list[str] = (), flag: str = "--
     dep = _values(path, "deployment", dep, DEPLOYMENT)
     if raw["command"] in PHASE_OPTIONS:
         opts = _values(path, "options", opts, {k: v for k, v in WORKLOAD.items() if k in opts})
+    for table, values in (("deployment", dep), ("options", opts)):
+        if values.get("mtp") == 0 and "mtp_accept" in values:
+            raise CmperfError(
+                f"{path}: key {table}.mtp_accept: has no effect with {table}.mtp = 0 (no speculative "
+                f"tokens); drop it or set mtp = 1 or more"
+            )
     prec = dep.pop("precision", {})
     names = {f.name for f in fields(Precision)}
     for k, v in prec.items():
@@ -269,6 +275,12 @@ def check_options(sc: Scenario, param_names, command: str | None = None) -> None
             f"run it with `cmperf {sc.command} --scenario {sc.name}`"
         )
     names = set(param_names)
+    for key in ("system", "model"):
+        if getattr(sc, key) is not None and key not in names:
+            hint = (
+                " (list the systems in [options] systems)" if key == "system" and "systems" in names else ""
+            )
+            raise CmperfError(f"{sc.path}: key {key}: `cmperf {sc.command}` has no --{key}; drop it{hint}")
     for table, keys in (("deployment", sc.deployment), ("options", sc.options)):
         for k in sorted(keys):
             if k not in names:
@@ -287,9 +299,9 @@ def check_options(sc: Scenario, param_names, command: str | None = None) -> None
 
 def specs_of(sc: Scenario, spec_dirs: tuple[str, ...] | list[str] = ()) -> tuple[System, Model]:
     """The scenario's system and model (the commands' defaults when it names none)."""
-    return load_system(sc.system or DEFAULT_SYSTEM, spec_dirs), load_model(
-        sc.model or DEFAULT_MODEL, spec_dirs
-    )
+    return load_system(
+        sc.system or DEFAULT_SYSTEM, spec_dirs, f"{sc.path}: key system" if sc.system else "--system"
+    ), load_model(sc.model or DEFAULT_MODEL, spec_dirs, f"{sc.path}: key model" if sc.model else "--model")
 
 
 def records(sc: Scenario, system: System, model: Model) -> Deployment:

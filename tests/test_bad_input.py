@@ -231,3 +231,44 @@ def test_serve_moe_tp_that_does_not_divide_names_moe_tp():
     assert r.exit_code == 2 and r.stderr.startswith("cmperf: error: --moe-tp: 3 must divide the 320 ranks"), (
         r.stderr
     )
+
+
+def test_scenario_unknown_system_or_model_names_the_file_and_key(tmp_path):
+    """system = "nope" in a scenario was "--system: unknown system 'nope'", naming no file; so was a model."""
+    sc = _scenario(tmp_path, "badsystem", lambda t: t.replace('system = "cloudmatrix384"', 'system = "nope"'))
+    line = one_error_line(
+        run(["decode", "--scenario", sc]), 2, f"{sc}: key system (or --system): unknown system 'nope'"
+    )
+    assert "available: " in line and "cloudmatrix384" in line  # the hint the flag's message has
+    sc = _scenario(tmp_path, "badmodel", lambda t: t.replace('model = "deepseek-r1"', 'model = "nope"'))
+    one_error_line(
+        run(["decode", "--scenario", sc]), 2, f"{sc}: key model (or --model): unknown model 'nope'"
+    )
+    # on the command line it still names the flag
+    one_error_line(run(["decode", "--system", "nope"]), 2, "cmperf: error: --system: unknown system 'nope'")
+
+
+def test_diff_metric_rtol_unknown_name(tmp_path):
+    """--metric-rtol NAME=R with a NAME no compared metric has was accepted and did nothing."""
+    old, new = ROOT / "tests/golden/scenarios.json", ROOT / "tests/golden/grid.json"
+    out = tmp_path / "out.txt"
+    r = run(["diff", old, new, "--metric-rtol", "tpot=0.02", "-o", out])
+    line = one_error_line(r, 2, "cmperf: error: --metric-rtol tpot:", "'tpot'", "did you mean tpot_s?")
+    assert str(old) in line and str(new) in line
+    assert not out.exists()
+    one_error_line(run(["diff", old, new, "--metric-rtol", "zzzq=1"]), 2, "--metric-rtol zzzq:", "tpot_s")
+    for name in ("tpot_s", "cm384-decode-15ms/tpot_s", "ttft*", "*"):  # names, scenario/names, globs
+        assert run(["diff", old, new, "--metric-rtol", f"{name}=10", "--format", "json"]).exit_code in (0, 1)
+
+
+def test_mtp_accept_with_mtp_0_is_refused(tmp_path):
+    """--mtp-accept with --mtp 0 was ignored silently (no draft token to accept)."""
+    for cmd in (["decode"], ["serve", "--rate", "2"], ["compare"]):
+        out = tmp_path / "out.txt"
+        r = run([*cmd, "--mtp", "0", "--mtp-accept", "0.8", "-o", out])
+        one_error_line(r, 2, "cmperf: error: --mtp-accept: has no effect with --mtp 0", "--mtp 1 or more")
+        assert not out.exists()
+        assert run([*cmd, "--mtp", "0", "--format", "json"]).exit_code == 0  # the default rate is fine
+    # a scenario file with both keys names the file and the key
+    sc = _scenario(tmp_path, "mtpoff", lambda t: t.replace("mtp = 1", "mtp = 0"))
+    one_error_line(run(["decode", "--scenario", sc]), 2, f"{sc}: key deployment.mtp_accept: has no effect")

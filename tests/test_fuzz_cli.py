@@ -341,14 +341,14 @@ def test_unknown_scenarios_and_specs_are_one_line(cmd, name):
 @given(st.lists(st.tuples(st.sampled_from(["tpot_s", "*", "x/y", "", "="]), VALUES), min_size=1, max_size=2))
 def test_diff_tolerances_never_disable_the_gate(pairs):
     """--metric-rtol NAME=R with any R: a finite R >= 0 is a tolerance (exit 0 or 1); anything else is exit 2
-    (a NaN tolerance would pass every change)."""
+    (a NaN tolerance would pass every change), and so is a NAME no compared metric matches (x/y)."""
     old, new = ROOT / "tests/golden/scenarios.json", ROOT / "tests/golden/grid.json"
     args = ["diff", str(old), str(new), "--fail-on", "any"]
     for name, value in pairs:
         args += ["--metric-rtol", f"{name}={value}"]
     r = run_checked([*args, "--format", "json"])
     try:
-        ok = all(math.isfinite(float(v)) and float(v) >= 0 and n not in ("", "=") for n, v in pairs)
+        ok = all(math.isfinite(float(v)) and float(v) >= 0 and n not in ("", "=", "x/y") for n, v in pairs)
     except ValueError:
         ok = False
     ok = ok and len({n for n, _ in pairs}) == len(pairs)

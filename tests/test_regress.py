@@ -25,6 +25,16 @@ def test_directions():
     assert regress.direction("s/max_batch_per_device") == 1 and regress.direction("s/feasible") == 1
 
 
+def test_metric_tolerance_names():
+    """--metric-rtol NAME matches the whole key, the part after the first '/', the metric's own name (a grid
+    snapshot's scenario names hold '/': decode/dgx-h100/deepseek-r1/batch64), or a glob of any of them."""
+    per = {"tpot_s": 0.1, "ttft*": 0.2, "cm384/tokens_per_s_per_device": 0.3}
+    assert regress.rtol_for("decode/dgx-h100/deepseek-r1/batch64/tpot_s", 0.0, per) == 0.1
+    assert regress.rtol_for("prefill/hgx-h200/kimi-k2/default/ttft_s", 0.0, per) == 0.2
+    assert regress.rtol_for("x/cm384/tokens_per_s_per_device", 0.0, per) == 0.3
+    assert regress.rtol_for("decode/dgx-h100/deepseek-r1/batch64/step_s", 0.05, per) == 0.05
+
+
 def test_every_category():
     old = {
         "a/tokens_per_s_per_device": 2000.0,

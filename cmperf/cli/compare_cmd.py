@@ -7,8 +7,9 @@ import click
 from ..units import accept_text
 from .common import Infeasible, emit, format_option, guarded, plot_option, write_plot
 from .knobs import DTYPE_NAMES as DTYPES
+from .knobs import check_mtp_accept
 from .scenario_opt import scenario_option
-from .types import PREFILL_MICROBATCHES, dep, workload
+from .types import PREFILL_MICROBATCHES, dep, flag_of, workload
 
 
 class _AutoOrCount(click.ParamType):
@@ -278,7 +279,7 @@ def compare(
     if len(set(names)) != len(names):
         raise CmperfError(f"--systems: {systems!r} names a system twice")
     sys_objs = [specs.load_system(n, spec_dirs, flag="--systems") for n in names]
-    mod = specs.load_model(model, spec_dirs)
+    mod = specs.load_model(model, spec_dirs, flag_of("model"))
     dev_map, ep_map = (
         _per_system(devices, names, "--devices", "devices"),
         _per_system(ep, names, "--ep", "ep_size"),
@@ -293,6 +294,7 @@ def compare(
             raise CmperfError(
                 "--phase decode: --prompt-len and --output-len go together; give both, or --kv-len"
             )
+        check_mtp_accept(mtp)
         knobs.update(batch_per_device=batch, kv_len=kv_len, mtp=mtp, mtp_accept=mtp_accept)
         if prompt_len is not None:
             if kv_len is not None:

@@ -20,13 +20,14 @@ from .knobs import (
     DTYPES,
     MICROBATCHES,
     SECONDS,
+    check_mtp_accept,
     common_options,
     experts_dtype_option,
     knob,
     precision_options,
 )
 from .scenario_opt import scenario_option
-from .types import MODEL_NAME, dep, option, workload
+from .types import MODEL_NAME, dep, flag_of, option, workload
 
 
 @click.command()
@@ -141,10 +142,11 @@ def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, p
     from ..deployment import kv_lengths
     from ..errors import CmperfError
 
-    sysm = specs.load_system(system, spec_dirs)
-    mod = specs.load_model(model, spec_dirs)
+    check_mtp_accept(params.get("mtp"))
+    sysm = specs.load_system(system, spec_dirs, flag_of("system"))
+    mod = specs.load_model(model, spec_dirs, flag_of("model"))
     if params.get("draft_model") is not None:
-        params["draft_model"] = specs.load_model(params["draft_model"], spec_dirs, "--draft-model")
+        params["draft_model"] = specs.load_model(params["draft_model"], spec_dirs, flag_of("draft_model"))
     if (prompt_len is None) != (output_len is None):
         raise CmperfError("--prompt-len and --output-len go together; give both, or --kv-len")
     if prompt_len is not None:
@@ -218,8 +220,8 @@ def comm(system, model, spec_dirs, op, ep_size, tokens_per_rank, top_k, dtype, p
     from .. import render, specs
     from ..units import fmt_bytes, fmt_rate, fmt_s
 
-    sysm = specs.load_system(system, spec_dirs)
-    mod = specs.load_model(model, spec_dirs)
+    sysm = specs.load_system(system, spec_dirs, flag_of("system"))
+    mod = specs.load_model(model, spec_dirs, flag_of("model"))
     _check_comm(sysm, mod, ep_size, top_k)
     e = cm.ep_collective_estimate(sysm, mod, op, ep_size, tokens_per_rank, top_k, dtype, phase)
     if fmt == "json":

@@ -168,6 +168,31 @@ def deployment(phase: str, system, params: dict, precision_table: dict | None = 
     return Deployment(phase=phase, precision=precision(system, params, precision_table), **given)
 
 
+def check_mtp_accept(mtp) -> None:
+    """``--mtp-accept`` given on the command line with ``--mtp 0`` (or a scenario's ``mtp = 0``): no draft
+    token to accept, so the rate would be ignored; one line, exit 2. The default rate is never refused
+    (a file holding both keys is refused when it is read: ``cmperf.scenario.load``)."""
+    from click.core import ParameterSource
+
+    from ..errors import CmperfError
+
+    ctx = click.get_current_context(silent=True)
+    if mtp != 0 or ctx is None:
+        return
+    if ctx.get_parameter_source("mtp_accept") not in (
+        ParameterSource.COMMANDLINE,
+        ParameterSource.ENVIRONMENT,
+    ):
+        return
+    given = "--mtp 0"
+    sc = ctx.meta.get("cmperf.scenario")
+    if ctx.get_parameter_source("mtp") == ParameterSource.DEFAULT_MAP and sc is not None:
+        given = f"{sc.path}'s {'deployment' if 'mtp' in sc.deployment else 'options'}.mtp = 0"
+    raise CmperfError(
+        f"--mtp-accept: has no effect with {given} (no speculative tokens); drop it or give --mtp 1 or more"
+    )
+
+
 def scenario_precision() -> dict | None:
     """The ``[deployment.precision]`` table of the scenario the current command runs, if any."""
     ctx = click.get_current_context(silent=True)

@@ -22,7 +22,7 @@ from .common import (
 from .knobs import make_precision, precision_options
 from .scenario_opt import scenario_option
 from .serve_cmd import slo_percentile_option
-from .types import RATE, SLO_TIME_OR_NONE, Counts, dep, option, workload
+from .types import RATE, SLO_TIME_OR_NONE, Counts, dep, flag_of, option, workload
 
 
 class _Progress:
@@ -454,8 +454,8 @@ def optimize(
     from ..deployment import Deployment
     from ..errors import CmperfError
 
-    sysm = specs.load_system(system, spec_dirs)
-    mod = specs.load_model(model, spec_dirs)
+    sysm = specs.load_system(system, spec_dirs, flag_of("system"))
+    mod = specs.load_model(model, spec_dirs, flag_of("model"))
     tpot = None if str(tpot_slo).lower() == "none" else parse_quantity(tpot_slo, "s", "--tpot-slo")
     ttft = None if str(ttft_slo).lower() == "none" else parse_quantity(ttft_slo, "s", "--ttft-slo")
     rate_v = None if rate is None else parse_quantity(rate, "per_s", "--rate")
@@ -648,8 +648,8 @@ def pareto(
     from .. import plot as plots
     from ..deployment import Deployment
 
-    sysm = specs.load_system(system, spec_dirs)
-    mod = specs.load_model(model, spec_dirs)
+    sysm = specs.load_system(system, spec_dirs, flag_of("system"))
+    mod = specs.load_model(model, spec_dirs, flag_of("model"))
     prec = make_precision(sysm, weights, kv_dtype)
     if framework is not None:
         frameworks.load(framework)  # an unknown name: its one-line --framework error, before the search

@@ -19,7 +19,7 @@ from .common import (
 )
 from .knobs import common_options, knob, precision_options
 from .scenario_opt import scenario_option
-from .types import PLANE, PREFILL_MICROBATCHES, dep
+from .types import PLANE, PREFILL_MICROBATCHES, dep, flag_of
 
 
 def _summary_rows(p) -> list[tuple[str, str]]:
@@ -136,8 +136,8 @@ def prefill(system, model, spec_dirs, fmt, output, ops, plot, **params):
     from .. import prefill as pf
     from .. import render, specs
 
-    sysm = specs.load_system(system, spec_dirs)
-    mod = specs.load_model(model, spec_dirs)
+    sysm = specs.load_system(system, spec_dirs, flag_of("system"))
+    mod = specs.load_model(model, spec_dirs, flag_of("model"))
     dep = knobs.deployment("prefill", sysm, params, knobs.scenario_precision())
     p = pf.predict(sysm, mod, dep)
     write_plot(plot, lambda f: plots.prediction_image(f, "prefill", p, ops_limit(ops)))

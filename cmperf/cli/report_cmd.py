@@ -424,6 +424,41 @@ def _metric_rtol(values) -> dict[str, float]:
     return out
 
 
+def _check_metric_names(per_metric: dict[str, float], a: dict, b: dict, old: str, new: str) -> None:
+    """Every ``--metric-rtol`` NAME matches a metric diff compares (``regress.rtol_for``: the full
+    ``scenario/metric`` name, the part after the first ``/``, the metric's own name, or a glob of any);
+    else one line naming the closest metric name of the snapshots' records, or the names there are."""
+    import difflib
+
+    from .. import regress
+    from ..errors import CmperfError
+
+    compared = {**_metrics(a), **_metrics(b)}
+
+    def matches(pat: str) -> bool:
+        return any(regress.rtol_for(m, -1.0, {pat: 0.0}) == 0.0 for m in compared)
+
+    names = sorted(
+        {m for doc in (a, b) for rec in doc["scenarios"].values() for m in rec.get("metrics", {})}
+        | {"error" for doc in (a, b) for rec in doc["scenarios"].values() if "error" in rec}
+    )
+    for name in sorted(per_metric):
+        if matches(name):
+            continue
+        close = difflib.get_close_matches(name, names, n=1)
+        if close:
+            known = f"did you mean {close[0]}?"
+        elif names:
+            more = f", ... ({len(names)} in all)" if len(names) > 12 else ""
+            known = f"the metrics are {', '.join(names[:12])}{more}"
+        else:
+            known = "the snapshots hold no metrics"
+        raise CmperfError(
+            f"--metric-rtol {name}: no metric of {old} or {new} matches {name!r} (a metric, "
+            f"scenario/metric or a glob); {known}"
+        )
+
+
 @click.command()
 @click.argument("old", type=click.Path(dir_okay=False))
 @click.argument("new", type=click.Path(dir_okay=False))
@@ -455,6 +490,7 @@ def diff(old, new, rtol, metric_rtol, fail_on, fmt, output):
 
     per_metric = _metric_rtol(metric_rtol)
     a, b = _read_snapshot(old), _read_snapshot(new)
+    _check_metric_names(per_metric, a, b, old, new)
     changes = regress.diff(_metrics(a), _metrics(b), rtol, per_metric)
     rows = regress.rows(changes)
     summary = regress.summary_line(changes)

@@ -18,7 +18,7 @@ from .common import (
     progress,
     system_model_options,
 )
-from .knobs import make_precision, precision_options
+from .knobs import check_mtp_accept, make_precision, precision_options
 from .scenario_opt import scenario_option
 from .types import (
     BYTES,
@@ -29,6 +29,7 @@ from .types import (
     SLO_TIME,
     Number,
     dep,
+    flag_of,
     option,
     pools,
     workload,
@@ -548,8 +549,9 @@ def serve(
         raise CmperfError(f"{wrong}: applies to --mode {other} only; leave it out with --mode {mode}")
     if not do_size and _given(ctx, {"devices_total": "--devices-total"}):
         raise CmperfError("--devices-total: applies with --size only (the devices to split); add --size")
-    sysm = specs.load_system(system, spec_dirs)
-    mod = specs.load_model(model, spec_dirs)
+    check_mtp_accept(mtp)
+    sysm = specs.load_system(system, spec_dirs, flag_of("system"))
+    mod = specs.load_model(model, spec_dirs, flag_of("model"))
     rate_v = parse_quantity(rate, "per_s", "--rate") if rate is not None else None
     if rate_v is not None and not rate_v > 0:
         raise CmperfError(f"--rate: must be > 0 requests/s, got {rate}")
@@ -577,7 +579,7 @@ def serve(
     )
     prec = make_precision(sysm, weights, kv_dtype)
     if mode == "agg":
-        draft = specs.load_model(draft_model, spec_dirs, "--draft-model") if draft_model else None
+        draft = specs.load_model(draft_model, spec_dirs, flag_of("draft_model")) if draft_model else None
         knobs = dict(
             devices=devices,
             ep_size=ep,
@@ -604,7 +606,9 @@ def serve(
             mtp=pools.decode.mtp if mtp is None else mtp,
             mtp_accept=mtp_accept,
             precision=prec,
-            draft_model=specs.load_model(draft_model, spec_dirs, "--draft-model") if draft_model else None,
+            draft_model=specs.load_model(draft_model, spec_dirs, flag_of("draft_model"))
+            if draft_model
+            else None,
             attn_tp=pools.decode.attn_tp if attn_tp is None else attn_tp,
             moe_tp=pools.decode.moe_tp if moe_tp is None else moe_tp,
             framework=framework,

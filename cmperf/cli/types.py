@@ -26,9 +26,21 @@ def where(param: click.Parameter | None, ctx: click.Context | None) -> str:
     if ctx.get_parameter_source(param.name) == ParameterSource.DEFAULT_MAP:
         sc = ctx.meta.get("cmperf.scenario")
         if sc is not None:
+            if param.name in ("system", "model") and getattr(sc, param.name) is not None:
+                return f"{sc.path}: key {param.name} (or {flag})"  # a top-level key of the file
             table = "deployment" if param.name in sc.deployment else "options"
             return f"{sc.path}: key {table}.{param.name} (or {flag})"
     return flag
+
+
+def flag_of(name: str) -> str:
+    """``where`` for the current command's parameter ``name``: its flag, or the scenario file and key that
+    set it (``--system`` -> ``FILE: key system (or --system)``), for errors raised in a command's body."""
+    ctx = click.get_current_context(silent=True)
+    param = next((p for p in ctx.command.params if p.name == name), None) if ctx is not None else None
+    if param is None:
+        return f"--{name.replace('_', '-')}"
+    return where(param, ctx)
 
 
 class Number(click.ParamType):
