@@ -5,6 +5,7 @@ budget), spec files of this writing; the tolerances say what each comparison all
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -110,6 +111,15 @@ def test_first_wave_beyond_kv_memory_waits_in_rounds(h200):
     fits = agg.evaluate(*h200, wl(n=1296), ENGINE, limits=False)
     assert not fits.waits_for_memory and fits.ttft_first_wave_s == pytest.approx(9.9, rel=0.02)
     assert r2.ttft_first_wave_s == pytest.approx(fits.ttft_first_wave_s + 704 / r2.rate_rps, rel=0.01)
+
+
+def test_first_wave_grows_with_the_users_across_the_memory_cap(h200):
+    """The first wave never shrinks as users are added, on either side of the HBM cap (1,296 sequences)
+    and across it: the rounds' memory wait picks up where the wave of the users that fit leaves off."""
+    waves = [
+        agg.evaluate(*h200, wl(n=n), ENGINE, limits=False).ttft_first_wave_s for n in range(64, 2600, 128)
+    ]
+    assert all(b >= a for a, b in itertools.pairwise(waves)) and waves[-1] > 2 * waves[0]
 
 
 def test_zero_prompt_is_plain_decode(h200):
