@@ -111,6 +111,10 @@ def test_first_wave_beyond_kv_memory_waits_in_rounds(h200):
     fits = agg.evaluate(*h200, wl(n=1296), ENGINE, limits=False)
     assert not fits.waits_for_memory and fits.ttft_first_wave_s == pytest.approx(9.9, rel=0.02)
     assert r2.ttft_first_wave_s == pytest.approx(fits.ttft_first_wave_s + 704 / r2.rate_rps, rel=0.01)
+    args = ("--system", "hgx-h200", "--devices", "8", "--prompt-len", "1024", "--output-len", "1024")
+    out = run("serve", "--mode", "agg", "--concurrency", "2000", *args)
+    assert out.exit_code == 0, out.output
+    assert "38.394 s (rounds of the 1,296 users that fit in KV memory)" in out.output
 
 
 def test_first_wave_grows_with_the_users_across_the_memory_cap(h200):

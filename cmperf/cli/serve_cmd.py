@@ -190,7 +190,11 @@ def agg_rows(r) -> list[tuple[str, str]]:
         *([("TTFT request path (framework)", _s(r.ttft_request_s))] if r.ttft_request_s else []),
     ]
     if r.ttft_first_wave_s is not None:
-        rows.append(("TTFT, first wave (all users at once)", _s(r.ttft_first_wave_s)))
+        wave = _s(r.ttft_first_wave_s)
+        if r.waits_for_memory:  # aggregated._first_wave's rounds: the users that fit, then the rest
+            fit = r.batch_per_device * r.inputs["devices"]
+            wave += f" (rounds of the {fit:,.0f} users that fit in KV memory)"
+        rows.append(("TTFT, first wave (all users at once)", wave))
     rows += [
         (
             "goodput",
