@@ -161,8 +161,8 @@ def test_spec_types_are_named_by_file_and_key(tmp_path):
             ),
         ],
         "ascend-910c.toml": [
-            (chip.replace('capacity = { value = "64 GB"', 'capacity = { value = "1e999 GB"'), "hbm.capacity"),
-            (chip.replace('capacity = { value = "64 GB"', "capacity = { value = inf"), "hbm.capacity"),
+            (chip.replace('capacity = { value = "64 GiB"', 'capacity = { value = "1e999 B"'), "hbm.capacity"),
+            (chip.replace('capacity = { value = "64 GiB"', "capacity = { value = inf"), "hbm.capacity"),
             (chip.replace("cube = { value = 24", "cube = { value = 1"), "cores"),
         ],
     }

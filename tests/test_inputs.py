@@ -217,7 +217,7 @@ def test_a_chip_with_one_cube_core_is_blamed_on_the_chip(tmp_path):
 def test_infinite_capacity_and_bandwidth_in_a_spec(tmp_path):
     chip = (ROOT / "hardware/ascend-910c.toml").read_text()
     for old, new, key in (
-        ('capacity = { value = "64 GB"', "capacity = { value = inf", "hbm.capacity"),
+        ('capacity = { value = "64 GiB"', "capacity = { value = inf", "hbm.capacity"),
         ('bandwidth = { value = "1.6 TB/s"', 'bandwidth = { value = "1e999 TB/s"', "hbm.bandwidth"),
         ('bandwidth = { value = "1.6 TB/s"', "bandwidth = { value = [1.6]", "hbm.bandwidth"),
     ):

@@ -137,7 +137,7 @@ def test_bad_input_exit_2(args, flag):
 
 def test_infeasible_exit_3():
     r = CliRunner().invoke(main, ["prefill", "--tokens-per-device", "200000", "--format", "json"])
-    assert r.exit_code == 3 and "largest token budget that fits is 53829" in r.output
+    assert r.exit_code == 3 and "largest token budget that fits is 69773" in r.output
 
 
 def test_json_keys_and_determinism():

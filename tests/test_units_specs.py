@@ -45,7 +45,7 @@ def test_unit_errors_name_the_flag(bad):
 def test_cm384_spec_values(cm384):
     chip = cm384.chip
     assert chip.peak("int8") == 752e12
-    assert chip.hbm_bytes_per_s == 1.6e12 and chip.hbm_bytes == 64e9
+    assert chip.hbm_bytes_per_s == 1.6e12 and chip.hbm_bytes == 64 * 2**30
     assert (chip.cube_cores, chip.vector_cores) == (24, 48)
     assert cm384.num_ranks == 768
     assert cm384.planes["ub"].bytes_per_s_per_rank == 196e9
