@@ -622,8 +622,10 @@ def _padded(rows: list[np.ndarray]) -> np.ndarray:
     return np.array([np.concatenate([r, np.full(width - r.size, r[-1])]) for r in rows])
 
 
-#: Batches per device the decode curve evaluates TPOT at, from 0.25 to the HBM cap.
+#: Batches per device the decode curve evaluates TPOT at: CURVE_POINTS evenly up to the HBM cap, LOW_POINTS
+#: geometric ones below the first of those (down to 1e-4 of it).
 CURVE_POINTS = 400
+LOW_POINTS = 24
 
 
 def _fit_curves(
@@ -658,7 +660,18 @@ def _fit_curves(
     if good:
         rows = [
             # sorted distinct batches (np.unique would import numpy.ma, ~6 ms of a serve start-up)
-            np.array(sorted({*np.linspace(0.25, caps[i], CURVE_POINTS).tolist(), float(caps[i])}))
+            # (below the first linear point a geometric grid down to 1e-4 of it: few users, many devices)
+            np.array(
+                sorted(
+                    {
+                        *np.geomspace(
+                            caps[i] / CURVE_POINTS * 1e-4, caps[i] / CURVE_POINTS, LOW_POINTS, endpoint=False
+                        ).tolist(),
+                        *np.linspace(caps[i] / CURVE_POINTS, caps[i], CURVE_POINTS).tolist(),
+                        float(caps[i]),
+                    }
+                )
+            )
             for i in good
         ]
         idx = np.array(good)
@@ -913,6 +926,8 @@ class ServeResult:
     prefill: PrefillPoolResult
     decode: DecodePoolResult
     approximations: list[str]
+    # closed loop: each request's wait for KV memory, included in ttft_s (0: every user fits)
+    ttft_memory_wait_s: float = 0.0
 
 
 def finite_or_none(obj: Any) -> Any:
@@ -941,7 +956,9 @@ APPROXIMATIONS = [
     "die-mean KV + z sigma_KV/sqrt(b per die)",
     "cache: Che's LRU approximation over Zipf prefix popularity; cached prompt tokens skip prefill compute",
     "goodput = rate x P(TTFT <= SLO) x P(TPOT <= SLO) (independent pools); slo_met is on the stated quantile",
-    "fixed concurrency: the closed loop is evaluated as Poisson at its throughput X = N / (TTFT + L x TPOT)",
+    "fixed concurrency: the closed loop is evaluated as Poisson at its throughput X = N / (TTFT + L x TPOT); "
+    "beyond what the decode pool's HBM holds at capacity the rest wait for KV memory, (N - X (TTFT + L x "
+    "TPOT)) / X in every TTFT (ttft_memory_wait_s)",
 ]
 
 
@@ -986,9 +1003,10 @@ class _Service:
         )
 
 
-def _concurrency_rate(svc: _Service, n: float) -> float:
-    """Throughput X of a closed loop of n requests: n = X × (mean TTFT(X) + L × TPOT(X)) (Brent's method,
-    ``queueing.find_root``)."""
+def _concurrency_rate(svc: _Service, n: float) -> tuple[float, bool]:
+    """(throughput X, capped) of a closed loop of n requests: n = X × (mean TTFT(X) + L × TPOT(X)) (Brent's
+    method, ``queueing.find_root``); capped when even X at capacity holds fewer than n requests (the decode
+    pool's HBM batch cap binds: the rest wait for KV memory, ``evaluate``)."""
     cap = min(svc.grid.capacity_rps, svc.curve.capacity_rps()) * (1 - 1e-9)
 
     def f(x):
@@ -996,8 +1014,8 @@ def _concurrency_rate(svc: _Service, n: float) -> float:
         return x * (p.ttft_mean_s + svc.wl.output_len * d.tpot_mean_s) - n
 
     if f(cap) <= 0:
-        return cap
-    return find_root(f, cap * 1e-9, cap, xtol=1e-9 * cap)
+        return cap, True
+    return find_root(f, cap * 1e-9, cap, xtol=1e-9 * cap), False
 
 
 def evaluate(
@@ -1007,12 +1025,17 @@ def evaluate(
     slo = slo or SLO()
     svc = _Service(system, model, wl, pools, slo)
     pools = svc.pools
+    capped = False
     if wl.rate_per_s is not None:
         rate = wl.rate_per_s
     else:
         assert wl.concurrency is not None  # Workload.check: a rate or a concurrency
-        rate = _concurrency_rate(svc, float(wl.concurrency))
+        rate, capped = _concurrency_rate(svc, float(wl.concurrency))
     p, d = svc.at(rate)
+    memory_wait = 0.0
+    if capped:  # the users beyond what the pools hold at capacity wait for KV memory (Little's law)
+        held = rate * (p.ttft_mean_s + wl.output_len * d.tpot_mean_s)
+        memory_wait = max(float(wl.concurrency or 0) - held, 0.0) / rate
     traffic = svc.cache_traffic(rate)
     util = {"prefill": p.utilization, "decode": d.utilization, "cache_link": traffic / svc.cache_bw}
     reasons = []
@@ -1029,9 +1052,15 @@ def evaluate(
             f"{svc.cache_bw / 1e9:.1f} GB/s of the prefill ranks"
         )
     overloaded = bool(reasons)
-    att = p.p_ttft_within_slo * d.p_tpot_within_slo
+    p_ttft = p.p_ttft_within_slo
+    if memory_wait > 0:  # P(TTFT <= SLO) of the pool's TTFT shifted by the wait
+        left = slo.ttft_s - memory_wait
+        p_ttft = (
+            prefill_pool(svc.grid, rate, wl, replace(slo, ttft_s=left)).p_ttft_within_slo if left > 0 else 0.0
+        )
+    att = p_ttft * d.p_tpot_within_slo
     devs = pools.prefill_devices + pools.decode_devices
-    met = (p.ttft_slo_quantile_s <= slo.ttft_s) and (d.tpot_slo_quantile_s <= slo.tpot_s)
+    met = (p.ttft_slo_quantile_s + memory_wait <= slo.ttft_s) and (d.tpot_slo_quantile_s <= slo.tpot_s)
     lim: dict[str, float | str] = {}
     if limits:
         lt, ld = svc.limit(0), svc.limit(1)
@@ -1076,7 +1105,12 @@ def evaluate(
         model.name,
         inputs,
         rate,
-        {"p50": p.ttft_p50_s, "p90": p.ttft_p90_s, "p99": p.ttft_p99_s, "mean": p.ttft_mean_s},
+        {
+            "p50": p.ttft_p50_s + memory_wait,
+            "p90": p.ttft_p90_s + memory_wait,
+            "p99": p.ttft_p99_s + memory_wait,
+            "mean": p.ttft_mean_s + memory_wait,
+        },
         {"mean": d.tpot_mean_s, "p99": d.tpot_p99_s},
         {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s, "quantile": q},
         bool(met),
@@ -1092,6 +1126,7 @@ def evaluate(
         p,
         d,
         APPROXIMATIONS,
+        memory_wait,
     )
 
 

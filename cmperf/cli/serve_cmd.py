@@ -80,6 +80,16 @@ def serve_rows(r) -> list[tuple[str, str]]:
             f"cache {fmt_bytes(c['capacity_bytes'])} over {c['kv_load_plane']}",
         ),
         ("TTFT p50 / p90 / p99", " / ".join(_s(r.ttft_s[k]) for k in ("p50", "p90", "p99"))),
+    ]
+    if r.ttft_memory_wait_s > 0:  # serving.evaluate: a closed loop beyond the decode pool's HBM cap
+        rows.append(
+            (
+                "TTFT wait for KV memory",
+                f"{_s(r.ttft_memory_wait_s)} in every TTFT: more users than the decode pool's HBM holds "
+                "(the rest are waiting for KV memory)",
+            )
+        )
+    rows += [
         ("TPOT mean / p99", f"{_s(r.tpot_s['mean'])} / {_s(r.tpot_s['p99'])}"),
         (
             "SLO",
