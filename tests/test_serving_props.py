@@ -60,6 +60,7 @@ from click.testing import CliRunner
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
+from test_aggregated_props import assert_percentiles_in_order
 from test_fuzz_cli import examples  # one set of hypothesis profiles (CMPERF_HYPOTHESIS)
 
 import cmperf
@@ -216,12 +217,7 @@ def test_times_never_fall_as_the_rate_rises(case, rates):
 @settings(examples(50), deadline=None)
 @given(cases(st.one_of(RATES, USERS)))
 def test_percentiles_in_order(case):
-    r = evaluate(*case)
-    if r is None or r.overloaded:
-        return
-    t = r.ttft_s
-    assert t["p50"] <= t["p90"] <= t["p99"], (case, t)
-    assert r.tpot_s["mean"] <= r.tpot_s["p99"], (case, r.tpot_s)
+    assert_percentiles_in_order(case, evaluate(*case))
 
 
 def _little(case, r) -> float:
