@@ -67,7 +67,7 @@ from . import frameworks
 from .deployment import AUTO, Deployment
 from .errors import CmperfError
 from .queueing import QueueWait, find_root, mgc_wait, normal_cdf, normal_quantile
-from .serving import SLO, Workload, workload_inputs
+from .serving import SLO, Workload, batch_grid, workload_inputs
 from .specs import Model, System
 
 __all__ = [
@@ -82,7 +82,6 @@ __all__ = [
 
 #: Batches per device the engine's curve evaluates the mixed step at (one vectorized call).
 CURVE_POINTS = 300
-LOW_POINTS = 24  # geometric points below the linear grid's first (``_Curve``)
 
 #: Microbatch counts ``auto`` tries per grid point (``decode.AUTO_MICROBATCHES``, the same rule).
 AUTO_COUNTS = dec.AUTO_MICROBATCHES
@@ -229,11 +228,7 @@ class _Curve:
             )
         top = min(cap, b_chunk * (1.0 - 1e-6))
         self.limited_by = "HBM" if cap < b_chunk else "chunk budget"
-        # a linear grid, and below its first point a geometric one down to 1e-4 of it: a few users on many
-        # devices sit far below top / CURVE_POINTS, where interpolation would hold the curve flat
-        low = np.geomspace(top / CURVE_POINTS * 1e-4, top / CURVE_POINTS, LOW_POINTS, endpoint=False)
-        lin = np.linspace(top / CURVE_POINTS, top, CURVE_POINTS)
-        b = np.unique(np.concatenate([low, lin, [top]]))
+        b = batch_grid(top, CURVE_POINTS)
         mean, mix, zero, f, n, feas = self.point(b)
         last = int(np.flatnonzero(feas)[-1]) if feas.any() else -1
         if last < 0:

@@ -628,6 +628,16 @@ CURVE_POINTS = 400
 LOW_POINTS = 24
 
 
+def batch_grid(top: float, points: int) -> np.ndarray:
+    """Sorted distinct batches of a TPOT curve up to ``top``: ``points`` evenly from top / points, and
+    LOW_POINTS geometric ones below that first point down to 1e-4 of it (a few users on many devices sit
+    there, where interpolation would hold the curve flat). np.unique would import numpy.ma, ~6 ms of a
+    serve start-up."""
+    first = top / points
+    low = np.geomspace(first * 1e-4, first, LOW_POINTS, endpoint=False)
+    return np.array(sorted({*low.tolist(), *np.linspace(first, top, points).tolist(), top}))
+
+
 def _fit_curves(
     system: System, model: Model, wl: Workload, record: Deployment, devices: np.ndarray, ep: np.ndarray
 ) -> list:
@@ -660,18 +670,7 @@ def _fit_curves(
     if good:
         rows = [
             # sorted distinct batches (np.unique would import numpy.ma, ~6 ms of a serve start-up)
-            # (below the first linear point a geometric grid down to 1e-4 of it: few users, many devices)
-            np.array(
-                sorted(
-                    {
-                        *np.geomspace(
-                            caps[i] / CURVE_POINTS * 1e-4, caps[i] / CURVE_POINTS, LOW_POINTS, endpoint=False
-                        ).tolist(),
-                        *np.linspace(caps[i] / CURVE_POINTS, caps[i], CURVE_POINTS).tolist(),
-                        float(caps[i]),
-                    }
-                )
-            )
+            batch_grid(float(caps[i]), CURVE_POINTS)
             for i in good
         ]
         idx = np.array(good)

@@ -14,7 +14,7 @@ sequence or a batch that does not fit: an allowed outcome) or returns a result w
    budget is at most 90% used (measured: 8e-5); within 2e-2 from the first grid point up to 98% (the
    mean step is concave in the first cells, where the chunk-step share f = 1 - (1 - rho)^G saturates:
    1.3% measured; near the budget the M/G/1 wait multiplies the chunk step's error by rho / (1 - rho):
-   0.7% at 98.8%). Below the linear grid's first point a geometric one (``aggregated.LOW_POINTS``) carries
+   0.7% at 98.8%). Below the linear grid's first point a geometric one (``serving.batch_grid``) carries
    the curve down to 1e-4 of it, so a few users on many devices keep the identities (they missed N by up to
    ~20% while the curve was held flat there);
 3. the first wave never shrinks as users are added, across the HBM cap too, between user counts whose

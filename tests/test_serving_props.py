@@ -283,7 +283,7 @@ def test_decode_littles_law_below_the_curve_grid():
     """dgx-h800, 32 + 32 GPUs, CloudMatrix-Infer's profile, 0.0018 req/s of 26,394 / 6,908 tokens (prompt
     CV 1.54): b = 0.0059 per GPU, far below the grid's first point 0.25, where ``np.interp`` holds TPOT at
     its value at 0.25: D b = 0.189 but X O TPOT = 0.154, 22% apart. The aggregated engine had the same
-    defect and got geometric points below its grid (``aggregated.LOW_POINTS``); serving's too now."""
+    defect and got geometric points below its grid (``serving.batch_grid``); serving's too now."""
     case = (("dgx-h800", (32, 32, 32)), "cloudmatrix-infer", ("rate", 0.0018107377812607536), 26394, 6908)
     r = evaluate(*case, 1.5431184654386987)
     assert _decode_cells(r) < 1
