@@ -441,8 +441,9 @@ class Deployment:
                 f"--devices: {d.devices} is outside 1..{system.num_devices} ({system.name} has "
                 f"{system.num_devices} devices)"
             )
-        # a default EP follows --moe-tp (ranks / moe_tp): when that does not divide, --moe-tp is named below
-        derived = self.ep_size is None and isinstance(d.moe_tp, int) and d.moe_tp >= 1 and ranks % d.moe_tp
+        # an EP follows --moe-tp (ranks / moe_tp, maybe resolved already): when --moe-tp does not divide the
+        # ranks, it is the one named (below)
+        derived = isinstance(d.moe_tp, int) and d.moe_tp >= 1 and ranks % d.moe_tp
         if not derived and (d.ep_size < 1 or ranks % d.ep_size):
             out.append(
                 f"--ep: EP{d.ep_size} must divide the {ranks} ranks of {d.devices} devices "
@@ -667,8 +668,6 @@ def _parallel_reasons(rec: Deployment, d: Deployment, system: System, model: Mod
         inter = model.moe_intermediate_size
         if not model.is_moe:
             out.append(f"--moe-tp: {model.name} is a dense model (no experts to split); leave it out")
-        elif d.phase == "prefill":
-            out.append("--moe-tp: prefill's MoE is modelled expert-parallel only; use --moe-tp 1 in prefill")
         elif m_tp < 1 or ranks % m_tp or m_tp > inter:
             out.append(
                 f"--moe-tp: {m_tp} must divide the {ranks} ranks and be at most the experts' {inter} "

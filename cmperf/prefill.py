@@ -15,6 +15,11 @@ attention still reads it (kv_up re-expands it in MHA form).
     kv_transfer_s = latency + KV bytes per prompt / (bw * eff); request_overhead_s: the framework
     profile's request path outside the engine (HTTP, tokenization, admission; frameworks/*.toml, else 0)
 
+MoE TP m (``Deployment.moe_tp``, TensorRT-LLM's and SGLang's --tp without EP): each expert's FFN is split m
+ways over m x EP ranks; no all-to-all: each rank all-gathers the group's other tokens (dispatch message
+size) and reduce-scatters their partial outputs (combine message size), and an EP rank's experts see the
+tokens of m ranks (cmperf.graph.moe_ops, as in decode).
+
 The KV transfer rides ``System.kv_transfer_plane()``: the spec's ``kv_transfer_plane``, else the scale-out
 plane (CM384 §4: RDMA; DGX/HGX: the InfiniBand NIC). Worked number (dgx-h800, 4,096-token prompt, BF16
 KV): 4096 x 70,272 B = 287.8 MB / (50 GB/s x 0.9) + 4 us = 6.40 ms.
@@ -227,6 +232,10 @@ def _evaluate_block(
     n = np.asarray(dep.microbatches, dtype=float)
     ep = np.asarray(dep.ep_size, dtype=float)
     tp = np.asarray(dep.attn_tp, dtype=float)
+    m_tp = np.asarray(dep.moe_tp)
+    if m_tp.size != 1:
+        raise ValueError("prefill.evaluate: moe_tp is one value per call")
+    m = int(m_tp.reshape(()))  # MoE TP: each expert split m ways over m x EP ranks (graph.moe_ops)
     k, hid = model.num_experts_per_tok, model.hidden_size
     disp_msg, comb_msg = ep_message_bytes(system, hid, prec, phase="prefill")
     d = system.collective("dispatch", "prefill")
@@ -239,22 +248,25 @@ def _evaluate_block(
     new_mb = t_mb * (1.0 - h)
     # routed copies over the EP group per microbatch: computed tokens only. The measured-statistics modes
     # (--eplb none|static|dynamic, cmperf.routing) also time the all-to-all at its busiest rank (a2a), as
-    # decode does; a prompt's tokens are one routing sample (its microbatch's prompts are the sequences)
+    # decode does; a prompt's tokens are one routing sample (its microbatch's prompts are the sequences).
+    # MoE TP m: an EP rank's experts see the tokens of m ranks (all-gathered over the m x EP group), as
+    # in decode (cmperf.decode._stages)
     a2a: Any = 1.0
     if dep.eplb in MEASURED_EPLB and dep.imbalance is None and model.is_moe:
-        imb, a2a = measured_imbalance(model, pl, dep.eplb, new_mb, seqs_mb)
+        imb, a2a = measured_imbalance(model, pl, dep.eplb, m * new_mb, m * seqs_mb)
         disp_msg, comb_msg = disp_msg * a2a, comb_msg * a2a
     else:
-        imb = routed_imbalance(model, pl, ep, ep * new_mb * k, dep.eplb, dep.imbalance)
-    exp_tok, exp_read, copies = moe_load(model, pl, ep, new_mb, imb)
-    if d.copies == "per-rank":
+        imb = routed_imbalance(model, pl, ep, ep * (m * k) * new_mb, dep.eplb, dep.imbalance)
+    exp_tok, exp_read, copies = moe_load(model, pl, ep, m * new_mb, imb)
+    # (MoE TP has no all-to-all: graph.moe_ops all-gathers the tokens and reduce-scatters the outputs)
+    if m == 1 and d.copies == "per-rank":
         copies = np.where(pl["dedicated"], copies, ep * (1.0 - (1.0 - 1.0 / ep) ** k))
-    elif d.copies == "per-domain":  # distinct destination ranks under the model's group-limited routing
+    elif m == 1 and d.copies == "per-domain":  # distinct destination ranks, group-limited routing
         routed = distinct_destinations(ep, k, model.n_group, model.topk_group, model.n_routed_experts)
         copies = np.where(pl["dedicated"], copies, routed)
     ffn = {"dense": dense_ffn_ops(model, prec, new_mb)}
     if model.is_moe:
-        moe = moe_ops(model, prec, new_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg)
+        moe = moe_ops(model, prec, new_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg, m)
         ffn["moe"] = _domain_dedup(
             system, model, moe, pl, ep, new_mb, {"dispatch": disp_msg, "combine": comb_msg}
         )
@@ -323,12 +335,14 @@ def _evaluate_block(
     all_ops = [op for s in stages for op in s.ops]
 
     def mem_at(scale):
-        parts = memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], 0)
+        parts = memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], 0, moe_tp=m)
         parts = {f"weights.{k_}": v for k_, v in parts.items()}
         parts["kv_cache"] = t_rank / p * scale * kv_seq  # held until sent to decode
         # dispatch/combine buffers sized by the actual counts (prefill kernels, not decode's worst case):
-        # send = tokens x copies, receive = the busiest rank's copies, both message kinds, every microbatch
-        parts["comm_buffers"] = n * scale * (new_mb * copies + exp_tok) * (disp_msg + comb_msg)
+        # send = tokens x copies, receive = the busiest rank's copies, both message kinds, every microbatch;
+        # MoE TP: the whole group's tokens gathered in, their partial outputs out
+        held = m * ep * new_mb if m > 1 else new_mb * copies + exp_tok
+        parts["comm_buffers"] = n * scale * held * (disp_msg + comb_msg)
         parts["activations"] = memory.activation_bytes(all_ops, n) * scale
         return parts
 

@@ -280,9 +280,9 @@ class Pools:
         reasons = replace(self.decode, batch_per_device=1.0, kv_len=kv, kv_capacity_len=None).check(
             system, model
         )
-        reasons += replace(
-            self.prefill, tokens_per_device=wl.prompt_len, prompt_len=wl.prompt_len, cache_hit=0.0
-        ).check(system, model)
+        pre = replace(self.prefill, tokens_per_device=wl.prompt_len, prompt_len=wl.prompt_len, cache_hit=0.0)
+        # the prefill record's MoE TP is serve's --prefill-moe-tp
+        reasons += [r.replace("--moe-tp", "--prefill-moe-tp") for r in pre.check(system, model)]
         if reasons:
             raise CmperfError(reasons[0])
 
@@ -1101,6 +1101,8 @@ def evaluate(
         "prefill_devices": pools.prefill_devices,
         "decode_devices": pools.decode_devices,
         "prefill_instance_devices": pools.prefill_instance_devices,
+        "prefill_ep_size": int(pools.prefill.ep_size),
+        "prefill_moe_tp": int(pools.prefill.moe_tp),
         "cache_dram_bytes": svc.cache.capacity_bytes,
         "cache_plane": pools.plane(svc.system),
         "mtp": pools.decode.mtp,

@@ -142,11 +142,82 @@ def test_bad_parallel_degrees_are_one_line(args, flag):
     assert len(err) == 1 and err[0].startswith(f"cmperf: error: {flag}"), err
 
 
-def test_moe_tp_refused_on_dense_models_and_in_prefill():
+def test_moe_tp_refused_on_dense_models():
     dep = Deployment(devices=8, moe_tp=8)
     assert any(r.startswith("--moe-tp") for r in dep.check(H200, LLAMA))
-    pre = Deployment(phase="prefill", devices=8, moe_tp=8)
+    pre = Deployment(phase="prefill", devices=8, moe_tp=3)  # does not divide the 8 ranks
     assert any(r.startswith("--moe-tp") for r in pre.check(H200, R1))
+
+
+def _prefill(**kw):
+    from cmperf import prefill
+
+    kw = {"phase": "prefill", "devices": 8, "prompt_len": 8192.0, "tokens_per_device": 16384.0, **kw}
+    return prefill.predict(H200, R1, Deployment(**kw))
+
+
+def test_prefill_moe_tp_all_gathers_and_reduce_scatters():
+    """Prefill under MoE TP8 on 8 H200s (TensorRT-LLM's and SGLang's --tp 8 without EP): no all-to-all,
+    each rank all-gathers the other 7 ranks' tokens (FP8 dispatch message) and reduce-scatters their partial
+    outputs; the expert GEMMs' flops per rank are the EP8 ones (the same token-expert pairs spread over
+    the same 8 ranks, perfect balance), but every rank reads a slice of all 256 experts."""
+    from cmperf.comm import ep_message_bytes
+
+    ep, tp = _prefill(), _prefill(moe_tp=8)
+    assert tp.deployment["ep_size"] == 1 and tp.deployment["moe_tp"] == 8
+    by = {o.name: o for o in tp.ops if o.stage == "moe"}
+    assert {"moe.tp_allgather", "moe.tp_reducescatter"} <= set(by) and "moe.dispatch" not in by
+    prec = Deployment(phase="prefill").resolve(H200, R1).precision
+    d_msg, c_msg = ep_message_bytes(H200, R1.hidden_size, prec, phase="prefill")
+    tokens = 16384.0 / 2  # per rank and microbatch
+    assert by["moe.tp_allgather"].comm_bytes == pytest.approx(7 * tokens * d_msg, rel=1e-12)
+    assert by["moe.tp_reducescatter"].comm_bytes == pytest.approx(7 * tokens * c_msg, rel=1e-12)
+    e_by = {o.name: o for o in ep.ops if o.stage == "moe"}
+    for name in ("moe.experts.up", "moe.experts.down"):
+        assert by[name].compute_s == pytest.approx(e_by[name].compute_s, rel=1e-9), name
+    # each rank holds 1/8 of all 256 routed + 1 shared experts' FFNs (FP8) in 58 MoE layers; EP8 holds 36
+    # whole routed experts (its 32 redundant slots) + the shared one
+    ffn = 3 * R1.hidden_size * R1.moe_intermediate_size
+    assert tp.hbm_breakdown_bytes["weights.experts"] == pytest.approx(58 * 257 * ffn / 8, rel=1e-12)
+    assert ep.hbm_breakdown_bytes["weights.experts"] == pytest.approx(58 * 37 * ffn, rel=1e-12)
+    # the all-gather moves 8x the tokens over NVLink: slower than the all-to-all here, TTFT up 5-20%
+    assert 1.05 < tp.ttft_s / ep.ttft_s < 1.2, (tp.ttft_s, ep.ttft_s)
+
+
+def test_prefill_cli_moe_tp():
+    import json
+
+    args = ["prefill", "--system", "hgx-h200", "--devices", "8", "--moe-tp", "8"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "MoE TP8 x EP1" in r.stdout
+    doc = json.loads(CliRunner().invoke(main, [*args, "--format", "json"]).stdout)
+    assert doc["deployment"]["moe_tp"] == 8
+
+
+def test_serve_prefill_moe_tp():
+    """``serve --prefill-moe-tp 8``: 8-GPU prefill instances at MoE TP8 (EP1), named in the JSON inputs and
+    the pools row, the prefill batch slower than at EP8 (the all-gather of 8x the tokens); a degree that
+    does not divide the instance names --prefill-moe-tp; --mode agg refuses it."""
+    import json
+
+    base = ["serve", "--system", "hgx-h200", "--rate", "5", "--prompt-len", "8192", "--output-len", "1024"]
+    base += ["--prefill-instance-devices", "8"]
+    runner = CliRunner()
+    docs = {}
+    for m in ("1", "8"):
+        r = runner.invoke(main, [*base, "--prefill-moe-tp", m, "--format", "json"])
+        assert r.exit_code == 0, r.output
+        docs[m] = json.loads(r.stdout)
+    assert docs["8"]["inputs"]["prefill_moe_tp"] == 8 and docs["8"]["inputs"]["prefill_ep_size"] == 1
+    assert docs["1"]["inputs"]["prefill_moe_tp"] == 1 and docs["1"]["inputs"]["prefill_ep_size"] == 8
+    assert docs["8"]["prefill"]["batch_s"] > 1.05 * docs["1"]["prefill"]["batch_s"]
+    table = runner.invoke(main, [*base, "--prefill-moe-tp", "8"])
+    assert "= 4 x 8 (MoE TP8)" in table.stdout, table.stdout
+    bad = runner.invoke(main, [*base, "--prefill-moe-tp", "3"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("cmperf: error: --prefill-moe-tp: 3 must divide")
+    agg = runner.invoke(main, ["serve", "--mode", "agg", "--concurrency", "4", "--prefill-moe-tp", "8"])
+    assert agg.exit_code == 2 and "--prefill-moe-tp" in agg.stderr
 
 
 def test_vector_evaluate_matches_scalar_under_tp():

@@ -129,8 +129,8 @@ def common_options(fn):
         "moe_tp",
         type=dep("moe_tp"),
         help="MoE tensor parallelism: ranks each expert's FFN is split over, EP = ranks / N; the tokens "
-        "are all-gathered and the outputs reduce-scattered instead of the all-to-all [default: 1, decode "
-        "only].",
+        "are all-gathered and the outputs reduce-scattered instead of the all-to-all (decode and "
+        "prefill) [default: 1].",
     )(fn)
     fn = knob(
         "--attn-tp",

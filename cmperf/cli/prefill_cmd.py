@@ -31,7 +31,9 @@ def _summary_rows(p) -> list[tuple[str, str]]:
         ("system / model", f"{p.system} / {p.model}"),
         (
             "deployment",
-            f"{d['devices']} devices, EP{d['ep_size']}, {d['tokens_per_device']:g} tokens/device of "
+            f"{d['devices']} devices, "
+            + (f"MoE TP{d['moe_tp']} x " if d.get("moe_tp", 1) > 1 else "")
+            + f"EP{d['ep_size']}, {d['tokens_per_device']:g} tokens/device of "
             f"{d['prompt_len']:g}-token prompts, {d['microbatches']} "
             f"microbatch{'' if d['microbatches'] == 1 else 'es'}, "
             f"attention TP{d['attn_tp']}",

@@ -72,7 +72,9 @@ def serve_rows(r) -> list[tuple[str, str]]:
         (
             "pools",
             f"prefill {r.inputs['prefill_devices']} devices = {p.instances} x "
-            f"{r.inputs['prefill_instance_devices']}, decode {r.inputs['decode_devices']} devices "
+            f"{r.inputs['prefill_instance_devices']}"
+            + (f" (MoE TP{r.inputs['prefill_moe_tp']})" if r.inputs["prefill_moe_tp"] > 1 else "")
+            + f", decode {r.inputs['decode_devices']} devices "
             f"(EP{d.ep_size}"
             + (f", MoE TP{d.moe_tp}" if (d.moe_tp or 1) > 1 else "")
             + (f", attention TP{d.attn_tp}" if (d.attn_tp or 1) > 1 else "")
@@ -238,6 +240,7 @@ DISAGG_ONLY = {
     "prefill_devices": "--prefill-devices",
     "decode_devices": "--decode-devices",
     "prefill_instance_devices": "--prefill-instance-devices",
+    "prefill_moe_tp": "--prefill-moe-tp",
     "cache_dram": "--cache-dram",
     "cache_plane": "--cache-plane",
     "cache_prefetch": "--cache-prefetch",
@@ -411,6 +414,12 @@ def cand_header(s) -> tuple[str, ...]:
     help="Devices per prefill instance [default: the EP32 unit, 16 NPUs on CloudMatrix384, 32 GPUs].",
 )
 @click.option(
+    "--prefill-moe-tp",
+    type=dep("moe_tp"),
+    default=None,
+    help="MoE TP degree (ranks per expert) of every prefill instance; its EP = ranks / N [default: 1].",
+)
+@click.option(
     "--cache-dram",
     type=BYTES,
     default=None,
@@ -527,6 +536,7 @@ def serve(
     prefill_devices,
     decode_devices,
     prefill_instance_devices,
+    prefill_moe_tp,
     cache_dram,
     cache_plane,
     cache_prefetch,
@@ -633,6 +643,7 @@ def serve(
             cache_prefetch=cache_prefetch,
             framework=framework,
             precision=prec,
+            moe_tp=prefill_moe_tp,
         ),
     )
     if do_size:
