@@ -281,8 +281,11 @@ class Pools:
             system, model
         )
         pre = replace(self.prefill, tokens_per_device=wl.prompt_len, prompt_len=wl.prompt_len, cache_hit=0.0)
-        # the prefill record's MoE TP is serve's --prefill-moe-tp
-        reasons += [r.replace("--moe-tp", "--prefill-moe-tp") for r in pre.check(system, model)]
+        # the prefill record's TP degrees are serve's --prefill-attn-tp / --prefill-moe-tp
+        reasons += [
+            r.replace("--moe-tp", "--prefill-moe-tp").replace("--attn-tp", "--prefill-attn-tp")
+            for r in pre.check(system, model)
+        ]
         if reasons:
             raise CmperfError(reasons[0])
 
@@ -1102,6 +1105,7 @@ def evaluate(
         "decode_devices": pools.decode_devices,
         "prefill_instance_devices": pools.prefill_instance_devices,
         "prefill_ep_size": int(pools.prefill.ep_size),
+        "prefill_attn_tp": int(pools.prefill.attn_tp),
         "prefill_moe_tp": int(pools.prefill.moe_tp),
         "cache_dram_bytes": svc.cache.capacity_bytes,
         "cache_plane": pools.plane(svc.system),

@@ -308,3 +308,25 @@ def test_uneven_mla_head_split_is_timed_at_its_busiest_rank():
     assert r.exit_code == 0 and "attention TP72 (2 heads on the busiest rank)" in " ".join(r.output.split())
     bad = Deployment(devices=72, attn_tp=72).check(gb, load_model("qwen3-235b-a22b"))  # 64 heads, GQA
     assert any(x.startswith("--attn-tp: 72 must divide the 72 ranks and the 64 heads") for x in bad), bad
+
+
+def test_serve_prefill_attention_tp_knob():
+    """``serve --prefill-attn-tp``: CloudMatrix384's prefill instances run SP-TP-SP at TP16 by default (the
+    system's attention_tp_devices, 8 NPUs: a stated assumption), shown in the pools row and the JSON
+    inputs; TP2 is a different prefill batch time (the all-gather / all-to-all spans 2 dies, attention's
+    per-rank work is the same); a degree that does not divide the instance names --prefill-attn-tp."""
+    import json
+
+    runner = CliRunner()
+    base = ["serve", "--rate", "40"]
+    docs = {}
+    for tp in (None, "2"):
+        extra = [] if tp is None else ["--prefill-attn-tp", tp]
+        r = runner.invoke(main, [*base, *extra, "--format", "json"])
+        assert r.exit_code == 0, r.output
+        docs[tp] = json.loads(r.stdout)
+    assert docs[None]["inputs"]["prefill_attn_tp"] == 16 and docs["2"]["inputs"]["prefill_attn_tp"] == 2
+    assert docs[None]["prefill"]["batch_s"] != docs["2"]["prefill"]["batch_s"]
+    assert "= 6 x 16 (attention TP16)" in runner.invoke(main, base).stdout
+    bad = runner.invoke(main, [*base, "--prefill-attn-tp", "3"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("cmperf: error: --prefill-attn-tp: 3 must divide")

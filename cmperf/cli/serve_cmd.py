@@ -58,6 +58,13 @@ def slo_limit_row(m: dict) -> tuple[str, str]:
     )
 
 
+def _prefill_degrees(inputs: dict) -> str:
+    """The pools row's note of a prefill instance's TP degrees above 1 (' (attention TP16)'), or ''."""
+    degrees = (("attention", "prefill_attn_tp"), ("MoE", "prefill_moe_tp"))
+    parts = [f"{name} TP{inputs[k]}" for name, k in degrees if inputs[k] > 1]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def serve_rows(r) -> list[tuple[str, str]]:
     from ..units import fmt_bytes, fmt_rate
 
@@ -73,7 +80,7 @@ def serve_rows(r) -> list[tuple[str, str]]:
             "pools",
             f"prefill {r.inputs['prefill_devices']} devices = {p.instances} x "
             f"{r.inputs['prefill_instance_devices']}"
-            + (f" (MoE TP{r.inputs['prefill_moe_tp']})" if r.inputs["prefill_moe_tp"] > 1 else "")
+            + _prefill_degrees(r.inputs)
             + f", decode {r.inputs['decode_devices']} devices "
             f"(EP{d.ep_size}"
             + (f", MoE TP{d.moe_tp}" if (d.moe_tp or 1) > 1 else "")
@@ -240,6 +247,7 @@ DISAGG_ONLY = {
     "prefill_devices": "--prefill-devices",
     "decode_devices": "--decode-devices",
     "prefill_instance_devices": "--prefill-instance-devices",
+    "prefill_attn_tp": "--prefill-attn-tp",
     "prefill_moe_tp": "--prefill-moe-tp",
     "cache_dram": "--cache-dram",
     "cache_plane": "--cache-plane",
@@ -414,6 +422,14 @@ def cand_header(s) -> tuple[str, ...]:
     help="Devices per prefill instance [default: the EP32 unit, 16 NPUs on CloudMatrix384, 32 GPUs].",
 )
 @click.option(
+    "--prefill-attn-tp",
+    type=dep("attn_tp"),
+    default=None,
+    help="Attention TP degree (ranks one prompt's attention spans, SP-TP-SP) of every prefill instance "
+    "[default: the system's [overlap.prefill] attention_tp_devices x ranks per device, 8 NPUs = TP16 on "
+    "CloudMatrix384 (a stated assumption: CM384 §4.3 names the layout, not the degree), 1 on GPUs].",
+)
+@click.option(
     "--prefill-moe-tp",
     type=dep("moe_tp"),
     default=None,
@@ -536,6 +552,7 @@ def serve(
     prefill_devices,
     decode_devices,
     prefill_instance_devices,
+    prefill_attn_tp,
     prefill_moe_tp,
     cache_dram,
     cache_plane,
@@ -643,6 +660,7 @@ def serve(
             cache_prefetch=cache_prefetch,
             framework=framework,
             precision=prec,
+            attn_tp=prefill_attn_tp,
             moe_tp=prefill_moe_tp,
         ),
     )
