@@ -198,8 +198,14 @@ class _Curve:
         kv_cap = wl.prompt_len + wl.output_len  # one sequence must fit whole
         # the batch cap: the KV a running sequence holds under the framework's admission rule
         kv_held = frameworks.reserved_kv_len(wl.prompt_len, wl.output_len, base.framework)
+        # the chunk's prompts are the workload's: their length sets the chunk's causal attention
         probe = replace(
-            base, batch_per_device=1.0, kv_len=wl.kv_mean_len, kv_capacity_len=kv_held, kv_cv=wl.kv_cv
+            base,
+            batch_per_device=1.0,
+            kv_len=wl.kv_mean_len,
+            kv_capacity_len=kv_held,
+            kv_cv=wl.kv_cv,
+            prompt_len=wl.prompt_len,
         )
         reasons = replace(probe, kv_len=kv_cap, kv_capacity_len=kv_cap).check(system, model)
         if reasons:

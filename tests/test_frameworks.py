@@ -78,34 +78,34 @@ def test_step_overhead_adds_exactly_its_value_to_the_step():
 
 def test_request_overhead_adds_exactly_its_value_to_every_ttft():
     """The request path outside the engine (fitted on the development half's low-concurrency aggregated
-    rows, scripts/fit_framework.py: TensorRT-LLM 136.3 ms, SGLang 156.7 ms) adds to the prefill command's
+    rows, scripts/fit_framework.py: TensorRT-LLM 134.9 ms, SGLang 160.6 ms) adds to the prefill command's
     TTFT, the aggregated engine's (steady state and first wave) and the disaggregated prefill pool's."""
     from cmperf import aggregated as agg
     from cmperf import prefill, serving
 
     trt, sg = frameworks.load("tensorrt-llm"), frameworks.load("sglang")
-    assert (trt.request_overhead_s, sg.request_overhead_s) == pytest.approx((0.1363, 0.1567), abs=1e-12)
+    assert (trt.request_overhead_s, sg.request_overhead_s) == pytest.approx((0.1349, 0.1606), abs=1e-12)
     assert frameworks.load("cloudmatrix-infer").request_overhead_s == 0.0
     pdep = Deployment(phase="prefill", devices=32, ep_size=32)
     base = prefill.predict(H800, R1, pdep)
     with_sg = prefill.predict(H800, R1, dataclasses.replace(pdep, framework="sglang"))
-    assert with_sg.ttft_s - base.ttft_s == pytest.approx(0.1567, rel=1e-9)
+    assert with_sg.ttft_s - base.ttft_s == pytest.approx(0.1606, rel=1e-9)
     assert (
-        with_sg.ttft_breakdown_s["request_overhead_s"] == pytest.approx(0.1567, rel=1e-12)
+        with_sg.ttft_breakdown_s["request_overhead_s"] == pytest.approx(0.1606, rel=1e-12)
         and with_sg.batch_s == base.batch_s
     )
     h200 = load_system("hgx-h200")
     wl = serving.Workload(rate_per_s=None, concurrency=8, prompt_len=1024, output_len=1024)
     curve = agg._Curve(h200, R1, wl, agg.Engine(Deployment(devices=8, framework="tensorrt-llm")))
-    assert curve.request_s == pytest.approx(0.1363, rel=1e-12)
+    assert curve.request_s == pytest.approx(0.1349, rel=1e-12)
     first = agg._first_wave(curve, 8.0)
-    assert curve.service(0.01, 0.02) == pytest.approx(curve.prompt_steps * 0.02 + 0.005 + 0.1363, rel=1e-12)
+    assert curve.service(0.01, 0.02) == pytest.approx(curve.prompt_steps * 0.02 + 0.005 + 0.1349, rel=1e-12)
     curve.request_s = 0.0
-    assert first - agg._first_wave(curve, 8.0) == pytest.approx(0.1363, rel=1e-9)
+    assert first - agg._first_wave(curve, 8.0) == pytest.approx(0.1349, rel=1e-9)
     pools = serving.default_pools(H800, R1)
     pools = dataclasses.replace(pools, prefill=dataclasses.replace(pools.prefill, framework="sglang"))
     grid = serving.prefill_grid(H800, R1, serving.Workload(rate_per_s=1.0), pools, 0.0)
-    assert grid.after_s(0) - float(grid.kv_transfer_s[0]) == pytest.approx(0.1567, rel=1e-12)
+    assert grid.after_s(0) - float(grid.kv_transfer_s[0]) == pytest.approx(0.1606, rel=1e-12)
 
 
 def test_auto_microbatches_stay_within_the_framework_counts():

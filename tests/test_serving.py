@@ -6,12 +6,13 @@ import heapq
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cmperf import serving, sizing
+from cmperf import serving, sizing, specs
 from cmperf.cli import main
 
 
@@ -356,3 +357,50 @@ def test_slo_percentile_default_is_one_constant():
         h = runner.invoke(main, [cmd, "--help"], terminal_width=200).output
         assert f"[default: {serving.DEFAULT_SLO_PERCENTILE:g}]" in " ".join(h.split()), cmd
         assert "(p90)" not in h
+
+
+def test_prefill_grid_prices_the_workloads_prompts(cm384, r1):
+    """The prefill pool's batches are of the workload's prompts, not the prefill record's default 4,096-token
+    ones (regression: at 16K prompts a batch of one was priced at 152 ms against cmperf prefill's 244 ms,
+    the causal attention of 4K prompts, and the KV transfer of 4K tokens): batch time and KV transfer equal
+    ``prefill.predict`` of one prompt per instance."""
+    from dataclasses import replace
+
+    from cmperf import prefill
+
+    s, m = cm384, r1
+    pools = serving.default_pools(s, m).resolve(s, m)
+    for p in (1024.0, 16384.0):
+        wl = serving.Workload(rate_per_s=1.0, prompt_len=p, output_len=256.0)
+        g = serving.prefill_grid(s, m, wl, pools, 0.0)
+        one = prefill.predict(s, m, replace(pools.prefill, tokens_per_device=p / 16, prompt_len=p))
+        assert g.batch_prompts[0] == 1.0
+        assert g.batch_s[0] == pytest.approx(one.batch_s, rel=1e-12), p
+        assert g.kv_transfer_s[0] == pytest.approx(one.kv_transfer_s, rel=1e-12), p
+
+
+def test_disaggregated_first_wave():
+    """A closed loop's first wave (``serving.first_wave_s``): hgx-h200's default pools, 1K / 1K, 1,024 users
+    on one 32-GPU prefill instance: batches of 512 prompts, half the users wait one batch and half two, so
+    1.5 batch times + the KV transfer (2.284 s; the steady-state mean is 41 ms); one user waits one batch of
+    one; a Poisson load has none; the JSON and the table carry it."""
+    s, m = specs.load_system("hgx-h200"), specs.load_model("deepseek-r1")
+    pools = serving.default_pools(s, m)
+    wl = serving.Workload(rate_per_s=None, concurrency=1024.0, prompt_len=1024.0, output_len=1024.0)
+    r = serving.evaluate(s, m, wl, pools, limits=False)
+    g = serving._Service(s, m, wl, pools, serving.SLO()).grid
+    i = int(np.flatnonzero(g.batch_prompts == 512.0)[0])
+    assert g.instances == 1 and r.ttft_memory_wait_s == 0.0
+    assert r.ttft_first_wave_s == pytest.approx(1.5 * g.batch_s[i] + g.after_s(i), rel=1e-12)
+    assert r.ttft_first_wave_s == pytest.approx(2.284, abs=5e-4)
+    assert r.ttft_s["mean"] < 0.05
+    one = serving.evaluate(s, m, replace(wl, concurrency=1.0), pools, limits=False)
+    assert one.ttft_first_wave_s == pytest.approx(g.batch_s[0] + g.after_s(0), rel=1e-12)
+    assert (
+        serving.evaluate(s, m, replace(wl, rate_per_s=5.0, concurrency=None), pools).ttft_first_wave_s is None
+    )
+    args = ["serve", "--system", "hgx-h200", "--concurrency", "1024", "--prompt-len", "1024"]
+    args += ["--output-len", "1024"]
+    doc = json.loads(CliRunner().invoke(main, [*args, "--format", "json"]).stdout)
+    assert doc["ttft_first_wave_s"] == pytest.approx(r.ttft_first_wave_s, rel=1e-9)
+    assert "TTFT first wave" in CliRunner().invoke(main, args).stdout

@@ -90,6 +90,8 @@ def serve_rows(r) -> list[tuple[str, str]]:
         ),
         ("TTFT p50 / p90 / p99", " / ".join(_s(r.ttft_s[k]) for k in ("p50", "p90", "p99"))),
     ]
+    if r.ttft_first_wave_s is not None:  # a closed loop: its users started at once (serving.first_wave_s)
+        rows.append(("TTFT first wave", f"{_s(r.ttft_first_wave_s)} mean, the users started at once"))
     if r.ttft_memory_wait_s > 0:  # serving.evaluate: a closed loop beyond the decode pool's HBM cap
         rows.append(
             (
