@@ -26,7 +26,9 @@ device, with a = accepted draft tokens per step (``decode.accepted_per_step``), 
   the rest wait for KV memory: TTFT = (N - D b_cap) / X.
 * **TTFT** = queueing + the steps a prompt needs. A request lives on one attention-DP group, which gets
   its share C_g = C / G of the budget (SGLang divides ``chunked_prefill_size`` by the attention-DP size,
-  ``parallel_hook.py``); the group's prefill is an M/G/1 queue (arrivals lambda / G, service P / C_g steps,
+  ``parallel_hook.py``; under a profile's ``chunk_scope = "group"``, TensorRT-LLM's ``max_num_tokens`` per
+  attention-DP rank, C_g is the whole budget and the engine's step carries up to G C);
+  the group's prefill is an M/G/1 queue (arrivals lambda / G, service P / C_g steps,
   service SCV = prompt CV^2; Pollaczek-Khinchine mean, the exponential-tail percentiles of
   ``cmperf.queueing.mgc_wait``). TTFT = W + ceil(P / C_g) chunk steps + s(b) / 2: the prompt's chunk
   steps plus half a step for an arrival joining at the next step boundary.
@@ -148,9 +150,9 @@ class AggregatedResult:
     max_batch_per_device: float  # the batch where the engine stops (HBM or the chunk budget)
     limited_by: str  # what stops the batch growing: "HBM" | "chunk budget"
     waits_for_memory: bool  # closed loop at the HBM cap: the requests beyond it wait for KV memory
-    chunk_tokens: float  # the engine's budget per step
+    chunk_tokens: float  # the engine's budget per step (G x the group's under chunk_scope "group")
     chunk_tokens_per_step: float  # prompt tokens the engine's mean step carries
-    chunk_tokens_per_group: float  # the budget share of one attention-DP group
+    chunk_tokens_per_group: float  # one attention-DP group's budget (its share, or its own: chunk_scope)
     attention_dp_groups: int
     chunk_utilization: float  # mean chunk / budget (the prefill queue's utilization)
     prefill_steps_per_prompt: int
@@ -216,12 +218,17 @@ class _Curve:
         self.devices = int(d.devices)
         ranks = self.devices * system.ranks_per_device
         self.groups = max(ranks // int(d.attn_tp if d.attn_tp is not None else 1), 1)
-        if self.chunk < self.groups:
+        self.scope = frameworks.chunk_scope(d.framework)
+        self.budget = self.chunk  # the framework's knob (--chunk): the engine's or every group's
+        if self.scope == "group":  # every group's scheduler has the whole budget (TensorRT-LLM)
+            self.chunk_group, self.chunk = self.chunk, self.chunk * self.groups
+        elif self.chunk < self.groups:
             raise CmperfError(
                 f"--chunk: {self.chunk:g} tokens per step over {self.groups} attention-DP groups is less "
                 f"than one token each; give at least {self.groups}"
             )
-        self.chunk_group = self.chunk / self.groups
+        else:
+            self.chunk_group = self.chunk / self.groups
         self.per_step = 1.0 + float(dec.accepted_per_step(d.mtp, d.mtp_accept))
         p, o = wl.prompt_len, wl.output_len
         self.k = p * self.per_step / o  # chunk tokens per device per step, per sequence of batch
@@ -553,8 +560,9 @@ def evaluate(
         "ep_size": int(dep.ep_size),
         "attn_tp": int(dep.attn_tp) if dep.attn_tp is not None else 1,
         "moe_tp": int(dep.moe_tp) if dep.moe_tp is not None else 1,
-        "chunk_tokens": curve.chunk,
+        "chunk_tokens": curve.budget,
         "chunk_default": engine.chunk_tokens is None,
+        "chunk_scope": curve.scope,
         "mtp": int(dep.mtp),
         "mtp_accept": dep.mtp_accept,
         "microbatches": dep.microbatches,
@@ -690,7 +698,7 @@ def _engine_row(system, model, wl, slo, base, size, chunk_tokens, total, rate) -
         tpot_slo_rps=float(lim["tpot_slo_rps"]),
         capacity_rps=float(lim["capacity_rps"]),
         binding_slo=lim["binding_slo"],
-        chunk_tokens=curve.chunk,
+        chunk_tokens=curve.budget,
         limited_by=curve.limited_by,
         feasible=per > 0 and 0 < k * size <= total,
         note="",

@@ -6,7 +6,8 @@ per-step host and scheduler time outside the layers (graph launch, sampling, sch
 to its first token outside the engine's steps (``request_overhead``: HTTP, tokenization, admission,
 streaming the token; added to every TTFT, cmperf.aggregated and cmperf.serving), the prompt tokens an
 aggregated engine's step carries by default (``chunk_tokens``; unset: the rule by device memory,
-``cmperf.aggregated.default_chunk_tokens``), and how it loads
+``cmperf.aggregated.default_chunk_tokens``) and whether that budget is the engine's or each attention-DP
+group's (``chunk_scope``), and how it loads
 a context-cache hit (``cache_prefetch``: the whole cached prefix before the prefill computes, or layer by
 layer behind the compute; ``cache_block_tokens``: the block one cache message carries; cmperf.prefill),
 the redundant expert copies it places unless told (``expert_redundancy``, ``EXPERT_REDUNDANCY``), each value
@@ -38,6 +39,7 @@ class Framework:
     step_overhead_s: float  # host time per decode step outside the layers
     request_overhead_s: float  # a request's path to its first token outside the engine's steps (TTFT)
     chunk_tokens: int | None  # aggregated engine's prompt tokens per step (None: by device memory)
+    chunk_scope: str  # what the budget bounds: "engine" (one budget split over the groups) | "group"
     kv_reserve_ratio: float  # share of a running sequence's remaining output its KV admission reserves
     kv_reserve_clip_tokens: int | None  # the remaining output counted at most this many tokens (None: all)
     cache_prefetch: str  # "prefix" | "layer" (CACHE_PREFETCH)
@@ -55,6 +57,12 @@ ENGINE_PROFILES = {"trtllm": "tensorrt-llm", "sglang": "sglang", "vllm": "vllm"}
 #: fewest that split the R experts evenly over EP ranks, ceil(R / EP) EP - R (0 at EP8, 32 at EP72), as
 #: frameworks whose EPLB is off by default place them (SGLang, TensorRT-LLM, vLLM).
 EXPERT_REDUNDANCY = ("eplb", "even")
+
+#: ``chunk_scope`` choices: "engine": the chunk budget bounds a step of the whole engine and each of its G
+#: attention-DP groups gets C / G (SGLang divides ``chunked_prefill_size`` by the DP size; the default
+#: without a profile); "group": every attention-DP group's scheduler has the whole budget (TensorRT-LLM's
+#: ``max_num_tokens`` under attention DP), so the engine's step carries up to G C.
+CHUNK_SCOPES = ("engine", "group")
 
 #: ``cache_prefetch`` choices: "prefix" loads every cached block before the prefill computes (the load is on
 #: the critical path); "layer" loads layer l+1's blocks while layer l computes (only the first layer and any
@@ -109,6 +117,7 @@ def load(name: str) -> Framework:
     mode = t.choice("cache_prefetch", CACHE_PREFETCH, DEFAULT_CACHE_PREFETCH)
     block = t.integer("cache_block_tokens", 1, 1 << 20, required=False, default=DEFAULT_CACHE_BLOCK_TOKENS)
     chunk = t.integer("chunk_tokens", 1, 1 << 24, required=False, default=0) or None
+    scope = t.choice("chunk_scope", CHUNK_SCOPES, "engine")
     reserve = t.number("kv_reserve_ratio", 0.0, 1.0, required=False, default=1.0)
     clip = t.integer("kv_reserve_clip_tokens", 1, 1 << 30, required=False, default=0) or None
     redundancy = t.choice("expert_redundancy", EXPERT_REDUNDANCY, "eplb")
@@ -124,6 +133,7 @@ def load(name: str) -> Framework:
         over,
         request,
         chunk,
+        scope,
         reserve,
         clip,
         mode,
@@ -180,6 +190,12 @@ def request_overhead_s(name: str | None) -> float:
     """The profile's request overhead in seconds (None or unknown: 0)."""
     fw = _known_or_none(name)
     return fw.request_overhead_s if fw else 0.0
+
+
+def chunk_scope(name: str | None) -> str:
+    """What the profile's chunk budget bounds (``CHUNK_SCOPES``; None or unknown: "engine")."""
+    fw = _known_or_none(name)
+    return fw.chunk_scope if fw else "engine"
 
 
 def reasons(dep: Any) -> list[str]:

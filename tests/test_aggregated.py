@@ -252,3 +252,26 @@ def test_engine_chunks_are_the_workloads_prompts():
         wave[p] = a.ttft_first_wave_s
     # 8x the prompt, more than 8x the wave (the quadratic attention): 10.4x (8.05x at 4K-token chunks)
     assert wave[8192.0] > 9 * wave[1024.0], wave
+
+
+def test_tensorrt_llm_budget_is_each_attention_dp_groups(h200, monkeypatch):
+    """TensorRT-LLM's max_num_tokens bounds every attention-DP rank's own forward (chunk_scope "group"):
+    on 8 GPUs in attention DP8 each group has 8,192 tokens (the engine's step up to 65,536), so an 8K
+    prompt is one chunk step; under SGLang's rule (the same budget split over the groups) it is 1,024 per
+    group and 8 steps, and the first wave of 16 users waits longer. Under attention TP8 (one group) both
+    rules are the same budget, so the results are bit-identical."""
+    trt = Deployment(devices=8, framework="tensorrt-llm")
+    r = agg.evaluate(*h200, wl(n=16, p=8192), agg.Engine(trt), limits=False)
+    assert (r.chunk_tokens_per_group, r.chunk_tokens, r.prefill_steps_per_prompt) == (8192.0, 65536.0, 1)
+    assert r.inputs["chunk_scope"] == "group" and r.inputs["chunk_tokens"] == 8192  # the knob, as given
+    split = agg.evaluate(*h200, wl(n=16, p=8192), agg.Engine(replace(trt, framework="sglang"), 8192), False)
+    assert (split.chunk_tokens_per_group, split.prefill_steps_per_prompt) == (1024.0, 8)
+    assert split.inputs["chunk_scope"] == "engine"
+    assert r.ttft_first_wave_s < split.ttft_first_wave_s
+    # one attention-DP group: the scope changes nothing
+    tp8 = agg.Engine(replace(trt, attn_tp=8))
+    a = agg.evaluate(*h200, wl(n=16, p=8192), tp8, limits=False)
+    monkeypatch.setattr(agg.frameworks, "chunk_scope", lambda name: "engine")
+    b = agg.evaluate(*h200, wl(n=16, p=8192), tp8, limits=False)
+    assert a.chunk_tokens == a.chunk_tokens_per_group == 8192.0
+    assert (a.ttft_s, a.tpot_s, a.ttft_first_wave_s) == (b.ttft_s, b.tpot_s, b.ttft_first_wave_s)

@@ -30,6 +30,7 @@ def test_profiles_load_with_a_source_for_every_value():
             "step_overhead",
             "request_overhead",
             "chunk_tokens",
+            "chunk_scope",
             "kv_reserve_ratio",
             "kv_reserve_clip_tokens",
             "cache_prefetch",

@@ -161,6 +161,7 @@ def agg_rows(r) -> list[tuple[str, str]]:
     tp = f", attention TP{i['attn_tp']}" if i["attn_tp"] > 1 else ""
     mtp = f", MoE TP{i['moe_tp']}" if i["moe_tp"] > 1 else ""
     chunk = "default" if i["chunk_default"] else "--chunk"
+    scope = ", each its own budget" if i["chunk_scope"] == "group" else ""
     rows = [
         ("system / model", f"{r.system} / {r.model}"),
         (
@@ -176,7 +177,7 @@ def agg_rows(r) -> list[tuple[str, str]]:
         (
             "chunk budget",
             f"{r.chunk_tokens:,.0f} prompt tokens per step ({chunk}), {r.chunk_tokens_per_group:,.4g} per "
-            f"attention-DP group ({r.attention_dp_groups} groups): {r.prefill_steps_per_prompt} "
+            f"attention-DP group ({r.attention_dp_groups} groups{scope}): {r.prefill_steps_per_prompt} "
             f"step{'s' if r.prefill_steps_per_prompt != 1 else ''} per prompt",
         ),
         ("TTFT mean / p50 / p90 / p99", " / ".join(_s(r.ttft_s[k]) for k in ("mean", "p50", "p90", "p99"))),
@@ -517,9 +518,10 @@ def cand_header(s) -> tuple[str, ...]:
     "--chunk",
     type=CHUNK,
     default=None,
-    help="--mode agg: most prompt tokens one step carries over the engine (SGLang --chunked-prefill-size, "
-    "TensorRT-LLM max_num_tokens), split over the attention-DP groups [default: SGLang 0.5.23's by device "
-    "memory: 8192 on H100/H200/910C, 16384 on B200/GB200].",
+    help="--mode agg: most prompt tokens one step carries, the framework's knob: over the engine, split "
+    "over the attention-DP groups (SGLang --chunked-prefill-size; without --framework), or per group "
+    "(TensorRT-LLM max_num_tokens, per attention-DP rank) [default: the --framework's; else SGLang "
+    "0.5.23's by device memory: 8192 on H100/H200/910C, 16384 on B200/GB200].",
 )
 @click.option(
     "--attn-tp",
