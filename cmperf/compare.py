@@ -8,7 +8,10 @@ system's baseline scenario (``scenarios/baselines/*.toml`` whose ``system`` name
   ranks (256 + 32 + 32 = 320 ranks for R1, CM384 §4.2), capped by the system: 160 NPUs on CM384,
   all 72 GPUs of a GB200 NVL72, all 128 GPUs of a 16-node HGX cluster;
 * prefill unit = EP32, the prefill instance of CloudMatrix-Infer (16 NPUs), DeepSeek (4 nodes) and
-  SGLang (4 nodes) alike.
+  SGLang (4 nodes) alike;
+* a dense model's decode unit = one TP group (``dense_tp``: the largest power of two of one scale-up
+  domain up to its KV heads, TP8 for Llama-3.1-70B), at the default batch or, when that does not fit in
+  HBM, the largest that does (``decode.fit_default_batch``; the row's workload says ``batch_fitted_from``).
 
 Precision per op group (``default_precision``): 8-bit GEMMs and dispatch in the chip's 8-bit type (FP8
 where the chip has it, DeepSeek's setup on Hopper; INT8 on Ascend, CM384 §4.4), BF16 attention, KV,
@@ -38,13 +41,13 @@ by cmperf.comm.ep_plane_seconds (the kernel's efficiency; on a torus plane the s
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .comm import DomainDedupOp, _split_bytes, ep_plane_seconds
-from .deployment import Deployment, default_precision
+from .deployment import Deployment, default_precision, search_attn_tp
 from .errors import CmperfError
 from .graph import principal_stage
 from .specs import Model, System, builtin_dirs
@@ -131,14 +134,27 @@ def deployment_for(
         table = {k: v for k, v in table.items() if k not in ("devices", "ep_size")}
     table = {k: v for k, v in table.items() if k != "precision"}
     prec = default_precision(system, weights, experts, kv_dtype or "bf16")
-    dep = Deployment(**{"phase": phase, "microbatches": 2, "precision": prec, **table, **given})
     rule = (
         "rule: min(system, 320-rank one-expert-per-rank unit)"
         if phase == "decode"
         else "rule: EP32 prefill unit"
     )
+    if phase == "decode" and not model.is_moe and not {"devices", "attn_tp"} & {*given, *table}:
+        tp = dense_tp(system, model)
+        table = {**table, "attn_tp": tp, "devices": max(tp // system.ranks_per_device, 1)}
+        rule = f"rule: dense, attention TP{tp} (one scale-up domain, at most the KV heads)"
+    dep = Deployment(**{"phase": phase, "microbatches": 2, "precision": prec, **table, **given})
     source = "flags" if "devices" in given else (src or rule)
     return dep.resolve(system, model), source
+
+
+def dense_tp(system: System, model: Model) -> int:
+    """``compare``'s decode TP degree for a dense model: the largest of ``deployment.search_attn_tp`` (powers
+    of two of one scale-up domain that split the heads) up to the KV heads (a larger degree replicates KV
+    heads and saves no KV memory) and a whole number of devices: 8 for Llama-3.1-70B on every system here."""
+    kv = model.num_key_value_heads if model.attention == "gqa" else model.num_attention_heads
+    ok = [t for t in search_attn_tp(system, model) if t <= max(kv, 1) and t % system.ranks_per_device == 0]
+    return max(ok, default=system.ranks_per_device)
 
 
 # ---------- binding ceiling
@@ -275,6 +291,8 @@ class CompareRow:
     hbm_bytes_per_rank: float
     feasible: bool
     reasons: list[str] = field(default_factory=list)
+    attn_tp: int = 1  # attention TP degree (a dense model's TP: its weights split with it)
+    moe: bool = True  # the model has routed experts (a dense one: no EP to name)
 
 
 @dataclass(frozen=True)
@@ -293,6 +311,15 @@ def decode_row(system: System, model: Model, **knobs) -> CompareRow:
 
     dep, source = deployment_for(system, model, "decode", **knobs)
     p = decode.predict(system, model, dep)
+    table, _ = baseline(system, model, "decode") if knobs.get("use_scenarios", True) else ({}, "")
+    if knobs.get("batch_per_device") is None and "batch_per_device" not in table:  # the default 96
+        p = decode.fit_default_batch(system, model, dep, p)
+        dep = replace(dep, batch_per_device=p.batch_per_device)
+    fitted = (
+        {"batch_fitted_from": p.deployment["batch_fitted_from"]}
+        if "batch_fitted_from" in p.deployment
+        else {}
+    )
     devices, ep_size, prec, batch = dep.devices, dep.ep_size, dep.precision, dep.batch_per_device
     kv_len, mtp, mtp_accept = dep.kv_len, dep.mtp, dep.mtp_accept
     microbatches = p.deployment["microbatches"]  # the count "auto" chose
@@ -316,6 +343,7 @@ def decode_row(system: System, model: Model, **knobs) -> CompareRow:
             "mtp": float(mtp),
             "mtp_accept": list(mtp_accept) if isinstance(mtp_accept, tuple) else float(mtp_accept),
             "microbatches": float(microbatches),
+            **fitted,
         },
         p.tokens_per_s_per_device,
         peak,
@@ -335,6 +363,8 @@ def decode_row(system: System, model: Model, **knobs) -> CompareRow:
         p.hbm_bytes_per_rank,
         p.feasible,
         list(p.reasons),
+        int(dep.attn_tp),
+        model.is_moe,
     )
 
 
@@ -399,6 +429,8 @@ def prefill_row(system: System, model: Model, **knobs) -> CompareRow:
         f(ev.hbm_bytes_per_rank),
         feasible,
         reasons,
+        int(dep.attn_tp),
+        model.is_moe,
     )
 
 

@@ -32,6 +32,7 @@ call; the scalar ``predict`` adds the per-op breakdown and the memory verdict, a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -961,6 +962,21 @@ class DecodePrediction:
     streams: dict[str, dict[str, float | str]]
     ops: list[OpRow]
     straggler_kv_len: float = 0.0  # KV per sequence the slowest rank's attention sees (kv_cv > 0)
+
+
+def fit_default_batch(system: System, model: Model, dep: Deployment, p: DecodePrediction) -> DecodePrediction:
+    """``p`` (the prediction of ``dep`` at the default batch, 96 per device: CM384 §5.1's) or, when that
+    batch does not fit in HBM and a whole batch does, the prediction at the largest whole batch that fits:
+    a large dense model's KV (Llama-3.1-70B at 4K on one H200: 48) or a large MoE on few devices. Its
+    deployment records ``batch_fitted_from`` (the batch it replaced). For defaults only: ``cmperf decode``
+    without --batch and ``compare``'s rule; a batch the user gives is predicted as given."""
+    if p.feasible or p.max_batch_per_device < 1 or any(not r.startswith("HBM") for r in p.reasons):
+        return p
+    fit = predict(system, model, replace(dep, batch_per_device=float(math.floor(p.max_batch_per_device))))
+    if not fit.feasible:
+        return p
+    fit.deployment["batch_fitted_from"] = p.batch_per_device
+    return fit
 
 
 def op_rows(sts, n) -> list[OpRow]:

@@ -694,6 +694,25 @@ def attention_tp_devices(system: System) -> int:
     return system.overlap_for("prefill").attention_tp_devices or DEFAULT_ATTN_TP_DEVICES
 
 
+def search_attn_tp(system: System, model: Model) -> tuple[int, ...]:
+    """The attention-TP degrees a decode search tries by default (``optimize --attn-tp``). An MoE model:
+    1, data-parallel attention (the CM384 §4.2 and DeepSeek decode layout; TP degrees are opt-in). A dense
+    model: every power of two up to one scale-up domain's ranks that splits its heads (and its KV heads, or
+    replicates them evenly), since tensor parallelism is how a dense model's weights split (vLLM, SGLang,
+    TensorRT-LLM ``tensor_parallel_size``); without it the search holds the whole model on every rank."""
+    if model.is_moe:
+        return (1,)
+    domain = system.domain_ranks(system.scaleup_plane())
+    heads = model.num_attention_heads
+    kv = model.num_key_value_heads if model.attention == "gqa" else 1
+    out, t = [], 1
+    while t <= domain:
+        if heads % t == 0 and (kv % t == 0 or t % kv == 0):
+            out.append(t)
+        t *= 2
+    return tuple(out)
+
+
 #: Attention TP degree of the SP-TP-SP layout when the system (``[overlap.prefill] attention_tp_devices``)
 #: does not set it. CM384 §4.3 names the layout but not the degree; stated assumption: one UB node,
 #: 8 NPUs = 16 dies.

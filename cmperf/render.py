@@ -70,20 +70,29 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
     count tried when ``--microbatches auto`` chose it, the slowest rank's KV when the lengths spread."""
     d = p.deployment
     auto = bool(d.get("microbatches_auto"))
-    par = f"EP{d['ep_size']}"
-    if d.get("moe_tp", 1) > 1:
+    moe = "moe" in p.streams  # a dense model has no expert parallelism to name
+    par = f"EP{d['ep_size']}" if moe else ("data-parallel" if d["devices"] > 1 else "")
+    if moe and d.get("moe_tp", 1) > 1:
         par = f"MoE TP{d['moe_tp']} x EP{d['ep_size']}"
         if "moe_intermediate_per_rank" in d:  # uneven: the busiest rank's slice
             par += f" ({d['moe_intermediate_per_rank']} of the intermediate on the busiest rank)"
     if d.get("attn_tp", 1) > 1:
         heads = d.get("attn_heads_per_rank")  # set when the split is uneven: the busiest rank's heads
         note = f" ({heads} heads on the busiest rank)" if heads else ""
-        par = f"attention TP{d['attn_tp']}{note}, {par}"
+        par = f"attention TP{d['attn_tp']}{note}" + (f", {par}" if moe else "")
+    par = f"{par}, " if par else ""
     rows = [
         ("system / model", f"{p.system} / {p.model}"),
         (
             "deployment",
-            f"{d['devices']} devices, {par}, batch {p.batch_per_device:g}/device, KV {d['kv_len']:g}",
+            f"{d['devices']} device{'' if d['devices'] == 1 else 's'}, {par}batch "
+            f"{p.batch_per_device:g}/device"
+            + (
+                f" (the largest that fits: the default {d['batch_fitted_from']:g} does not)"
+                if "batch_fitted_from" in d
+                else ""
+            )
+            + f", KV {d['kv_len']:g}",
         ),
         (
             "MTP, microbatches",
@@ -121,8 +130,13 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
         ),
         ("TPOT bound: speed of light", fmt_s(p.lower_tpot_s)),
         ("TPOT bound: no overlap", fmt_s(p.upper_tpot_s)),
-        ("EP all-to-all bound on TPOT", fmt_s(p.comm_bound_tpot_s)),
-        ("routed load max/mean", f"{p.imbalance:.3f}"),
+    ]
+    if moe:
+        rows += [
+            ("EP all-to-all bound on TPOT", fmt_s(p.comm_bound_tpot_s)),
+            ("routed load max/mean", f"{p.imbalance:.3f}"),
+        ]
+    rows += [
         (
             "HBM per rank",
             f"{fmt_bytes(p.hbm_bytes_per_rank)} of {fmt_bytes(p.hbm_capacity_bytes_per_rank)} usable",

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import decode, serving, sizing
-from .deployment import Deployment, attn_tp_reasons, kv_lengths, place_experts
+from .deployment import Deployment, attn_tp_reasons, kv_lengths, place_experts, search_attn_tp
 from .errors import CmperfError
 from .queueing import find_root
 from .serving import DEFAULT_SLO_PERCENTILE
@@ -620,18 +620,21 @@ def search_decode(
     pareto_max: int = 40,
     progress=None,
     explain: bool = True,
-    attn_tp: tuple[int, ...] = (1,),
+    attn_tp: tuple[int, ...] | None = None,
 ) -> tuple[DecodeSearch, DecodeGrid]:
     """Best decode configuration for tokens/s per device under a TPOT SLO.
 
     ``attn_tp``: the attention-TP degrees searched (one grid each; an instance size a degree does not
-    divide, or a degree beyond one scale-up domain or the heads, is "placement invalid" there).
+    divide, or a degree beyond one scale-up domain or the heads, is "placement invalid" there); None:
+    ``deployment.search_attn_tp`` (1 for an MoE model, the powers of two of a scale-up domain for a dense
+    one).
 
     ``base`` holds the knobs the search does not vary (MTP acceptance, precision, EPLB, ...); its KV
     knobs are set from the workload (``deployment.kv_lengths``: KV = prompt + output/2, capacity prompt +
     output, the spread of the sequences' positions as ``kv_cv``), as ``cmperf decode --prompt-len
     --output-len`` sets them, so a configuration here and there gives the same TPOT."""
     kv_len, kv_cap, kv_cv = kv_lengths(model, prompt_len, output_len)
+    attn_tp = search_attn_tp(system, model) if attn_tp is None else attn_tp
     base = replace(base or Deployment(), kv_len=kv_len, kv_capacity_len=kv_cap, kv_cv=kv_cv).resolve(
         system, model
     )
@@ -929,7 +932,7 @@ def optimize(
     prefill: Deployment | None = None,
     top_k: int = 10,
     progress=None,
-    attn_tp: tuple[int, ...] = (1,),
+    attn_tp: tuple[int, ...] | None = None,
 ) -> OptimizeResult:
     """Decode search, prefill search, then the prefill/decode split of the device total.
 
@@ -937,7 +940,7 @@ def optimize(
     the fewest devices serving that rate); ``slo``: TTFT and TPOT on ``slo.quantile`` (an infinite time is
     no limit: that pool serves up to its capacity); ``decode`` / ``prefill``: the knobs the searches do not
     vary (MTP acceptance, precision, EPLB, ...); ``attn_tp``: the attention-TP degrees the decode search
-    tries (``search_decode``).
+    tries (``search_decode``; None: ``deployment.search_attn_tp``).
 
     The split is the serving model's, ``sizing.size`` (the sizing ``cmperf serve --size`` runs), on the
     pools of the searched configurations (``serving_pools``). The searches hold each configuration's own

@@ -91,7 +91,7 @@ def test_specs_list_and_show():
         (["decode", "--devices", "400"], 2, "--devices"),
         (["decode", "--mtp-accept", "1.5"], 2, "--mtp-accept"),
         (["decode", "--weights", "fp8"], 2, "fp8"),
-        (["decode", "--kv-len", "32768"], 3, "infeasible"),
+        (["decode", "--batch", "96", "--kv-len", "32768"], 3, "infeasible"),
         (["decode", "--spec-dir", "/nonexistent"], 2, "--spec-dir"),
     ],
 )

@@ -234,18 +234,22 @@ def test_search_over_attention_tp():
     """The decode search takes attention-TP degrees as an axis: on 8 H200s Llama-3.1-70B is best with TP
     attention (TP1 holds 70 GB of weights per GPU and stops at 80 sequences, TP2 halves them: 134 per
     device, 3,490 against 2,160 tokens/s per device), DeepSeek-R1 at DP attention (its latent cache would
-    be replicated 8 times); TP1 alone gives the same best as before the axis existed."""
+    be replicated 8 times); TP1 alone gives the same best as before the axis existed. By default
+    (``deployment.search_attn_tp``) the search tries DP attention only for the MoE model and every power
+    of two of the NVLink domain for the dense one, so the default finds the TP layout."""
     from cmperf import search
 
     kw = {"prompt_len": 1024.0, "output_len": 1024.0, "devices": 8, "tpot_slo_s": 0.05}
     r1_dp, _ = search.search_decode(H200, R1, **kw)
     r1_both, _ = search.search_decode(H200, R1, attn_tp=(1, 8), **kw)
-    assert r1_both.best == r1_dp.best and r1_dp.best.attn_tp == 1
-    llama_dp, _ = search.search_decode(H200, LLAMA, **kw)
+    assert r1_both.best == r1_dp.best and r1_dp.best.attn_tp == 1 and r1_dp.space["attn_tp"] == [1]
+    llama_dp, _ = search.search_decode(H200, LLAMA, attn_tp=(1,), **kw)
     llama, _ = search.search_decode(H200, LLAMA, attn_tp=(1, 2, 4, 8), **kw)
     assert llama.best.attn_tp > 1 and llama.best.tpot_s <= 0.05
     assert llama.best.tokens_per_s_per_device > 1.3 * llama_dp.best.tokens_per_s_per_device
     assert llama.space["attn_tp"] == [1, 2, 4, 8]
+    default, _ = search.search_decode(H200, LLAMA, **kw)
+    assert default.space["attn_tp"] == [1, 2, 4, 8] and default.best == llama.best
 
 
 def test_optimize_cli_attention_tp_axis():

@@ -57,6 +57,13 @@ def _power(r) -> str:
     return f"{r.power_w_per_device:,.0f} W ({what})"
 
 
+def _layout(r) -> str:
+    """The layout cell, e.g. "160 dev, 320 ranks, EP320"; a dense model names its TP degree, no EP."""
+    tp = f"attention TP{r.attn_tp}" if r.attn_tp > 1 else ""
+    par = ", ".join(x for x in (f"EP{r.ep_size}" if r.moe else "", tp) if x) or "data-parallel"
+    return f"{r.devices} dev, {r.ranks} ranks, {par}"
+
+
 def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
     from ..units import fmt_bytes, fmt_s
 
@@ -65,9 +72,10 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
 
     rows = c.rows
     dec = c.phase == "decode"
+    moe = all(r.moe for r in rows)  # one model on every system
     q: list[tuple[str, list[str]]] = [
         ("chip", [r.chip for r in rows]),
-        ("deployment", [f"{r.devices} dev, {r.ranks} ranks, EP{r.ep_size}" for r in rows]),
+        ("deployment", [_layout(r) for r in rows]),
         ("deployment from", [r.deployment_source.split("/")[-1] for r in rows]),
         (
             "precision gemm/experts/dispatch/combine",
@@ -93,8 +101,9 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
                 "TPOT bounds (speed of light .. no overlap)",
                 [f"{fmt_s(r.lower_s)} .. {fmt_s(r.upper_s)}" for r in rows],
             ),
-            ("EP all-to-all bound on TPOT", [fmt_s(r.comm_bound_tpot_s) for r in rows]),
         ]
+        if moe:
+            q.append(("EP all-to-all bound on TPOT", [fmt_s(r.comm_bound_tpot_s) for r in rows]))
     else:
         q += [
             (
@@ -117,14 +126,14 @@ def _fmt_row_values(c) -> list[tuple[str, list[str]]]:
             ],
         ),
         (
-            "binding (MoE layer)",
+            "binding (MoE layer)" if moe else "binding (layer)",
             [
                 f"{r.binding_stream}: {r.binding_ceiling}"
                 + (f" ({r.binding_plane})" if r.binding_plane else "")
                 for r in rows
             ],
         ),
-        ("EP bytes over scale-out", [pct(r.ep_scaleout_fraction) for r in rows]),
+        *([("EP bytes over scale-out", [pct(r.ep_scaleout_fraction) for r in rows])] if moe else []),
         ("HBM per rank", [fmt_bytes(r.hbm_bytes_per_rank) for r in rows]),
         ("feasible", ["yes" if r.feasible else "NO" for r in rows]),
     ]

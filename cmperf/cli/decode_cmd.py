@@ -46,7 +46,7 @@ from .types import MODEL_NAME, dep, flag_of, option, workload
     "--batch",
     "batch_per_device",
     type=dep("batch_per_device"),
-    help="Concurrent sequences per device [default: 96].",
+    help="Concurrent sequences per device [default: 96, or the largest that fits in HBM when 96 does not].",
 )
 @knob("--kv-len", "kv_len", type=dep("kv_len"), help="KV length per sequence [default: 4096].")
 @knob(
@@ -161,6 +161,8 @@ def decode(system, model, spec_dirs, prompt_len, output_len, fmt, output, ops, p
         params["prompt_len"] = prompt_len  # the chunk's prompts (--chunk-tokens)
     dep = knobs.deployment("decode", sysm, params, knobs.scenario_precision())
     p = dec.predict(sysm, mod, dep)
+    if params.get("batch_per_device") is None:
+        p = dec.fit_default_batch(sysm, mod, dep, p)
     write_plot(plot, lambda f: _image(f, p, ops_limit(ops)))
     if fmt == "json":
         text = render.to_json(p, "decode")

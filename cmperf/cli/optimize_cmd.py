@@ -149,7 +149,7 @@ def _summary(res) -> list[tuple[str, str]]:
             f"{d.evaluated:,} decode configurations in {len(d.space['devices'])} instance sizes, "
             f"batch {d.space['batch_per_device'][0]:g}..{d.space['batch_per_device'][1]:g}, "
             f"microbatches {d.space['microbatches']}, attention cores {d.space['attention_cube_cores']}, "
-            f"MTP {d.space['mtp']}",
+            f"attention TP {d.space['attn_tp']}, MTP {d.space['mtp']}",
         ),
         ("accepted", f"{d.accepted:,}"),
         ("rejected", ", ".join(f"{k}: {v:,}" for k, v in d.rejected.items())),
@@ -395,10 +395,11 @@ def framework_option(default_text: str = "[default: none]"):
     "--attn-tp",
     "attn_tp",
     type=Counts(DEPLOYMENT["attn_tp"]),
-    default="1",
-    show_default=True,
+    default=None,
     help="Attention-TP degrees the decode search tries, comma-separated (e.g. 1,8: DP and TP8 attention); "
-    "a degree an instance size cannot hold is counted under placement invalid there.",
+    "a degree an instance size cannot hold is counted under placement invalid there [default: 1 for an "
+    "MoE model (data-parallel attention); for a dense model every power of two up to one scale-up domain "
+    "that splits its heads].",
 )
 @framework_option("[default: the --emit engine's profile, else none]")
 @click.option(

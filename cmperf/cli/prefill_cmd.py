@@ -27,13 +27,15 @@ def _summary_rows(p) -> list[tuple[str, str]]:
 
     d, b = p.deployment, p.ttft_breakdown_s
     before = d["cache_prefetch"] == "prefix"  # the cached prefix loads before the compute (cmperf.prefill)
+    moe = "moe" in p.streams  # a dense model has no expert parallelism to name
+    par = (f"MoE TP{d['moe_tp']} x " if d.get("moe_tp", 1) > 1 else "") + f"EP{d['ep_size']}, "
     return [
         ("system / model", f"{p.system} / {p.model}"),
         (
             "deployment",
-            f"{d['devices']} devices, "
-            + (f"MoE TP{d['moe_tp']} x " if d.get("moe_tp", 1) > 1 else "")
-            + f"EP{d['ep_size']}, {d['tokens_per_device']:g} tokens/device of "
+            f"{d['devices']} device{'' if d['devices'] == 1 else 's'}, "
+            + (par if moe else "")
+            + f"{d['tokens_per_device']:g} tokens/device of "
             f"{d['prompt_len']:g}-token prompts, {d['microbatches']} "
             f"microbatch{'' if d['microbatches'] == 1 else 'es'}, "
             f"attention TP{d['attn_tp']}",
@@ -51,7 +53,10 @@ def _summary_rows(p) -> list[tuple[str, str]]:
         ),
         ("batch", fmt_s(p.batch_s)),
         ("batch with ideal overlap (max(n*a, n*m, a+m))", fmt_s(p.ideal_overlap_batch_s)),
-        ("MoE layer (all microbatches, pipelined)", fmt_s(p.layer_s)),
+        (
+            "MoE layer (all microbatches, pipelined)" if moe else "layer (all microbatches, pipelined)",
+            fmt_s(p.layer_s),
+        ),
         ("TTFT", fmt_s(p.ttft_s)),
         ("  prefill batch", fmt_s(b["prefill_batch_s"])),
         ("    of which exposed cache load", fmt_s(b["cache_load_exposed_s"])),
