@@ -567,6 +567,7 @@ def evaluate(
         "mtp_accept": dep.mtp_accept,
         "microbatches": dep.microbatches,
         "precision": dep.precision.__dict__ if dep.precision is not None else None,
+        "moe": model.is_moe,  # false: a dense model, its TP degree splits the whole model and no EP
     }
     return AggregatedResult(
         system=system.name,

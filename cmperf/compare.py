@@ -9,9 +9,10 @@ system's baseline scenario (``scenarios/baselines/*.toml`` whose ``system`` name
   all 72 GPUs of a GB200 NVL72, all 128 GPUs of a 16-node HGX cluster;
 * prefill unit = EP32, the prefill instance of CloudMatrix-Infer (16 NPUs), DeepSeek (4 nodes) and
   SGLang (4 nodes) alike;
-* a dense model's decode unit = one TP group (``dense_tp``: the largest power of two of one scale-up
-  domain up to its KV heads, TP8 for Llama-3.1-70B), at the default batch or, when that does not fit in
-  HBM, the largest that does (``decode.fit_default_batch``; the row's workload says ``batch_fitted_from``).
+* a dense model's unit, both phases = one TP group (``deployment.dense_tp``: the largest power of two of
+  one scale-up domain up to its KV heads, TP8 for Llama-3.1-70B; prefill as Megatron TP,
+  ``deployment.megatron_prefill``), decode at the default batch or, when that does not fit in HBM, the largest
+  that does (``decode.fit_default_batch``; the row's workload says ``batch_fitted_from``).
 
 Precision per op group (``default_precision``): 8-bit GEMMs and dispatch in the chip's 8-bit type (FP8
 where the chip has it, DeepSeek's setup on Hopper; INT8 on Ascend, CM384 §4.4), BF16 attention, KV,
@@ -47,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from .comm import DomainDedupOp, _split_bytes, ep_plane_seconds
-from .deployment import Deployment, default_precision, search_attn_tp
+from .deployment import Deployment, default_precision, dense_tp
 from .errors import CmperfError
 from .graph import principal_stage
 from .specs import Model, System, builtin_dirs
@@ -139,22 +140,12 @@ def deployment_for(
         if phase == "decode"
         else "rule: EP32 prefill unit"
     )
-    if phase == "decode" and not model.is_moe and not {"devices", "attn_tp"} & {*given, *table}:
-        tp = dense_tp(system, model)
-        table = {**table, "attn_tp": tp, "devices": max(tp // system.ranks_per_device, 1)}
-        rule = f"rule: dense, attention TP{tp} (one scale-up domain, at most the KV heads)"
+    tp = dense_tp(system, model, phase)  # Deployment.resolve's default for a dense model
+    if tp and not {"devices", "attn_tp"} & {*given, *table}:
+        rule = f"rule: dense, TP{tp} (one scale-up domain, at most the KV heads)"
     dep = Deployment(**{"phase": phase, "microbatches": 2, "precision": prec, **table, **given})
     source = "flags" if "devices" in given else (src or rule)
     return dep.resolve(system, model), source
-
-
-def dense_tp(system: System, model: Model) -> int:
-    """``compare``'s decode TP degree for a dense model: the largest of ``deployment.search_attn_tp`` (powers
-    of two of one scale-up domain that split the heads) up to the KV heads (a larger degree replicates KV
-    heads and saves no KV memory) and a whole number of devices: 8 for Llama-3.1-70B on every system here."""
-    kv = model.num_key_value_heads if model.attention == "gqa" else model.num_attention_heads
-    ok = [t for t in search_attn_tp(system, model) if t <= max(kv, 1) and t % system.ranks_per_device == 0]
-    return max(ok, default=system.ranks_per_device)
 
 
 # ---------- binding ceiling

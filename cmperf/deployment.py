@@ -392,14 +392,17 @@ class Deployment:
         """The record with every ``None`` default filled for ``system`` and ``model`` (idempotent)."""
         prefill = self.phase == "prefill"
         devices = self.devices
+        dense_t = dense_tp(system, model, self.phase)  # 0: not a dense model's TP group
         if devices is None:
-            devices = prefill_unit_devices(system) if prefill else decode_unit_devices(system, model)
+            devices = prefill_unit_devices(system, model) if prefill else decode_unit_devices(system, model)
         moe_tp = self.moe_tp if self.moe_tp is not None else 1
         ranks = np.asarray(devices) * system.ranks_per_device
         ep = self.ep_size if self.ep_size is not None else ranks // np.asarray(moe_tp)
         mb = self.microbatches if self.microbatches is not None else (2 if prefill else AUTO)
         tp = self.attn_tp
-        if prefill and tp is None:
+        if tp is None and dense_t:  # the TP group's degree, within the ranks given
+            tp = np.gcd(np.asarray(ranks, dtype=np.int64), dense_t)
+        elif prefill and tp is None:
             tp = np.minimum(attention_tp_devices(system), np.asarray(devices)) * system.ranks_per_device
             # heads split evenly: the largest degree within the default that divides them (40 heads: 8)
             tp = np.gcd(np.asarray(tp, dtype=np.int64), model.num_attention_heads)
@@ -633,7 +636,7 @@ def attn_tp_reasons(rec: Deployment, d: Deployment, system: System, model: Model
         else:
             what = f"divide the {ranks} ranks" + ("" if uneven else f" and the {heads} heads")
             out.append(f"--attn-tp: {tp} must {what}; try --attn-tp {fits}")
-    elif d.phase == "decode" and tp > 1:
+    elif (d.phase == "decode" or megatron_prefill(model)) and tp > 1:  # an all-reduce per layer
         kv = model.num_key_value_heads if model.attention == "gqa" else 1
         up = system.scaleup_plane()
         domain = system.domain_ranks(up)
@@ -713,6 +716,32 @@ def search_attn_tp(system: System, model: Model) -> tuple[int, ...]:
     return tuple(out)
 
 
+def megatron_prefill(m: Model) -> bool:
+    """Whether prefill under attention TP runs Megatron-LM TP (``graph.gqa_prefill_ops`` layout
+    "megatron") rather than SP-TP-SP: a dense GQA model. SP-TP-SP (CM384 §4.3) keeps each rank's tokens
+    its own so that the MoE all-to-all carries no copies; a dense model has no all-to-all, and the stacks
+    that serve one (vLLM, SGLang, TensorRT-LLM ``tensor_parallel_size``) split every projection and the
+    MLP over the TP group, so its weights split with it (Llama-3.1-70B: 70 GB of FP8 on one GPU, 8.8 GB
+    at TP8)."""
+    return not m.is_moe and m.attention == "gqa" and "linear" not in m.layer_attention
+
+
+def dense_tp(system: System, model: Model, phase: str = "decode") -> int:
+    """The default TP degree of a dense model's instance, decode and prefill (``Deployment.resolve``,
+    ``cmperf compare``): the largest of ``search_attn_tp`` (powers of two of one scale-up domain that split
+    the heads) up to the KV heads (a larger degree replicates KV heads and saves no KV memory) and a whole
+    number of devices: 8 for Llama-3.1-70B on every system here (its 70 GB of FP8 weights fit on no 80 GB
+    GPU whole). 0 where the rule does not apply: an MoE model, a prefill not run as Megatron TP
+    (``graph.megatron_prefill``), a decode attention kind without TP."""
+    if model.is_moe or (phase == "prefill" and not megatron_prefill(model)):
+        return 0
+    if phase != "prefill" and model.attention not in ("mla", "gqa", "kda"):
+        return 0
+    kv = model.num_key_value_heads if model.attention == "gqa" else model.num_attention_heads
+    ok = [t for t in search_attn_tp(system, model) if t <= max(kv, 1) and t % system.ranks_per_device == 0]
+    return max(ok, default=system.ranks_per_device)
+
+
 #: Attention TP degree of the SP-TP-SP layout when the system (``[overlap.prefill] attention_tp_devices``)
 #: does not set it. CM384 §4.3 names the layout but not the degree; stated assumption: one UB node,
 #: 8 NPUs = 16 dies.
@@ -731,17 +760,21 @@ PREFILL_UNIT_RANKS = 32
 
 def decode_unit_devices(system: System, model: Model) -> int:
     """Devices of the default decode instance: one expert per rank, routed + 1/8 redundant + 1/8 shared-expert
-    ranks (CM384 §4.2: 256 + 32 + 32 = 320 ranks = 160 NPUs), capped by the system (dgx-h800: 144)."""
+    ranks (CM384 §4.2: 256 + 32 + 32 = 320 ranks = 160 NPUs), capped by the system (dgx-h800: 144); a
+    dense model's: one TP group (``dense_tp``, also its prefill instance's default)."""
     r = model.n_routed_experts
     ranks = r + r // 8 + (r // 8 if model.n_shared_experts else 0)
-    if not model.is_moe:  # a dense model: every rank holds the whole model, one device is an instance
-        ranks = system.ranks_per_device
+    if not model.is_moe:  # a dense model: one TP group (dense_tp), else one device holds the whole model
+        ranks = dense_tp(system, model) or system.ranks_per_device
     return min(system.num_devices, math.ceil(ranks / system.ranks_per_device))
 
 
-def prefill_unit_devices(system: System) -> int:
-    """Devices of the default prefill instance: PREFILL_UNIT_RANKS ranks (16 NPUs on CM384, 32 GPUs)."""
-    return min(system.num_devices, math.ceil(PREFILL_UNIT_RANKS / system.ranks_per_device))
+def prefill_unit_devices(system: System, model: Model) -> int:
+    """Devices of the default prefill instance: PREFILL_UNIT_RANKS ranks (16 NPUs on CM384, 32 GPUs); a
+    dense model run as Megatron TP: one TP group (``dense_tp``), where a prompt is one group's, not spread
+    over data-parallel groups."""
+    ranks = dense_tp(system, model, "prefill") or PREFILL_UNIT_RANKS
+    return min(system.num_devices, math.ceil(ranks / system.ranks_per_device))
 
 
 def kv_lengths(model: Model, prompt_len: float, output_len: float) -> tuple[float, float, float]:

@@ -540,27 +540,64 @@ def gqa_decode_ops(m: Model, prec, tokens, seqs, keys, tp: int = 1) -> list[Op]:
     ]
 
 
-def gqa_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant) -> list[Op]:
+def gqa_prefill_ops(
+    m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant, layout: str = "sp-tp-sp"
+) -> list[Op]:
     """GQA prefill of ``seqs`` prompts of ``prompt_len`` tokens, ``cached_len`` of each from the context
-    cache: causal_pairs(P, c, window or chunk) query-key pairs of 2*d MACs per head. SP-TP-SP as for MLA
-    (CM384 §4.3): projections sequence-parallel; the TP group all-gathers K and V of the context (the
-    cached prefix included) and exchanges query heads in and outputs back (two all-to-alls)."""
-    h, H, kv, d, g = m.hidden_size, m.num_attention_heads, m.num_key_value_heads, m.head_dim, prec.gemm
-    kvb = _attention_kv_bytes(m, prec.kv)
+    cache: causal_pairs(P, c, window or chunk) query-key pairs of 2*d MACs per head.
+
+    ``layout`` "sp-tp-sp" as for MLA (CM384 §4.3): projections sequence-parallel over a rank's own
+    ``new_tokens``; the TP group all-gathers K and V of the context (the cached prefix included) and
+    exchanges query heads in and outputs back (two all-to-alls). "megatron" (a dense model,
+    ``deployment.megatron_prefill``; ``tp`` one integer, ``new_tokens``/``seqs`` the TP group's): query
+    heads split, KV heads split or replicated (``kv_heads_per_rank``), QKV column- and o_proj
+    row-parallel, then the group's all-reduce, as decode (``gqa_decode_ops``; Megatron-LM attention TP,
+    Shoeybi et al. 2019 §3)."""
+    h, d, g = m.hidden_size, m.head_dim, prec.gemm
+    megatron = layout == "megatron"
+    H, kv = m.num_attention_heads, float(m.num_key_value_heads)
+    if megatron:
+        H, kv = heads_per_rank(m, tp), kv_heads_per_rank(m, int(tp))
+    kvb = _attention_kv_bytes(m, prec.kv) * kv / m.num_key_value_heads
     cached = np.asarray(cached_len, dtype=float)
     ctx_tokens = seqs * attended_keys(m, variant, prompt_len)
-    tp = np.asarray(tp, dtype=float)
     pairs = seqs * causal_pairs(
         prompt_len,
         cached,
         m.sliding_window if variant == "sliding" else 0.0,
         m.attention_chunk_size if variant == "chunked" else 0.0,
     )
+    width = ((2 if m.attn_output_gate else 1) * H + 2 * kv) * d  # _qkv_width of this rank's heads
+    proj = [
+        vector("attn.norm", "attn", new_tokens, h, h, "bf16", g),
+        gemm("gqa.qkv_proj", "attn", new_tokens, h, width, g),
+        vector("gqa.rope", "attn", new_tokens, (H + kv) * d, (H + kv) * d),
+    ]
+    attention = Op(
+        "gqa.attention",
+        "attention",
+        "attn",
+        prec.attention,
+        flops=2.0 * H * 2 * d * pairs,
+        act_in_bytes=new_tokens * H * d * 2.0,
+        act_out_bytes=new_tokens * H * d * 2.0,
+        kv_read_bytes=ctx_tokens * 2 * kv * d * 2.0,
+        kv_write_bytes=new_tokens * kvb,
+    )
+    out = fuse(
+        [
+            vector("gqa.o_quant", "attn", new_tokens, H * d, H * d, "bf16", g),
+            gemm("gqa.o_proj", "attn", new_tokens, H * d, h, g),
+        ]
+    )
+    residual = vector("attn.residual", "attn", new_tokens, 2 * h, h)
+    if megatron:
+        reduce = tp_allreduce_ops("attn.tp_allreduce", new_tokens * h * 2.0, tp)
+        return [*proj, attention, *out, *reduce, residual]
+    tp = np.asarray(tp, dtype=float)
     gathered = new_tokens * 2 * kv * d * 2.0 + seqs * attended_keys(m, variant, cached) * kvb
     return [
-        vector("attn.norm", "attn", new_tokens, h, h, "bf16", g),
-        gemm("gqa.qkv_proj", "attn", new_tokens, h, _qkv_width(m), g),
-        vector("gqa.rope", "attn", new_tokens, (H + kv) * d, (H + kv) * d),
+        *proj,
         Op(
             "gqa.tp_allgather",
             "comm",
@@ -570,17 +607,7 @@ def gqa_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp
             comm_bytes=gathered * (tp - 1),
             ep_size=tp,
         ),
-        Op(
-            "gqa.attention",
-            "attention",
-            "attn",
-            prec.attention,
-            flops=2.0 * H * 2 * d * pairs,
-            act_in_bytes=new_tokens * H * d * 2.0,
-            act_out_bytes=new_tokens * H * d * 2.0,
-            kv_read_bytes=ctx_tokens * 2 * kv * d * 2.0,
-            kv_write_bytes=new_tokens * kvb,
-        ),
+        attention,
         Op(
             "gqa.tp_alltoall",
             "comm",
@@ -590,13 +617,8 @@ def gqa_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp
             comm_bytes=2.0 * new_tokens * H * d * 2.0 * (tp - 1) / tp,
             ep_size=tp,
         ),
-        *fuse(
-            [
-                vector("gqa.o_quant", "attn", new_tokens, H * d, H * d, "bf16", g),
-                gemm("gqa.o_proj", "attn", new_tokens, H * d, h, g),
-            ]
-        ),
-        vector("attn.residual", "attn", new_tokens, 2 * h, h),
+        *out,
+        residual,
     ]
 
 
@@ -675,8 +697,11 @@ def attention_decode_ops(
     return gqa_decode_ops(m, prec, tokens, seqs, keys, tp)
 
 
-def attention_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant="full"):
-    """The prefill attention block of a ``variant`` layer, by the model's attention kind."""
+def attention_prefill_ops(
+    m: Model, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant="full", layout="sp-tp-sp"
+):
+    """The prefill attention block of a ``variant`` layer, by the model's attention kind (``layout``: GQA's
+    TP layout, ``gqa_prefill_ops``)."""
     if m.attention == "dsv4":
         from . import attention_v4
 
@@ -688,7 +713,7 @@ def attention_prefill_ops(m: Model, prec, new_tokens, seqs, prompt_len, cached_l
     if variant == "linear":
         return linear_attention_ops(m, prec, new_tokens, seqs, prefill_tp=tp)
     if m.attention == "gqa":
-        return gqa_prefill_ops(m, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant)
+        return gqa_prefill_ops(m, prec, new_tokens, seqs, prompt_len, cached_len, tp, variant, layout)
     if m.index_topk:
         return mla_sparse_prefill_ops(m, prec, new_tokens, seqs, prompt_len, cached_len, tp)
     return mla_prefill_ops(m, prec, new_tokens, seqs, prompt_len, cached_len, tp)

@@ -87,7 +87,7 @@ from .decode import (
     point_stage,
     routed_imbalance,
 )
-from .deployment import Deployment, placement_arrays, redundant_for
+from .deployment import Deployment, megatron_prefill, placement_arrays, redundant_for
 from .frameworks import cache_facts, request_overhead_s
 from .graph import (
     Stage,
@@ -264,7 +264,16 @@ def _evaluate_block(
     elif m == 1 and d.copies == "per-domain":  # distinct destination ranks, group-limited routing
         routed = distinct_destinations(ep, k, model.n_group, model.topk_group, model.n_routed_experts)
         copies = np.where(pl["dedicated"], copies, routed)
-    ffn = {"dense": dense_ffn_ops(model, prec, new_mb)}
+    # a dense GQA model under TP runs Megatron TP (deployment.megatron_prefill): every rank of a TP group of t
+    # computes the group's t x new_mb tokens on 1/t of every weight, two all-reduces per layer
+    if megatron_prefill(model) and tp.size > 1:
+        if np.any(tp != tp.flat[0]):
+            raise ValueError("prefill.evaluate: a dense model's attn_tp (Megatron TP) is one value per call")
+        tp = tp.reshape(-1)[:1].reshape(())
+    megatron = megatron_prefill(model) and float(tp) > 1
+    g = int(tp) if megatron else 1
+    layout = "megatron" if megatron else "sp-tp-sp"
+    ffn = {"dense": dense_ffn_ops(model, prec, g * new_mb, g)}
     if model.is_moe:
         moe = moe_ops(model, prec, new_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg, m)
         ffn["moe"] = _domain_dedup(
@@ -274,14 +283,16 @@ def _evaluate_block(
         Stage(
             name,
             count,
-            tuple(attention_prefill_ops(model, prec, new_mb, seqs_mb, p, cached_len, tp, a) + ffn[f]),
+            tuple(
+                attention_prefill_ops(model, prec, g * new_mb, g * seqs_mb, p, cached_len, tp, a, layout)
+                + ffn[f]
+            ),
         )
         for name, a, f, count in layer_groups(model)
     ]
-    # LM head only on each prompt's last token
-    stages.append(
-        Stage("head", 1, tuple(head_ops(model, prec, t_rank * (1.0 - h), t_rank / p, 0.0)), overlapped=False)
-    )
+    # LM head only on each prompt's last token (vocabulary-parallel over a Megatron group's tokens)
+    head = head_ops(model, prec, g * t_rank * (1.0 - h), g * t_rank / p, 0.0, g)
+    stages.append(Stage("head", 1, tuple(head), overlapped=False))
     sts, ideal_step, lower, upper = step_time(
         stages, system, n, policy, share, "prefill", compute_share, keep_ops=keep_ops
     )
@@ -335,9 +346,11 @@ def _evaluate_block(
     all_ops = [op for s in stages for op in s.ops]
 
     def mem_at(scale):
-        parts = memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], 0, moe_tp=m)
+        parts = memory.weight_bytes_per_rank(model, prec, pl["experts_per_rank"], 0, attn_tp=g, moe_tp=m)
         parts = {f"weights.{k_}": v for k_, v in parts.items()}
-        parts["kv_cache"] = t_rank / p * scale * kv_seq  # held until sent to decode
+        # held until sent to decode; a Megatron rank holds its KV heads of the group's prompts
+        kv_rank = kv_seq if g == 1 else g * kv_bytes_per_seq(model, prec.kv, p, tp=g)
+        parts["kv_cache"] = t_rank / p * scale * kv_rank
         # dispatch/combine buffers sized by the actual counts (prefill kernels, not decode's worst case):
         # send = tokens x copies, receive = the busiest rank's copies, both message kinds, every microbatch;
         # MoE TP: the whole group's tokens gathered in, their partial outputs out
@@ -522,6 +535,8 @@ def _point_prediction(ev: PrefillEval, i: int) -> PrefillPrediction:
             )
         )
     dep_d = dep.phase_knobs()
+    if dep.attn_tp > 1:  # how the TP group splits the layer (graph.gqa_prefill_ops)
+        dep_d["tp_layout"] = "megatron" if megatron_prefill(model) else "sp-tp-sp"
     batch = _f(ev.batch_s)
     return PrefillPrediction(
         system.name,

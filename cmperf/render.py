@@ -79,7 +79,8 @@ def decode_summary_rows(p) -> list[tuple[str, str]]:
     if d.get("attn_tp", 1) > 1:
         heads = d.get("attn_heads_per_rank")  # set when the split is uneven: the busiest rank's heads
         note = f" ({heads} heads on the busiest rank)" if heads else ""
-        par = f"attention TP{d['attn_tp']}{note}" + (f", {par}" if moe else "")
+        tp = f"attention TP{d['attn_tp']}" if moe else f"TP{d['attn_tp']} (attention and MLP)"
+        par = f"{tp}{note}" + (f", {par}" if moe else "")
     par = f"{par}, " if par else ""
     rows = [
         ("system / model", f"{p.system} / {p.model}"),

@@ -41,8 +41,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import decode, serving, sizing
-from .deployment import Deployment, attn_tp_reasons, kv_lengths, place_experts, search_attn_tp
+from .deployment import (
+    Deployment,
+    attn_tp_reasons,
+    kv_lengths,
+    megatron_prefill,
+    place_experts,
+    search_attn_tp,
+)
 from .errors import CmperfError
+from .graph import principal_stage
 from .queueing import find_root
 from .serving import DEFAULT_SLO_PERCENTILE
 from .specs import Model, System
@@ -497,6 +505,7 @@ class Binding:
     moe_stream_binding: str  # from decode.predict streams["moe"]["binding"]
     top_ops: list[dict] = field(default_factory=list)  # the largest ops per step with their bound
     max_batch_under_slo: float | None = None  # root finding on the continuous batch (same knobs)
+    stage: str = "moe"  # the layer stage moe_stream_binding is of ("dense" for a dense model)
 
 
 @dataclass(frozen=True)
@@ -602,8 +611,8 @@ def explain_decode(
     mb = None
     if tpot_slo_s is not None:
         mb = largest_batch_under_slo(system, model, base, c, tpot_slo_s)
-    moe = p.streams.get("moe", {})
-    return Binding(constraint, detail, str(moe.get("binding", "")), top_ops, mb)
+    stage = "moe" if "moe" in p.streams else principal_stage(model)  # a dense model's: its dense layers
+    return Binding(constraint, detail, str(p.streams.get(stage, {}).get("binding", "")), top_ops, mb, stage)
 
 
 def search_decode(
@@ -748,6 +757,7 @@ class PrefillConfig:
     batch_s: float
     tokens_per_s_per_device: float
     hbm_bytes_per_rank: float
+    attn_tp: int = 1  # attention TP degree (a dense model's Megatron TP)
 
 
 @dataclass(frozen=True)
@@ -763,9 +773,12 @@ class PrefillSearch:
     pareto: list[PrefillConfig]
 
 
-def prefill_tokens_axis(prompt_len: float) -> np.ndarray:
-    """Tokens per device per batch: whole prompts, prompt_len x 1, 2, 4, ..., 64 (HBM masks the top)."""
-    return float(prompt_len) * 2.0 ** np.arange(0, 7)
+def prefill_tokens_axis(prompt_len: float, group_devices: float = 1.0) -> np.ndarray:
+    """Tokens per device per batch: whole prompts, prompt_len x 1, 2, 4, ..., 64 (HBM masks the top); a
+    TP group of ``group_devices`` holds one prompt in budgets of prompt_len / group_devices, so the axis
+    starts there (TP8: prompt_len / 8 x 1, 2, ..., 512)."""
+    low = round(math.log2(max(group_devices, 1.0)))
+    return float(prompt_len) * 2.0 ** np.arange(-low, 7)
 
 
 def search_prefill(
@@ -784,7 +797,12 @@ def search_prefill(
     """Best prefill configuration (tokens/s per device) with the batch + KV-transfer TTFT under the SLO.
 
     One ``prefill.evaluate`` over instance size x tokens per device x microbatches, around ``base``
-    (the knobs the search does not vary: precision, EPLB, cache...); EP = devices x ranks_per_device.
+    (the knobs the search does not vary: precision, EPLB, cache...); EP = devices x ranks_per_device. A
+    dense model run as Megatron TP (``deployment.megatron_prefill``) is searched over its TP degrees too
+    (one evaluate each, ``deployment.search_attn_tp``) unless ``base.attn_tp`` fixes it. An instance size a
+    degree does not divide is "placement invalid", as is a budget below one prompt per TP group (the
+    tokens axis starts at P / t per device: one prompt per TP8 group, the lowest TTFT). TP1 holds the
+    whole model on every rank and, needing no all-reduce, has the most tokens/s where it fits.
     """
     from . import prefill
 
@@ -793,37 +811,51 @@ def search_prefill(
     total = system.num_devices if devices is None else int(devices)
     sizes = instance_sizes(system, total)
     rpd = system.ranks_per_device
-    ok_place = placement_ok(model, sizes * rpd)
-    toks = prefill_tokens_axis(prompt_len)
+    tps_axis: tuple = (base.attn_tp,)  # None: the record's default (Deployment.resolve)
+    if base.attn_tp is None and megatron_prefill(model):
+        tps_axis = search_attn_tp(system, model)
+    group_devices = np.array([max((t or 1) / rpd, 1.0) for t in tps_axis])
+    toks = prefill_tokens_axis(prompt_len, float(group_devices.max()))
     mbs = np.array(microbatches, dtype=float)
-    shape = (sizes.size, toks.size, mbs.size)  # size-major rows: devices, then tokens, then microbatches
+    shape = (len(tps_axis), sizes.size, toks.size, mbs.size)  # TP, devices, tokens, microbatches
+    ok_place = np.stack(
+        [placement_ok(model, sizes * rpd) & ((sizes * rpd) % (t or 1) == 0) for t in tps_axis]
+    )
+    # placement also needs whole prompts per (TP group of) device(s): a prompt is not split over DP groups
+    whole = toks[None, :] * group_devices[:, None] >= prompt_len
     g = {
-        "devices": np.broadcast_to(sizes[:, None, None], shape).ravel(),
-        "tok": np.broadcast_to(toks[None, :, None], shape).ravel(),
-        "mb": np.broadcast_to(mbs[None, None, :], shape).ravel(),
-        "place": np.broadcast_to(ok_place[:, None, None], shape).ravel(),
+        "devices": np.broadcast_to(sizes[None, :, None, None], shape).ravel(),
+        "tok": np.broadcast_to(toks[None, None, :, None], shape).ravel(),
+        "mb": np.broadcast_to(mbs[None, None, None, :], shape).ravel(),
+        "place": np.broadcast_to(ok_place[:, :, None, None] & whole[:, None, :, None], shape).ravel(),
     }
-    pred = {k: np.full(shape, np.nan) for k in ("ttft", "batch", "tps", "hbm")}
+    pred = {k: np.full(shape, np.nan) for k in ("ttft", "batch", "tps", "hbm", "attn_tp")}
     fit = np.zeros(shape, dtype=bool)
-    if ok_place.any():  # one evaluate over every placeable size (each point as its own call would give)
-        d = sizes[ok_place][:, None, None]
+    for j, t in enumerate(tps_axis):  # one evaluate over every placeable size of each TP degree
+        if not ok_place[j].any():
+            continue
+        d = sizes[ok_place[j]][:, None, None]
         grid = replace(
             base,
             tokens_per_device=toks[None, :, None],
             ep_size=(d * rpd).astype(int),
             devices=d.astype(int),
             microbatches=mbs[None, None, :],
+            attn_tp=t,
         )
         ev = prefill.evaluate(system, model, grid)
-        sub = (int(ok_place.sum()), toks.size, mbs.size)
+        sub = (int(ok_place[j].sum()), toks.size, mbs.size)
 
-        def f(x):
+        def f(x, sub=sub):
             return np.broadcast_to(np.asarray(x, dtype=float), sub)
 
         for k, name in (("ttft", "ttft_s"), ("batch", "batch_s"), ("tps", "tokens_per_s_per_device")):
-            pred[k][ok_place] = f(getattr(ev, name))
-        pred["hbm"][ok_place] = f(ev.hbm_bytes_per_rank)
-        fit[ok_place] = f(ev.feasible).astype(bool) & (toks[None, :, None] <= f(ev.max_tokens_per_device))
+            pred[k][j][ok_place[j]] = f(getattr(ev, name))
+        pred["hbm"][j][ok_place[j]] = f(ev.hbm_bytes_per_rank)
+        pred["attn_tp"][j][ok_place[j]] = f(ev.deployment.attn_tp)
+        fit[j][ok_place[j]] = f(ev.feasible).astype(bool) & (
+            toks[None, :, None] <= f(ev.max_tokens_per_device)
+        )
     if progress is not None:
         progress(1, 1)
     g |= {k: v.ravel() for k, v in pred.items()} | {"fit": fit.ravel()}
@@ -848,6 +880,7 @@ def search_prefill(
             float(g["batch"][i]),
             float(g["tps"][i]),
             float(g["hbm"][i]),
+            int(g["attn_tp"][i]),
         )
 
     top = [row(int(i)) for i in order[ok[order]][:top_k]]
@@ -863,6 +896,8 @@ def search_prefill(
         "microbatches": list(microbatches),
         "configurations": int(g["tps"].size),
     }
+    if len(tps_axis) > 1:
+        space["attn_tp"] = [int(t) for t in tps_axis]
     return PrefillSearch(
         "prefill tokens/s per device",
         {
@@ -918,6 +953,8 @@ def serving_pools(
         attn_tp=dec.attn_tp,
     )
     pre_dep = replace(prefill, devices=int(pre.devices), ep_size=None, microbatches=int(pre.microbatches))
+    if megatron_prefill(model):  # the searched TP degree (an MoE prefill keeps the record's SP-TP-SP)
+        pre_dep = replace(pre_dep, attn_tp=pre.attn_tp)
     return replace(base, decode=dec_dep, prefill=pre_dep).resolve(system, model)
 
 

@@ -307,7 +307,7 @@ def default_pools(system: System, model: Model) -> Pools:
     dgx-h800 (144 GPUs): 112 decode + 1 x 32 prefill."""
     from .deployment import decode_unit_devices, prefill_unit_devices
 
-    inst = prefill_unit_devices(system)
+    inst = prefill_unit_devices(system, model)
     if system.num_devices - inst < 1:  # a system smaller than one prefill unit + a decode device: halves
         inst = max(system.num_devices // 2, 1)
     decode = max(min(decode_unit_devices(system, model), system.num_devices - inst), 1)
@@ -1170,6 +1170,7 @@ def evaluate(
         "mtp_accept": pools.decode.mtp_accept,
         "decode_ep_size": d.ep_size,
         "precision": pools.decode.precision.__dict__,
+        "moe": model.is_moe,  # false: a dense model, its TP degrees split the whole model and no EP
     }
     c = svc.cache
     cache: dict[str, float | str] = {

@@ -20,19 +20,38 @@ def run(*args):
 LLAMA = ("--model", "llama-3.1-70b", "--system", "hgx-h200")
 
 
+def test_default_is_one_tp_group():
+    """A dense model's default instance, decode and prefill, is one TP8 group (the 8-GPU NVLink domain,
+    Llama's 8 KV heads: deployment.dense_tp), prefill as Megatron TP: the weights split 8 ways (8.8 GB of
+    the 70 GB per GPU). DeepSeek-R1 keeps its EP units and the SP-TP-SP prefill layout."""
+    h200, llama = load_system("hgx-h200"), load_model("llama-3.1-70b")
+    assert deployment.dense_tp(h200, llama, "decode") == deployment.dense_tp(h200, llama, "prefill") == 8
+    assert deployment.dense_tp(h200, load_model("deepseek-r1")) == 0
+    dec = json.loads(run("decode", *LLAMA, "--format", "json").output)
+    assert (dec["deployment"]["devices"], dec["deployment"]["attn_tp"]) == (8, 8)
+    pre = json.loads(run("prefill", *LLAMA, "--format", "json").output)
+    d = pre["deployment"]
+    assert (d["devices"], d["attn_tp"], d["tp_layout"]) == (8, 8, "megatron") and pre["feasible"]
+    weights = sum(v for k, v in pre["hbm_breakdown_bytes"].items() if k.startswith("weights."))
+    assert 9.0e9 < weights < 9.8e9  # 73.2 GB (FP8 GEMMs, BF16 embedding and head) / 8
+    r1 = json.loads(run("prefill", "--system", "cloudmatrix384", "--format", "json").output)["deployment"]
+    assert (r1["attn_tp"], r1["tp_layout"]) == (16, "sp-tp-sp")
+
+
 def test_default_batch_is_the_largest_that_fits():
     """96 sequences at 4K KV need 201.6 GB on one H200 (137.4 GB usable): without --batch decode predicts
     at the largest whole batch that fits (48) and says so; an explicit --batch 96 is still refused (exit
     3), and a batch that fits is predicted as given."""
-    r = run("decode", *LLAMA, "--format", "json")
+    one = (*LLAMA, "--devices", "1")
+    r = run("decode", *one, "--format", "json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert d["feasible"] and d["batch_per_device"] == 48.0 and d["deployment"]["batch_fitted_from"] == 96.0
     assert d["hbm_bytes_per_rank"] <= d["hbm_capacity_bytes_per_rank"]
-    table = run("decode", *LLAMA)
+    table = run("decode", *one)
     assert "batch 48/device (the largest that fits: the default 96 does not)" in table.output
-    assert run("decode", *LLAMA, "--batch", "96").exit_code == 3
-    given = json.loads(run("decode", *LLAMA, "--batch", "40", "--format", "json").output)
+    assert run("decode", *one, "--batch", "96").exit_code == 3
+    given = json.loads(run("decode", *one, "--batch", "40", "--format", "json").output)
     assert given["batch_per_device"] == 40.0 and "batch_fitted_from" not in given["deployment"]
     # an MoE default that fits is untouched
     r1 = json.loads(run("decode", "--system", "cloudmatrix384", "--format", "json").output)
@@ -41,12 +60,13 @@ def test_default_batch_is_the_largest_that_fits():
 
 def test_dense_output_names_no_expert_parallelism():
     """A dense model's decode and prefill tables name no EP and no routed load (it has no experts)."""
-    dec = run("decode", *LLAMA, "--batch", "40", "--devices", "8", "--attn-tp", "8").output
-    assert "8 devices, attention TP8, batch 40/device" in dec
+    dec = run("decode", *LLAMA, "--batch", "40").output
+    assert "8 devices, TP8 (attention and MLP), batch 40/device" in dec
     assert "EP" not in dec.split("streams per layer")[0] and "routed load" not in dec
-    assert "1 device, batch 40/device" in run("decode", *LLAMA, "--batch", "40").output
+    assert "1 device, batch 40/device" in run("decode", *LLAMA, "--batch", "40", "--devices", "1").output
     pre = run("prefill", *LLAMA).output
-    assert "EP32" not in pre and "32 devices, 16384 tokens/device" in pre
+    assert "EP" not in pre.split("streams per layer")[0]
+    assert "8 devices, 16384 tokens/device" in pre and "TP8 (attention and MLP)" in pre
     moe = run("decode", "--system", "cloudmatrix384").output
     assert "EP320" in moe and "routed load max/mean" in moe
 
@@ -75,6 +95,11 @@ def test_compare_gives_a_dense_model_a_tp_group_and_a_batch_that_fits():
     h800 = rows["dgx-h800"]["workload"]
     assert h800["batch_fitted_from"] == 96.0 and 1 <= h800["batch_per_device"] < 96
     table = run("compare", "--model", "llama-3.1-70b").output
-    assert "attention TP8" in table and "EP all-to-all" not in table and "binding (layer)" in table
+    assert "TP8" in table and "EP all-to-all" not in table and "binding (layer)" in table
+    # prefill: the same group, Megatron TP (70 GB of FP8 weights fit on no 80 GB GPU whole: was infeasible)
+    r = run("compare", "--model", "llama-3.1-70b", "--phase", "prefill", "--format", "json")
+    assert r.exit_code == 0, r.output
+    pre = json.loads(r.output)["rows"]
+    assert all(x["feasible"] and x["attn_tp"] == 8 and x["hbm_bytes_per_rank"] < 30e9 for x in pre)
     r1 = json.loads(run("compare", "--format", "json").output)["rows"]
     assert all(x["moe"] and "batch_fitted_from" not in x["workload"] for x in r1)

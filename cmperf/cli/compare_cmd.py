@@ -59,7 +59,7 @@ def _power(r) -> str:
 
 def _layout(r) -> str:
     """The layout cell, e.g. "160 dev, 320 ranks, EP320"; a dense model names its TP degree, no EP."""
-    tp = f"attention TP{r.attn_tp}" if r.attn_tp > 1 else ""
+    tp = "" if r.attn_tp == 1 else f"attention TP{r.attn_tp}" if r.moe else f"TP{r.attn_tp}"
     par = ", ".join(x for x in (f"EP{r.ep_size}" if r.moe else "", tp) if x) or "data-parallel"
     return f"{r.devices} dev, {r.ranks} ranks, {par}"
 

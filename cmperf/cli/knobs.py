@@ -139,7 +139,10 @@ def common_options(fn):
         help="Attention TP degree (ranks). Decode: heads split over N ranks holding N x the rank's "
         "sequences (MLA's latent cache replicated on each), dense FFN and LM head too, all-reduce after "
         "each [default: 1, data-parallel attention]. Prefill: the SP-TP-SP layout [default: the system's "
-        "attention_tp_devices (CloudMatrix384: 8 NPUs = 16 dies; 1 on the NVIDIA systems)].",
+        "attention_tp_devices (CloudMatrix384: 8 NPUs = 16 dies; 1 on the NVIDIA systems)]; a dense GQA "
+        "model's prefill runs Megatron TP instead (projections and MLP split, weights 1/N per rank). A "
+        "dense model's default, both phases: one TP group, the largest power of two of a scale-up domain "
+        "up to its KV heads (Llama-3.1-70B: TP8 on 8 GPUs).",
     )(fn)
     fn = knob(
         "--ep",

@@ -91,14 +91,39 @@ DEC_HEADER = (
 )
 
 
-def _dec_rows(cs):
+def _pre_table(cs, moe: bool, batch: bool) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """(header, rows) of prefill configurations: EP for an MoE model, the TP degree for a dense one (its
+    Megatron TP, cmperf.deployment.megatron_prefill); ``batch``: with the batch time column."""
+    h = ("#", "devices", "EP" if moe else "TP", "tokens/dev", "ubatch", "TTFT", *(("batch",) * batch))
+    rows = [
+        (
+            str(i + 1),
+            str(c.devices),
+            str(c.ep_size if moe else c.attn_tp),
+            f"{c.tokens_per_device:g}",
+            str(c.microbatches),
+            _s(c.ttft_s),
+            *((_s(c.batch_s),) * batch),
+            f"{c.tokens_per_s_per_device:,.0f}",
+        )
+        for i, c in enumerate(cs)
+    ]
+    return (*h, "tokens/s/dev"), rows
+
+
+def dec_header(moe: bool = True) -> tuple[str, ...]:
+    """DEC_HEADER; a dense model's names the TP degree where an MoE model's names EP."""
+    return DEC_HEADER if moe else tuple("TP" if h == "EP" else h for h in DEC_HEADER)
+
+
+def _dec_rows(cs, moe: bool = True):
     from ..units import fmt_bytes
 
     return [
         (
             str(i + 1),
             str(c.devices),
-            str(c.ep_size),
+            str(c.ep_size if moe else c.attn_tp),
             f"{c.batch_per_device:g}",
             str(c.microbatches),
             _cores(c),
@@ -117,7 +142,7 @@ def _binding_rows(b):
         return []
     rows = [
         ("binding constraint", f"{b.constraint}: {b.detail}"),
-        ("MoE layer bound by", b.moe_stream_binding),
+        ("MoE layer bound by" if b.stage == "moe" else f"{b.stage} layer bound by", b.moe_stream_binding),
     ]
     if b.max_batch_under_slo is not None:
         rows.append(("largest batch under the SLO (root finding)", f"{b.max_batch_under_slo:.2f} per device"))
@@ -132,7 +157,7 @@ def _binding_rows(b):
     return rows
 
 
-def _summary(res) -> list[tuple[str, str]]:
+def _summary(res, moe: bool = True) -> list[tuple[str, str]]:
     d = res.decode
     rows = [
         ("objective", d.objective),
@@ -159,8 +184,12 @@ def _summary(res) -> list[tuple[str, str]]:
         rows += [
             (
                 "best decode",
-                f"{c.devices} devices (EP{c.ep_size}"
-                + (f", attention TP{c.attn_tp}" if c.attn_tp > 1 else "")
+                f"{c.devices} devices ("
+                + (
+                    f"EP{c.ep_size}" + (f", attention TP{c.attn_tp}" if c.attn_tp > 1 else "")
+                    if moe
+                    else f"TP{c.attn_tp}"
+                )
                 + f"), batch {c.batch_per_device:g}/device, "
                 f"{plural(c.microbatches, 'microbatch', 'microbatches')}, "
                 f"attention cores {_cores(c)}, MTP {c.mtp}",
@@ -206,29 +235,10 @@ def _csv_records(res) -> list[dict]:
     return out
 
 
-def _extra_sections(res):
+def _extra_sections(res, moe: bool):
     secs = []
     if res.prefill is not None and res.prefill.top:
-        h = ("#", "devices", "EP", "tokens/dev", "ubatch", "TTFT", "batch", "tokens/s/dev")
-        secs.append(
-            (
-                "top prefill configurations",
-                h,
-                [
-                    (
-                        str(i + 1),
-                        str(c.devices),
-                        str(c.ep_size),
-                        f"{c.tokens_per_device:g}",
-                        str(c.microbatches),
-                        _s(c.ttft_s),
-                        _s(c.batch_s),
-                        f"{c.tokens_per_s_per_device:,.0f}",
-                    )
-                    for i, c in enumerate(res.prefill.top)
-                ],
-            )
-        )
+        secs.append(("top prefill configurations", *_pre_table(res.prefill.top, moe, batch=True)))
     if res.serving is not None and res.serving.candidates:
         from .serve_cmd import cand_header, size_rows, slo_text
 
@@ -518,12 +528,18 @@ def optimize(
                 ),
             )
     secs = (
-        [("top decode configurations", DEC_HEADER, _dec_rows(d.top))]
+        [("top decode configurations", dec_header(mod.is_moe), _dec_rows(d.top, mod.is_moe))]
         if d.top
-        else [("closest decode configurations (none meets the SLO)", DEC_HEADER, _dec_rows(d.closest))]
+        else [
+            (
+                "closest decode configurations (none meets the SLO)",
+                dec_header(mod.is_moe),
+                _dec_rows(d.closest, mod.is_moe),
+            )
+        ]
     )
-    secs += _extra_sections(res)
-    summary = _summary(res)
+    secs += _extra_sections(res, mod.is_moe)
+    summary = _summary(res, mod.is_moe)
     if modes is not None:
         title = f"aggregated vs disaggregated ({modes.devices} devices)"
         secs.append((title, MODE_HEADER, mode_rows(modes)))
@@ -668,8 +684,8 @@ def pareto(
                 progress=prog,
                 explain=False,
             )
-            rows = _dec_rows(r.pareto)
-            header = DEC_HEADER
+            rows = _dec_rows(r.pareto, mod.is_moe)
+            header = dec_header(mod.is_moe)
             body = {
                 "phase": "decode",
                 "pareto": r.pareto,
@@ -683,19 +699,7 @@ def pareto(
             r = search.search_prefill(
                 sysm, mod, prompt_len=prompt_len, devices=devices, base=base, progress=prog
             )
-            header = ("#", "devices", "EP", "tokens/dev", "ubatch", "TTFT", "tokens/s/dev")
-            rows = [
-                (
-                    str(i + 1),
-                    str(c.devices),
-                    str(c.ep_size),
-                    f"{c.tokens_per_device:g}",
-                    str(c.microbatches),
-                    _s(c.ttft_s),
-                    f"{c.tokens_per_s_per_device:,.0f}",
-                )
-                for i, c in enumerate(r.pareto)
-            ]
+            header, rows = _pre_table(r.pareto, mod.is_moe, batch=False)
             body = {
                 "phase": "prefill",
                 "pareto": r.pareto,

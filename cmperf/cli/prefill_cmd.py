@@ -38,7 +38,11 @@ def _summary_rows(p) -> list[tuple[str, str]]:
             + f"{d['tokens_per_device']:g} tokens/device of "
             f"{d['prompt_len']:g}-token prompts, {d['microbatches']} "
             f"microbatch{'' if d['microbatches'] == 1 else 'es'}, "
-            f"attention TP{d['attn_tp']}",
+            + (
+                f"TP{d['attn_tp']} (attention and MLP)"
+                if d.get("tp_layout") == "megatron"
+                else f"attention TP{d['attn_tp']}"
+            ),
         ),
         (
             "context cache",

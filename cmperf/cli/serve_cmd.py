@@ -60,8 +60,8 @@ def slo_limit_row(m: dict) -> tuple[str, str]:
 
 def _prefill_degrees(inputs: dict) -> str:
     """The pools row's note of a prefill instance's TP degrees above 1 (' (attention TP16)'), or ''."""
-    degrees = (("attention", "prefill_attn_tp"), ("MoE", "prefill_moe_tp"))
-    parts = [f"{name} TP{inputs[k]}" for name, k in degrees if inputs[k] > 1]
+    degrees = (("attention " if inputs["moe"] else "", "prefill_attn_tp"), ("MoE ", "prefill_moe_tp"))
+    parts = [f"{name}TP{inputs[k]}" for name, k in degrees if inputs[k] > 1]
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -82,11 +82,15 @@ def serve_rows(r) -> list[tuple[str, str]]:
             f"{r.inputs['prefill_instance_devices']}"
             + _prefill_degrees(r.inputs)
             + f", decode {r.inputs['decode_devices']} devices "
-            f"(EP{d.ep_size}"
-            + (f", MoE TP{d.moe_tp}" if (d.moe_tp or 1) > 1 else "")
-            + (f", attention TP{d.attn_tp}" if (d.attn_tp or 1) > 1 else "")
-            + "), "
-            f"cache {fmt_bytes(c['capacity_bytes'])} over {c['kv_load_plane']}",
+            + (
+                f"(EP{d.ep_size}"
+                + (f", MoE TP{d.moe_tp}" if (d.moe_tp or 1) > 1 else "")
+                + (f", attention TP{d.attn_tp}" if (d.attn_tp or 1) > 1 else "")
+                + "), "
+                if r.inputs["moe"]
+                else (f"(TP{d.attn_tp}), " if (d.attn_tp or 1) > 1 else "")
+            )
+            + f"cache {fmt_bytes(c['capacity_bytes'])} over {c['kv_load_plane']}",
         ),
         ("TTFT p50 / p90 / p99", " / ".join(_s(r.ttft_s[k]) for k in ("p50", "p90", "p99"))),
     ]
@@ -158,7 +162,7 @@ def agg_rows(r) -> list[tuple[str, str]]:
         if r.load == "poisson"
         else f"{i['concurrency']:g} concurrent users (closed loop): {r.rate_rps:.4g} req/s"
     )
-    tp = f", attention TP{i['attn_tp']}" if i["attn_tp"] > 1 else ""
+    tp = f", {'attention ' if i['moe'] else ''}TP{i['attn_tp']}" if i["attn_tp"] > 1 else ""
     mtp = f", MoE TP{i['moe_tp']}" if i["moe_tp"] > 1 else ""
     chunk = "default" if i["chunk_default"] else "--chunk"
     scope = ", each its own budget" if i["chunk_scope"] == "group" else ""
@@ -171,7 +175,9 @@ def agg_rows(r) -> list[tuple[str, str]]:
         ),
         (
             "engine",
-            f"one aggregated engine of {i['devices']} devices (EP{i['ep_size']}{tp}{mtp}), MTP {i['mtp']}, "
+            f"one aggregated engine of {i['devices']} devices "
+            + (f"(EP{i['ep_size']}{tp}{mtp})" if i["moe"] else f"({tp[2:]})" if tp else "(data-parallel)")
+            + f", MTP {i['mtp']}, "
             f"{r.microbatches} microbatch{'es' if r.microbatches != 1 else ''}",
         ),
         (

@@ -1,0 +1,97 @@
+"""Megatron TP prefill of a dense model (deployment.megatron_prefill, graph.gqa_prefill_ops "megatron").
+
+Llama-3.1-70B (80 layers, hidden 8192, 64 heads, 8 KV heads, FP8 GEMMs) on hgx-h200, spec files of this
+writing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cmperf import prefill, search
+from cmperf.cli import main
+from cmperf.deployment import Deployment, megatron_prefill
+from cmperf.specs import load_model, load_system
+
+H200, LLAMA = load_system("hgx-h200"), load_model("llama-3.1-70b")
+
+
+def _eval(tp, **kw):
+    dep = Deployment(phase="prefill", devices=8, attn_tp=tp, microbatches=1, **kw).resolve(H200, LLAMA)
+    return prefill.evaluate(H200, LLAMA, dep, keep_ops=True)
+
+
+def _ops(ev):
+    return {op.name: op for st in ev.stages if st.stage.name == "dense" for op in st.stage.ops}
+
+
+def test_only_a_dense_gqa_model_runs_megatron():
+    assert megatron_prefill(LLAMA)
+    assert not megatron_prefill(load_model("deepseek-r1")) and not megatron_prefill(
+        load_model("qwen3-235b-a22b")
+    )
+
+
+def test_tp8_splits_weights_and_keeps_the_flops_per_rank():
+    """TP8: each rank computes 8x the tokens on 1/8 of every weight, so its GEMM FLOPs equal TP1's and
+    its weights are 1/8 (73.2 GB -> 9.15 GB); each layer adds two all-reduces of the group's tokens x
+    hidden in BF16 (8 x 16,384 x 8,192 x 2 B = 2.15 GB), none at TP1."""
+    one, eight = _eval(1), _eval(8)
+    o1, o8 = _ops(one), _ops(eight)
+    for name in ("gqa.qkv_proj", "gqa.o_proj", "dense.up", "dense.down", "gqa.attention"):
+        assert float(o8[name].flops) == pytest.approx(float(o1[name].flops), rel=1e-12), name
+    assert "attn.tp_allreduce" not in o1 and "dense.tp_allreduce" not in o1
+    for name in ("attn.tp_allreduce", "dense.tp_allreduce"):
+        assert float(o8[name].comm_bytes) == pytest.approx(8 * 16384 * 8192 * 2.0)
+
+    def weights(ev):
+        return sum(float(v) for k, v in ev.memory_parts.items() if k.startswith("weights."))
+
+    assert weights(one) == pytest.approx(8 * weights(eight), rel=1e-4)  # norms stay whole
+    assert 9.0e9 < weights(eight) < 9.2e9
+    # KV per rank: 8x the prompts, 1/8 of the KV heads
+    assert float(eight.memory_parts["kv_cache"]) == pytest.approx(float(one.memory_parts["kv_cache"]))
+    # the all-reduces cost time: TP8 is slower per device than TP1 where both fit
+    assert float(eight.tokens_per_s_per_device) < float(one.tokens_per_s_per_device)
+
+
+def test_tp_degree_replicating_kv_heads_holds_one_kv_head():
+    """TP16 over 8 KV heads (two 8-GPU nodes) replicates each KV head twice: a rank holds one."""
+    dep = Deployment(phase="prefill", devices=16, attn_tp=16, microbatches=1).resolve(H200, LLAMA)
+    ev = prefill.evaluate(H200, LLAMA, dep, keep_ops=True)
+    attn = _ops(ev)["gqa.attention"]
+    per_tok = float(attn.kv_write_bytes) / (16 * 16384)
+    assert per_tok == pytest.approx(1 * 128 * 2 * 2.0)  # K and V of one head of 128, BF16
+
+
+def test_prefill_search_tries_tp_degrees():
+    """pareto/optimize search a dense model's TP degrees: on an 80 GB H100 TP1 holds the whole 73 GB model
+    and fits only the smallest token budgets; TP8 fits them all. Evaluating a mix of degrees in one call is
+    refused (one Megatron degree per call)."""
+    h100 = load_system("dgx-h100")
+    r = search.search_prefill(h100, LLAMA, prompt_len=4096, devices=8)
+    assert r.space["attn_tp"] == [1, 2, 4, 8]
+    tp1 = [c for c in r.top if c.attn_tp == 1]
+    assert tp1 and all(c.tokens_per_device <= 8192 for c in tp1)
+    # the frontier trades TTFT for throughput through the TP degree: one 4K prompt per TP8 group (512
+    # tokens per GPU) has the lowest TTFT, TP1 the most tokens/s per GPU
+    front = sorted(r.pareto, key=lambda c: c.ttft_s)
+    assert (front[0].attn_tp, front[0].tokens_per_device) == (8, 512.0) and front[-1].attn_tp == 1
+    assert front[0].ttft_s < 0.5 * front[-1].ttft_s
+    mixed = Deployment(phase="prefill", devices=np.array([8, 16]), attn_tp=np.array([4, 8]))
+    with pytest.raises(ValueError, match="one value per call"):
+        prefill.evaluate(h100, LLAMA, mixed.resolve(h100, LLAMA))
+
+
+def test_cli_prefill_on_an_80_gb_gpu():
+    """The default (TP8 on 8 GPUs) fits an H100; TP1 at the default 16K tokens does not and says so."""
+    run = CliRunner().invoke
+    d = json.loads(
+        run(main, ["prefill", "--model", "llama-3.1-70b", "--system", "dgx-h100", "--format", "json"]).output
+    )
+    assert d["feasible"] and d["deployment"]["tp_layout"] == "megatron"
+    r = run(main, ["prefill", "--model", "llama-3.1-70b", "--system", "dgx-h100", "--attn-tp", "1"])
+    assert r.exit_code == 3 and "HBM" in r.output
