@@ -268,7 +268,8 @@ def _box():
 
 
 def _fit(header, rows, drop, width):
-    """(columns to show, the least width of each, columns left out) for a table on ``width`` columns.
+    """(columns to show, the width of each, which are numeric, columns left out) for a table on ``width``
+    columns.
 
     The columns named in ``drop`` go first, in order, while the table's natural width is over the page.
     Then numbers keep one line (a column's least width is its widest number) while headers and text fold
@@ -299,8 +300,21 @@ def _fit(header, rows, drop, width):
     left_out = []
     while total(least) > width and len(keep) > 1:
         left_out.append(header[keep.pop()])
-    mins = {i: least[i] if numeric[i] else None for i in keep}
-    return keep, mins, left_out[::-1]
+    if total(natural) <= width:
+        return keep, {i: natural[i] for i in keep}, numeric, left_out[::-1]
+    # every column its least width, the rest of the page shared in proportion to what each lacks of its
+    # natural width (largest remainders first, then the leftmost): fixed widths, since rich left to itself
+    # shrinks a text column below its longest word and folds it mid-word ("gb200-nvl7" over "2")
+    extra = width - total(least)
+    need = {i: natural[i] - least[i] for i in keep}
+    whole = sum(need.values())
+    share = {i: extra * need[i] / whole if whole else 0.0 for i in keep}
+    widths = {i: least[i] + int(share[i]) for i in keep}
+    spare = width - total({**dict(enumerate(least)), **widths})
+    for i in sorted(keep, key=lambda i: (-(share[i] - int(share[i])), i))[: max(spare, 0)]:
+        if widths[i] < natural[i]:
+            widths[i] += 1
+    return keep, widths, numeric, left_out[::-1]
 
 
 def tables(title: str, summary: list[tuple[str, str]], sections, width: int | None = None) -> str:
@@ -344,11 +358,11 @@ def tables(title: str, summary: list[tuple[str, str]], sections, width: int | No
         console.print(t)
     for sec in sections:
         sec = sec if isinstance(sec, Section) else Section(*sec)
-        keep, mins, left_out = _fit(sec.header, sec.rows, sec.drop, width)
+        keep, mins, numeric, left_out = _fit(sec.header, sec.rows, sec.drop, width)
         tt = Table(title=sec.title or None, **common)
         for i in keep:
-            justify: Literal["left", "right"] = "left" if mins[i] is None else "right"
-            tt.add_column(sec.header[i], justify=justify, overflow="fold", min_width=mins[i])
+            justify: Literal["left", "right"] = "right" if numeric[i] else "left"
+            tt.add_column(sec.header[i], justify=justify, overflow="fold", width=mins[i])
         for r in sec.rows:
             tt.add_row(*(str(r[i]) for i in keep))
         console.print()

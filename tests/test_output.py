@@ -161,3 +161,46 @@ def test_ops_option():
     assert [ln.split()[1] for ln in rows] == heaviest
     bad = invoke(["decode", "--ops", "none"])
     assert bad.exit_code == 2 and "--ops" in bad.output
+
+
+@pytest.mark.parametrize("width", [70, 100])
+def test_squeezed_tables_fold_at_words_not_inside_them(width):
+    """A table wider than the page keeps every word whole (a cell folds at its spaces; columns go from
+    the right when even the longest words do not fit): the validate group table's 11-letter system names
+    ("gb200-nvl72") and its "incomplete" once came out as "gb200-nvl7" over "2" at 100 columns."""
+    from cmperf import render
+
+    header = (
+        "system",
+        "backend",
+        "mode",
+        "batch/rank",
+        "posed",
+        "median |err|",
+        "p90 |err|",
+        "median err",
+        "TTFT med/p90",
+        "skipped",
+    )
+    rows = [
+        (
+            "gb200-nvl72",
+            "sglang",
+            "disagg",
+            "129-512",
+            "3",
+            "14.1%",
+            "151.3%",
+            "-2.9%",
+            "730%/1043%",
+            "incomplete 33",
+        )
+    ] * 2
+    out = render.tables("", [], [("t", header, rows)], width=width)
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= width
+    words = {w for ln in lines for w in ln.split()}
+    shown = [h for h in header if h.split()[0] in words]
+    assert {"gb200-nvl72", "sglang", "14.1%"} <= words and not words & {"gb200-nvl7", "incomple", "skippe"}
+    assert ("incomplete" in words) == ("skipped" in shown)
+    assert (width == 100) == ("skipped" in shown), out  # 100 columns hold it; 70 leave columns out
