@@ -136,6 +136,21 @@ class Result:
     predicted_ttft_steady_s: float | None = None
     ttft_steady_error: float | None = None
     prefill_share: float | None = None  # aggregated rows: share of the mixed step the prefill chunk takes
+    backend_version: str = ""  # the serving stack's version the row was measured on ("" not stated)
+
+
+@dataclass(frozen=True)
+class VersionGroup:
+    """TPOT error statistics of the posed rows of one (system, backend, mode, stack version)."""
+
+    system: str
+    backend: str
+    mode: str
+    backend_version: str  # "" when the rows do not state it
+    posed: int
+    median_abs_error: float | None
+    p90_abs_error: float | None
+    median_error: float | None
 
 
 @dataclass(frozen=True)
@@ -481,6 +496,7 @@ def evaluate(
                 if steady is not None and m_ttft is not None
                 else None,
                 prefill_share=agg.prefill_share if agg is not None else None,
+                backend_version=pt.backend_version or "",
             )
         )
     return out
@@ -529,6 +545,18 @@ def groups(results: list[Result]) -> list[Group]:
                 )
             )
     return out
+
+
+def versions(results: list[Result]) -> list[VersionGroup]:
+    """Per (system, backend, mode, stack version) with a posed row, sorted: how far each image of a stack
+    is from the model. One configuration measured on two images can differ twofold (hgx-b200 TensorRT-LLM
+    aggregated, TP8 at 4 users: 1.2.0rc6.post2 10.3 ms, 1.2.0rc6.post3 5.4 ms), so a group's error is as
+    much the image's as the model's."""
+    keyed: dict[tuple[str, str, str, str], list[float]] = {}
+    for r in results:
+        if r.error is not None:
+            keyed.setdefault((r.system, r.backend, r.mode, r.backend_version), []).append(r.error)
+    return [VersionGroup(*k, len(keyed[k]), *_stats(keyed[k])) for k in sorted(keyed)]
 
 
 def worst(results: list[Result], n: int = 10) -> list[Result]:
@@ -622,6 +650,25 @@ def group_rows(gs: list[Group]) -> list[tuple[str, ...]]:
             ", ".join(f"{k} {v}" for k, v in g.skipped_by_reason.items()) or "0",
         )
         for g in gs
+    ]
+
+
+VERSION_HEADER = ("system", "backend", "mode", "version", "posed", "median |err|", "p90 |err|", "median err")
+
+
+def version_rows(vs: list[VersionGroup]) -> list[tuple[str, ...]]:
+    return [
+        (
+            v.system,
+            v.backend,
+            v.mode,
+            v.backend_version or "not stated",
+            str(v.posed),
+            _pct(v.median_abs_error),
+            _pct(v.p90_abs_error),
+            _pct(v.median_error, True),
+        )
+        for v in vs
     ]
 
 

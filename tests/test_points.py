@@ -144,6 +144,29 @@ def test_group_statistics_worst_and_repeats(results):
     assert points.batch_range(None) == "?"
 
 
+def test_errors_by_stack_version(results):
+    """One line per (system, backend, mode, version) with a posed row, its own statistics; a row that
+    states no version is grouped as "not stated"; skipped rows count nowhere."""
+    base = results["syn-h200-ep8"]
+    rs = [
+        replace(base, id="a", error=0.1, backend_version="1.2.0rc6.post3"),
+        replace(base, id="b", error=-0.3, backend_version="1.2.0rc6.post2"),
+        replace(base, id="c", error=-0.1, backend_version="1.2.0rc6.post2"),
+        replace(base, id="d", error=0.5),
+        replace(base, id="e", error=None, backend_version="1.2.0rc6.post3"),
+    ]
+    vs = {v.backend_version: v for v in points.versions(rs)}
+    assert list(vs) == ["", "1.2.0rc6.post2", "1.2.0rc6.post3"]
+    post2 = vs["1.2.0rc6.post2"]
+    assert (post2.posed, post2.median_error, post2.median_abs_error) == (
+        2,
+        pytest.approx(-0.2),
+        pytest.approx(0.2),
+    )
+    assert vs["1.2.0rc6.post3"].posed == 1
+    assert points.version_rows([vs[""]])[0][3] == "not stated"
+
+
 def test_repeats_are_the_noise_floor(tmp_path):
     rows = {
         "syn-a": SYNTHETIC["syn-h200-ep8"],
@@ -170,7 +193,9 @@ def test_cli_json_table_markdown_csv(tmp_path):
     assert r.stderr.startswith(f"validate: {posed} posed, {10 - posed} skipped; TPOT median |error|")
     table = run("validate", "--points", path)
     assert table.exit_code == 0
-    for title in ("TPOT error by group", f"worst {posed} rows by", "skipped rows by reason", "syn-h200-ep8"):
+    assert [v["backend_version"] for v in doc["versions"]] == [""] * len(doc["versions"])
+    titles = ("TPOT error by group", "by stack version", f"worst {posed} rows by", "skipped rows by reason")
+    for title in (*titles, "syn-h200-ep8"):
         assert title in table.stdout
     md = run("validate", "--points", path, "--format", "markdown")
     assert (

@@ -90,11 +90,17 @@ def _validate_points(path, spec_dirs, fmt, output):
         rows = pts.read(path)
         results = pts.evaluate(rows, spec_dirs)
     groups, worst, skipped = pts.groups(results), pts.worst(results), pts.skipped(results)
+    versions = pts.versions(results)
     repeats = pts.repeats(rows)
     summary = pts.summary(results, repeats)
     sections = [
         render.Section(
             "TPOT error by group (error = predicted / measured - 1)", pts.GROUP_HEADER, pts.group_rows(groups)
+        ),
+        render.Section(
+            "TPOT error by stack version (one configuration can differ twofold between images)",
+            pts.VERSION_HEADER,
+            pts.version_rows(versions),
         ),
         render.Section(
             f"worst {len(worst)} rows by |error|", pts.WORST_HEADER, pts.worst_rows(worst), pts.WORST_DROP
@@ -105,6 +111,7 @@ def _validate_points(path, spec_dirs, fmt, output):
         doc = {
             "points": results,
             "groups": groups,
+            "versions": versions,
             "worst": [r.id for r in worst],
             "skipped": skipped,
             "repeats": repeats,
