@@ -1009,9 +1009,17 @@ def optimize(
     pre = search_prefill(
         system, model, prompt_len=wl.prompt_len, devices=total, ttft_slo_s=ttft, base=prefill, top_k=top_k
     )
-    if pre.best is not None and dec.best is not None:
-        pools = serving_pools(system, model, dec.best, pre.best, decode, prefill)
-        serv = sizing.size(system, model, wl, pools, slo, total_devices=total)
+    pools = (
+        serving_pools(system, model, dec.best, pre.best, decode, prefill) if pre.best and dec.best else None
+    )
+    unit = max(1, int(pools.decode.attn_tp or 1) // system.ranks_per_device) if pools else 1
+    if pools is not None and total < pools.prefill_instance_devices + unit:
+        notes.append(
+            f"serving split skipped: {total} devices hold no {pools.prefill_instance_devices}-device prefill "
+            f"instance beside a {unit}-device decode group (the searches above are each phase on its own)"
+        )
+    elif pools is not None:
+        serv = sizing.size(system, model, wl, pools, slo, total_devices=total, total_flag="--devices")
         q, inst = slo.percentile_label, pools.prefill_instance_devices
         notes += [
             f"serving split: cmperf.sizing.size, as `cmperf serve --size`, on {inst}-device prefill "

@@ -82,6 +82,7 @@ def size(
     total_devices: int | None = None,
     cache_fractions=(0.0, 0.125, 0.25, 0.5, 1.0),
     decode_step: int = 8,
+    total_flag: str = "--devices-total",
 ) -> SizeResult:
     """Split ``total_devices`` into prefill instances and decode devices (and pick cache DRAM) for the
     most goodput per device, the goodput of a split being min(TTFT-limited rate(P, cache), TPOT-limited
@@ -89,7 +90,9 @@ def size(
     is a vectorized outer minimum. With ``wl.rate_per_s`` set ("rate" mode) the best split is the one
     with the fewest devices whose limits both reach the rate. Decode devices step by ``decode_step``
     (a node); cache DRAM is a fraction of the DRAM of the nodes in use, the smallest that is within
-    0.5% of the best goodput is reported.
+    0.5% of the best goodput is reported. A total too small for one prefill instance and one step of
+    decode devices steps by the decode record's TP group instead (1 device without attention TP).
+    ``total_flag``: the caller's flag for the total, named in its errors (``cmperf optimize --devices``).
 
     The limits are those of ``evaluate`` (``ttft_limit_rps``: Allen-Cunneen M/G/c TTFT tail;
     ``tpot_limit_rps``: the decode fixed point), both on ``slo.quantile`` (p99 by default,
@@ -106,11 +109,13 @@ def size(
     total = (
         system.num_devices
         if total_devices is None
-        else int(POOLS["devices_total"].check(total_devices, "--devices-total", text=False))
+        else int(POOLS["devices_total"].check(total_devices, total_flag, text=False))
     )
     if total < 1 or total > system.num_devices:
-        raise CmperfError(f"--devices-total: {total} is outside 1..{system.num_devices} ({system.name})")
+        raise CmperfError(f"{total_flag}: {total} is outside 1..{system.num_devices} ({system.name})")
     inst = pools.prefill_instance_devices
+    if total - inst < decode_step:  # a small total: every whole number of the decode record's TP groups
+        decode_step = max(1, int(pools.decode.attn_tp or 1) // system.ranks_per_device)
     wl0 = replace(wl, rate_per_s=wl.rate_per_s or 1.0, concurrency=None)
     wl0.check(model)
     pools.split(inst, decode_step).check(system, model, wl0)  # the smallest decode pool tried
@@ -124,7 +129,7 @@ def size(
     ds = decode_step * unit_counts((total - 1) // decode_step)
     if ps.size == 0 or ds.size == 0:
         raise CmperfError(
-            f"--devices-total: {total} devices leave no room for one {inst}-device prefill instance "
+            f"{total_flag}: {total} devices leave no room for one {inst}-device prefill instance "
             f"and {decode_step} decode devices"
         )
     # TPOT-limited rate per decode size, every size in two evaluate calls (0 where the lengths do not fit

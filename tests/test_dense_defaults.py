@@ -103,3 +103,32 @@ def test_compare_gives_a_dense_model_a_tp_group_and_a_batch_that_fits():
     assert all(x["feasible"] and x["attn_tp"] == 8 and x["hbm_bytes_per_rank"] < 30e9 for x in pre)
     r1 = json.loads(run("compare", "--format", "json").output)["rows"]
     assert all(x["moe"] and "batch_fitted_from" not in x["workload"] for x in r1)
+
+
+def test_optimize_on_a_small_total_reports_the_split_it_cannot_form():
+    """4 H100s: the best decode is one TP4 group of all 4 (Llama does not fit fewer at its batch), so no
+    prefill instance fits beside it: the two searches stand and the split is a note (exit 0; it was a
+    '--devices-total' error naming a flag optimize does not have). 6 H100s hold 2 one-GPU TP1 prefill
+    instances beside the TP4 decode group."""
+    r = run(
+        "optimize", "--model", "llama-3.1-70b", "--system", "dgx-h100", "--devices", "4", "--format", "json"
+    )
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["best"]["attn_tp"] == 4 and d["serving"] is None
+    assert any("serving split skipped: 4 devices hold no 1-device prefill instance" in n for n in d["notes"])
+    six = json.loads(
+        run(
+            "optimize",
+            "--model",
+            "llama-3.1-70b",
+            "--system",
+            "dgx-h100",
+            "--devices",
+            "6",
+            "--format",
+            "json",
+        ).output
+    )
+    split = six["serving"]["best"]
+    assert (split["prefill_devices"], split["decode_devices"]) == (2, 4)
