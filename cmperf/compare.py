@@ -368,6 +368,19 @@ def prefill_row(system: System, model: Model, **knobs) -> CompareRow:
 
     dep, source = deployment_for(system, model, "prefill", **knobs)
     dep, _ = dep.validate(system, model)
+    table, _ = baseline(system, model, "prefill") if knobs.get("use_scenarios", True) else ({}, "")
+    given = {k for k, v in knobs.items() if v is not None} | set(table)
+    fitted: dict[str, float] = {}
+    if not given & {"devices", "tokens_per_device"}:  # the rule's unit: grown to fit (prefill.fit_defaults)
+        p = prefill.predict(system, model, dep)
+        fit = prefill.fit_defaults(system, model, dep, p, devices=True, tokens=True)
+        d = fit.deployment
+        fitted = {k: float(d[k]) for k in ("devices_fitted_from", "tokens_fitted_from") if k in d}
+        if fitted:
+            dep = replace(
+                dep, devices=d["devices"], ep_size=d["ep_size"], tokens_per_device=d["tokens_per_device"]
+            )
+            source += " (grown to fit)" if "devices_fitted_from" in fitted else " (fewer tokens to fit)"
     ev = prefill.evaluate(system, model, dep)
     devices, ep_size, prec, microbatches = dep.devices, dep.ep_size, dep.precision, dep.microbatches
     tpd, prompt_len, ranks = dep.tokens_per_device, dep.prompt_len, dep.devices * system.ranks_per_device
@@ -401,7 +414,12 @@ def prefill_row(system: System, model: Model, **knobs) -> CompareRow:
         ranks,
         ep_size,
         dict(prec.__dict__),
-        {"tokens_per_device": tpd, "prompt_len": float(prompt_len), "microbatches": float(microbatches)},
+        {
+            "tokens_per_device": tpd,
+            "prompt_len": float(prompt_len),
+            "microbatches": float(microbatches),
+            **fitted,
+        },
         tps,
         peak,
         tps / (peak / 1e12),

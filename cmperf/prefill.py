@@ -65,6 +65,7 @@ per-rank plane bandwidth below which a fully cached prompt takes longer than rec
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -479,6 +480,39 @@ def predict(system: System, model: Model, dep: Deployment) -> PrefillPrediction:
     """Scalar prediction with the per-op breakdown (validates ``dep`` first: CmperfError naming the flag)."""
     dep, _ = dep.validate(system, model)
     return evaluate(system, model, dep).at(0)
+
+
+def fit_defaults(
+    system: System, model: Model, dep: Deployment, p: PrefillPrediction, *, devices: bool, tokens: bool
+) -> PrefillPrediction:
+    """``p`` (the prediction of ``dep``) or, when it does not fit in HBM and the knobs left to their
+    defaults can make it fit, the prediction that does: with ``devices`` (no --devices, --ep or --moe-tp
+    given) the instance doubles, up to the system, until one prompt per device fits beside the weights
+    (EP over all its ranks: a 1.6T-2.8T MoE's experts do not fit 32 ranks); with ``tokens`` (no
+    --tokens-per-device) the batch falls to the largest whole number of prompts per device that fits. The
+    deployment records what it replaced (``devices_fitted_from``, ``tokens_fitted_from``). For defaults only:
+    a knob the user gives is predicted as given (as ``decode.fit_default_batch``)."""
+    if p.feasible or any(not r.startswith("HBM") for r in p.reasons):
+        return p
+    best, rec = p, dep
+    n = int(p.deployment["devices"])
+    while devices and best.max_tokens_per_device < p.deployment["prompt_len"] and 2 * n <= system.num_devices:
+        n *= 2
+        grown = replace(dep, devices=n, ep_size=None)
+        if grown.check(system, model):
+            break
+        best, rec = predict(system, model, grown), grown
+    prompt = float(best.deployment["prompt_len"])
+    if not best.feasible and tokens and best.max_tokens_per_device >= prompt:
+        rec = replace(rec, tokens_per_device=math.floor(best.max_tokens_per_device / prompt) * prompt)
+        best = predict(system, model, rec)
+    if not best.feasible:
+        return p
+    if best.deployment["devices"] != p.deployment["devices"]:
+        best.deployment["devices_fitted_from"] = p.deployment["devices"]
+    if best.deployment["tokens_per_device"] != p.deployment["tokens_per_device"]:
+        best.deployment["tokens_fitted_from"] = p.deployment["tokens_per_device"]
+    return best
 
 
 def _point_prediction(ev: PrefillEval, i: int) -> PrefillPrediction:

@@ -87,11 +87,39 @@ def test_prefill_search_tries_tp_degrees():
 
 
 def test_cli_prefill_on_an_80_gb_gpu():
-    """The default (TP8 on 8 GPUs) fits an H100; TP1 at the default 16K tokens does not and says so."""
+    """The default (TP8 on 8 GPUs) fits an H100. TP1 holds the whole 73 GB model: the default 16K tokens
+    per GPU do not fit beside it, so the batch falls to the largest whole number of prompts that does (2 x
+    4,096, tokens_fitted_from 16,384); 16K tokens given is refused (exit 3, the HBM reason)."""
     run = CliRunner().invoke
-    d = json.loads(
-        run(main, ["prefill", "--model", "llama-3.1-70b", "--system", "dgx-h100", "--format", "json"]).output
-    )
+    h100 = ["prefill", "--model", "llama-3.1-70b", "--system", "dgx-h100"]
+    d = json.loads(run(main, [*h100, "--format", "json"]).output)
     assert d["feasible"] and d["deployment"]["tp_layout"] == "megatron"
-    r = run(main, ["prefill", "--model", "llama-3.1-70b", "--system", "dgx-h100", "--attn-tp", "1"])
+    tp1 = json.loads(run(main, [*h100, "--attn-tp", "1", "--format", "json"]).output)
+    assert tp1["feasible"] and tp1["deployment"]["tokens_per_device"] == 8192.0
+    assert (
+        tp1["deployment"]["tokens_fitted_from"] == 16384.0 and "devices_fitted_from" not in tp1["deployment"]
+    )
+    table = run(main, [*h100, "--attn-tp", "1"], env={"COLUMNS": "200"}).output
+    assert "8192 tokens/device (the largest that fits: the default 16384 does not)" in table
+    r = run(main, [*h100, "--attn-tp", "1", "--tokens-per-device", "16384"])
     assert r.exit_code == 3 and "HBM" in r.output
+
+
+def test_default_instance_grows_until_the_weights_fit():
+    """DeepSeek-V4-Pro (1.6T) on 80 GB H100s: the default EP32 unit does not hold its experts beside one
+    prompt; without --devices the instance doubles to 64 GPUs (EP64) and says so; --devices 32 given is
+    refused (exit 3). compare's rule grows the same way."""
+    run = CliRunner().invoke
+    v4 = ["prefill", "--model", "deepseek-v4-pro", "--system", "dgx-h100"]
+    d = json.loads(run(main, [*v4, "--format", "json"]).output)
+    dep = d["deployment"]
+    assert d["feasible"] and (dep["devices"], dep["ep_size"], dep["devices_fitted_from"]) == (64, 64, 32)
+    assert (
+        "64 devices (the default 32 do not hold the weights)" in run(main, v4, env={"COLUMNS": "200"}).output
+    )
+    assert run(main, [*v4, "--devices", "32"]).exit_code == 3
+    rows = json.loads(
+        run(main, ["compare", "--model", "deepseek-v4-pro", "--phase", "prefill", "--format", "json"]).output
+    )
+    assert all(x["feasible"] and x["workload"].get("devices_fitted_from") for x in rows["rows"])
+    assert all("(grown to fit)" in x["deployment_source"] for x in rows["rows"])

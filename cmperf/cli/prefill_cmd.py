@@ -33,9 +33,21 @@ def _summary_rows(p) -> list[tuple[str, str]]:
         ("system / model", f"{p.system} / {p.model}"),
         (
             "deployment",
-            f"{d['devices']} device{'' if d['devices'] == 1 else 's'}, "
+            f"{d['devices']} device{'' if d['devices'] == 1 else 's'}"
+            + (
+                f" (the default {d['devices_fitted_from']} do not hold the weights)"
+                if "devices_fitted_from" in d
+                else ""
+            )
+            + ", "
             + (par if moe else "")
-            + f"{d['tokens_per_device']:g} tokens/device of "
+            + f"{d['tokens_per_device']:g} tokens/device"
+            + (
+                f" (the largest that fits: the default {d['tokens_fitted_from']:g} does not)"
+                if "tokens_fitted_from" in d
+                else ""
+            )
+            + " of "
             f"{d['prompt_len']:g}-token prompts, {d['microbatches']} "
             f"microbatch{'' if d['microbatches'] == 1 else 'es'}, "
             + (
@@ -100,14 +112,16 @@ def _summary_rows(p) -> list[tuple[str, str]]:
     "devices",
     type=dep("devices"),
     help="Devices (NPUs/GPUs) in the instance [default: 32 ranks, the paper's EP32 unit: 16 NPUs on "
-    "CloudMatrix384, 32 GPUs on DGX/HGX].",
+    "CloudMatrix384, 32 GPUs on DGX/HGX, doubled until one prompt per device fits beside the weights; a "
+    "dense model: one TP group].",
 )
 @common_options
 @knob(
     "--tokens-per-device",
     "tokens_per_device",
     type=dep("tokens_per_device"),
-    help="Prompt tokens per device in one batch (cache hits included) [default: 16384].",
+    help="Prompt tokens per device in one batch (cache hits included) [default: 16384, or the largest "
+    "whole number of prompts that fits].",
 )
 @knob("--prompt-len", "prompt_len", type=dep("prompt_len"), help="Tokens per prompt [default: 4096].")
 @knob(
@@ -151,6 +165,8 @@ def prefill(system, model, spec_dirs, fmt, output, ops, plot, **params):
     mod = specs.load_model(model, spec_dirs, flag_of("model"))
     dep = knobs.deployment("prefill", sysm, params, knobs.scenario_precision())
     p = pf.predict(sysm, mod, dep)
+    grow = all(params.get(k) is None for k in ("devices", "ep_size", "moe_tp"))
+    p = pf.fit_defaults(sysm, mod, dep, p, devices=grow, tokens=params.get("tokens_per_device") is None)
     write_plot(plot, lambda f: plots.prediction_image(f, "prefill", p, ops_limit(ops)))
     if fmt == "json":
         text = render.to_json(p, "prefill")
