@@ -240,9 +240,7 @@ def _evaluate_block(
     k, hid = model.num_experts_per_tok, model.hidden_size
     disp_msg, comb_msg = ep_message_bytes(system, hid, prec, phase="prefill")
     d = system.collective("dispatch", "prefill")
-    # the framework's placement; prefill keeps its own rule for --redundant (none: its default)
-    red = redundant_for(replace(dep, num_redundant=None), model, ep)
-    pl = placement_arrays(model, ep, red, dep.slots_per_rank)
+    pl = _placement(model, dep, ep)
     t_mb = t_rank / n  # prompt tokens per microbatch per rank
     seqs_mb = t_mb / p
     cached_len = h * p
@@ -480,6 +478,26 @@ def predict(system: System, model: Model, dep: Deployment) -> PrefillPrediction:
     """Scalar prediction with the per-op breakdown (validates ``dep`` first: CmperfError naming the flag)."""
     dep, _ = dep.validate(system, model)
     return evaluate(system, model, dep).at(0)
+
+
+def _placement(model: Model, dep: Deployment, ep) -> dict:
+    """The framework's expert placement over ``ep`` ranks; prefill keeps its own rule for --redundant
+    (none: its default)."""
+    red = redundant_for(replace(dep, num_redundant=None), model, ep)
+    return placement_arrays(model, ep, red, dep.slots_per_rank)
+
+
+def weight_bytes_per_rank(system: System, model: Model, dep: Deployment) -> float:
+    """Weight bytes one rank of the resolved scalar prefill record ``dep`` holds: ``evaluate``'s
+    ``weights.*`` memory parts, without evaluating the layers (``serving.default_pools`` sizes its
+    instance by it)."""
+    assert dep.precision is not None
+    pl = _placement(model, dep, np.asarray(dep.ep_size, dtype=float))
+    g = int(dep.attn_tp) if megatron_prefill(model) and int(dep.attn_tp) > 1 else 1
+    parts = memory.weight_bytes_per_rank(
+        model, dep.precision, pl["experts_per_rank"], 0, attn_tp=g, moe_tp=int(dep.moe_tp)
+    )
+    return float(sum(float(np.asarray(v).reshape(-1)[0]) for v in parts.values()))
 
 
 def fit_defaults(

@@ -304,10 +304,20 @@ def default_pools(system: System, model: Model) -> Pools:
     """Pools sized for ``system``: a decode pool of one expert per rank (``decode_unit_devices``) leaving room
     for at least one EP32 prefill instance (``prefill_unit_devices``), and up to the paper's 6 prefill
     instances in what remains. CloudMatrix384 (384 NPUs): 160 decode + 6 x 16 prefill, the paper's pools;
-    dgx-h800 (144 GPUs): 112 decode + 1 x 32 prefill."""
-    from .deployment import decode_unit_devices, prefill_unit_devices
+    dgx-h800 (144 GPUs): 112 decode + 1 x 32 prefill. The instance doubles (up to half the system) while
+    its weights alone fill a rank's HBM."""
+    from .deployment import Deployment, decode_unit_devices, prefill_unit_devices
+    from .prefill import weight_bytes_per_rank
 
     inst = prefill_unit_devices(system, model)
+    cap = system.chip.hbm_bytes - system.chip.hbm_reserved_bytes
+    # a model whose weights fill the default instance's HBM: the smallest doubling they leave room in
+    # (Kimi-K3 on H200s: 64 GPUs), as cmperf prefill's default (prefill.fit_defaults)
+    while 2 * inst <= system.num_devices // 2:
+        one = Deployment(phase="prefill", devices=inst)
+        if one.check(system, model) or weight_bytes_per_rank(system, model, one.resolve(system, model)) < cap:
+            break
+        inst *= 2
     if system.num_devices - inst < 1:  # a system smaller than one prefill unit + a decode device: halves
         inst = max(system.num_devices // 2, 1)
     decode = max(min(decode_unit_devices(system, model), system.num_devices - inst), 1)
@@ -412,7 +422,8 @@ def prefill_grid(system: System, model: Model, wl: Workload, pools: Pools, token
     if not ok.any():
         raise CmperfError(
             f"--prompt-len: a single {wl.prompt_len:g}-token prompt does not fit a "
-            f"{inst}-device prefill instance; use fewer tokens or larger instances"
+            f"{inst}-device prefill instance; use fewer tokens or larger instances "
+            "(--prefill-instance-devices)"
         )
     n = pools.num_prefill_instances
     cap = float(np.max(n * b[ok] / batch_s[ok]))

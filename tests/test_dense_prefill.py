@@ -123,3 +123,15 @@ def test_default_instance_grows_until_the_weights_fit():
     )
     assert all(x["feasible"] and x["workload"].get("devices_fitted_from") for x in rows["rows"])
     assert all("(grown to fit)" in x["deployment_source"] for x in rows["rows"])
+
+
+def test_serve_default_prefill_instance_holds_the_weights():
+    """serve's default pools size the prefill instance the same way: Kimi-K3 (2.8T) fills 32 H200s' HBM
+    with weights alone, so its instance is 64 GPUs; DeepSeek-R1 keeps the EP32 unit."""
+    from cmperf import serving
+
+    h200 = load_system("hgx-h200")
+    assert serving.default_pools(h200, load_model("kimi-k3")).prefill_instance_devices == 64
+    assert serving.default_pools(h200, load_model("deepseek-r1")).prefill_instance_devices == 32
+    r = CliRunner().invoke(main, ["serve", "--rate", "5", "--system", "hgx-h200", "--model", "kimi-k3"])
+    assert r.exit_code in (0, 1), r.output  # 1: an SLO missed, not an error
