@@ -98,6 +98,7 @@ PRECISION_KEYS = tuple(f.name for f in fields(Precision))
 _DEC_CONFIG = (
     "config.devices",
     "config.ep_size",
+    "config.attn_tp",
     "config.batch_per_device",
     "config.microbatches",
     "config.mtp",
@@ -122,6 +123,7 @@ OUTPUTS = {
         "hbm_bytes_per_rank",
         "config.devices",
         "config.ep_size",
+        "config.attn_tp",
         "config.tokens_per_device",
         "config.microbatches",
         *_BINDING,
@@ -481,8 +483,11 @@ def _run_phase(cell: Cell, system: System, model: Model, t: dict[str, dict[str, 
         path=cell.path,
     )
     rec = scenario.records(sc, system, model)
+    # knobs the cell leaves to their defaults fit them as the commands do (cmperf decode / prefill)
     if phase == "decode":
         p = decode.predict(system, model, rec)
+        if "batch_per_device" not in dep:
+            p = decode.fit_default_batch(system, model, rec, p)
         d = p.deployment
         part = {
             "tpot_s": p.tpot_s,
@@ -492,6 +497,8 @@ def _run_phase(cell: Cell, system: System, model: Model, t: dict[str, dict[str, 
         }
         return {**_phase_row(p), **part}
     q = prefill.predict(system, model, rec)
+    grow = not {"devices", "ep_size", "moe_tp"} & dep.keys()
+    q = prefill.fit_defaults(system, model, rec, q, devices=grow, tokens="tokens_per_device" not in dep)
     return {
         **_phase_row(q),
         "ttft_s": q.ttft_s,
@@ -501,7 +508,11 @@ def _run_phase(cell: Cell, system: System, model: Model, t: dict[str, dict[str, 
 
 def _phase_row(p: DecodePrediction | PrefillPrediction) -> dict[str, Any]:
     """The columns decode and prefill share: status, throughput, memory, instance, binding stream and op."""
-    d, moe = p.deployment, p.streams.get("moe", {})
+    d = p.deployment
+    # the MoE layers' stage, else the most numerous (graph.principal_stage: a dense model's "dense")
+    layers = {k: v for k, v in p.streams.items() if k not in ("head", "mtp")}
+    main = "moe" if "moe" in layers else max(layers, key=lambda k: layers[k]["count"], default="")
+    moe = p.streams.get(main, {})
     return {
         "status": "ok" if p.feasible else "infeasible",
         "message": "; ".join(p.reasons),
@@ -509,6 +520,7 @@ def _phase_row(p: DecodePrediction | PrefillPrediction) -> dict[str, Any]:
         "hbm_bytes_per_rank": p.hbm_bytes_per_rank,
         "config.devices": d["devices"],
         "config.ep_size": d["ep_size"],
+        "config.attn_tp": d["attn_tp"],
         "config.microbatches": d["microbatches"],
         "binding": moe.get("binding", moe.get("ideal_binding")),
         **_top_op(p.ops),
@@ -580,6 +592,7 @@ def _run_optimize(cell: Cell, system: System, model: Model, t: dict[str, dict[st
             "tpot_s": c.tpot_s,
             "config.devices": c.devices,
             "config.ep_size": c.ep_size,
+            "config.attn_tp": c.attn_tp,
             "config.batch_per_device": c.batch_per_device,
             "config.microbatches": c.microbatches,
             "config.mtp": c.mtp,

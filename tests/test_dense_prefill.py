@@ -135,3 +135,25 @@ def test_serve_default_prefill_instance_holds_the_weights():
     assert serving.default_pools(h200, load_model("deepseek-r1")).prefill_instance_devices == 32
     r = CliRunner().invoke(main, ["serve", "--rate", "5", "--system", "hgx-h200", "--model", "kimi-k3"])
     assert r.exit_code in (0, 1), r.output  # 1: an SLO missed, not an error
+
+
+def test_sweep_cells_name_the_tp_degree_and_fit_like_the_commands(tmp_path):
+    """A sweep's prefill cell of a dense model reports its TP degree and its layers' binding stream, and
+    a cell that leaves the tokens to their default fits them as `cmperf prefill` does (1 H100: 8,192)."""
+    import csv
+    import io
+
+    f = tmp_path / "llama.toml"
+    f.write_text(
+        'name = "llama"\ndescription = "d"\ncommand = "prefill"\nsystem = "dgx-h100"\n'
+        'model = "llama-3.1-70b"\n\n[deployment]\ndevices = [1, 8]\n',
+        encoding="utf-8",
+    )
+    r = CliRunner().invoke(main, ["sweep", str(f)])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [(x["config.attn_tp"], x["config.tokens_per_device"], x["status"]) for x in rows] == [
+        ("1", "8192", "ok"),
+        ("8", "16384", "ok"),
+    ]
+    assert all(x["binding"] == "compute stream" for x in rows)
