@@ -266,7 +266,8 @@ def moe_load(model: Model, pl: dict, ep, tokens_mb, imb):
     tokens_mb = np.asarray(tokens_mb, dtype=float)
     dedicated = pl["dedicated"]
     # the busiest routed rank's token-copies: imb * ep * tokens_mb * k / routed_ranks
-    routed = tokens_mb * (ep * k / pl["routed_ranks"]) * imb
+    # (a dense model: k = 0 and no routed ranks, so no copies rather than 0/0)
+    routed = tokens_mb * (ep * k / np.maximum(pl["routed_ranks"], 1)) * imb
     any_ded, all_ded = bool(np.any(dedicated)), bool(np.all(dedicated))
     # each branch only where some point takes it (np.where picks per point)
     if any_ded:
@@ -1047,7 +1048,8 @@ def predict(system: System, model: Model, dep: Deployment) -> DecodePrediction:
     cands = microbatch_candidates(system, dep.batch_per_device)
     fw = frameworks.of(dep)
     if fw is not None:  # only the counts the framework runs (SGLang's two-batch overlap: 1 or 2)
-        cands = tuple(c for c in cands if c in fw.microbatches) or (min(fw.microbatches),)
+        runs = frameworks.microbatch_counts(fw, model)
+        cands = tuple(c for c in cands if c in runs) or (min(runs),)
     ev = evaluate(system, model, replace(dep, microbatches=np.array(cands)))
     best = best_microbatches(ev, cands)
     tpot = np.broadcast_to(ev.tpot_s, (len(cands),))

@@ -398,7 +398,11 @@ class Deployment:
         moe_tp = self.moe_tp if self.moe_tp is not None else 1
         ranks = np.asarray(devices) * system.ranks_per_device
         ep = self.ep_size if self.ep_size is not None else ranks // np.asarray(moe_tp)
-        mb = self.microbatches if self.microbatches is not None else (2 if prefill else AUTO)
+        # prefill: two microbatches hide the MoE all-to-all (CM384 §4.3); a dense model has none to hide
+        # and its stacks run one (frameworks.microbatch_counts)
+        mb = self.microbatches
+        if mb is None:
+            mb = (2 if model.is_moe else 1) if prefill else AUTO
         tp = self.attn_tp
         if tp is None and dense_t:  # the TP group's degree, within the ranks given
             tp = np.gcd(np.asarray(ranks, dtype=np.int64), dense_t)
@@ -460,7 +464,7 @@ class Deployment:
             out.append(f"--microbatches: must be {allowed}, got {mb}")
         from .frameworks import reasons as framework_reasons
 
-        out += framework_reasons(d)
+        out += framework_reasons(d, model)
         if d.eplb not in EPLB_MODES:
             out.append(f"--eplb: {d.eplb!r} is not one of {', '.join(EPLB_MODES)} ({d.phase})")
         if d.imbalance is not None and not d.imbalance >= 1.0:

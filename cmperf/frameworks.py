@@ -198,7 +198,16 @@ def chunk_scope(name: str | None) -> str:
     return fw.chunk_scope if fw else "engine"
 
 
-def reasons(dep: Any) -> list[str]:
+def microbatch_counts(fw: Framework, model: Any) -> tuple[int, ...]:
+    """The microbatch counts ``fw`` runs for ``model``: its ``microbatches`` for an MoE model, one for a
+    dense model. Every profile's overlap hides an MoE layer's expert-parallel all-to-all behind the other
+    microbatch's compute (SGLang two-batch overlap and vLLM dual-batch overlap over DeepEP, TensorRT-LLM
+    wide-EP, CloudMatrix-Infer's attention | MoE streams: the sources in frameworks/*.toml); none of them
+    splits a dense model's batch to overlap its TP all-reduce."""
+    return fw.microbatches if model.is_moe else (1,)
+
+
+def reasons(dep: Any, model: Any) -> list[str]:
     """What a (resolved, scalar) deployment asks of its framework that the framework cannot run."""
     name = dep.framework
     if name is None:
@@ -208,10 +217,12 @@ def reasons(dep: Any) -> list[str]:
         return [bad]
     fw = load(name)
     out = []
-    counts = " or ".join(str(c) for c in fw.microbatches)
+    runs = microbatch_counts(fw, model)
+    counts = " or ".join(str(c) for c in runs)
     mb = dep.microbatches
-    if not isinstance(mb, str) and mb not in fw.microbatches and mb in (1, 2, 3, 4):
-        out.append(f"--microbatches: framework {fw.name} runs {counts} microbatches, got {mb}")
+    if not isinstance(mb, str) and mb not in runs and mb in (1, 2, 3, 4):
+        what = "" if model.is_moe else f" for a dense model ({model.name}: no all-to-all to overlap)"
+        out.append(f"--microbatches: framework {fw.name} runs {counts} microbatches{what}, got {mb}")
     if dep.phase == "decode" and not fw.mtp_chains and dep.mtp is not None and dep.mtp > 1:
         out.append(
             f"--mtp: framework {fw.name} runs MTP chains of one draft only, got --mtp {dep.mtp}; use --mtp 1"

@@ -147,13 +147,15 @@ def decode_space(
     """Axes for the decode grid around ``base`` (its KV, precision, ... knobs); the batch axis ends at
     the largest HBM limit over all instance sizes. A framework profile (``base.framework``) keeps the
     microbatch counts it runs and, without MTP chains, MTP depths up to 1 (cmperf.frameworks)."""
+    from .frameworks import microbatch_counts
     from .frameworks import of as framework_of
 
     fw = framework_of(base)
     if mtp is None:
         mtp = tuple(range(0, max(model.num_mtp_modules, 0) + 1))
     if fw is not None:
-        microbatches = tuple(mb for mb in microbatches if mb in fw.microbatches) or fw.microbatches[:1]
+        runs = microbatch_counts(fw, model)
+        microbatches = tuple(mb for mb in microbatches if mb in runs) or runs[:1]
         mtp = tuple(m for m in mtp if fw.mtp_chains or m <= 1)
     sizes = instance_sizes(system, max_devices)
     ok = placement_ok(model, sizes * system.ranks_per_device)
@@ -805,8 +807,14 @@ def search_prefill(
     whole model on every rank and, needing no all-reduce, has the most tokens/s where it fits.
     """
     from . import prefill
+    from .frameworks import microbatch_counts
+    from .frameworks import of as framework_of
 
     base = replace(base or Deployment(phase="prefill"), prompt_len=prompt_len)
+    fw = framework_of(base)
+    if fw is not None:  # the counts the framework runs for this model (one for a dense model)
+        runs = microbatch_counts(fw, model)
+        microbatches = tuple(mb for mb in microbatches if mb in runs) or runs[:1]
 
     total = system.num_devices if devices is None else int(devices)
     sizes = instance_sizes(system, total)

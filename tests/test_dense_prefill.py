@@ -138,8 +138,8 @@ def test_serve_default_prefill_instance_holds_the_weights():
 
 
 def test_sweep_cells_name_the_tp_degree_and_fit_like_the_commands(tmp_path):
-    """A sweep's prefill cell of a dense model reports its TP degree and its layers' binding stream, and
-    a cell that leaves the tokens to their default fits them as `cmperf prefill` does (1 H100: 8,192)."""
+    """A sweep's prefill cell of a dense model reports its TP degree and its layers' binding, and a cell
+    that leaves the tokens to their default fits them as `cmperf prefill` does (1 H100: 8,192)."""
     import csv
     import io
 
@@ -156,4 +156,48 @@ def test_sweep_cells_name_the_tp_degree_and_fit_like_the_commands(tmp_path):
         ("1", "8192", "ok"),
         ("8", "16384", "ok"),
     ]
-    assert all(x["binding"] == "compute stream" for x in rows)
+    # one microbatch (no stack overlaps a dense model's TP all-reduce): TP1's compute stream, TP8's serial
+    # chain with the all-reduce its heaviest op
+    assert [(x["config.microbatches"], x["binding"]) for x in rows] == [
+        ("1", "compute stream"),
+        ("1", "serial A+M"),
+    ]
+    assert rows[1]["binding_op"] == "dense/attn.tp_allreduce"
+
+
+def test_a_dense_model_runs_one_microbatch_under_every_framework():
+    """Every profile's microbatch overlap hides the MoE all-to-all: for a dense model each runs one (auto
+    picks 1; 2 is refused naming the reason), and prefill defaults to one without a profile too, while an
+    MoE model keeps its counts (SGLang: 1 or 2)."""
+    from cmperf import frameworks
+
+    sg = frameworks.load("sglang")
+    assert frameworks.microbatch_counts(sg, LLAMA) == (1,)
+    assert frameworks.microbatch_counts(sg, load_model("deepseek-r1")) == (1, 2)
+    run = CliRunner().invoke
+    dec = ["decode", "--model", "llama-3.1-70b", "--system", "hgx-h200", "--framework", "sglang"]
+    d = json.loads(run(main, [*dec, "--format", "json"]).output)
+    assert d["deployment"]["microbatches"] == 1
+    r = run(main, [*dec, "--microbatches", "2"])
+    assert r.exit_code == 2 and "runs 1 microbatches for a dense model" in r.output
+    pre = json.loads(
+        run(main, ["prefill", "--model", "llama-3.1-70b", "--system", "hgx-h200", "--format", "json"]).output
+    )
+    assert pre["deployment"]["microbatches"] == 1
+    moe = json.loads(run(main, ["prefill", "--system", "hgx-h200", "--format", "json"]).output)
+    assert moe["deployment"]["microbatches"] == 2
+
+
+def test_dense_model_under_every_profile_computes_no_nan():
+    """A dense model has no routed experts (k = 0, no routed ranks): the MoE load is 0, not 0/0 (numpy's
+    'invalid value' warning reached the terminal under profiles that place experts evenly)."""
+    import warnings
+
+    from cmperf import decode
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fw in (None, "sglang", "tensorrt-llm", "vllm", "cloudmatrix-infer"):
+            p = decode.predict(H200, LLAMA, Deployment(framework=fw, batch_per_device=32))
+            assert np.isfinite(p.tpot_s) and p.feasible
+            prefill.predict(H200, LLAMA, Deployment(phase="prefill", framework=fw))
