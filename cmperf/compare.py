@@ -128,7 +128,8 @@ def deployment_for(
 ) -> tuple[Deployment, str]:
     """(deployment, where it comes from) of ``phase`` on ``system``: the ``given`` Deployment fields (None
     = not given) over the system's baseline scenario, over the rules (module docstring). Devices given
-    drop the baseline's devices and EP size; microbatches default to 2 (the baselines' two-batch overlap)."""
+    drop the baseline's devices and EP size; microbatches default to 2 (the baselines' two-batch overlap;
+    a dense model: 1)."""
     table, src = baseline(system, model, phase) if use_scenarios else ({}, "")
     given = {k: v for k, v in given.items() if v is not None}
     if "devices" in given:
@@ -143,7 +144,10 @@ def deployment_for(
     tp = dense_tp(system, model, phase)  # Deployment.resolve's default for a dense model
     if tp and not {"devices", "attn_tp"} & {*given, *table}:
         rule = f"rule: dense, TP{tp} (one scale-up domain, at most the KV heads)"
-    dep = Deployment(**{"phase": phase, "microbatches": 2, "precision": prec, **table, **given})
+    # two microbatches: the baselines' two-batch overlap of the MoE all-to-all; a dense model runs one
+    # (frameworks.microbatch_counts)
+    mb = 2 if model.is_moe else 1
+    dep = Deployment(**{"phase": phase, "microbatches": mb, "precision": prec, **table, **given})
     source = "flags" if "devices" in given else (src or rule)
     return dep.resolve(system, model), source
 

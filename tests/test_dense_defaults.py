@@ -101,6 +101,9 @@ def test_compare_gives_a_dense_model_a_tp_group_and_a_batch_that_fits():
     assert r.exit_code == 0, r.output
     pre = json.loads(r.output)["rows"]
     assert all(x["feasible"] and x["attn_tp"] == 8 and x["hbm_bytes_per_rank"] < 30e9 for x in pre)
+    # one microbatch in both phases (no stack overlaps a dense model's TP all-reduce)
+    assert all(x["workload"]["microbatches"] == 1.0 for x in pre)
+    assert all(x["workload"]["microbatches"] == 1.0 for x in rows.values())
     r1 = json.loads(run("compare", "--format", "json").output)["rows"]
     assert all(x["moe"] and "batch_fitted_from" not in x["workload"] for x in r1)
 
