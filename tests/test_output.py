@@ -169,19 +169,8 @@ def test_squeezed_tables_fold_at_words_not_inside_them(width):
     the right when even the longest words do not fit): the validate group table's 11-letter system names
     ("gb200-nvl72") and its "incomplete" once came out as "gb200-nvl7" over "2" at 100 columns."""
     from cmperf import render
+    from cmperf.points import GROUP_HEADER as header
 
-    header = (
-        "system",
-        "backend",
-        "mode",
-        "batch/rank",
-        "posed",
-        "median |err|",
-        "p90 |err|",
-        "median err",
-        "TTFT med/p90",
-        "skipped",
-    )
     rows = [
         (
             "gb200-nvl72",
