@@ -521,12 +521,19 @@ class Deployment:
                 out.append(f"--tokens-per-device: must be positive, got {d.tokens_per_device:g}")
             if not 1 <= d.prompt_len <= ctx:
                 out.append(f"--prompt-len: {d.prompt_len:g} is outside 1..{ctx} (the model's context)")
-            elif d.tokens_per_device * d.devices < d.prompt_len:
-                out.append(
-                    f"--tokens-per-device: {d.tokens_per_device:g} x {d.devices} devices holds no "
-                    f"whole {d.prompt_len:g}-token prompt; raise it to at least "
-                    f"{math.ceil(d.prompt_len / d.devices)}"
-                )
+            else:
+                # the devices one prompt is spread over: the instance (SP-TP-SP), or a dense model's TP
+                # group, its data-parallel groups each prefilling their own prompts (megatron_prefill)
+                unit, group = d.devices, ""
+                if megatron_prefill(model) and d.devices > 1:
+                    unit = min(max(int(d.attn_tp) // system.ranks_per_device, 1), d.devices)
+                    group = f" (a TP{d.attn_tp} group: a prompt is one group's)"
+                if d.tokens_per_device * unit < d.prompt_len:
+                    least = math.ceil(d.prompt_len / unit)
+                    out.append(
+                        f"--tokens-per-device: {d.tokens_per_device:g} x {unit} device{'s' * (unit > 1)}"
+                        f"{group} holds no whole {d.prompt_len:g}-token prompt; raise it to at least {least}"
+                    )
             if not 0.0 <= d.cache_hit <= 1.0:
                 out.append(f"--cache-hit: must be in [0, 1], got {d.cache_hit:g}")
             if d.cache_plane not in system.planes:

@@ -201,3 +201,20 @@ def test_dense_model_under_every_profile_computes_no_nan():
             p = decode.predict(H200, LLAMA, Deployment(framework=fw, batch_per_device=32))
             assert np.isfinite(p.tpot_s) and p.feasible
             prefill.predict(H200, LLAMA, Deployment(phase="prefill", framework=fw))
+
+
+def test_a_prompt_is_one_tp_groups():
+    """A dense model's data-parallel TP groups prefill their own prompts, so each group must hold a whole
+    one: TP1 on 8 H200s with 32K prompts and 16K tokens per GPU is refused naming --tokens-per-device and
+    the least that works; TP8 (one group of 8) holds four."""
+    run = CliRunner().invoke
+    base = ["prefill", "--model", "llama-3.1-70b", "--system", "hgx-h200", "--prompt-len", "32768"]
+    r = run(main, [*base, "--attn-tp", "1"])
+    assert r.exit_code == 2
+    assert (
+        "--tokens-per-device: 16384 x 1 device (a TP1 group: a prompt is one group's) holds no whole"
+        in r.output
+    )
+    assert "raise it to at least 32768" in r.output
+    assert run(main, [*base, "--attn-tp", "1", "--tokens-per-device", "32768"]).exit_code in (0, 3)
+    assert run(main, base).exit_code == 0
