@@ -525,6 +525,12 @@ def fit_defaults(
         rec = replace(rec, tokens_per_device=math.floor(best.max_tokens_per_device / prompt) * prompt)
         best = predict(system, model, rec)
     if not best.feasible:
+        tried = int(best.deployment["devices"])
+        if tried > int(p.deployment["devices"]):  # growing did not help: say how far it went
+            p.reasons.append(
+                f"--devices: no instance of up to {tried} devices (doubling the default "
+                f"{p.deployment['devices']}) holds the weights beside one prompt per device"
+            )
         return p
     if best.deployment["devices"] != p.deployment["devices"]:
         best.deployment["devices_fitted_from"] = p.deployment["devices"]

@@ -218,3 +218,18 @@ def test_a_prompt_is_one_tp_groups():
     assert "raise it to at least 32768" in r.output
     assert run(main, [*base, "--attn-tp", "1", "--tokens-per-device", "32768"]).exit_code in (0, 3)
     assert run(main, base).exit_code == 0
+
+
+def test_growing_that_cannot_fit_says_how_far_it_went():
+    """Kimi-K3 on CloudMatrix384: its attention weights are whole on every die under SP-TP-SP, so no
+    doubling of the 16-NPU unit fits (up to 256 NPUs); the prediction stays the default's, infeasible
+    (exit 3), with a second reason naming --devices and how far the growth went."""
+    r = CliRunner().invoke(
+        main, ["prefill", "--model", "kimi-k3", "--system", "cloudmatrix384", "--format", "json"]
+    )
+    assert r.exit_code == 3
+    d = json.loads(r.stdout)
+    assert d["deployment"]["devices"] == 16 and "devices_fitted_from" not in d["deployment"]
+    assert d["reasons"][0].startswith("HBM") and d["reasons"][1].startswith(
+        "--devices: no instance of up to 256"
+    )
