@@ -125,11 +125,12 @@ def deployment_for(
     kv_dtype: str | None = None,
     use_scenarios: bool = True,
     **given,
-) -> tuple[Deployment, str]:
-    """(deployment, where it comes from) of ``phase`` on ``system``: the ``given`` Deployment fields (None
-    = not given) over the system's baseline scenario, over the rules (module docstring). Devices given
-    drop the baseline's devices and EP size; microbatches default to 2 (the baselines' two-batch overlap;
-    a dense model: 1)."""
+) -> tuple[Deployment, str, frozenset[str]]:
+    """(deployment, where it comes from, the fields set by flags or the baseline) of ``phase`` on
+    ``system``: the ``given`` Deployment fields (None = not given) over the system's baseline scenario,
+    over the rules (module docstring); a field in neither is the rule's default, which the rows may fit
+    (``decode.fit_default_batch``, ``prefill.fit_defaults``). Devices given drop the baseline's devices
+    and EP size; microbatches default to 2 (the baselines' two-batch overlap; a dense model: 1)."""
     table, src = baseline(system, model, phase) if use_scenarios else ({}, "")
     given = {k: v for k, v in given.items() if v is not None}
     if "devices" in given:
@@ -141,15 +142,16 @@ def deployment_for(
         if phase == "decode"
         else "rule: EP32 prefill unit"
     )
+    fixed = frozenset({*given, *table})
     tp = dense_tp(system, model, phase)  # Deployment.resolve's default for a dense model
-    if tp and not {"devices", "attn_tp"} & {*given, *table}:
+    if tp and not {"devices", "attn_tp"} & fixed:
         rule = f"rule: dense, TP{tp} (one scale-up domain, at most the KV heads)"
     # two microbatches: the baselines' two-batch overlap of the MoE all-to-all; a dense model runs one
     # (frameworks.microbatch_counts)
     mb = 2 if model.is_moe else 1
     dep = Deployment(**{"phase": phase, "microbatches": mb, "precision": prec, **table, **given})
     source = "flags" if "devices" in given else (src or rule)
-    return dep.resolve(system, model), source
+    return dep.resolve(system, model), source, fixed
 
 
 # ---------- binding ceiling
@@ -304,10 +306,9 @@ def decode_row(system: System, model: Model, **knobs) -> CompareRow:
     """Decode prediction for one system (``knobs``: ``deployment_for``'s)."""
     from . import decode
 
-    dep, source = deployment_for(system, model, "decode", **knobs)
+    dep, source, given = deployment_for(system, model, "decode", **knobs)
     p = decode.predict(system, model, dep)
-    table, _ = baseline(system, model, "decode") if knobs.get("use_scenarios", True) else ({}, "")
-    if knobs.get("batch_per_device") is None and "batch_per_device" not in table:  # the default 96
+    if "batch_per_device" not in given:  # the default 96
         p = decode.fit_default_batch(system, model, dep, p)
         dep = replace(dep, batch_per_device=p.batch_per_device)
     fitted = (
@@ -370,14 +371,13 @@ def prefill_row(system: System, model: Model, **knobs) -> CompareRow:
     """Prefill prediction for one system (``knobs``: ``deployment_for``'s); no context cache here."""
     from . import decode, prefill
 
-    dep, source = deployment_for(system, model, "prefill", **knobs)
+    dep, source, given = deployment_for(system, model, "prefill", **knobs)
     dep, _ = dep.validate(system, model)
-    table, _ = baseline(system, model, "prefill") if knobs.get("use_scenarios", True) else ({}, "")
-    given = {k for k, v in knobs.items() if v is not None} | set(table)
+    ev = prefill.evaluate(system, model, dep)
     fitted: dict[str, float] = {}
-    if not given & {"devices", "tokens_per_device"}:  # the rule's unit: grown to fit (prefill.fit_defaults)
-        p = prefill.predict(system, model, dep)
-        fit = prefill.fit_defaults(system, model, dep, p, devices=True, tokens=True)
+    # the rule's unit that does not fit: grown / fewer tokens (prefill.fit_defaults), evaluated again
+    if not given & {"devices", "tokens_per_device"} and not bool(np.asarray(ev.feasible).reshape(-1)[0]):
+        fit = prefill.fit_defaults(system, model, dep, ev.at(0), devices=True, tokens=True)
         d = fit.deployment
         fitted = {k: float(d[k]) for k in ("devices_fitted_from", "tokens_fitted_from") if k in d}
         if fitted:
@@ -385,7 +385,7 @@ def prefill_row(system: System, model: Model, **knobs) -> CompareRow:
                 dep, devices=d["devices"], ep_size=d["ep_size"], tokens_per_device=d["tokens_per_device"]
             )
             source += " (grown to fit)" if "devices_fitted_from" in fitted else " (fewer tokens to fit)"
-    ev = prefill.evaluate(system, model, dep)
+            ev = prefill.evaluate(system, model, dep)
     devices, ep_size, prec, microbatches = dep.devices, dep.ep_size, dep.precision, dep.microbatches
     tpd, prompt_len, ranks = dep.tokens_per_device, dep.prompt_len, dep.devices * system.ranks_per_device
     f = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731

@@ -207,6 +207,13 @@ def microbatch_counts(fw: Framework, model: Any) -> tuple[int, ...]:
     return fw.microbatches if model.is_moe else (1,)
 
 
+def runnable(fw: Framework, model: Any, counts) -> tuple[int, ...]:
+    """The microbatch ``counts`` that ``fw`` runs for ``model`` (``microbatch_counts``), in order; its least
+    when it runs none of them."""
+    runs = microbatch_counts(fw, model)
+    return tuple(c for c in counts if c in runs) or runs[:1]
+
+
 def reasons(dep: Any, model: Any) -> list[str]:
     """What a (resolved, scalar) deployment asks of its framework that the framework cannot run."""
     name = dep.framework

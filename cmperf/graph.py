@@ -471,10 +471,10 @@ def _index_ops(m: Model, prec, tokens, seqs, ctx_len, scored):
     ]
 
 
-def _qkv_width(m: Model) -> int:
-    """Output width of GQA's fused q, k, v projection; an output gate (Qwen3.5 attn_output_gate) doubles q."""
-    H, kv, d = m.num_attention_heads, m.num_key_value_heads, m.head_dim
-    return ((2 if m.attn_output_gate else 1) * H + 2 * kv) * d
+def _qkv_width(m: Model, heads, kv_heads):
+    """Output width of GQA's fused q, k, v projection over ``heads`` query and ``kv_heads`` KV heads (one
+    rank's); an output gate (Qwen3.5 attn_output_gate) doubles q."""
+    return ((2 if m.attn_output_gate else 1) * heads + 2 * kv_heads) * m.head_dim
 
 
 def heads_per_rank(m: Model, tp) -> int:
@@ -513,7 +513,7 @@ def gqa_decode_ops(m: Model, prec, tokens, seqs, keys, tp: int = 1) -> list[Op]:
     h, g = m.hidden_size, prec.gemm
     H, kv, d = heads_per_rank(m, tp), kv_heads_per_rank(m, tp), m.head_dim
     kvb = _attention_kv_bytes(m, prec.kv) * kv / m.num_key_value_heads
-    width = ((2 if m.attn_output_gate else 1) * H + 2 * kv) * d  # _qkv_width of this rank's heads
+    width = _qkv_width(m, H, kv)  # this rank's heads
     return [
         vector("attn.norm", "attn", tokens, h, h, "bf16", g),
         gemm("gqa.qkv_proj", "attn", tokens, h, width, g),
@@ -567,7 +567,7 @@ def gqa_prefill_ops(
         m.sliding_window if variant == "sliding" else 0.0,
         m.attention_chunk_size if variant == "chunked" else 0.0,
     )
-    width = ((2 if m.attn_output_gate else 1) * H + 2 * kv) * d  # _qkv_width of this rank's heads
+    width = _qkv_width(m, H, kv)  # this rank's heads
     proj = [
         vector("attn.norm", "attn", new_tokens, h, h, "bf16", g),
         gemm("gqa.qkv_proj", "attn", new_tokens, h, width, g),

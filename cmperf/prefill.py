@@ -269,9 +269,8 @@ def _evaluate_block(
         if np.any(tp != tp.flat[0]):
             raise ValueError("prefill.evaluate: a dense model's attn_tp (Megatron TP) is one value per call")
         tp = tp.reshape(-1)[:1].reshape(())
-    megatron = megatron_prefill(model) and float(tp) > 1
-    g = int(tp) if megatron else 1
-    layout = "megatron" if megatron else "sp-tp-sp"
+    g = megatron_degree(model, tp)
+    layout = "megatron" if g > 1 else "sp-tp-sp"
     ffn = {"dense": dense_ffn_ops(model, prec, g * new_mb, g)}
     if model.is_moe:
         moe = moe_ops(model, prec, new_mb, exp_tok, exp_read, copies, ep, disp_msg, comb_msg, m)
@@ -480,6 +479,12 @@ def predict(system: System, model: Model, dep: Deployment) -> PrefillPrediction:
     return evaluate(system, model, dep).at(0)
 
 
+def megatron_degree(model: Model, tp) -> int:
+    """The Megatron TP group's degree of a scalar attention TP ``tp`` (``deployment.megatron_prefill``:
+    a dense GQA model's), 1 where the layout is SP-TP-SP (weights whole on every rank)."""
+    return int(tp) if megatron_prefill(model) and float(tp) > 1 else 1
+
+
 def _placement(model: Model, dep: Deployment, ep) -> dict:
     """The framework's expert placement over ``ep`` ranks; prefill keeps its own rule for --redundant
     (none: its default)."""
@@ -493,7 +498,7 @@ def weight_bytes_per_rank(system: System, model: Model, dep: Deployment) -> floa
     instance by it)."""
     assert dep.precision is not None
     pl = _placement(model, dep, np.asarray(dep.ep_size, dtype=float))
-    g = int(dep.attn_tp) if megatron_prefill(model) and int(dep.attn_tp) > 1 else 1
+    g = megatron_degree(model, dep.attn_tp)
     parts = memory.weight_bytes_per_rank(
         model, dep.precision, pl["experts_per_rank"], 0, attn_tp=g, moe_tp=int(dep.moe_tp)
     )

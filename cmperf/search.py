@@ -147,15 +147,14 @@ def decode_space(
     """Axes for the decode grid around ``base`` (its KV, precision, ... knobs); the batch axis ends at
     the largest HBM limit over all instance sizes. A framework profile (``base.framework``) keeps the
     microbatch counts it runs and, without MTP chains, MTP depths up to 1 (cmperf.frameworks)."""
-    from .frameworks import microbatch_counts
     from .frameworks import of as framework_of
+    from .frameworks import runnable
 
     fw = framework_of(base)
     if mtp is None:
         mtp = tuple(range(0, max(model.num_mtp_modules, 0) + 1))
     if fw is not None:
-        runs = microbatch_counts(fw, model)
-        microbatches = tuple(mb for mb in microbatches if mb in runs) or runs[:1]
+        microbatches = runnable(fw, model, microbatches)
         mtp = tuple(m for m in mtp if fw.mtp_chains or m <= 1)
     sizes = instance_sizes(system, max_devices)
     ok = placement_ok(model, sizes * system.ranks_per_device)
@@ -613,7 +612,7 @@ def explain_decode(
     mb = None
     if tpot_slo_s is not None:
         mb = largest_batch_under_slo(system, model, base, c, tpot_slo_s)
-    stage = "moe" if "moe" in p.streams else principal_stage(model)  # a dense model's: its dense layers
+    stage = principal_stage(model)  # the MoE layers; a dense model's: its dense layers
     return Binding(constraint, detail, str(p.streams.get(stage, {}).get("binding", "")), top_ops, mb, stage)
 
 
@@ -807,14 +806,13 @@ def search_prefill(
     whole model on every rank and, needing no all-reduce, has the most tokens/s where it fits.
     """
     from . import prefill
-    from .frameworks import microbatch_counts
     from .frameworks import of as framework_of
+    from .frameworks import runnable
 
     base = replace(base or Deployment(phase="prefill"), prompt_len=prompt_len)
     fw = framework_of(base)
     if fw is not None:  # the counts the framework runs for this model (one for a dense model)
-        runs = microbatch_counts(fw, model)
-        microbatches = tuple(mb for mb in microbatches if mb in runs) or runs[:1]
+        microbatches = runnable(fw, model, microbatches)
 
     total = system.num_devices if devices is None else int(devices)
     sizes = instance_sizes(system, total)
@@ -1020,7 +1018,7 @@ def optimize(
     pools = (
         serving_pools(system, model, dec.best, pre.best, decode, prefill) if pre.best and dec.best else None
     )
-    unit = max(1, int(pools.decode.attn_tp or 1) // system.ranks_per_device) if pools else 1
+    unit = pools.decode_group_devices(system) if pools else 1
     if pools is not None and total < pools.prefill_instance_devices + unit:
         notes.append(
             f"serving split skipped: {total} devices hold no {pools.prefill_instance_devices}-device prefill "

@@ -227,6 +227,10 @@ class Pools:
 
         return self.prefill.cache_plane or default_cache_plane(system)
 
+    def decode_group_devices(self, system: System) -> int:
+        """Devices of one decode attention-TP group, the least decode pool (1 without attention TP)."""
+        return max(1, int(self.decode.attn_tp or 1) // system.ranks_per_device)
+
     @property
     def num_prefill_instances(self) -> int:
         return self.prefill_devices // self.prefill_instance_devices

@@ -115,7 +115,7 @@ def size(
         raise CmperfError(f"{total_flag}: {total} is outside 1..{system.num_devices} ({system.name})")
     inst = pools.prefill_instance_devices
     if total - inst < decode_step:  # a small total: every whole number of the decode record's TP groups
-        decode_step = max(1, int(pools.decode.attn_tp or 1) // system.ranks_per_device)
+        decode_step = pools.decode_group_devices(system)
     wl0 = replace(wl, rate_per_s=wl.rate_per_s or 1.0, concurrency=None)
     wl0.check(model)
     pools.split(inst, decode_step).check(system, model, wl0)  # the smallest decode pool tried

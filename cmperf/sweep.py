@@ -495,24 +495,24 @@ def _run_phase(cell: Cell, system: System, model: Model, t: dict[str, dict[str, 
             "config.mtp": d["mtp"],
             "config.attention_cube_cores": d["attention_cube_cores"],
         }
-        return {**_phase_row(p), **part}
+        return {**_phase_row(p, model), **part}
     q = prefill.predict(system, model, rec)
     grow = not {"devices", "ep_size", "moe_tp"} & dep.keys()
     q = prefill.fit_defaults(system, model, rec, q, devices=grow, tokens="tokens_per_device" not in dep)
     return {
-        **_phase_row(q),
+        **_phase_row(q, model),
         "ttft_s": q.ttft_s,
         "config.tokens_per_device": q.deployment["tokens_per_device"],
     }
 
 
-def _phase_row(p: DecodePrediction | PrefillPrediction) -> dict[str, Any]:
-    """The columns decode and prefill share: status, throughput, memory, instance, binding stream and op."""
+def _phase_row(p: DecodePrediction | PrefillPrediction, model: Model) -> dict[str, Any]:
+    """The columns decode and prefill share: status, throughput, memory, instance, binding stream and op
+    (of the MoE layers, else the most numerous: graph.principal_stage, a dense model's "dense")."""
+    from .graph import principal_stage
+
     d = p.deployment
-    # the MoE layers' stage, else the most numerous (graph.principal_stage: a dense model's "dense")
-    layers = {k: v for k, v in p.streams.items() if k not in ("head", "mtp")}
-    main = "moe" if "moe" in layers else max(layers, key=lambda k: layers[k]["count"], default="")
-    moe = p.streams.get(main, {})
+    moe = p.streams.get(principal_stage(model), {})
     return {
         "status": "ok" if p.feasible else "infeasible",
         "message": "; ".join(p.reasons),
